@@ -47,7 +47,10 @@ impl ClientId {
 
     /// A fresh server-assigned identifier (MQTT 5 Assigned Client Identifier).
     pub fn generate() -> Self {
-        ClientId(ByteString::from(format!("shoal-{}", uuid::Uuid::new_v4().simple())))
+        ClientId(ByteString::from(format!(
+            "shoal-{}",
+            uuid::Uuid::new_v4().simple()
+        )))
     }
 
     /// The identifier as text.

@@ -189,11 +189,7 @@ impl BrokerStore for MemoryStore {
                     g.sessions.remove(client_id);
                     g.queued.retain(|(c, _), _| c != client_id);
                 }
-                StoreOp::PutQueued {
-                    client_id,
-                    seq,
-                    data,
-                } => {
+                StoreOp::PutQueued { client_id, seq, data } => {
                     g.queued.insert((client_id.clone(), *seq), data.clone());
                 }
                 StoreOp::DeleteQueued { client_id, seq } => {
@@ -228,10 +224,7 @@ impl BrokerStore for MemoryStore {
 
     async fn load_retained(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let g = self.inner.lock();
-        Ok(g.retained
-            .iter()
-            .map(|(t, d)| (t.clone(), d.clone()))
-            .collect())
+        Ok(g.retained.iter().map(|(t, d)| (t.clone(), d.clone())).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -62,7 +62,9 @@ pub enum TopicError {
         max: usize,
     },
     /// `[MQTT-4.8.2-1]`/`[MQTT-4.8.2-2]` a malformed `$share/{group}/{filter}`.
-    #[error("shared subscription must be $share/{{group}}/{{filter}} with a non-empty group without '+', '#' or '/' [MQTT-4.8.2-1]")]
+    #[error(
+        "shared subscription must be $share/{{group}}/{{filter}} with a non-empty group without '+', '#' or '/' [MQTT-4.8.2-1]"
+    )]
     BadShare,
 }
 

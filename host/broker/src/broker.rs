@@ -1,0 +1,964 @@
+//! The broker core: sessions, routing, retained messages and wills, independent of the wire.
+//!
+//! [`Broker`] is shared (`Arc`) by every ntex worker thread and by the tokio side (HTTP API,
+//! sweeper, store writer). All of its methods on the message path are synchronous: they take a
+//! few short `parking_lot` locks and never await, so an ntex worker can call them inline. Lock
+//! order, to stay deadlock-free: the session map, then one session's state, then the router or
+//! the retained tree. Routing reads the router, releases it, and only then locks sessions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::auth::{Action, Authorizer, Principal};
+use crate::config::BrokerConfig;
+use crate::hook::{HookOutcome, MessageHook, Origin};
+use crate::message::{ClientId, Message, QoS, StoredMessage, now_ms};
+use crate::metrics::BrokerMetrics;
+use crate::persist::Persister;
+use crate::retained::RetainedTree;
+use crate::router::Router;
+use crate::session::{ConnCtl, KickReason, Outgoing, Session, SubOptions, subs_from_stored};
+use crate::store::{self, QueuedRecord, SharedStore, StoreError, StoreOp, StoredSession};
+use crate::topic::{TopicFilter, TopicLimits};
+
+/// What a CONNECT asks of the session layer (after authentication).
+#[derive(Debug, Clone)]
+pub struct ConnectParams {
+    /// The client id.
+    pub client_id: ClientId,
+    /// v5 Clean Start / v3 Clean Session.
+    pub clean_start: bool,
+    /// Session Expiry Interval (seconds, already capped; `0` ends with the connection).
+    pub expiry_secs: u32,
+    /// Who connected.
+    pub principal: Arc<Principal>,
+    /// Protocol level (4 or 5).
+    pub protocol: u8,
+}
+
+/// A connection attached to its session.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The session.
+    pub session: Arc<Session>,
+    /// The connection's control block.
+    pub ctl: Arc<ConnCtl>,
+    /// CONNACK Session Present.
+    pub session_present: bool,
+}
+
+/// A will to publish when a connection ends without a normal DISCONNECT.
+#[derive(Debug, Clone)]
+pub struct Will {
+    /// The message.
+    pub message: Message,
+    /// v5 Will Delay Interval in seconds.
+    pub delay_secs: u32,
+}
+
+/// The result of routing a message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    /// Sessions it was queued for.
+    pub matched: usize,
+    /// A store ticket to wait for before acknowledging (an offline persistent session, a
+    /// retained message), if any.
+    pub durable_ticket: Option<u64>,
+    /// A hook consumed it (reserved topic).
+    pub consumed: bool,
+}
+
+/// Why a SUBSCRIBE entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The session was discarded meanwhile.
+    #[error("session ended")]
+    SessionEnded,
+    /// Too many subscriptions on this session.
+    #[error("subscription limit of {0} reached")]
+    TooMany(usize),
+}
+
+#[derive(Debug)]
+struct DelayedWill {
+    due_ms: u64,
+    session_id: u64,
+    message: Message,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    wills: Vec<DelayedWill>,
+    /// `(deadline ms, session id)` -> client id, for offline sessions.
+    expiring: BTreeMap<(u64, u64), ClientId>,
+}
+
+/// A snapshot of one session for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    /// Client id.
+    pub client_id: String,
+    /// Connected now.
+    pub online: bool,
+    /// Session expiry in seconds.
+    pub expiry_secs: u32,
+    /// Subscription filters.
+    pub subscriptions: Vec<String>,
+    /// Messages queued.
+    pub queued: usize,
+    /// Messages in flight.
+    pub inflight: usize,
+}
+
+/// The broker core.
+pub struct Broker {
+    /// Configuration.
+    pub cfg: BrokerConfig,
+    topic_limits: TopicLimits,
+    router: RwLock<Router>,
+    sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
+    retained: RwLock<RetainedTree>,
+    persist: Persister,
+    authorizer: Arc<dyn Authorizer>,
+    hooks: RwLock<Vec<Arc<dyn MessageHook>>>,
+    /// Telemetry.
+    pub metrics: Arc<BrokerMetrics>,
+    ids: AtomicU64,
+    timers: Mutex<Timers>,
+    store_kind: &'static str,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("store", &self.store_kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Loads retained messages and persistent sessions from `store` and starts the store
+    /// writer and the sweeper on `rt`.
+    pub async fn start(
+        cfg: BrokerConfig,
+        store: SharedStore,
+        authorizer: Arc<dyn Authorizer>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<Broker>, StoreError> {
+        let metrics = Arc::new(BrokerMetrics::default());
+        let retained_rows = store.load_retained().await?;
+        let session_rows = store.load_sessions().await?;
+        let store_kind = store.kind();
+        let persist = Persister::start(store, metrics.clone(), rt);
+        let broker = Arc::new(Broker {
+            topic_limits: cfg.limits.topic_limits(),
+            cfg,
+            router: RwLock::new(Router::default()),
+            sessions: Mutex::new(HashMap::new()),
+            retained: RwLock::new(RetainedTree::default()),
+            persist,
+            authorizer,
+            hooks: RwLock::new(Vec::new()),
+            metrics,
+            ids: AtomicU64::new(1),
+            timers: Mutex::new(Timers::default()),
+            store_kind,
+            closing: AtomicBool::new(false),
+        });
+        broker.load_retained(retained_rows);
+        broker.load_sessions(session_rows);
+        let weak = Arc::downgrade(&broker);
+        let interval = broker.cfg.sweep_interval;
+        rt.spawn(sweeper(weak, interval));
+        Ok(broker)
+    }
+
+    /// Topic limits in force.
+    pub fn topic_limits(&self) -> &TopicLimits {
+        &self.topic_limits
+    }
+
+    /// The authorizer in force.
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.authorizer
+    }
+
+    /// Adds a hook that sees every client PUBLISH before routing.
+    pub fn add_hook(&self, hook: Arc<dyn MessageHook>) {
+        self.hooks.write().push(hook);
+    }
+
+    /// The store backend's name.
+    pub fn store_kind(&self) -> &'static str {
+        self.store_kind
+    }
+
+    /// Whether the store answers, and its last error.
+    pub fn store_health(&self) -> (bool, Option<String>) {
+        self.persist.health()
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Relaxed)
+    }
+
+    fn load_retained(&self, rows: Vec<(String, Vec<u8>)>) {
+        let mut tree = self.retained.write();
+        let now = now_ms();
+        for (topic, data) in rows {
+            match store::decode::<StoredMessage>(&data).map(Message::from_stored) {
+                Ok(Ok(m)) if !m.is_expired(now) => tree.set(&topic, Some(Arc::new(m))),
+                Ok(Ok(_)) => {
+                    self.persist.submit(StoreOp::DeleteRetained { topic });
+                }
+                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "skipping a stored retained message"),
+                Err(e) => tracing::warn!(%topic, error = %e, "skipping a stored retained message"),
+            }
+        }
+        self.metrics.retained.store(tree.len() as i64, Relaxed);
+        tracing::info!(count = tree.len(), "retained messages loaded");
+    }
+
+    fn load_sessions(&self, rows: Vec<store::LoadedSession>) {
+        let now = now_ms();
+        let mut loaded = 0usize;
+        let mut queued = 0usize;
+        for row in rows {
+            let stored: StoredSession = match store::decode(&row.data) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(client_id = %row.client_id, error = %e, "dropping an unreadable stored session");
+                    self.persist.submit(StoreOp::DeleteSession {
+                        client_id: row.client_id,
+                    });
+                    continue;
+                }
+            };
+            let disconnected = stored.disconnected_ms.unwrap_or(now);
+            let deadline = deadline_ms(disconnected, stored.expiry_secs);
+            let Ok(client_id) = ClientId::parse(row.client_id.as_str(), usize::MAX) else {
+                continue;
+            };
+            if stored.expiry_secs == 0 || deadline.is_some_and(|d| d <= now) {
+                self.persist.submit(StoreOp::DeleteSession {
+                    client_id: row.client_id,
+                });
+                continue;
+            }
+            let session = Arc::new(Session::new(
+                self.next_id(),
+                client_id.clone(),
+                Arc::new(Principal::anonymous()),
+            ));
+            {
+                let mut st = session.state.lock();
+                st.expiry_secs = stored.expiry_secs;
+                st.protocol = stored.protocol;
+                st.disconnected_ms = Some(disconnected);
+                let mut router = self.router.write();
+                for (filter, opts) in subs_from_stored(&stored.subscriptions) {
+                    router.subscribe(&filter, &session, opts);
+                    st.subs.insert(filter.as_str().into(), (filter, opts));
+                }
+                self.metrics
+                    .subscriptions
+                    .fetch_add(st.subs.len() as i64, Relaxed);
+                for (seq, data) in row.queued {
+                    let rec: QueuedRecord = match store::decode(&data) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(client_id = %client_id, seq, error = %e, "dropping an unreadable queued message");
+                            continue;
+                        }
+                    };
+                    let Ok(msg) = Message::from_stored(rec.message) else {
+                        continue;
+                    };
+                    st.queue.push_back(Outgoing {
+                        seq,
+                        msg: Arc::new(msg),
+                        qos: crate::message::qos_from_u8(rec.qos),
+                        retain: rec.retain,
+                        sub_ids: rec.subscription_ids,
+                        pid: rec.packet_id.unwrap_or(0),
+                        dup: false,
+                        released: rec.released,
+                        persisted: true,
+                    });
+                    st.next_seq = st.next_seq.max(seq + 1);
+                    queued += 1;
+                }
+                if let Some(max_pid) = st.queue.iter().map(|o| o.pid).max() {
+                    st.next_pid = max_pid.wrapping_add(1).max(1);
+                }
+            }
+            if let Some(d) = deadline {
+                self.timers
+                    .lock()
+                    .expiring
+                    .insert((d, session.id), client_id.clone());
+            }
+            self.sessions.lock().insert(client_id, session);
+            self.metrics.sessions.fetch_add(1, Relaxed);
+            loaded += 1;
+        }
+        tracing::info!(sessions = loaded, queued, "persistent sessions loaded");
+    }
+
+    // ----- connections -------------------------------------------------------------------
+
+    /// Attaches a new connection to its session: takes over a connected client id (the old
+    /// connection is kicked with [`KickReason::SessionTakenOver`]), resumes or replaces the
+    /// session, and cancels its pending will `[MQTT-3.1.3-9]`.
+    pub fn attach(&self, p: ConnectParams) -> Attached {
+        let ctl = Arc::new(ConnCtl::new(self.next_id()));
+        let mut sessions = self.sessions.lock();
+        if let Some(old) = sessions.get(&p.client_id).cloned() {
+            let mut st = old.state.lock();
+            if let Some(c) = st.conn.take() {
+                tracing::info!(client_id = %p.client_id, "client id taken over by a new connection");
+                c.kick(KickReason::SessionTakenOver);
+            }
+            if !(p.clean_start || st.ended) {
+                let was_persistent = st.persistent();
+                st.disconnected_ms = None;
+                st.conn = Some(ctl.clone());
+                st.principal = p.principal;
+                st.protocol = p.protocol;
+                st.expiry_secs = p.expiry_secs;
+                // Unacknowledged messages go back to the front of the queue, to be resent
+                // with DUP and their packet ids [MQTT-4.4.0-1].
+                while let Some(o) = st.inflight.pop_back() {
+                    st.queue.push_front(o);
+                }
+                if st.persistent() {
+                    self.persist.submit(StoreOp::PutSession {
+                        client_id: old.client_id.to_string(),
+                        data: store::encode(&st.to_stored()),
+                    });
+                } else if was_persistent {
+                    // v5: a resume with expiry 0 makes the session transient.
+                    self.persist.submit(StoreOp::DeleteSession {
+                        client_id: old.client_id.to_string(),
+                    });
+                    for o in st.queue.iter_mut() {
+                        o.persisted = false;
+                    }
+                }
+                old.set_online(true);
+                ctl.notify.notify_one();
+                drop(st);
+                self.cancel_timers(old.id);
+                return Attached {
+                    session: old,
+                    ctl,
+                    session_present: true,
+                };
+            }
+            // Clean start: the old session is discarded.
+            self.end_session_locked(&old, st);
+            sessions.remove(&p.client_id);
+            self.cancel_timers(old.id);
+        }
+        let session = Arc::new(Session::new(self.next_id(), p.client_id.clone(), p.principal));
+        {
+            let mut st = session.state.lock();
+            st.expiry_secs = p.expiry_secs;
+            st.protocol = p.protocol;
+            st.conn = Some(ctl.clone());
+            if st.persistent() {
+                self.persist.submit(StoreOp::PutSession {
+                    client_id: p.client_id.to_string(),
+                    data: store::encode(&st.to_stored()),
+                });
+            }
+        }
+        session.set_online(true);
+        sessions.insert(p.client_id, session.clone());
+        self.metrics.sessions.fetch_add(1, Relaxed);
+        Attached {
+            session,
+            ctl,
+            session_present: false,
+        }
+    }
+
+    /// Marks `session` ended, removes its subscriptions and stored state. The caller holds the
+    /// session map lock and removes the map entry itself.
+    fn end_session_locked(
+        &self,
+        session: &Arc<Session>,
+        mut st: parking_lot::MutexGuard<'_, crate::session::SessionState>,
+    ) {
+        if st.ended {
+            return;
+        }
+        st.ended = true;
+        let subs: Vec<TopicFilter> = st.subs.drain().map(|(_, (f, _))| f).collect();
+        st.queue.clear();
+        st.inflight.clear();
+        if st.persistent() || st.disconnected_ms.is_some() {
+            self.persist.submit(StoreOp::DeleteSession {
+                client_id: session.client_id.to_string(),
+            });
+        }
+        session.set_online(false);
+        let mut router = self.router.write();
+        for f in &subs {
+            router.unsubscribe(f, session.id);
+        }
+        drop(router);
+        drop(st);
+        self.metrics.subscriptions.fetch_sub(subs.len() as i64, Relaxed);
+        self.metrics.sessions.fetch_sub(1, Relaxed);
+    }
+
+    fn cancel_timers(&self, session_id: u64) {
+        let mut t = self.timers.lock();
+        t.wills.retain(|w| w.session_id != session_id);
+        t.expiring.retain(|(_, id), _| *id != session_id);
+    }
+
+    /// A connection ended. `will` is the will to publish (already `None` after a normal
+    /// DISCONNECT). Ends a transient session; starts the expiry clock of a persistent one.
+    pub fn detach(&self, session: &Arc<Session>, generation: u64, will: Option<Will>) {
+        let mut sessions = self.sessions.lock();
+        let mut st = session.state.lock();
+        let current = st.conn.as_ref().is_some_and(|c| c.generation == generation);
+        // Some(delay): the session lives on and the will may wait that long.
+        let mut will_delay: Option<u32> = None;
+        if current && !st.ended {
+            st.conn = None;
+            session.set_online(false);
+            if st.expiry_secs == 0 {
+                self.end_session_locked(session, st);
+                if sessions
+                    .get(&session.client_id)
+                    .is_some_and(|s| s.id == session.id)
+                {
+                    sessions.remove(&session.client_id);
+                }
+            } else {
+                let now = now_ms();
+                st.disconnected_ms = Some(now);
+                // Inflight messages keep their packet ids across a restart.
+                for o in st.inflight.iter().filter(|o| o.persisted) {
+                    self.persist.submit(StoreOp::PutQueued {
+                        client_id: session.client_id.to_string(),
+                        seq: o.seq,
+                        data: store::encode(&o.to_record()),
+                    });
+                }
+                self.persist.submit(StoreOp::PutSession {
+                    client_id: session.client_id.to_string(),
+                    data: store::encode(&st.to_stored()),
+                });
+                if let Some(d) = deadline_ms(now, st.expiry_secs) {
+                    self.timers
+                        .lock()
+                        .expiring
+                        .insert((d, session.id), session.client_id.clone());
+                }
+                will_delay = Some(st.expiry_secs);
+                drop(st);
+            }
+        } else if !current && !st.ended {
+            // Taken over by a connection that resumed the session: a delayed will is
+            // cancelled by that reconnection [MQTT-3.1.3-9]; an immediate one still fires.
+            will_delay = Some(0);
+            drop(st);
+            if let Some(w) = &will
+                && w.delay_secs > 0
+            {
+                return;
+            }
+        } else {
+            drop(st);
+        }
+        drop(sessions);
+        if let Some(w) = will {
+            let delay = will_delay.map_or(0, |expiry| w.delay_secs.min(expiry));
+            if delay > 0 {
+                self.timers.lock().wills.push(DelayedWill {
+                    due_ms: now_ms() + u64::from(delay) * 1000,
+                    session_id: session.id,
+                    message: w.message,
+                });
+            } else {
+                self.publish_will(w.message);
+            }
+        }
+    }
+
+    fn publish_will(&self, mut message: Message) {
+        BrokerMetrics::inc(&self.metrics.wills_published);
+        message.received_ms = now_ms();
+        tracing::debug!(topic = %message.topic, "publishing will");
+        self.publish(message, None);
+    }
+
+    /// Closes the connection of `client_id`, if it is connected.
+    pub fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool {
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(client_id) else {
+            return false;
+        };
+        let st = s.state.lock();
+        match &st.conn {
+            Some(c) => {
+                c.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every connection to close (shutdown).
+    pub fn kick_all(&self, reason: KickReason) {
+        self.closing.store(true, Relaxed);
+        for s in self.sessions.lock().values() {
+            if let Some(c) = &s.state.lock().conn {
+                c.kick(reason);
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until every queued store write is committed.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        self.persist.close(timeout).await
+    }
+
+    /// Whether shutdown began.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Relaxed)
+    }
+
+    // ----- subscriptions -----------------------------------------------------------------
+
+    /// Adds or replaces a subscription. Returns whether one existed on that filter before.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: TopicFilter,
+        opts: SubOptions,
+    ) -> Result<bool, SubscribeError> {
+        let mut st = session.state.lock();
+        if st.ended {
+            return Err(SubscribeError::SessionEnded);
+        }
+        let key: ntex::util::ByteString = filter.as_str().into();
+        let existed = st.subs.contains_key(&key);
+        if !existed && st.subs.len() >= self.cfg.limits.max_subscriptions_per_session {
+            return Err(SubscribeError::TooMany(
+                self.cfg.limits.max_subscriptions_per_session,
+            ));
+        }
+        self.router.write().subscribe(&filter, session, opts);
+        st.subs.insert(key, (filter, opts));
+        if !existed {
+            self.metrics.subscriptions.fetch_add(1, Relaxed);
+        }
+        if st.persistent() {
+            self.persist.submit(StoreOp::PutSession {
+                client_id: session.client_id.to_string(),
+                data: store::encode(&st.to_stored()),
+            });
+        }
+        Ok(existed)
+    }
+
+    /// Changes a session's expiry (v5 DISCONNECT with a Session Expiry Interval).
+    pub fn set_session_expiry(&self, session: &Arc<Session>, secs: u32) {
+        let mut st = session.state.lock();
+        let was = st.persistent();
+        st.expiry_secs = secs;
+        if st.persistent() {
+            self.persist.submit(StoreOp::PutSession {
+                client_id: session.client_id.to_string(),
+                data: store::encode(&st.to_stored()),
+            });
+        } else if was {
+            self.persist.submit(StoreOp::DeleteSession {
+                client_id: session.client_id.to_string(),
+            });
+            let st = &mut *st;
+            for o in st.queue.iter_mut().chain(st.inflight.iter_mut()) {
+                o.persisted = false;
+            }
+        }
+    }
+
+    /// Removes a subscription. Returns whether there was one.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
+        let mut st = session.state.lock();
+        if st.subs.remove(filter.as_str()).is_none() {
+            return false;
+        }
+        self.router.write().unsubscribe(filter, session.id);
+        self.metrics.subscriptions.fetch_sub(1, Relaxed);
+        if st.persistent() {
+            self.persist.submit(StoreOp::PutSession {
+                client_id: session.client_id.to_string(),
+                data: store::encode(&st.to_stored()),
+            });
+        }
+        true
+    }
+
+    /// Queues the retained messages matching `filter` for `session` (RETAIN set
+    /// `[MQTT-3.3.1-8]`, QoS downgraded to the subscription's).
+    pub fn send_retained(&self, session: &Arc<Session>, filter: &TopicFilter, opts: SubOptions) -> usize {
+        let now = now_ms();
+        let msgs: Vec<Arc<Message>> = self
+            .retained
+            .read()
+            .matching(filter.filter())
+            .into_iter()
+            .filter(|m| !m.is_expired(now))
+            .collect();
+        let sub_ids: Vec<u32> = opts.subscription_id.map(|i| vec![i.get()]).unwrap_or_default();
+        let mut n = 0;
+        for m in msgs {
+            let qos = m.qos.min(opts.qos);
+            if self.enqueue(session, &m, qos, true, sub_ids.clone()).0 {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The retained message on `topic`.
+    pub fn retained(&self, topic: &str) -> Option<Arc<Message>> {
+        self.retained
+            .read()
+            .get(topic)
+            .filter(|m| !m.is_expired(now_ms()))
+    }
+
+    /// Every retained message.
+    pub fn retained_all(&self) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        self.retained
+            .read()
+            .all()
+            .into_iter()
+            .filter(|m| !m.is_expired(now))
+            .collect()
+    }
+
+    // ----- publishing --------------------------------------------------------------------
+
+    /// Routes a message: hooks first, then the retained store, then every matching session.
+    pub fn publish(&self, msg: Message, origin: Option<Origin<'_>>) -> Routed {
+        let msg = Arc::new(msg);
+        if let Some(o) = origin {
+            for h in self.hooks.read().iter() {
+                if h.on_publish(&msg, o) == HookOutcome::Consumed {
+                    return Routed {
+                        consumed: true,
+                        ..Routed::default()
+                    };
+                }
+            }
+        }
+        let mut durable_ticket = None;
+        if msg.retain {
+            durable_ticket = Some(self.set_retained(&msg));
+        }
+        let targets = self.router.read().targets(&msg.topic, msg.publisher.as_ref());
+        let mut matched = 0;
+        for t in &targets {
+            let qos = msg.qos.min(t.qos);
+            let retain = msg.retain && t.retain_as_published;
+            let (queued, ticket) = self.enqueue(&t.session, &msg, qos, retain, t.sub_ids.clone());
+            if queued {
+                matched += 1;
+            }
+            if ticket.is_some() {
+                durable_ticket = durable_ticket.max(ticket);
+            }
+        }
+        Routed {
+            matched,
+            durable_ticket,
+            consumed: false,
+        }
+    }
+
+    fn set_retained(&self, msg: &Arc<Message>) -> u64 {
+        let mut tree = self.retained.write();
+        let topic = msg.topic.as_str();
+        let ticket = if msg.payload.is_empty() {
+            tree.set(topic, None);
+            self.persist.submit(StoreOp::DeleteRetained {
+                topic: topic.to_owned(),
+            })
+        } else {
+            tree.set(topic, Some(msg.clone()));
+            self.persist.submit(StoreOp::PutRetained {
+                topic: topic.to_owned(),
+                data: store::encode(&msg.to_stored()),
+            })
+        };
+        self.metrics.retained.store(tree.len() as i64, Relaxed);
+        ticket
+    }
+
+    /// Waits until a store ticket is committed (bounded by the configured timeout).
+    pub async fn wait_durable(&self, ticket: u64) -> bool {
+        let ok = self.persist.wait(ticket, self.cfg.durable_ack_timeout).await;
+        if !ok {
+            tracing::warn!(
+                ticket,
+                "store did not confirm a write in time; acknowledging anyway"
+            );
+        }
+        ok
+    }
+
+    /// Queues one message for one session. Returns whether it was queued, and a store ticket
+    /// when the session is offline and persistent.
+    fn enqueue(
+        &self,
+        s: &Arc<Session>,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<u32>,
+    ) -> (bool, Option<u64>) {
+        let mut st = s.state.lock();
+        if st.ended {
+            return (false, None);
+        }
+        if !self
+            .authorizer
+            .authorize(&st.principal, &s.client_id, Action::Receive { topic: &msg.topic })
+        {
+            BrokerMetrics::inc(&self.metrics.dropped_unauthorized);
+            return (false, None);
+        }
+        let online = st.conn.is_some();
+        if !online && qos == QoS::AtMostOnce {
+            return (false, None);
+        }
+        if st.queue.len() >= self.cfg.limits.max_queued_messages {
+            BrokerMetrics::inc(&self.metrics.dropped_queue_full);
+            st.dropped_since_log += 1;
+            if st.dropped_since_log == 1 || st.dropped_since_log.is_power_of_two() {
+                tracing::warn!(
+                    client_id = %s.client_id,
+                    limit = self.cfg.limits.max_queued_messages,
+                    dropped = st.dropped_since_log,
+                    "session queue full; dropping new messages"
+                );
+            }
+            return (false, None);
+        }
+        st.dropped_since_log = 0;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let persisted = st.persistent() && qos != QoS::AtMostOnce;
+        let mut o = Outgoing {
+            seq,
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids,
+            pid: 0,
+            dup: false,
+            released: false,
+            persisted,
+        };
+        let mut ticket = None;
+        if persisted {
+            let t = self.persist.submit(StoreOp::PutQueued {
+                client_id: s.client_id.to_string(),
+                seq,
+                data: store::encode(&o.to_record()),
+            });
+            if !online {
+                ticket = Some(t);
+            }
+        }
+        o.persisted = persisted;
+        st.queue.push_back(o);
+        if let Some(c) = &st.conn {
+            c.notify.notify_one();
+        }
+        (true, ticket)
+    }
+
+    // ----- delivery (called by the connection's writer task) -----------------------------
+
+    /// Takes up to `max` messages to send now, moving QoS 1/2 ones into flight (packet ids
+    /// assigned) while fewer than `window` are in flight. Expired messages are dropped
+    /// `[MQTT-3.3.2-5]`. Returns `None` when this connection is no longer the session's.
+    pub(crate) fn take_sendable(
+        &self,
+        s: &Session,
+        generation: u64,
+        window: usize,
+        max: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        let mut st = s.state.lock();
+        if st.ended || !st.conn.as_ref().is_some_and(|c| c.generation == generation) {
+            return false;
+        }
+        let now = now_ms();
+        while out.len() < max {
+            let Some(front) = st.queue.front() else { break };
+            if front.msg.is_expired(now) {
+                if let Some(o) = st.queue.pop_front() {
+                    BrokerMetrics::inc(&self.metrics.dropped_expired);
+                    self.forget(s, &o);
+                }
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(mut o) = st.queue.pop_front() else { break };
+            if o.qos != QoS::AtMostOnce {
+                o.dup = o.pid != 0;
+                if o.pid == 0 {
+                    o.pid = st.alloc_pid();
+                }
+                st.inflight.push_back(o.clone());
+            }
+            out.push(o);
+        }
+        true
+    }
+
+    fn forget(&self, s: &Session, o: &Outgoing) {
+        if o.persisted {
+            self.persist.submit(StoreOp::DeleteQueued {
+                client_id: s.client_id.to_string(),
+                seq: o.seq,
+            });
+        }
+    }
+
+    /// The client acknowledged packet `pid` (PUBACK, or PUBCOMP for QoS 2).
+    pub(crate) fn acked(&self, s: &Session, pid: u16) {
+        let mut st = s.state.lock();
+        if let Some(i) = st.inflight.iter().position(|o| o.pid == pid) {
+            if let Some(o) = st.inflight.remove(i) {
+                self.forget(s, &o);
+            }
+            if let Some(c) = &st.conn {
+                c.notify.notify_one();
+            }
+        }
+    }
+
+    /// QoS 2: PUBREC received for `pid`.
+    pub(crate) fn released(&self, s: &Session, pid: u16) {
+        let mut st = s.state.lock();
+        if let Some(o) = st.inflight.iter_mut().find(|o| o.pid == pid) {
+            o.released = true;
+        }
+    }
+
+    /// A message could not be sent (too large for the client): forget it.
+    pub(crate) fn discard(&self, s: &Session, o: &Outgoing) {
+        if o.qos != QoS::AtMostOnce {
+            let mut st = s.state.lock();
+            if let Some(i) = st.inflight.iter().position(|x| x.pid == o.pid) {
+                st.inflight.remove(i);
+            }
+            if let Some(c) = &st.conn {
+                c.notify.notify_one();
+            }
+        }
+        self.forget(s, o);
+    }
+
+    // ----- housekeeping ------------------------------------------------------------------
+
+    fn sweep(&self) {
+        let now = now_ms();
+        let (wills, expired) = {
+            let mut t = self.timers.lock();
+            let mut wills = Vec::new();
+            let mut i = 0;
+            while i < t.wills.len() {
+                if t.wills[i].due_ms <= now {
+                    wills.push(t.wills.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            let mut expired = Vec::new();
+            while let Some(entry) = t.expiring.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((_, id), cid) = entry.remove_entry();
+                expired.push((id, cid));
+            }
+            (wills, expired)
+        };
+        for w in wills {
+            self.publish_will(w.message);
+        }
+        for (id, cid) in expired {
+            let mut sessions = self.sessions.lock();
+            let Some(s) = sessions.get(&cid).cloned() else {
+                continue;
+            };
+            if s.id != id {
+                continue;
+            }
+            let st = s.state.lock();
+            if st.conn.is_some() {
+                continue;
+            }
+            tracing::info!(client_id = %cid, "session expired");
+            self.end_session_locked(&s, st);
+            sessions.remove(&cid);
+        }
+    }
+
+    /// Number of sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// A snapshot of one session.
+    pub fn session_info(&self, client_id: &str) -> Option<SessionInfo> {
+        let sessions = self.sessions.lock();
+        let cid = ClientId::parse(client_id, usize::MAX).ok()?;
+        let s = sessions.get(&cid)?;
+        let st = s.state.lock();
+        Some(SessionInfo {
+            client_id: client_id.to_owned(),
+            online: st.conn.is_some(),
+            expiry_secs: st.expiry_secs,
+            subscriptions: st.subs.values().map(|(f, _)| f.to_string()).collect(),
+            queued: st.queue.len(),
+            inflight: st.inflight.len(),
+        })
+    }
+}
+
+fn deadline_ms(from_ms: u64, expiry_secs: u32) -> Option<u64> {
+    (expiry_secs != u32::MAX).then(|| from_ms + u64::from(expiry_secs) * 1000)
+}
+
+async fn sweeper(broker: Weak<Broker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = broker.upgrade() else { return };
+        b.sweep();
+    }
+}

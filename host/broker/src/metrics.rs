@@ -1,0 +1,183 @@
+//! Broker telemetry: one place defines every metric, as plain atomics on the message path
+//! (a registry lookup per message would cost more than the routing itself). The HTTP layer
+//! renders them in the Prometheus text format with [`BrokerMetrics::render`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters and gauges of one broker.
+#[derive(Debug, Default)]
+pub struct BrokerMetrics {
+    /// Open client connections (gauge).
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// CONNECTs refused (any reason).
+    pub connects_refused: AtomicU64,
+    /// Sessions held, online and offline (gauge).
+    pub sessions: AtomicI64,
+    /// PUBLISH packets received from clients.
+    pub messages_in: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_out: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Messages dropped because a session queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Messages dropped because they expired before delivery.
+    pub dropped_expired: AtomicU64,
+    /// Messages dropped because they exceeded the client's maximum packet size.
+    pub dropped_too_large: AtomicU64,
+    /// Messages not delivered because `iot:Receive` was denied.
+    pub dropped_unauthorized: AtomicU64,
+    /// Retained messages held (gauge).
+    pub retained: AtomicI64,
+    /// Subscriptions held (gauge).
+    pub subscriptions: AtomicI64,
+    /// Store write batches committed.
+    pub store_batches: AtomicU64,
+    /// Store write failures (each retried).
+    pub store_errors: AtomicU64,
+    /// Store writes waiting to be committed (gauge).
+    pub store_pending: AtomicI64,
+    /// 1 while the store answers, 0 while it does not (gauge).
+    pub store_up: AtomicI64,
+    /// Protocol errors and refused packets (malformed, oversized, bad topic...).
+    pub protocol_errors: AtomicU64,
+    /// Wills published.
+    pub wills_published: AtomicU64,
+}
+
+impl BrokerMetrics {
+    /// Adds one to a counter.
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let c = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let g = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        g(
+            &mut out,
+            "shoal_connections",
+            "Open MQTT connections.",
+            self.connections.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_connections_total",
+            "MQTT connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_connects_refused_total",
+            "CONNECT packets refused.",
+            self.connects_refused.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "shoal_sessions",
+            "Sessions held (online and offline).",
+            self.sessions.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "shoal_subscriptions",
+            "Subscriptions held.",
+            self.subscriptions.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_messages_in_total",
+            "PUBLISH packets received from clients.",
+            self.messages_in.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_messages_out_total",
+            "PUBLISH packets sent to clients.",
+            self.messages_out.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_bytes_in_total",
+            "Payload bytes received.",
+            self.bytes_in.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_bytes_out_total",
+            "Payload bytes sent.",
+            self.bytes_out.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shoal_messages_dropped_total Messages not delivered, by reason.\n# TYPE shoal_messages_dropped_total counter"
+        );
+        for (reason, v) in [
+            ("queue_full", &self.dropped_queue_full),
+            ("expired", &self.dropped_expired),
+            ("too_large", &self.dropped_too_large),
+            ("unauthorized", &self.dropped_unauthorized),
+        ] {
+            let _ = writeln!(
+                out,
+                "shoal_messages_dropped_total{{reason=\"{reason}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        g(
+            &mut out,
+            "shoal_retained_messages",
+            "Retained messages held.",
+            self.retained.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_protocol_errors_total",
+            "Malformed or refused packets.",
+            self.protocol_errors.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_wills_published_total",
+            "Will messages published.",
+            self.wills_published.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_store_batches_total",
+            "Store write batches committed.",
+            self.store_batches.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_store_errors_total",
+            "Store operations that failed.",
+            self.store_errors.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "shoal_store_pending_writes",
+            "Store writes not yet committed.",
+            self.store_pending.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "shoal_store_up",
+            "1 when the store answers.",
+            self.store_up.load(Relaxed),
+        );
+        out
+    }
+}

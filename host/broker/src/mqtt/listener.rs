@@ -1,0 +1,180 @@
+//! Listeners: the ntex server that accepts MQTT over TCP and TLS on its own thread.
+//!
+//! ntex runs single-threaded workers (each a tokio current-thread runtime) and will not start
+//! inside a tokio runtime, so [`start`] runs the ntex system on a dedicated OS thread and hands
+//! back a `Send` [`MqttServer`] handle the tokio side uses to stop it.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use ntex::service::fn_service;
+use ntex::{Service, SharedCfg};
+use ntex_mqtt::{MqttServiceConfig, QoS, v3, v5};
+
+use super::{Ctx, HandlerError};
+use crate::broker::Broker;
+
+/// How a listener speaks.
+#[derive(Clone)]
+pub enum ListenerKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS with this rustls configuration.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+impl std::fmt::Debug for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerKind::Tcp => f.write_str("Tcp"),
+            ListenerKind::Tls(_) => f.write_str("Tls"),
+        }
+    }
+}
+
+/// A bound socket to serve MQTT on.
+#[derive(Debug)]
+pub struct Listener {
+    /// Its name in logs and in `ports.json` (`mqtt`, `mqtts`).
+    pub name: &'static str,
+    /// The bound socket (bind it yourself so port 0 resolves before start).
+    pub socket: TcpListener,
+    /// TCP or TLS.
+    pub kind: ListenerKind,
+}
+
+/// A running MQTT server.
+#[derive(Debug)]
+pub struct MqttServer {
+    server: ntex::server::Server,
+    thread: Option<JoinHandle<()>>,
+    addrs: Vec<(&'static str, SocketAddr)>,
+}
+
+impl MqttServer {
+    /// The bound addresses by listener name.
+    pub fn addrs(&self) -> &[(&'static str, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// Stops accepting and closes connections (`graceful`: waits for them to finish).
+    pub async fn stop(&mut self, graceful: bool) {
+        self.server.stop(graceful).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn mqtt_cfg(broker: &Broker) -> SharedCfg {
+    let lim = &broker.cfg.limits;
+    SharedCfg::new("MQTT")
+        .add(
+            MqttServiceConfig::new()
+                .set_max_qos(QoS::ExactlyOnce)
+                .set_max_size(lim.max_packet_size())
+                .set_max_receive(lim.max_receive)
+                .set_max_send(lim.max_inflight)
+                .set_max_topic_alias(lim.max_topic_aliases)
+                .set_connect_timeout(ntex::time::Seconds(10)),
+        )
+        .into()
+}
+
+macro_rules! mqtt_service {
+    ($ctx:expr) => {{
+        let c3 = $ctx.clone();
+        let c5 = $ctx.clone();
+        ntex_mqtt::MqttServer::new()
+            .v3(
+                v3::MqttServer::new(async |s: &super::v3::Session, p| super::v3::publish(s, p).await)
+                    .protocol(async |s: &super::v3::Session, m| super::v3::protocol(s, m).await)
+                    .control(async |s: &super::v3::Session, c| super::v3::control(s, c).await)
+                    .build(fn_service(move |c: v3::Connect| {
+                        let ctx = c3.clone();
+                        async move { super::v3::connect(ctx, c).await }
+                    })),
+            )
+            .v5(
+                v5::MqttServer::new(async |s: &super::v5::Session, p| super::v5::publish(s, p).await)
+                    .protocol(async |s: &super::v5::Session, m| super::v5::protocol(s, m).await)
+                    .control(async |s: &super::v5::Session, c| super::v5::control(s, c).await)
+                    .build(fn_service(move |c: v5::Connect| {
+                        let ctx = c5.clone();
+                        async move { super::v5::connect(ctx, c).await }
+                    })),
+            )
+    }};
+}
+
+/// Starts serving `listeners` with `workers` ntex worker threads.
+pub fn start(broker: Arc<Broker>, listeners: Vec<Listener>, workers: usize) -> io::Result<MqttServer> {
+    let addrs = listeners
+        .iter()
+        .map(|l| Ok((l.name, l.socket.local_addr()?)))
+        .collect::<io::Result<Vec<_>>>()?;
+    let (tx, rx) = mpsc::channel::<io::Result<ntex::server::Server>>();
+    let thread = std::thread::Builder::new()
+        .name("shoal-mqtt".into())
+        .spawn(move || {
+            ntex::rt::System::build()
+                .name("shoal-mqtt")
+                .build(ntex::rt::DefaultRuntime)
+                .block_on(async move {
+                    let max_conns = broker.cfg.limits.max_connections;
+                    let mut builder = ntex::server::build()
+                        .workers(workers)
+                        .max_connections(max_conns)
+                        .disable_signals()
+                        .graceful_shutdown_timeout(ntex::time::Seconds(2));
+                    for l in listeners {
+                        let ctx = Ctx {
+                            broker: broker.clone(),
+                            listener: l.name,
+                        };
+                        let cfg = mqtt_cfg(&broker);
+                        let res = match l.kind {
+                            ListenerKind::Tcp => {
+                                builder.listen(l.name, l.socket, cfg, async move |_| mqtt_service!(ctx))
+                            }
+                            ListenerKind::Tls(tls) => {
+                                builder.listen(l.name, l.socket, cfg, async move |_| {
+                                    ntex_tls::max_concurrent_ssl_accept(4096);
+                                    ntex_tls::rustls::TlsAcceptor::new(tls.clone())
+                                        .map_err(|e| {
+                                            ntex_mqtt::MqttError::Service(HandlerError::new(
+                                                ntex_mqtt::v5::codec::DisconnectReasonCode::UnspecifiedError,
+                                                format!("TLS handshake: {e}"),
+                                            ))
+                                        })
+                                        .and_then(mqtt_service!(ctx))
+                                })
+                            }
+                        };
+                        builder = match res {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
+                    }
+                    let srv = builder.run();
+                    let _ = tx.send(Ok(srv.clone()));
+                    if let Err(e) = srv.await {
+                        tracing::error!(error = %e, "MQTT server stopped with an error");
+                    }
+                });
+        })?;
+    let server = rx
+        .recv()
+        .map_err(|_| io::Error::other("MQTT server thread exited before starting"))??;
+    Ok(MqttServer {
+        server,
+        thread: Some(thread),
+        addrs,
+    })
+}

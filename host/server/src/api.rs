@@ -1,0 +1,62 @@
+//! The HTTP surface (axum): health and Prometheus metrics for now.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use shoal_broker::Broker;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The broker.
+    pub broker: Arc<Broker>,
+}
+
+/// The HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// `GET /health`: 200 when everything answers, 503 (with the same body) when the store does
+/// not; MQTT keeps serving live traffic either way.
+async fn health(State(s): State<AppState>) -> Response {
+    let (store_up, store_error) = s.broker.store_health();
+    let m = &s.broker.metrics;
+    let body = json!({
+        "status": if store_up { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": {
+            "kind": s.broker.store_kind(),
+            "up": store_up,
+            "error": store_error,
+            "pending_writes": m.store_pending.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "mqtt": {
+            "connections": m.connections.load(std::sync::atomic::Ordering::Relaxed),
+            "sessions": s.broker.session_count(),
+        },
+    });
+    let code = if store_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.broker.metrics.render(),
+    )
+        .into_response()
+}

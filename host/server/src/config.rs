@@ -1,0 +1,320 @@
+//! Configuration: a TOML file, overridden by `SHOAL_*` environment variables, overridden by
+//! command-line flags. Every key has the same name in all three (`--max-payload-size`,
+//! `SHOAL_MAX_PAYLOAD_SIZE`, `[limits] max_payload_size`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+use shoal_broker::Limits;
+
+/// Flags of `shoal serve` (each also `SHOAL_<NAME>` and a TOML key).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory: embedded store, generated certificates, ports.json.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// MQTT over TCP listen address (`off` to disable).
+    #[arg(long, env = "SHOAL_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+    /// MQTT over TLS listen address (`off` to disable).
+    #[arg(long, env = "SHOAL_MQTTS_LISTEN")]
+    pub mqtts_listen: Option<String>,
+    /// HTTP listen address (health, metrics, API).
+    #[arg(long, env = "SHOAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Store: `embedded` (default), `memory`, or `redis://host:port/db`.
+    #[arg(long, env = "SHOAL_STORE")]
+    pub store: Option<String>,
+    /// TLS server certificate chain (PEM); generated into the data dir when unset.
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS server private key (PEM).
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// MQTT worker threads (default: number of CPUs).
+    #[arg(long, env = "SHOAL_WORKERS")]
+    pub workers: Option<usize>,
+    /// Log filter (tracing `EnvFilter` syntax), default `info`.
+    #[arg(long, env = "SHOAL_LOG")]
+    pub log: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limit flags; unset ones come from the file or the defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Largest PUBLISH payload in bytes (default 131072).
+    #[arg(long, env = "SHOAL_MAX_PAYLOAD_SIZE")]
+    pub max_payload_size: Option<u32>,
+    /// Longest topic in bytes (default 256).
+    #[arg(long, env = "SHOAL_MAX_TOPIC_LENGTH")]
+    pub max_topic_length: Option<usize>,
+    /// Most topic levels (default 8).
+    #[arg(long, env = "SHOAL_MAX_TOPIC_LEVELS")]
+    pub max_topic_levels: Option<usize>,
+    /// Longest client id in bytes (default 128).
+    #[arg(long, env = "SHOAL_MAX_CLIENT_ID_LENGTH")]
+    pub max_client_id_length: Option<usize>,
+    /// QoS 1/2 messages in flight to a client (default 100).
+    #[arg(long, env = "SHOAL_MAX_INFLIGHT")]
+    pub max_inflight: Option<u16>,
+    /// QoS 1/2 messages a client may have in flight to us (default 100).
+    #[arg(long, env = "SHOAL_MAX_RECEIVE")]
+    pub max_receive: Option<u16>,
+    /// Messages queued per session (default 1000).
+    #[arg(long, env = "SHOAL_MAX_QUEUED_MESSAGES")]
+    pub max_queued_messages: Option<usize>,
+    /// Open connections (default 100000).
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Topic aliases per client (default 64).
+    #[arg(long, env = "SHOAL_MAX_TOPIC_ALIASES")]
+    pub max_topic_aliases: Option<u16>,
+    /// Highest keep-alive in seconds (default 1200).
+    #[arg(long, env = "SHOAL_MAX_KEEP_ALIVE_SECS")]
+    pub max_keep_alive_secs: Option<u16>,
+    /// Subscriptions per session (default 1000).
+    #[arg(long, env = "SHOAL_MAX_SUBSCRIPTIONS_PER_SESSION")]
+    pub max_subscriptions_per_session: Option<usize>,
+    /// Longest session expiry in seconds (default 604800).
+    #[arg(long, env = "SHOAL_MAX_SESSION_EXPIRY_SECS")]
+    pub max_session_expiry_secs: Option<u32>,
+}
+
+/// The configuration file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    mqtt_listen: Option<String>,
+    mqtts_listen: Option<String>,
+    http_listen: Option<String>,
+    store: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    workers: Option<usize>,
+    log: Option<String>,
+    limits: Option<Limits>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// MQTT/TCP address, `None` when disabled.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// MQTT/TLS address, `None` when disabled.
+    pub mqtts_listen: Option<SocketAddr>,
+    /// HTTP address.
+    pub http_listen: SocketAddr,
+    /// Store URL.
+    pub store: String,
+    /// TLS certificate and key, when configured.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// MQTT worker threads.
+    pub workers: usize,
+    /// Log filter.
+    pub log: String,
+    /// Broker limits.
+    pub limits: Limits,
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for us.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn addr(key: &'static str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|e| ConfigError::Invalid {
+        key,
+        message: format!("{v:?} is not an address like 127.0.0.1:1883 ({e})"),
+    })
+}
+
+impl Config {
+    /// Resolves flags (and their env vars) over the file over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let pick = |cli: &Option<String>, f: &Option<String>, d: &str| {
+            cli.clone().or(f.clone()).unwrap_or(d.to_owned())
+        };
+        let mqtt = pick(&args.mqtt_listen, &file.mqtt_listen, "127.0.0.1:1883");
+        let mqtts = pick(&args.mqtts_listen, &file.mqtts_listen, "127.0.0.1:8883");
+        let http = pick(&args.http_listen, &file.http_listen, "127.0.0.1:8080");
+        let http_listen = addr("http_listen", &http)?.ok_or(ConfigError::Invalid {
+            key: "http_listen",
+            message: "the HTTP listener cannot be disabled".into(),
+        })?;
+        let mut limits = file.limits.unwrap_or_default();
+        let l = &args.limits;
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = l.$f { limits.$f = v; } )* };
+        }
+        over!(
+            max_payload_size,
+            max_topic_length,
+            max_topic_levels,
+            max_client_id_length,
+            max_inflight,
+            max_receive,
+            max_queued_messages,
+            max_connections,
+            max_topic_aliases,
+            max_keep_alive_secs,
+            max_subscriptions_per_session,
+            max_session_expiry_secs
+        );
+        if limits.max_inflight == 0 || limits.max_receive == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_inflight/max_receive",
+                message: "must be at least 1".into(),
+            });
+        }
+        if limits.max_payload_size > 256 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_payload_size",
+                message: "must be at most 256 MiB (the MQTT maximum)".into(),
+            });
+        }
+        let tls_cert = args.tls_cert.clone().or(file.tls_cert);
+        let tls_key = args.tls_key.clone().or(file.tls_key);
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert/tls_key",
+                    message: "set both or neither".into(),
+                });
+            }
+        };
+        let workers = args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(Config {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./shoal-data")),
+            mqtt_listen: addr("mqtt_listen", &mqtt)?,
+            mqtts_listen: addr("mqtts_listen", &mqtts)?,
+            http_listen,
+            store: args
+                .store
+                .clone()
+                .or(file.store)
+                .unwrap_or_else(|| "embedded".into()),
+            tls,
+            workers: workers.max(1),
+            log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            limits,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.mqtt_listen, Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c.mqtts_listen, Some("127.0.0.1:8883".parse().unwrap()));
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.store, "embedded");
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(
+            &p,
+            "mqtt_listen = \"127.0.0.1:0\"\nmqtts_listen = \"off\"\nstore = \"memory\"\n[limits]\nmax_payload_size = 1000\nmax_inflight = 7\n",
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        args.limits.max_inflight = Some(9);
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.mqtt_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.mqtts_listen, None);
+        assert_eq!(c.store, "memory");
+        assert_eq!(c.limits.max_payload_size, 1000);
+        assert_eq!(c.limits.max_inflight, 9);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let args = ServeArgs {
+            mqtt_listen: Some("nonsense".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("mqtt_listen"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "no_such_key = 1\n").unwrap();
+        let e = Config::resolve(&ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+    }
+}

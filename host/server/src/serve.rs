@@ -1,0 +1,130 @@
+//! `shoal serve`: wires the store, the broker, the MQTT listeners and the HTTP API, writes
+//! `ports.json`, and shuts everything down on SIGTERM/SIGINT within a few seconds.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_broker::mqtt::{Listener, ListenerKind};
+use shoal_broker::session::KickReason;
+use shoal_broker::{Broker, BrokerConfig, auth::AllowAll};
+
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::pki;
+
+/// Runs the server until a shutdown signal.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
+    let store = shoal_store::open(&cfg.store, &cfg.data_dir)
+        .await
+        .with_context(|| format!("opening the store {:?}", cfg.store))?;
+    tracing::info!(store = store.kind(), "store opened");
+    let rt = tokio::runtime::Handle::current();
+    let broker_cfg = BrokerConfig {
+        limits: cfg.limits.clone(),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start(broker_cfg, store, Arc::new(AllowAll), &rt)
+        .await
+        .context("loading broker state from the store")?;
+
+    let mut listeners = Vec::new();
+    if let Some(addr) = cfg.mqtt_listen {
+        let socket = TcpListener::bind(addr).with_context(|| format!("binding MQTT on {addr}"))?;
+        listeners.push(Listener {
+            name: "mqtt",
+            socket,
+            kind: ListenerKind::Tcp,
+        });
+    }
+    if let Some(addr) = cfg.mqtts_listen {
+        let (cert, key) = match &cfg.tls {
+            Some((c, k)) => (c.clone(), k.clone()),
+            None => {
+                let p = pki::ensure(&cfg.data_dir)?;
+                (p.server_cert, p.server_key)
+            }
+        };
+        let tls = shoal_broker::mqtt::tls::server_config(
+            &std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?,
+            &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+        )?;
+        let socket = TcpListener::bind(addr).with_context(|| format!("binding MQTT/TLS on {addr}"))?;
+        listeners.push(Listener {
+            name: "mqtts",
+            socket,
+            kind: ListenerKind::Tls(tls),
+        });
+    }
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
+    let http_addr = http.local_addr()?;
+
+    let mut mqtt =
+        shoal_broker::mqtt::start(broker.clone(), listeners, cfg.workers).context("starting MQTT")?;
+    let mut ports: BTreeMap<&str, String> = mqtt.addrs().iter().map(|(n, a)| (*n, a.to_string())).collect();
+    ports.insert("http", http_addr.to_string());
+    for (name, addr) in &ports {
+        tracing::info!(listener = name, %addr, "listening");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = router(AppState {
+        broker: broker.clone(),
+    });
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    write_ports(&cfg, &ports)?;
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    broker.kick_all(KickReason::ServerShuttingDown);
+    if tokio::time::timeout(Duration::from_secs(3), mqtt.stop(true))
+        .await
+        .is_err()
+    {
+        tracing::warn!("MQTT connections did not close in time");
+    }
+    if !broker.flush(Duration::from_millis(1500)).await {
+        tracing::warn!("the store did not confirm every write before exit");
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(300), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_ports(cfg: &Config, ports: &BTreeMap<&str, String>) -> anyhow::Result<()> {
+    let path = cfg.data_dir.join("ports.json");
+    let tmp = cfg.data_dir.join("ports.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(ports)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

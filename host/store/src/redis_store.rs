@@ -1,0 +1,286 @@
+//! The Redis backend.
+//!
+//! Keys, all under a prefix (default `shoal`) so one Redis can be shared:
+//!
+//! * `{prefix}:sessions`: hash `client_id -> data`
+//! * `{prefix}:queue:{client_id}`: hash `seq (decimal) -> data`, one per client, so deleting a
+//!   session drops its whole queue with one `DEL` and clients never share a key.
+//! * `{prefix}:retained`: hash `topic -> data`
+//!
+//! A batch is one `MULTI`/`EXEC` pipeline: one round trip, applied atomically. Durability is
+//! whatever the Redis server is configured for (AOF `fsync` policy); `Ok` means Redis executed
+//! the transaction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shoal_broker::store::{BrokerStore, LoadedSession, StoreError, StoreOp};
+
+/// Bound on [`RedisStore::connect`]: `ConnectionManager::new` retries on its own and must not
+/// hold up start-up indefinitely.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per connection attempt (TCP + handshake).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Per command or pipeline response.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect attempts per call while Redis is down: few, so a call fails fast and the broker's
+/// writer retries on its own schedule; the next call starts a fresh reconnect.
+const RECONNECT_RETRIES: usize = 1;
+/// Last-resort bound on any single round trip, in case a timeout above does not cover a path.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many queue hashes `load_sessions` fetches per pipelined round trip.
+const LOAD_CHUNK: usize = 256;
+
+/// A [`BrokerStore`] in Redis hashes.
+///
+/// Holds a [`ConnectionManager`]: one multiplexed connection that reconnects by itself after
+/// Redis restarts, so the broker keeps one `RedisStore` for its whole life. While Redis is down,
+/// calls fail within a few seconds with [`StoreError::Unavailable`] instead of hanging.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    sessions_key: String,
+    retained_key: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a redis error: a reply we cannot decode is [`StoreError::Corrupt`], everything else
+/// (connection, timeout, server error) is [`StoreError::Unavailable`].
+fn redis_err(what: &str, e: &redis::RedisError) -> StoreError {
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            StoreError::Corrupt(format!("redis {what}: {e}"))
+        }
+        _ => StoreError::Unavailable(format!("redis {what}: {e}")),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://` or `rediss://`), keeping every key under `prefix`.
+    ///
+    /// Fails within about 5 s if Redis is unreachable, so a misconfigured broker reports it at
+    /// start-up. After that the connection is re-established automatically.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let shown = crate::redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL {shown}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to Redis at {shown}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to Redis at {shown}: no connection within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let store = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            sessions_key: format!("{prefix}:sessions"),
+            retained_key: format!("{prefix}:retained"),
+        };
+        // The handshake alone does not prove the server answers commands (AUTH, ACLs, LOADING).
+        store.ping().await?;
+        tracing::info!(url = %shown, prefix, "Redis store connected");
+        Ok(store)
+    }
+
+    /// The key prefix, for logs and `/health`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn queue_key(&self, client_id: &str) -> String {
+        format!("{}:queue:{client_id}", self.prefix)
+    }
+
+    /// Runs one round trip under [`CALL_TIMEOUT`] with the error mapped and logged.
+    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(redis_err(what, &e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis {what}: no answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
+        if let Err(e) = &res {
+            tracing::debug!(error = %e, "Redis call failed");
+        }
+        res
+    }
+}
+
+#[async_trait]
+impl BrokerStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    /// The whole batch as one `MULTI`/`EXEC` pipeline, commands in batch order.
+    ///
+    /// If the connection drops mid-call the outcome is unknown (the `EXEC` may or may not have
+    /// run); every op is idempotent, so the caller can simply apply the batch again.
+    async fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for op in ops {
+            match op {
+                StoreOp::PutSession { client_id, data } => {
+                    pipe.cmd("HSET")
+                        .arg(&self.sessions_key)
+                        .arg(client_id)
+                        .arg(data.as_slice())
+                        .ignore();
+                }
+                StoreOp::DeleteSession { client_id } => {
+                    pipe.cmd("HDEL").arg(&self.sessions_key).arg(client_id).ignore();
+                    pipe.cmd("DEL").arg(self.queue_key(client_id)).ignore();
+                }
+                StoreOp::PutQueued { client_id, seq, data } => {
+                    pipe.cmd("HSET")
+                        .arg(self.queue_key(client_id))
+                        .arg(*seq)
+                        .arg(data.as_slice())
+                        .ignore();
+                }
+                StoreOp::DeleteQueued { client_id, seq } => {
+                    pipe.cmd("HDEL").arg(self.queue_key(client_id)).arg(*seq).ignore();
+                }
+                StoreOp::PutRetained { topic, data } => {
+                    pipe.cmd("HSET")
+                        .arg(&self.retained_key)
+                        .arg(topic)
+                        .arg(data.as_slice())
+                        .ignore();
+                }
+                StoreOp::DeleteRetained { topic } => {
+                    pipe.cmd("HDEL").arg(&self.retained_key).arg(topic).ignore();
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        self.call("apply", pipe.exec_async(&mut conn))
+            .await
+            .inspect_err(|e| tracing::warn!(ops = ops.len(), error = %e, "Redis store batch failed"))
+    }
+
+    /// `HGETALL` of the sessions hash, then the queue hashes in pipelined chunks.
+    ///
+    /// Not a snapshot: the two steps are separate round trips. It is meant for start-up, before
+    /// the broker writes anything.
+    async fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
+        let mut conn = self.conn.clone();
+        let sessions: HashMap<String, Vec<u8>> = self
+            .call(
+                "load sessions",
+                redis::cmd("HGETALL")
+                    .arg(&self.sessions_key)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut sessions: Vec<(String, Vec<u8>)> = sessions.into_iter().collect();
+        sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+        let mut out = Vec::with_capacity(sessions.len());
+        for chunk in sessions.chunks(LOAD_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (client_id, _) in chunk {
+                pipe.cmd("HGETALL").arg(self.queue_key(client_id));
+            }
+            let queues: Vec<HashMap<String, Vec<u8>>> =
+                self.call("load queues", pipe.query_async(&mut conn)).await?;
+            if queues.len() != chunk.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "redis load queues: {} replies for {} queues",
+                    queues.len(),
+                    chunk.len()
+                )));
+            }
+            for ((client_id, data), queue) in chunk.iter().zip(queues) {
+                let mut queued = queue
+                    .into_iter()
+                    .map(|(seq, d)| {
+                        seq.parse::<u64>().map(|s| (s, d)).map_err(|_| {
+                            StoreError::Corrupt(format!(
+                                "redis key {}: field {seq:?} is not a sequence number",
+                                self.queue_key(client_id)
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Hash fields come back unordered; the broker needs delivery order.
+                queued.sort_unstable_by_key(|(s, _)| *s);
+                out.push(LoadedSession {
+                    client_id: client_id.clone(),
+                    data: data.clone(),
+                    queued,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_retained(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let retained: HashMap<String, Vec<u8>> = self
+            .call(
+                "load retained",
+                redis::cmd("HGETALL")
+                    .arg(&self.retained_key)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut retained: Vec<(String, Vec<u8>)> = retained.into_iter().collect();
+        // Same order as the other backends.
+        retained.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(retained)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: String = self
+            .call("ping", redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "redis ping: unexpected reply {reply:?}"
+            )))
+        }
+    }
+}
