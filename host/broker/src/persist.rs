@@ -23,10 +23,13 @@ use crate::store::{SharedStore, StoreOp};
 /// Most ops committed in one batch.
 const MAX_BATCH: usize = 4096;
 
+type OpSender = mpsc::UnboundedSender<(u64, StoreOp)>;
+
 /// Hands state changes to the writer task.
 #[derive(Debug)]
 pub struct Persister {
-    tx: Mutex<(u64, Option<mpsc::UnboundedSender<(u64, StoreOp)>>)>,
+    /// The last ticket handed out, and the channel (gone once closed).
+    tx: Mutex<(u64, Option<OpSender>)>,
     committed: watch::Receiver<u64>,
     metrics: Arc<BrokerMetrics>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -172,12 +175,14 @@ async fn pinger(store: SharedStore, metrics: Arc<BrokerMetrics>, last_error: Arc
                 }
             }
             Ok(Err(e)) => {
+                BrokerMetrics::inc(&metrics.store_errors);
                 if metrics.store_up.swap(0, Relaxed) == 1 {
                     tracing::error!(store = store.kind(), error = %e, "store is not answering");
                 }
                 *last_error.lock() = Some(e.to_string());
             }
             Err(_) => {
+                BrokerMetrics::inc(&metrics.store_errors);
                 if metrics.store_up.swap(0, Relaxed) == 1 {
                     tracing::error!(store = store.kind(), "store ping timed out");
                 }

@@ -7,7 +7,6 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
 
 use ntex::util::ByteString;
 use ntex_mqtt::{v3, v5};
@@ -335,7 +334,7 @@ fn spawn_polled<F: Future<Output = ()> + 'static>(fut: F) {
     let mut fut = Box::pin(fut);
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
-    if let Poll::Pending = fut.as_mut().poll(&mut cx) {
+    if fut.as_mut().poll(&mut cx).is_pending() {
         ntex::rt::spawn(fut);
     }
 }

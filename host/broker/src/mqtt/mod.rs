@@ -60,18 +60,32 @@ impl TryFrom<HandlerError> for ntex_mqtt::v5::PublishAck {
     }
 }
 
+/// A CONNECT's last will, as either protocol version carries it.
+pub(crate) struct WillParts<'a> {
+    pub topic: &'a ByteString,
+    pub payload: &'a Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub props: MessageProps,
+    pub expiry: Option<u32>,
+    pub delay_secs: u32,
+}
+
 /// Builds a will from a CONNECT's last will, validated like a PUBLISH.
 pub(crate) fn will_message(
     broker: &Broker,
-    topic: &ByteString,
-    payload: &Bytes,
-    qos: QoS,
-    retain: bool,
-    props: MessageProps,
-    expiry: Option<u32>,
-    delay_secs: u32,
+    w: WillParts<'_>,
     publisher: &crate::message::ClientId,
 ) -> Result<Will, String> {
+    let WillParts {
+        topic,
+        payload,
+        qos,
+        retain,
+        props,
+        expiry,
+        delay_secs,
+    } = w;
     let topic = Topic::parse(topic.clone(), broker.topic_limits()).map_err(|e| format!("will topic: {e}"))?;
     if payload.len() > broker.cfg.limits.max_payload_size as usize {
         return Err(format!(

@@ -12,7 +12,7 @@ use ntex_mqtt::v5::codec::DisconnectReasonCode as Dis;
 use ntex_mqtt::{Control, Reason, v3};
 
 use super::conn::{Conn, PeerLimits, Sink, spawn_writer};
-use super::{Ctx, HandlerError, will_message};
+use super::{Ctx, HandlerError, WillParts, will_message};
 use crate::auth::{Action, AuthRefusal, ConnectRequest};
 use crate::broker::ConnectParams;
 use crate::hook::Origin;
@@ -77,13 +77,15 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         None => None,
         Some(w) => match will_message(
             &b,
-            &w.topic,
-            &w.message,
-            w.qos,
-            w.retain,
-            MessageProps::default(),
-            None,
-            0,
+            WillParts {
+                topic: &w.topic,
+                payload: &w.message,
+                qos: w.qos,
+                retain: w.retain,
+                props: MessageProps::default(),
+                expiry: None,
+                delay_secs: 0,
+            },
             &client_id,
         ) {
             Ok(w) => Some(w),

@@ -14,7 +14,7 @@ use ntex_mqtt::v5::codec::{
 use ntex_mqtt::{Control, Reason, v5};
 
 use super::conn::{Conn, PeerLimits, Sink, spawn_writer};
-use super::{Ctx, HandlerError, will_message};
+use super::{Ctx, HandlerError, WillParts, will_message};
 use crate::auth::{Action, AuthRefusal, ConnectRequest};
 use crate::broker::ConnectParams;
 use crate::hook::Origin;
@@ -76,17 +76,16 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
                 correlation_data: w.correlation_data.clone(),
                 utf8_payload: w.is_utf8_payload.unwrap_or(false),
             };
-            match will_message(
-                &b,
-                &w.topic,
-                &w.message,
-                w.qos,
-                w.retain,
+            let parts = WillParts {
+                topic: &w.topic,
+                payload: &w.message,
+                qos: w.qos,
+                retain: w.retain,
                 props,
-                w.message_expiry_interval,
-                w.will_delay_interval_sec.unwrap_or(0),
-                &client_id,
-            ) {
+                expiry: w.message_expiry_interval,
+                delay_secs: w.will_delay_interval_sec.unwrap_or(0),
+            };
+            match will_message(&b, parts, &client_id) {
                 Ok(w) => Some(w),
                 Err(msg) => return Ok(refuse(&ctx, c, ConnectAckReason::TopicNameInvalid, msg)),
             }
@@ -314,7 +313,7 @@ pub(crate) async fn protocol(
             let sub_id = sub.packet().id;
             let mut retained = Vec::new();
             for mut item in sub.iter_mut() {
-                let opts = item.options().clone();
+                let opts = *item.options();
                 let filter = match TopicFilter::parse(item.topic().clone(), b.topic_limits()) {
                     Ok(f) => f,
                     Err(e) => {
