@@ -312,6 +312,7 @@ pub(crate) async fn protocol(
         v5::ProtocolMessage::Subscribe(mut sub) => {
             let sub_id = sub.packet().id;
             let mut retained = Vec::new();
+            let mut refusals: Vec<String> = Vec::new();
             for mut item in sub.iter_mut() {
                 let opts = *item.options();
                 let filter = match TopicFilter::parse(item.topic().clone(), b.topic_limits()) {
@@ -319,6 +320,7 @@ pub(crate) async fn protocol(
                     Err(e) => {
                         BrokerMetrics::inc(&b.metrics.protocol_errors);
                         tracing::info!(client_id = %conn.client_id, filter = %item.topic(), "subscription refused: {e}");
+                        refusals.push(format!("{}: {e}", item.topic()));
                         item.fail(SubscribeAckReason::TopicFilterInvalid);
                         continue;
                     }
@@ -335,6 +337,7 @@ pub(crate) async fn protocol(
                     Action::Subscribe { filter: &filter },
                 ) {
                     tracing::info!(client_id = %conn.client_id, %filter, "subscription not authorized");
+                    refusals.push(format!("{filter}: not authorized"));
                     item.fail(SubscribeAckReason::NotAuthorized);
                     continue;
                 }
@@ -359,6 +362,7 @@ pub(crate) async fn protocol(
                     }
                     Err(e) => {
                         tracing::info!(client_id = %conn.client_id, %filter, "subscription refused: {e}");
+                        refusals.push(format!("{filter}: {e}"));
                         item.fail(SubscribeAckReason::QuotaExceeded);
                     }
                 }
@@ -373,20 +377,31 @@ pub(crate) async fn protocol(
                     }
                 });
             }
+            if !refusals.is_empty() && conn.problem_info {
+                sub = sub.ack_reason(ByteString::from(refusals.join("; ")));
+            }
             Ok(sub.ack())
         }
         v5::ProtocolMessage::Unsubscribe(mut unsub) => {
+            let mut refusals: Vec<String> = Vec::new();
             for mut item in unsub.iter_mut() {
                 match TopicFilter::parse(item.topic().clone(), b.topic_limits()) {
                     Ok(f) => {
                         if b.unsubscribe(&conn.session, &f) {
                             item.success();
                         } else {
+                            refusals.push(format!("{f}: no such subscription"));
                             item.fail(UnsubscribeAckReason::NoSubscriptionExisted);
                         }
                     }
-                    Err(_) => item.fail(UnsubscribeAckReason::TopicFilterInvalid),
+                    Err(e) => {
+                        refusals.push(format!("{}: {e}", item.topic()));
+                        item.fail(UnsubscribeAckReason::TopicFilterInvalid);
+                    }
                 }
+            }
+            if !refusals.is_empty() && conn.problem_info {
+                unsub = unsub.ack_reason(ByteString::from(refusals.join("; ")));
             }
             Ok(unsub.ack())
         }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (idempotent: rustup, apt, pip) and runs every test:
+# formatting, clippy, Rust unit and end-to-end tests, and the Python paho-mqtt suite.
+# `.ci/run` calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLCHAIN=1.97.0
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Rust $TOOLCHAIN (with rustfmt, clippy, wasm32-wasip2)"
+rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-wasip2
+
+step "System packages (redis-server, mosquitto-clients)"
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian starts a redis service on install where systemd runs; our tests start their own.
+
+step "Python packages (paho-mqtt, pytest)"
+python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 \
+  2>&1 | grep -v "Running pip as the 'root' user" || true
+
+step "Format and lint"
+cargo +"$TOOLCHAIN" fmt --all --check
+cargo +"$TOOLCHAIN" clippy --workspace --all-targets --locked -- -D warnings
+
+step "Build"
+cargo +"$TOOLCHAIN" build --workspace --bins --locked
+
+step "Rust tests (unit, store conformance, end-to-end)"
+cargo +"$TOOLCHAIN" test --workspace --locked
+
+step "Python paho-mqtt suite"
+SHOAL_BIN="$CARGO_TARGET_DIR/debug/shoal" python3 -m pytest tests/python -q
+
+step "All tests passed"
