@@ -962,3 +962,219 @@ async fn sweeper(broker: Weak<Broker>, every: Duration) {
         b.sweep();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AllowAll;
+    use crate::store::{BrokerStore, MemoryStore};
+    use ntex::util::Bytes;
+
+    async fn broker_with(store: Arc<MemoryStore>, tweak: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
+        let mut cfg = BrokerConfig::default();
+        cfg.sweep_interval = Duration::from_millis(20);
+        tweak(&mut cfg);
+        Broker::start(cfg, store, Arc::new(AllowAll), &tokio::runtime::Handle::current())
+            .await
+            .unwrap()
+    }
+
+    fn params(id: &str, clean: bool, expiry: u32) -> ConnectParams {
+        ConnectParams {
+            client_id: ClientId::parse(id, 128).unwrap(),
+            clean_start: clean,
+            expiry_secs: expiry,
+            principal: Arc::new(Principal::anonymous()),
+            protocol: 5,
+        }
+    }
+
+    fn msg(b: &Broker, topic: &str, payload: &str, qos: QoS) -> Message {
+        Message::new(
+            crate::topic::Topic::parse(topic, b.topic_limits()).unwrap(),
+            Bytes::copy_from_slice(payload.as_bytes()),
+            qos,
+            false,
+        )
+    }
+
+    fn filter(b: &Broker, f: &str) -> TopicFilter {
+        TopicFilter::parse(f, b.topic_limits()).unwrap()
+    }
+
+    fn drain(b: &Broker, a: &Attached) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        assert!(b.take_sendable(&a.session, a.ctl.generation, 100, 1000, &mut out));
+        out
+    }
+
+    #[tokio::test]
+    async fn offline_persistent_delivery_is_durable_before_ack() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store.clone(), |_| {}).await;
+        let a = b.attach(params("sub", false, 3600));
+        b.subscribe(&a.session, filter(&b, "t/#"), SubOptions::qos(QoS::AtLeastOnce))
+            .unwrap();
+        b.detach(&a.session, a.ctl.generation, None);
+        let routed = b.publish(msg(&b, "t/1", "x", QoS::AtLeastOnce), None);
+        assert_eq!(routed.matched, 1);
+        let ticket = routed
+            .durable_ticket
+            .expect("offline persistent delivery needs a ticket");
+        assert!(b.wait_durable(ticket).await);
+        let sessions = store.load_sessions().await.unwrap();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].queued.len(), 1);
+        // QoS 0 is not queued for an offline session.
+        assert_eq!(b.publish(msg(&b, "t/1", "y", QoS::AtMostOnce), None).matched, 0);
+    }
+
+    #[tokio::test]
+    async fn takeover_kicks_and_resume_resends_with_dup() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store, |_| {}).await;
+        let a = b.attach(params("c", false, 3600));
+        b.subscribe(&a.session, filter(&b, "x"), SubOptions::qos(QoS::AtLeastOnce))
+            .unwrap();
+        b.publish(msg(&b, "x", "1", QoS::AtLeastOnce), None);
+        let sent = drain(&b, &a);
+        assert_eq!(sent.len(), 1);
+        assert!(!sent[0].dup);
+        let pid = sent[0].pid;
+        // A second connection with the same id and clean start 0 takes over.
+        let a2 = b.attach(params("c", false, 3600));
+        assert!(a2.session_present);
+        assert_eq!(a.ctl.kicked(), Some(KickReason::SessionTakenOver));
+        // The old connection's end does not detach the new one.
+        b.detach(&a.session, a.ctl.generation, None);
+        assert!(a2.session.is_online());
+        let resent = drain(&b, &a2);
+        assert_eq!(resent.len(), 1);
+        assert!(resent[0].dup, "[MQTT-4.4.0-1] resend with DUP");
+        assert_eq!(resent[0].pid, pid, "same packet id on resend");
+        b.acked(&a2.session, pid);
+        assert_eq!(a2.session.pending_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn clean_start_discards_the_old_session() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store, |_| {}).await;
+        let a = b.attach(params("c", false, 3600));
+        b.subscribe(&a.session, filter(&b, "x"), SubOptions::qos(QoS::AtLeastOnce))
+            .unwrap();
+        b.detach(&a.session, a.ctl.generation, None);
+        let a2 = b.attach(params("c", true, 0));
+        assert!(!a2.session_present);
+        assert_eq!(b.publish(msg(&b, "x", "1", QoS::AtLeastOnce), None).matched, 0);
+        assert_eq!(b.metrics.subscriptions.load(Relaxed), 0);
+        b.detach(&a2.session, a2.ctl.generation, None);
+        assert_eq!(b.session_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn session_expiry_and_delayed_will() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store.clone(), |_| {}).await;
+        let watcher = b.attach(params("watcher", true, 0));
+        b.subscribe(
+            &watcher.session,
+            filter(&b, "will/#"),
+            SubOptions::qos(QoS::AtLeastOnce),
+        )
+        .unwrap();
+        let a = b.attach(params("dev", true, 1));
+        let will = Will {
+            message: msg(&b, "will/dev", "gone", QoS::AtLeastOnce),
+            delay_secs: 1,
+        };
+        b.detach(&a.session, a.ctl.generation, Some(will));
+        assert_eq!(drain(&b, &watcher).len(), 0, "will is delayed");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let got = drain(&b, &watcher);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].msg.payload[..], b"gone");
+        assert_eq!(b.session_count(), 1, "expired session removed");
+        assert!(store.load_sessions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reconnect_within_will_delay_cancels_the_will() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store, |_| {}).await;
+        let watcher = b.attach(params("watcher", true, 0));
+        b.subscribe(
+            &watcher.session,
+            filter(&b, "will/#"),
+            SubOptions::qos(QoS::AtLeastOnce),
+        )
+        .unwrap();
+        let a = b.attach(params("dev", false, 60));
+        let will = Will {
+            message: msg(&b, "will/dev", "gone", QoS::AtLeastOnce),
+            delay_secs: 1,
+        };
+        b.detach(&a.session, a.ctl.generation, Some(will));
+        let _a2 = b.attach(params("dev", false, 60));
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(
+            drain(&b, &watcher).len(),
+            0,
+            "[MQTT-3.1.3-9] will cancelled by reconnect"
+        );
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts() {
+        let store = Arc::new(MemoryStore::default());
+        let b = broker_with(store, |c| c.limits.max_queued_messages = 3).await;
+        let a = b.attach(params("slow", true, 0));
+        b.subscribe(&a.session, filter(&b, "x"), SubOptions::qos(QoS::AtMostOnce))
+            .unwrap();
+        for i in 0..5 {
+            b.publish(msg(&b, "x", &i.to_string(), QoS::AtMostOnce), None);
+        }
+        assert_eq!(b.metrics.dropped_queue_full.load(Relaxed), 2);
+        let got: Vec<_> = drain(&b, &a).iter().map(|o| o.msg.payload.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Bytes::from_static(b"0"),
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"2")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn restart_reloads_sessions_and_retained() {
+        let store = Arc::new(MemoryStore::default());
+        {
+            let b = broker_with(store.clone(), |_| {}).await;
+            let a = b.attach(params("p", false, 3600));
+            b.subscribe(&a.session, filter(&b, "s/+"), SubOptions::qos(QoS::ExactlyOnce))
+                .unwrap();
+            b.detach(&a.session, a.ctl.generation, None);
+            for i in 0..3 {
+                b.publish(msg(&b, "s/a", &i.to_string(), QoS::ExactlyOnce), None);
+            }
+            let mut r = msg(&b, "s/r", "kept", QoS::AtLeastOnce);
+            r.retain = true;
+            b.publish(r, None);
+            assert!(b.flush(Duration::from_secs(2)).await);
+        }
+        let b = broker_with(store, |_| {}).await;
+        assert_eq!(
+            b.retained("s/r").map(|m| m.payload.clone()),
+            Some(Bytes::from_static(b"kept"))
+        );
+        let a = b.attach(params("p", false, 3600));
+        assert!(a.session_present);
+        let got: Vec<_> = drain(&b, &a)
+            .iter()
+            .map(|o| (o.qos, o.msg.payload.clone()))
+            .collect();
+        assert_eq!(got.len(), 4, "3 queued + the retained one routed live: {got:?}");
+        assert!(got[..3].iter().all(|(q, _)| *q == QoS::ExactlyOnce));
+    }
+}
