@@ -116,10 +116,13 @@ impl Router {
     /// member picked per shared group).
     pub fn targets(&self, topic: &Topic, publisher: Option<&ClientId>) -> Vec<Target> {
         let levels: Vec<&str> = topic.levels().collect();
-        let mut hits: Vec<(&Entry, bool)> = Vec::new();
-        collect(&self.root, &levels, 0, topic.is_system(), &mut hits);
+        let mut hits: Vec<&Entry> = Vec::new();
+        // Number of trie nodes that contributed: a session has at most one entry per node, so
+        // with a single contributing node there is nothing to merge (the common case).
+        let mut nodes = 0usize;
+        collect(&self.root, &levels, 0, topic.is_system(), &mut hits, &mut nodes);
         let mut out: Vec<Target> = Vec::with_capacity(hits.len());
-        for (e, _) in &hits {
+        for e in &hits {
             if e.opts.no_local && publisher.is_some_and(|p| *p == e.session.client_id) {
                 continue;
             }
@@ -132,6 +135,7 @@ impl Router {
         }
         // Shared groups: one member each, preferring members that are online.
         collect_groups(&self.root, &levels, 0, topic.is_system(), &mut |g: &Group| {
+            nodes += 1;
             if g.members.is_empty() {
                 return;
             }
@@ -152,7 +156,7 @@ impl Router {
                     .unwrap_or_default(),
             });
         });
-        if out.len() > 1 {
+        if nodes > 1 && out.len() > 1 {
             merge_per_session(&mut out);
         }
         out
@@ -188,20 +192,34 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64
     }
 }
 
-fn collect<'a>(node: &'a Node, levels: &[&str], idx: usize, system: bool, out: &mut Vec<(&'a Entry, bool)>) {
+fn collect<'a>(
+    node: &'a Node,
+    levels: &[&str],
+    idx: usize,
+    system: bool,
+    out: &mut Vec<&'a Entry>,
+    nodes: &mut usize,
+) {
     let wildcard_ok = !(idx == 0 && system);
-    if wildcard_ok && let Some(h) = node.children.get("#") {
-        out.extend(h.direct.values().map(|e| (e, true)));
+    if wildcard_ok
+        && let Some(h) = node.children.get("#")
+        && !h.direct.is_empty()
+    {
+        *nodes += 1;
+        out.extend(h.direct.values());
     }
     if idx == levels.len() {
-        out.extend(node.direct.values().map(|e| (e, false)));
+        if !node.direct.is_empty() {
+            *nodes += 1;
+            out.extend(node.direct.values());
+        }
         return;
     }
     if let Some(c) = node.children.get(levels[idx]) {
-        collect(c, levels, idx + 1, system, out);
+        collect(c, levels, idx + 1, system, out, nodes);
     }
     if wildcard_ok && let Some(p) = node.children.get("+") {
-        collect(p, levels, idx + 1, system, out);
+        collect(p, levels, idx + 1, system, out, nodes);
     }
 }
 
