@@ -711,7 +711,12 @@ impl Broker {
     }
 
     /// Waits until a store ticket is committed (bounded by the configured timeout).
+    /// While the store is known to be down the wait is skipped: the message is held in memory
+    /// and written when the store is back, and publishers are not stalled by the outage.
     pub async fn wait_durable(&self, ticket: u64) -> bool {
+        if self.metrics.store_up.load(Relaxed) == 0 {
+            return false;
+        }
         let ok = self.persist.wait(ticket, self.cfg.durable_ack_timeout).await;
         if !ok {
             tracing::warn!(
