@@ -1,6 +1,10 @@
 //! Test harness for Shoal's end-to-end tests: [`TestHost`] runs a real `shoal serve` as a child
 //! process on free ports (read back from `ports.json`), [`RedisServer`] a real `redis-server`.
 //! Both clean up after themselves when dropped.
+//!
+//! The harness is deliberately blocking (plain processes and sockets, polled with short
+//! sleeps): tests call it before and after their async parts, never from a server path.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,6 +2,8 @@
 //! wrote: `mosquitto_pub`/`mosquitto_sub` and the `rumqttc` crate. Python paho tests for the
 //! finer MQTT 5 behaviour live in `tests/python`.
 
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // test code: blocking waits and unwraps are fine
+
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -976,8 +976,10 @@ mod tests {
     use ntex::util::Bytes;
 
     async fn broker_with(store: Arc<MemoryStore>, tweak: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
-        let mut cfg = BrokerConfig::default();
-        cfg.sweep_interval = Duration::from_millis(20);
+        let mut cfg = BrokerConfig {
+            sweep_interval: Duration::from_millis(20),
+            ..BrokerConfig::default()
+        };
         tweak(&mut cfg);
         Broker::start(cfg, store, Arc::new(AllowAll), &tokio::runtime::Handle::current())
             .await

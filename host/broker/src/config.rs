@@ -37,6 +37,8 @@ pub struct Limits {
     /// Longest Session Expiry Interval a client may ask for, in seconds (AWS IoT: 1 hour by
     /// default, up to 7 days).
     pub max_session_expiry_secs: u32,
+    /// A client whose socket stays full (it does not read) this long is disconnected.
+    pub write_timeout_secs: u16,
 }
 
 impl Default for Limits {
@@ -54,6 +56,7 @@ impl Default for Limits {
             max_keep_alive_secs: 1200,
             max_subscriptions_per_session: 1000,
             max_session_expiry_secs: 7 * 24 * 3600,
+            write_timeout_secs: 30,
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct LimitArgs {
     /// Longest session expiry in seconds (default 604800).
     #[arg(long, env = "SHOAL_MAX_SESSION_EXPIRY_SECS")]
     pub max_session_expiry_secs: Option<u32>,
+    /// Seconds a client may leave its socket full before it is disconnected (default 30).
+    #[arg(long, env = "SHOAL_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<u16>,
 }
 
 /// The configuration file's shape.
@@ -199,7 +202,8 @@ impl Config {
             max_topic_aliases,
             max_keep_alive_secs,
             max_subscriptions_per_session,
-            max_session_expiry_secs
+            max_session_expiry_secs,
+            write_timeout_secs
         );
         if limits.max_inflight == 0 || limits.max_receive == 0 {
             return Err(ConfigError::Invalid {

@@ -35,6 +35,62 @@ pub struct Conn {
     pub(crate) zero_expiry_at_connect: bool,
     pub(crate) listener: &'static str,
     pub(crate) protocol_errors: Cell<u32>,
+    /// Keeps PUBLISH packets routed in arrival order (see [`Turn`]).
+    pub(crate) order: PublishOrder,
+}
+
+/// ntex-mqtt runs publish handlers of one connection concurrently, and a payload that spans
+/// socket reads is streamed: a handler waiting for its payload would otherwise be overtaken by
+/// the next packet's handler, breaking ordered delivery `[MQTT-4.6.0-6]`. Each handler takes a
+/// turn number when it starts (in packet order) and routes only when every earlier turn ended.
+#[derive(Debug, Default)]
+pub(crate) struct PublishOrder {
+    next: Cell<u64>,
+    done: Cell<u64>,
+    /// Turns that ended before all earlier ones did.
+    ended_early: RefCell<std::collections::BTreeSet<u64>>,
+    wake: tokio::sync::Notify,
+}
+
+/// One PUBLISH handler's place in line; dropping it ends the turn.
+pub(crate) struct Turn<'a> {
+    order: &'a PublishOrder,
+    seq: u64,
+}
+
+impl PublishOrder {
+    /// Takes the next turn (call first thing in the handler).
+    pub(crate) fn take(&self) -> Turn<'_> {
+        let seq = self.next.get();
+        self.next.set(seq + 1);
+        Turn { order: self, seq }
+    }
+}
+
+impl Turn<'_> {
+    /// Waits until every earlier PUBLISH of this connection was routed or refused.
+    pub(crate) async fn wait(&self) {
+        while self.order.done.get() != self.seq {
+            self.order.wake.notified().await;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let o = self.order;
+        if o.done.get() == self.seq {
+            let mut next = self.seq + 1;
+            let mut early = o.ended_early.borrow_mut();
+            while early.remove(&next) {
+                next += 1;
+            }
+            o.done.set(next);
+        } else {
+            o.ended_early.borrow_mut().insert(self.seq);
+        }
+        o.wake.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for Conn {

@@ -73,6 +73,15 @@ fn mqtt_cfg(broker: &Broker) -> SharedCfg {
     let lim = &broker.cfg.limits;
     SharedCfg::new("MQTT")
         .add(
+            ntex::io::IoConfig::new()
+                // A client that stops reading is cut off after this long under back-pressure.
+                .set_write_timeout(ntex::time::Seconds(lim.write_timeout_secs))
+                // A frame that starts and then stalls (under 256 bytes per 10 s, or longer than
+                // 60 s in all) ends the connection: this also frees connections whose packet
+                // header promises more bytes than ever arrive.
+                .set_frame_read_rate(ntex::time::Seconds(10), ntex::time::Seconds(60), 256),
+        )
+        .add(
             MqttServiceConfig::new()
                 .set_max_qos(QoS::ExactlyOnce)
                 .set_max_size(lim.max_packet_size())

@@ -170,6 +170,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         zero_expiry_at_connect: clean,
         listener: ctx.listener,
         protocol_errors: Cell::new(0),
+        order: Default::default(),
     });
     let mut ack = c
         .ack(conn, attached.session_present)
@@ -184,6 +185,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
 
 pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerError> {
     let conn: &Conn = s;
+    let turn = conn.order.take();
     let b = &conn.broker;
     let fail = |reason: Dis, msg: String| {
         BrokerMetrics::inc(&b.metrics.protocol_errors);
@@ -228,6 +230,7 @@ pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerEr
     m.bytes_in.fetch_add(payload.len() as u64, Relaxed);
     let mut msg = Message::new(topic, payload, qos, retain);
     msg.publisher = Some(conn.client_id.clone());
+    turn.wait().await;
     let routed = b.publish(
         msg,
         Some(Origin {
@@ -235,6 +238,7 @@ pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerEr
             principal: &conn.principal,
         }),
     );
+    drop(turn);
     if qos != QoS::AtMostOnce
         && let Some(t) = routed.durable_ticket
     {

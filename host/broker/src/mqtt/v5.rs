@@ -168,6 +168,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
         zero_expiry_at_connect: requested_expiry == 0,
         listener: ctx.listener,
         protocol_errors: Cell::new(0),
+        order: Default::default(),
     });
     let max_keep_alive = lim.max_keep_alive_secs;
     let (receive_max, alias_max, max_packet) =
@@ -224,6 +225,7 @@ fn refuse_publish(
 
 pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAck, HandlerError> {
     let conn: &Conn = s;
+    let turn = conn.order.take();
     let b = &conn.broker;
     let lim = &b.cfg.limits;
     let topic = match Topic::parse(p.packet().topic.clone(), b.topic_limits()) {
@@ -287,6 +289,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         utf8_payload: props.is_utf8_payload,
     };
     msg.publisher = Some(conn.client_id.clone());
+    turn.wait().await;
     let routed = b.publish(
         msg,
         Some(Origin {
@@ -294,6 +297,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
             principal: &conn.principal,
         }),
     );
+    drop(turn);
     if qos != QoS::AtMostOnce
         && let Some(t) = routed.durable_ticket
     {
@@ -452,8 +456,18 @@ pub(crate) async fn control(
         Control::Stop(Reason::Protocol(e)) => {
             BrokerMetrics::inc(&conn.broker.metrics.protocol_errors);
             conn.protocol_errors.set(conn.protocol_errors.get() + 1);
-            tracing::info!(client_id = %conn.client_id, "protocol error, disconnecting: {}", e.get_ref());
-            Ok(None)
+            let err = e.get_ref();
+            tracing::info!(client_id = %conn.client_id, "protocol error, disconnecting: {err}");
+            let mut pkt = codec::Disconnect::from_proto_error(err);
+            if let ntex_mqtt::error::MqttProtocolError::Decode(d) = err
+                && !matches!(d, ntex_mqtt::error::DecodeError::MaxSizeExceeded { .. })
+            {
+                pkt.reason_code = Dis::MalformedPacket;
+            }
+            if !matches!(err, ntex_mqtt::error::MqttProtocolError::KeepAliveTimeout) {
+                pkt.reason_string = Some(ByteString::from(err.to_string()));
+            }
+            Ok(Some(codec::Packet::from(pkt).into()))
         }
         Control::Stop(Reason::PeerGone(_)) | Control::WrBackpressure(_) => Ok(None),
     }

@@ -1,0 +1,262 @@
+"""Fixtures: a fresh Shoal broker child process per test, on ports picked by the OS.
+
+`shoal` is a broker with default limits; `make_shoal(*args)` starts one with extra command-line
+arguments (e.g. `make_shoal("--max-payload-size", "1024")`). Each broker lives in its own
+temporary data directory, removed at teardown; its stderr goes to a file whose tail is attached
+to the report of a failing test. Every test has a timeout (pytest-timeout when installed, a
+SIGALRM guard otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mqtt_helpers import Client  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_TEST_TIMEOUT = 60  # seconds, per test
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+_LIVE: list["Shoal"] = []
+
+
+def find_binary() -> str:
+    """SHOAL_BIN, else $CARGO_TARGET_DIR/debug/shoal, else ~/.cache/shoal-target/debug/shoal,
+    else <repo>/target/debug/shoal."""
+    tried = []
+    env = os.environ.get("SHOAL_BIN")
+    if env:
+        if os.path.isfile(env) and os.access(env, os.X_OK):
+            return env
+        pytest.exit(f"SHOAL_BIN={env} is not an executable file", returncode=4)
+    candidates = []
+    if os.environ.get("CARGO_TARGET_DIR"):
+        candidates.append(Path(os.environ["CARGO_TARGET_DIR"]) / "debug" / "shoal")
+    candidates.append(Path.home() / ".cache" / "shoal-target" / "debug" / "shoal")
+    candidates.append(REPO / "target" / "debug" / "shoal")
+    for c in candidates:
+        tried.append(str(c))
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    pytest.exit(
+        "shoal binary not found; build it with `cargo build -p shoal-server` or set SHOAL_BIN. Tried: "
+        + ", ".join(tried),
+        returncode=4,
+    )
+    raise AssertionError("unreachable")
+
+
+class Shoal:
+    """One broker child process and its data directory."""
+
+    def __init__(self, binary: str, extra_args: list[str], name: str = "shoal"):
+        self.binary = binary
+        self.extra_args = list(extra_args)
+        self.base = Path(tempfile.mkdtemp(prefix="shoal-test-"))
+        self.data_dir = self.base / "data"
+        self.data_dir.mkdir()
+        self.log_path = self.base / "stderr.log"
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.host = "127.0.0.1"
+        self.mqtt_port = self.mqtts_port = self.http_port = 0
+        self.starts = 0
+        self._clients: list[Client] = []
+
+    @property
+    def ca_path(self) -> str:
+        return str(self.data_dir / "tls" / "ca.pem")
+
+    def command(self) -> list[str]:
+        return [
+            self.binary, "serve",
+            "--data-dir", str(self.data_dir),
+            "--mqtt-listen", "127.0.0.1:0",
+            "--mqtts-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        ports_file = self.data_dir / "ports.json"
+        if ports_file.exists():
+            ports_file.unlink()
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
+        log.flush()
+        env = dict(os.environ)
+        env.setdefault("SHOAL_LOG", os.environ.get("SHOAL_TEST_LOG", "info"))
+        env["NO_COLOR"] = "1"
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+        log.close()
+        _LIVE.append(self)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"shoal exited with {self.proc.returncode} during startup:\n{self.tail()}")
+            if ports_file.exists():
+                try:
+                    ports = json.loads(ports_file.read_text())
+                    mqtt_addr, mqtts_addr, http_addr = ports["mqtt"], ports["mqtts"], ports["http"]
+                    break
+                except (ValueError, KeyError):
+                    pass  # being written
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"shoal wrote no ports.json within {START_TIMEOUT}s:\n{self.tail()}")
+            time.sleep(0.02)
+        self.host = mqtt_addr.rsplit(":", 1)[0]
+        self.mqtt_port = int(mqtt_addr.rsplit(":", 1)[1])
+        self.mqtts_port = int(mqtts_addr.rsplit(":", 1)[1])
+        self.http_port = int(http_addr.rsplit(":", 1)[1])
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM; returns the exit code (fails if it does not exit within the timeout)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+                raise AssertionError(f"shoal did not exit within {timeout}s of SIGTERM:\n{self.tail()}")
+            self.last_stop_secs = time.monotonic() - t0
+        if self in _LIVE:
+            _LIVE.remove(self)
+        return self.proc.returncode
+
+    def restart(self) -> None:
+        """SIGTERM (must exit 0 within 5 s), then start again on the same data dir, new ports."""
+        rc = self.stop()
+        assert rc == 0, f"shoal exited with {rc} after SIGTERM (expected 0):\n{self.tail()}"
+        self.start()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self in _LIVE:
+            _LIVE.remove(self)
+
+    def client(self, **kwargs) -> Client:
+        """A connected test client, closed at teardown."""
+        c = Client(self, **kwargs)
+        self._clients.append(c)
+        return c
+
+    def track(self, c: Client) -> Client:
+        self._clients.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        self.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no stderr log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def shoal_binary() -> str:
+    return find_binary()
+
+
+@pytest.fixture
+def make_shoal(request, shoal_binary):
+    """Factory: make_shoal(*extra_args) starts a broker with extra arguments."""
+    instances: list[Shoal] = []
+    request.node._shoal_instances = instances
+
+    def factory(*args: str) -> Shoal:
+        s = Shoal(shoal_binary, [str(a) for a in args], name=f"shoal{len(instances) or ''}")
+        instances.append(s)
+        s.start()
+        return s
+
+    yield factory
+    for s in instances:
+        s.close()
+
+
+@pytest.fixture
+def shoal(make_shoal) -> Shoal:
+    """A fresh broker with default settings."""
+    return make_shoal()
+
+
+# -- reporting: attach the broker's stderr tail to failing tests -------------------------------
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when in ("setup", "call"):
+        for s in getattr(item, "_shoal_instances", []):
+            report.sections.append((f"{s.name} stderr (tail, {s.log_path})", s.tail()))
+
+
+# -- per-test timeout ----------------------------------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): per-test timeout")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+class _TestTimeout(Exception):
+    pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Fallback guard when pytest-timeout is not installed: SIGALRM ends a test that hangs."""
+    if item.config.pluginmanager.hasplugin("timeout") or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+    marker = item.get_closest_marker("timeout")
+    secs = marker.args[0] if marker and marker.args else DEFAULT_TEST_TIMEOUT
+
+    def on_alarm(signum, frame):
+        raise _TestTimeout(f"test exceeded its {secs}s timeout")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, secs)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for s in list(_LIVE):
+        s.kill()
