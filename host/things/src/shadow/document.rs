@@ -1,0 +1,343 @@
+//! The stored shadow document and the update, get and delete operations on it.
+//!
+//! Everything here is pure: the caller loads the [`StoredShadow`] (if any), calls
+//! [`apply_update`], [`get_response`] or [`apply_delete`] with the current time, stores the
+//! returned document, and publishes or returns the returned payloads. The caller must
+//! serialize operations on one shadow (load, apply, store) so versions stay linear.
+//!
+//! Payload shapes (AWS developer guide, "Device Shadow service documents"):
+//!
+//! | payload | shape |
+//! |---|---|
+//! | `/update/accepted`, HTTP update | `{"state": <request state>, "metadata": <its timestamps>, "version", "timestamp", "clientToken"?}` |
+//! | `/update/delta` | `{"state": <delta>, "metadata": <desired metadata of the delta>, "version", "timestamp", "clientToken"?}` |
+//! | `/update/documents` | `{"previous": {"state","metadata","version"} \| null, "current": {…}, "timestamp", "clientToken"?}` |
+//! | `/get/accepted`, HTTP get | `{"state": {"desired"?,"reported"?,"delta"?}, "metadata": {"desired"?,"reported"?}, "version", "timestamp", "clientToken"?}` |
+//! | `/delete/accepted`, HTTP delete | `{"version", "timestamp", "clientToken"?}` |
+//!
+//! `timestamp` is always the `now_secs` passed in (epoch seconds), as are the metadata
+//! timestamps of what an update writes. JSON object keys come out in lexicographic order
+//! (serde_json's default map); JSON key order carries no meaning.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::delta::{compute_delta, delta_metadata};
+use super::error::ShadowError;
+use super::limits::ShadowLimits;
+use super::merge::{fresh_metadata, merge_section, serialized_len};
+use super::names::{ShadowName, ThingName};
+use super::request::{StatePatch, UpdateRequest};
+
+/// One section of a shadow (`desired` or `reported`): its state object and the metadata tree
+/// that mirrors it (see "Metadata" in the [module docs](super)).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    /// The section's state. Never contains `null`.
+    pub state: Map<String, Value>,
+    /// `{"timestamp": T}` for every scalar leaf, mirroring `state`.
+    pub metadata: Map<String, Value>,
+}
+
+/// A shadow as the store keeps it.
+///
+/// A deleted shadow is kept as a *tombstone* (`deleted: true`, no sections) that remembers the
+/// version, so that re-creating the shadow continues the numbering: AWS continues it when the
+/// shadow is re-created within 48 hours of the delete and restarts otherwise; *Shoal* always
+/// continues. A store may drop tombstones (e.g. after 48 hours) at the price of restarting the
+/// numbering at 1, which is what AWS does after 48 hours.
+///
+/// Serialize it with a self-describing format (JSON: [`StoredShadow::to_json_bytes`]); it holds
+/// `serde_json::Value`s, which binary formats such as postcard cannot deserialize.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredShadow {
+    /// The desired section; `None` when absent.
+    #[serde(default)]
+    pub desired: Option<Section>,
+    /// The reported section; `None` when absent.
+    #[serde(default)]
+    pub reported: Option<Section>,
+    /// The version: 1 after the first update, +1 per accepted update, unchanged by delete.
+    pub version: u64,
+    /// When the shadow was last updated or deleted, in epoch seconds.
+    pub updated_secs: u64,
+    /// Tombstone flag: the shadow was deleted. Get and delete answer 404; an update re-creates
+    /// it at `version + 1`.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl StoredShadow {
+    /// Whether the shadow exists (is not a tombstone).
+    pub fn exists(&self) -> bool {
+        !self.deleted
+    }
+
+    /// The tombstone this shadow leaves when deleted at `now_secs`: no sections, same version.
+    pub fn tombstone(&self, now_secs: u64) -> StoredShadow {
+        StoredShadow {
+            desired: None,
+            reported: None,
+            version: self.version,
+            updated_secs: now_secs,
+            deleted: true,
+        }
+    }
+
+    /// `{"desired"?: …, "reported"?: …}`: the state without the delta.
+    pub fn state_json(&self) -> Value {
+        self.sections_json(|section| &section.state)
+    }
+
+    /// `{"desired"?: …, "reported"?: …}`: the metadata of both sections.
+    pub fn metadata_json(&self) -> Value {
+        self.sections_json(|section| &section.metadata)
+    }
+
+    fn sections_json(&self, part: impl Fn(&Section) -> &Map<String, Value>) -> Value {
+        let mut map = Map::new();
+        if let Some(desired) = &self.desired {
+            map.insert("desired".into(), Value::Object(part(desired).clone()));
+        }
+        if let Some(reported) = &self.reported {
+            map.insert("reported".into(), Value::Object(part(reported).clone()));
+        }
+        Value::Object(map)
+    }
+
+    /// The current delta (see [`compute_delta`]), `None` when desired and reported agree.
+    pub fn delta(&self) -> Option<Map<String, Value>> {
+        compute_delta(
+            self.desired.as_ref().map(|s| &s.state),
+            self.reported.as_ref().map(|s| &s.state),
+        )
+    }
+
+    /// The size the state limit counts: the compact JSON of `desired` plus the compact JSON of
+    /// `reported`, in bytes, an absent section counting 0 (so `{"desired":{"a":1}}` counts 7,
+    /// for `{"a":1}`). Metadata, version and timestamps are excluded, as on AWS.
+    pub fn state_size(&self) -> usize {
+        state_size(self.desired.as_ref(), self.reported.as_ref())
+    }
+
+    /// The shadow as JSON bytes, for the store.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // A struct of maps, strings and numbers always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a shadow written by [`StoredShadow::to_json_bytes`].
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    fn snapshot(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("state".into(), self.state_json());
+        map.insert("metadata".into(), self.metadata_json());
+        map.insert("version".into(), self.version.into());
+        Value::Object(map)
+    }
+}
+
+fn state_size(desired: Option<&Section>, reported: Option<&Section>) -> usize {
+    [desired, reported]
+        .into_iter()
+        .flatten()
+        .map(|section| serialized_len(&section.state))
+        .sum()
+}
+
+/// What an accepted update produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateOutcome {
+    /// The new document to store.
+    pub shadow: StoredShadow,
+    /// The `/update/accepted` payload (also the HTTP `UpdateThingShadow` response body).
+    pub accepted: Value,
+    /// The `/update/delta` payload, present when the updated shadow has a delta.
+    ///
+    /// AWS publishes `/update/delta` after an accepted update "when the shadow's state
+    /// changes" and desired differs from reported, with *all* differing desired keys; the
+    /// Greengrass shadow manager publishes it after every accepted update whose resulting
+    /// delta is non-empty, and the v1 SDKs de-duplicate deltas carrying the version of the
+    /// client's own (even reported-only) update. *Shoal* therefore returns it after every
+    /// accepted update (MQTT or HTTP, desired or reported) that leaves a non-empty delta.
+    pub delta: Option<Value>,
+    /// The `/update/documents` payload.
+    pub documents: Value,
+}
+
+/// What an accepted delete produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteOutcome {
+    /// The tombstone to store in place of the shadow.
+    pub shadow: StoredShadow,
+    /// The `/delete/accepted` payload (also the HTTP `DeleteThingShadow` response body).
+    pub accepted: Value,
+}
+
+/// Applies a validated update to the stored shadow (`None`: never existed).
+///
+/// 1. **Version check.** If the request has a `version`, it must equal the current version,
+///    else 409 `Version conflict`. The current version of a shadow that never existed is 0,
+///    and that of a deleted one its tombstone's version, so `"version": 0` means "only if the
+///    shadow was never created".
+/// 2. **Merge** (see "Merge" in the [module docs](super)): `"state": null` clears both sections; a
+///    section patch of `null` removes the section; objects merge; a section left empty is
+///    removed. A deleted shadow is re-created from an empty state.
+/// 3. **Size check** on the merged state (see [`StoredShadow::state_size`]): more than
+///    `max_state_bytes` is 413 `Json document too large. Size is N, max allowed: M`. *Shoal:*
+///    if the stored state is already over the limit (the limit was lowered), an update that
+///    does not make it larger is still accepted, so such shadows can be shrunk.
+/// 4. **Version** becomes current + 1 (a new shadow gets 1, a re-created one continues after
+///    its tombstone) and `updated_secs` becomes `now_secs`.
+///
+/// Returns the new document and the `accepted`, `delta` and `documents` payloads, each
+/// carrying the request's `clientToken` when it had one.
+pub fn apply_update(
+    current: Option<&StoredShadow>,
+    request: &UpdateRequest,
+    now_secs: u64,
+    limits: &ShadowLimits,
+) -> Result<UpdateOutcome, ShadowError> {
+    let live = current.filter(|shadow| shadow.exists());
+    let current_version = current.map_or(0, |shadow| shadow.version);
+    if request
+        .version()
+        .is_some_and(|expected| expected != current_version)
+    {
+        return Err(ShadowError::version_conflict());
+    }
+
+    let (desired, reported) = match request.state() {
+        StatePatch::Clear => (None, None),
+        StatePatch::Sections { desired, reported } => (
+            merge_section(live.and_then(|shadow| shadow.desired.as_ref()), desired, now_secs),
+            merge_section(
+                live.and_then(|shadow| shadow.reported.as_ref()),
+                reported,
+                now_secs,
+            ),
+        ),
+    };
+
+    let size = state_size(desired.as_ref(), reported.as_ref());
+    if size > limits.max_state_bytes && size > live.map_or(0, StoredShadow::state_size) {
+        return Err(ShadowError::document_too_large(size, limits.max_state_bytes));
+    }
+
+    let version = current_version.checked_add(1).ok_or_else(ShadowError::internal)?;
+    let shadow = StoredShadow {
+        desired,
+        reported,
+        version,
+        updated_secs: now_secs,
+        deleted: false,
+    };
+    let client_token = request.client_token();
+
+    let echoed = request.state().to_json();
+    let mut accepted = Map::new();
+    accepted.insert("metadata".into(), fresh_metadata(&echoed, now_secs));
+    accepted.insert("state".into(), echoed);
+    accepted.insert("version".into(), version.into());
+
+    let delta = shadow.delta().map(|delta| {
+        let mut payload = Map::new();
+        let metadata = shadow
+            .desired
+            .as_ref()
+            .map(|desired| delta_metadata(&delta, &desired.metadata));
+        payload.insert("metadata".into(), Value::Object(metadata.unwrap_or_default()));
+        payload.insert("state".into(), Value::Object(delta));
+        payload.insert("version".into(), version.into());
+        envelope(payload, client_token, now_secs)
+    });
+
+    let mut documents = Map::new();
+    documents.insert(
+        "previous".into(),
+        live.map_or(Value::Null, StoredShadow::snapshot),
+    );
+    documents.insert("current".into(), shadow.snapshot());
+
+    Ok(UpdateOutcome {
+        accepted: envelope(accepted, client_token, now_secs),
+        delta,
+        documents: envelope(documents, client_token, now_secs),
+        shadow,
+    })
+}
+
+/// Adds `timestamp` and, when present, `clientToken`.
+fn envelope(mut payload: Map<String, Value>, client_token: Option<&str>, now_secs: u64) -> Value {
+    payload.insert("timestamp".into(), now_secs.into());
+    if let Some(token) = client_token {
+        payload.insert("clientToken".into(), token.into());
+    }
+    Value::Object(payload)
+}
+
+/// The full shadow document: the `/get/accepted` payload and the HTTP `GetThingShadow` body.
+///
+/// `state` has `desired` and `reported` when present and `delta` when it is non-empty;
+/// `metadata` has `desired` and `reported` (no `delta` metadata: the developer guide's GET
+/// example and the SDKs' `ShadowMetadata` have only those two). An empty shadow renders as
+/// `"state":{}, "metadata":{}`. This renders whatever it is given, tombstones included; use
+/// [`get_response`] to answer 404 for missing and deleted shadows.
+pub fn get_payload(shadow: &StoredShadow, client_token: Option<&str>, now_secs: u64) -> Value {
+    let mut state = shadow.state_json();
+    if let (Value::Object(state), Some(delta)) = (&mut state, shadow.delta()) {
+        state.insert("delta".into(), Value::Object(delta));
+    }
+    let mut payload = Map::new();
+    payload.insert("state".into(), state);
+    payload.insert("metadata".into(), shadow.metadata_json());
+    payload.insert("version".into(), shadow.version.into());
+    envelope(payload, client_token, now_secs)
+}
+
+/// Answers a get: the [`get_payload`] of an existing shadow, or 404
+/// `No shadow exists with name: '…'` when it never existed or was deleted.
+pub fn get_response(
+    current: Option<&StoredShadow>,
+    thing: &ThingName,
+    shadow: Option<&ShadowName>,
+    client_token: Option<&str>,
+    now_secs: u64,
+) -> Result<Value, ShadowError> {
+    match current.filter(|stored| stored.exists()) {
+        Some(stored) => Ok(get_payload(stored, client_token, now_secs)),
+        None => Err(ShadowError::no_shadow(thing, shadow)),
+    }
+}
+
+/// The `/delete/accepted` payload: `{"version": N, "timestamp": T, "clientToken"?}`, where `N`
+/// is the version of the deleted shadow (delete does not increment it).
+pub fn delete_payload(version: u64, client_token: Option<&str>, now_secs: u64) -> Value {
+    let mut payload = Map::new();
+    payload.insert("version".into(), version.into());
+    envelope(payload, client_token, now_secs)
+}
+
+/// Deletes a shadow: its tombstone and the `/delete/accepted` payload, or 404
+/// `No shadow exists with name: '…'` when it never existed or was already deleted.
+pub fn apply_delete(
+    current: Option<&StoredShadow>,
+    thing: &ThingName,
+    shadow: Option<&ShadowName>,
+    client_token: Option<&str>,
+    now_secs: u64,
+) -> Result<DeleteOutcome, ShadowError> {
+    match current.filter(|stored| stored.exists()) {
+        Some(stored) => Ok(DeleteOutcome {
+            accepted: delete_payload(stored.version, client_token, now_secs),
+            shadow: stored.tombstone(now_secs),
+        }),
+        None => Err(ShadowError::no_shadow(thing, shadow)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+//! Merging an update into a section, and the metadata (timestamps) that goes with it.
+//!
+//! The rules are documented in the [`shadow`](super) module docs ("Merge" and "Metadata").
+
+use std::io;
+
+use serde_json::{Map, Value};
+
+use super::document::Section;
+use super::request::SectionPatch;
+
+/// The metadata of `value` freshly written at `timestamp`.
+///
+/// Scalars and `null` get `{"timestamp": timestamp}` (for `null` this is what
+/// `/update/accepted` reports for a deletion), objects and arrays mirror their members.
+pub(crate) fn fresh_metadata(value: &Value, timestamp: u64) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(fresh_metadata_map(map, timestamp)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|item| fresh_metadata(item, timestamp)).collect())
+        }
+        _ => leaf(timestamp),
+    }
+}
+
+fn fresh_metadata_map(map: &Map<String, Value>, timestamp: u64) -> Map<String, Value> {
+    map.iter()
+        .map(|(key, value)| (key.clone(), fresh_metadata(value, timestamp)))
+        .collect()
+}
+
+fn leaf(timestamp: u64) -> Value {
+    let mut map = Map::new();
+    map.insert("timestamp".into(), timestamp.into());
+    Value::Object(map)
+}
+
+/// Is this metadata object a leaf (`{"timestamp": <number>}`) rather than the metadata of a
+/// state object?
+///
+/// Unambiguous: the metadata of a state object maps every key to an object or an array, so
+/// even a state object whose only key is `timestamp` has metadata
+/// `{"timestamp": {"timestamp": T}}`, whose `timestamp` is not a number.
+pub(crate) fn is_leaf_metadata(map: &Map<String, Value>) -> bool {
+    map.len() == 1 && map.get("timestamp").is_some_and(Value::is_number)
+}
+
+/// Applies `patch` to a section (`None` = the section is absent), writing at `timestamp`.
+///
+/// Returns the new section, `None` if it was removed or ended up empty.
+pub(crate) fn merge_section(
+    current: Option<&Section>,
+    patch: &SectionPatch,
+    timestamp: u64,
+) -> Option<Section> {
+    match patch {
+        SectionPatch::Keep => current.cloned(),
+        SectionPatch::Remove => None,
+        SectionPatch::Merge(patch) => {
+            let mut section = current.cloned().unwrap_or_default();
+            merge_into(&mut section.state, &mut section.metadata, patch, timestamp);
+            (!section.state.is_empty()).then_some(section)
+        }
+    }
+}
+
+/// Merges `patch` into the object `state`, keeping `metadata` (its metadata object) in step.
+fn merge_into(
+    state: &mut Map<String, Value>,
+    metadata: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    timestamp: u64,
+) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                state.remove(key);
+                metadata.remove(key);
+            }
+            Value::Object(patch) => {
+                if let Some(Value::Object(current)) = state.get_mut(key) {
+                    // Reuse the member's metadata object; rebuild it if it is missing or not an
+                    // object's metadata (only possible with a hand-edited store).
+                    let mut member_metadata = match metadata.remove(key) {
+                        Some(Value::Object(map)) if !is_leaf_metadata(&map) => map,
+                        _ => fresh_metadata_map(current, timestamp),
+                    };
+                    merge_into(current, &mut member_metadata, patch, timestamp);
+                    metadata.insert(key.clone(), Value::Object(member_metadata));
+                } else if let Some((created, created_metadata)) = create(patch, timestamp) {
+                    state.insert(key.clone(), Value::Object(created));
+                    metadata.insert(key.clone(), Value::Object(created_metadata));
+                }
+            }
+            value => {
+                state.insert(key.clone(), value.clone());
+                metadata.insert(key.clone(), fresh_metadata(value, timestamp));
+            }
+        }
+    }
+}
+
+/// The object (and its metadata) that writing `patch` where no object exists creates: `patch`
+/// without its deletions, or `None` when it consisted only of deletions.
+fn create(patch: &Map<String, Value>, timestamp: u64) -> Option<(Map<String, Value>, Map<String, Value>)> {
+    let mut state = Map::new();
+    let mut metadata = Map::new();
+    merge_into(&mut state, &mut metadata, patch, timestamp);
+    (patch.is_empty() || !state.is_empty()).then_some((state, metadata))
+}
+
+/// The number of bytes of `value`'s compact JSON serialization (what the state size limit
+/// counts), computed without building the string.
+pub(crate) fn serialized_len(value: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Map<String, Value>` to an infallible writer cannot fail.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn obj(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn section(state: Value, metadata: Value) -> Section {
+        Section {
+            state: obj(state),
+            metadata: obj(metadata),
+        }
+    }
+
+    fn merge(current: Option<&Section>, patch: Value, timestamp: u64) -> Option<Section> {
+        merge_section(current, &SectionPatch::Merge(obj(patch)), timestamp)
+    }
+
+    #[test]
+    fn fresh_metadata_mirrors_the_value() {
+        assert_eq!(
+            fresh_metadata(
+                &json!({"a": 1, "b": null, "c": {"d": "x", "e": {}}, "f": [1, [2, 3], {"g": true}], "h": []}),
+                9
+            ),
+            json!({
+                "a": {"timestamp": 9},
+                "b": {"timestamp": 9},
+                "c": {"d": {"timestamp": 9}, "e": {}},
+                "f": [{"timestamp": 9}, [{"timestamp": 9}, {"timestamp": 9}], {"g": {"timestamp": 9}}],
+                "h": []
+            })
+        );
+    }
+
+    #[test]
+    fn leaf_metadata_is_recognised_unambiguously() {
+        assert!(is_leaf_metadata(&obj(json!({"timestamp": 5}))));
+        assert!(!is_leaf_metadata(&obj(json!({"timestamp": {"timestamp": 5}}))));
+        assert!(!is_leaf_metadata(&obj(json!({"timestamp": [{"timestamp": 5}]}))));
+        assert!(!is_leaf_metadata(&obj(
+            json!({"timestamp": 5, "x": {"timestamp": 5}})
+        )));
+        assert!(!is_leaf_metadata(&obj(json!({}))));
+    }
+
+    #[test]
+    fn merging_into_an_absent_section_creates_it() {
+        assert_eq!(
+            merge(
+                None,
+                json!({"color": "RED", "sequence": ["RED", "GREEN", "BLUE"]}),
+                100
+            ),
+            Some(section(
+                json!({"color": "RED", "sequence": ["RED", "GREEN", "BLUE"]}),
+                json!({
+                    "color": {"timestamp": 100},
+                    "sequence": [{"timestamp": 100}, {"timestamp": 100}, {"timestamp": 100}]
+                })
+            ))
+        );
+    }
+
+    #[test]
+    fn updates_touch_only_named_keys_and_keep_other_timestamps() {
+        let current = section(
+            json!({"color": "RED", "power": "on", "lights": {"r": 1, "g": 2}}),
+            json!({"color": {"timestamp": 1}, "power": {"timestamp": 1}, "lights": {"r": {"timestamp": 1}, "g": {"timestamp": 1}}}),
+        );
+        assert_eq!(
+            merge(
+                Some(&current),
+                json!({"color": "BLUE", "lights": {"g": 5, "b": 9}}),
+                2
+            ),
+            Some(section(
+                json!({"color": "BLUE", "power": "on", "lights": {"r": 1, "g": 5, "b": 9}}),
+                json!({
+                    "color": {"timestamp": 2},
+                    "power": {"timestamp": 1},
+                    "lights": {"r": {"timestamp": 1}, "g": {"timestamp": 2}, "b": {"timestamp": 2}}
+                })
+            ))
+        );
+    }
+
+    #[test]
+    fn null_deletes_keys_and_their_metadata_at_any_depth() {
+        let current = section(
+            json!({"a": 1, "b": {"c": 2, "d": {"e": 3, "f": 4}}}),
+            json!({"a": {"timestamp": 1}, "b": {"c": {"timestamp": 1}, "d": {"e": {"timestamp": 1}, "f": {"timestamp": 1}}}}),
+        );
+        assert_eq!(
+            merge(
+                Some(&current),
+                json!({"a": null, "b": {"d": {"e": null}}, "zz": null}),
+                2
+            ),
+            Some(section(
+                json!({"b": {"c": 2, "d": {"f": 4}}}),
+                json!({"b": {"c": {"timestamp": 1}, "d": {"f": {"timestamp": 1}}}})
+            ))
+        );
+    }
+
+    #[test]
+    fn deleting_every_key_removes_the_section_but_keeps_emptied_objects() {
+        let current = section(json!({"a": 1}), json!({"a": {"timestamp": 1}}));
+        assert_eq!(merge(Some(&current), json!({"a": null}), 2), None);
+
+        let current = section(
+            json!({"lights": {"color": "red"}}),
+            json!({"lights": {"color": {"timestamp": 1}}}),
+        );
+        assert_eq!(
+            merge(Some(&current), json!({"lights": {"color": null}}), 2),
+            Some(section(json!({"lights": {}}), json!({"lights": {}})))
+        );
+    }
+
+    #[test]
+    fn arrays_are_replaced_whole_with_per_element_metadata() {
+        let current = section(
+            json!({"colors": ["RED", "GREEN", "BLUE"]}),
+            json!({"colors": [{"timestamp": 1}, {"timestamp": 1}, {"timestamp": 1}]}),
+        );
+        assert_eq!(
+            merge(Some(&current), json!({"colors": ["RED"]}), 2),
+            Some(section(
+                json!({"colors": ["RED"]}),
+                json!({"colors": [{"timestamp": 2}]})
+            ))
+        );
+        assert_eq!(
+            merge(Some(&current), json!({"colors": [{"r": 1}, []]}), 3),
+            Some(section(
+                json!({"colors": [{"r": 1}, []]}),
+                json!({"colors": [{"r": {"timestamp": 3}}, []]})
+            ))
+        );
+    }
+
+    #[test]
+    fn type_changes_replace_value_and_metadata() {
+        let current = section(
+            json!({"a": {"x": 1}, "b": 5, "c": [1, 2]}),
+            json!({"a": {"x": {"timestamp": 1}}, "b": {"timestamp": 1}, "c": [{"timestamp": 1}, {"timestamp": 1}]}),
+        );
+        assert_eq!(
+            merge(
+                Some(&current),
+                json!({"a": "flat", "b": {"y": 2, "z": null}, "c": {"k": [3]}}),
+                2
+            ),
+            Some(section(
+                json!({"a": "flat", "b": {"y": 2}, "c": {"k": [3]}}),
+                json!({"a": {"timestamp": 2}, "b": {"y": {"timestamp": 2}}, "c": {"k": [{"timestamp": 2}]}})
+            ))
+        );
+    }
+
+    #[test]
+    fn objects_of_only_deletions_create_nothing() {
+        assert_eq!(merge(None, json!({"a": {"b": null}}), 2), None);
+        let current = section(json!({"x": 5}), json!({"x": {"timestamp": 1}}));
+        // Onto a scalar: the scalar stays.
+        assert_eq!(
+            merge(Some(&current), json!({"x": {"b": null}}), 2),
+            Some(current.clone())
+        );
+        // Mixed: the all-null member is dropped, the rest is created.
+        assert_eq!(
+            merge(
+                Some(&current),
+                json!({"n": {"gone": {"b": null}, "kept": {}, "v": 1}}),
+                2
+            ),
+            Some(section(
+                json!({"x": 5, "n": {"kept": {}, "v": 1}}),
+                json!({"x": {"timestamp": 1}, "n": {"kept": {}, "v": {"timestamp": 2}}})
+            ))
+        );
+    }
+
+    #[test]
+    fn empty_objects_are_stored_when_written_and_are_no_ops_when_merged() {
+        assert_eq!(
+            merge(None, json!({"a": {}}), 2),
+            Some(section(json!({"a": {}}), json!({"a": {}})))
+        );
+        let current = section(json!({"a": {"b": 1}}), json!({"a": {"b": {"timestamp": 1}}}));
+        assert_eq!(merge(Some(&current), json!({"a": {}}), 2), Some(current.clone()));
+        // An empty patch leaves the section as it is; onto no section it creates none.
+        assert_eq!(merge(Some(&current), json!({}), 2), Some(current.clone()));
+        assert_eq!(merge(None, json!({}), 2), None);
+    }
+
+    #[test]
+    fn keep_and_remove() {
+        let current = section(json!({"a": 1}), json!({"a": {"timestamp": 1}}));
+        assert_eq!(
+            merge_section(Some(&current), &SectionPatch::Keep, 2),
+            Some(current.clone())
+        );
+        assert_eq!(merge_section(None, &SectionPatch::Keep, 2), None);
+        assert_eq!(merge_section(Some(&current), &SectionPatch::Remove, 2), None);
+    }
+
+    #[test]
+    fn state_objects_with_a_timestamp_key_keep_correct_metadata() {
+        let created = merge(None, json!({"event": {"timestamp": 5}}), 1).unwrap();
+        assert_eq!(
+            created.metadata,
+            obj(json!({"event": {"timestamp": {"timestamp": 1}}}))
+        );
+        let merged = merge(Some(&created), json!({"event": {"kind": "boot"}}), 2).unwrap();
+        assert_eq!(
+            merged,
+            section(
+                json!({"event": {"timestamp": 5, "kind": "boot"}}),
+                json!({"event": {"timestamp": {"timestamp": 1}, "kind": {"timestamp": 2}}})
+            )
+        );
+    }
+
+    #[test]
+    fn inconsistent_stored_metadata_is_rebuilt() {
+        // Metadata says `a` is a leaf although the state holds an object.
+        let current = section(json!({"a": {"x": 1}}), json!({"a": {"timestamp": 1}}));
+        assert_eq!(
+            merge(Some(&current), json!({"a": {"y": 2}}), 2),
+            Some(section(
+                json!({"a": {"x": 1, "y": 2}}),
+                json!({"a": {"x": {"timestamp": 2}, "y": {"timestamp": 2}}})
+            ))
+        );
+    }
+
+    #[test]
+    fn serialized_len_counts_compact_utf8_bytes() {
+        assert_eq!(serialized_len(&obj(json!({}))), 2);
+        assert_eq!(serialized_len(&obj(json!({"a": 1}))), 7);
+        assert_eq!(
+            serialized_len(&obj(json!({"a": "\u{e9}"}))),
+            "{\"a\":\"\u{e9}\"}".len()
+        );
+        assert_eq!(
+            serialized_len(&obj(json!({"q": "\"\n"}))),
+            r#"{"q":"\"\n"}"#.len()
+        );
+        assert_eq!(
+            serialized_len(&obj(json!({"f": 1.5, "l": [true, null]}))),
+            r#"{"f":1.5,"l":[true,null]}"#.len()
+        );
+    }
+}
