@@ -58,6 +58,9 @@ RESULTS=""
 REPORT=""
 KEEP=0
 MOSQ_NODELAY=0
+MAX_OTHER=25
+QUIET_WAIT=120
+RETRIES=2
 
 usage() {
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
@@ -76,6 +79,10 @@ Options:
   --results FILE      JSON lines output (default tests/bench/results/bench-DATE.jsonl)
   --report FILE       only print the table of an existing results file
   --keep              keep the work directory (broker logs, configs)
+  --max-other-cpu P   a run during which other processes used more than P % of a core is
+                      marked disturbed, left out of the table and retried (default 25)
+  --quiet-wait S      before each run, wait up to S s for the machine to be that quiet (120)
+  --retries N         retries of a disturbed run (default 2)
   --mosquitto-nodelay add 'set_tcp_nodelay true' to Mosquitto's listener (Shoal, through ntex,
                       always sets TCP_NODELAY; Mosquitto 2.0 does not by default, which adds
                       Nagle/delayed-ACK waits to QoS 0 deliveries)
@@ -98,6 +105,9 @@ while [ $# -gt 0 ]; do
         --report) REPORT=$2; shift ;;
         --keep) KEEP=1 ;;
         --mosquitto-nodelay) MOSQ_NODELAY=1 ;;
+        --max-other-cpu) MAX_OTHER=$2; shift ;;
+        --quiet-wait) QUIET_WAIT=$2; shift ;;
+        --retries) RETRIES=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -119,7 +129,11 @@ with open(sys.argv[1]) as f:
         if line.startswith("{"):
             rows.append(json.loads(line))
 meta = [r for r in rows if r.get("meta")]
-runs = [r for r in rows if not r.get("meta")]
+every = [r for r in rows if not r.get("meta")]
+# Disturbed runs (other processes busy meanwhile) are left out when a clean one exists.
+clean_keys = {(r.get("key"), r.get("broker")) for r in every if not r.get("disturbed")}
+runs = [r for r in every if not r.get("disturbed") or (r.get("key"), r.get("broker")) not in clean_keys]
+excluded = len(every) - len(runs)
 order = []
 by = {}
 for r in runs:
@@ -219,8 +233,8 @@ for key in order:
                     notes.append(f"{key} shoal rep {r.get('rep')}: {k} = {int(mt[k])}")
             if b.get("pid_alive_at_end") is False:
                 notes.append(f"{key} {broker} rep {r.get('rep')}: the broker process was gone at the end of the run")
-            if b.get("other_cpu_pct") is not None and b["other_cpu_pct"] > 15:
-                notes.append(f"{key} {broker} rep {r.get('rep')}: other processes used {b['other_cpu_pct']:.0f}% of a core during the run (results disturbed)")
+            if r.get("disturbed"):
+                notes.append(f"{key} {broker} rep {r.get('rep')}: only disturbed runs (other processes used {b['other_cpu_pct']:.0f}% of a core)")
 
 widths = [max(len(row[i]) for row in table) for i in range(5)]
 for i, row in enumerate(table):
@@ -229,6 +243,10 @@ for i, row in enumerate(table):
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 for mline in meta:
     print(f"\n{mline.get('meta')}: {json.dumps({k: v for k, v in mline.items() if k != 'meta'})}")
+if excluded:
+    notes.insert(0, f"{excluded} disturbed run(s) left out (other processes busy during the run; see the raw file)")
+counts = sorted({len(v) for v in by.values()})
+print(f"\nEach cell: median of {' or '.join(map(str, counts))} run(s).")
 if notes:
     print("\nNotes:")
     for n in notes:
@@ -341,8 +359,27 @@ hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # utime + stime of the whole process (all threads), in clock ticks.
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
-# Busy ticks of the whole machine (all CPUs) from /proc/stat.
+# Busy ticks of the whole machine (all CPUs) from /proc/stat: user, nice, system, irq, softirq,
+# steal (a tick spent in softirq is also charged to the interrupted task's stime, so the broker's
+# and the load generator's loopback processing cancels out in "other").
 sys_busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# Waits (at most $QUIET_WAIT s) until the rest of the machine uses under $MAX_OTHER % of a core,
+# sampled over one second, so that a run does not start while something else is busy.
+wait_quiet() {
+    local waited=0 b0 b1 pct
+    while :; do
+        b0=$(sys_busy_ticks)
+        sleep 1
+        b1=$(sys_busy_ticks)
+        pct=$(( (b1 - b0) * 100 / CLK_TCK ))
+        if [ "$pct" -le "$MAX_OTHER" ] || [ "$waited" -ge "$QUIET_WAIT" ]; then
+            [ "$waited" -gt 0 ] && echo "   (waited ${waited}s for the machine to quieten; now ${pct}% busy)" >&2
+            return 0
+        fi
+        waited=$((waited + 1))
+    done
+}
 # CPU seconds (user + system) of this shell's waited-for children, from a saved `times` output
 # (`times` must run in this shell, not in a command substitution's subshell).
 children_cpu_secs() {
@@ -422,15 +459,29 @@ loadgen_args() {
     esac
 }
 
-# run_one KEY BROKER REP: one run; appends one JSON line to $RESULTS.
+# run_one KEY BROKER REP: one run, retried while disturbed; appends JSON lines to $RESULTS.
 run_one() {
-    local key=$1 broker=$2 rep=$3
-    local dir="$WORK/$key-$broker-$rep" port load1 rss0 cpu0 t0 t1 cpu1 rss1 hwm rss_held=0 rc=0
+    local attempt
+    for attempt in $(seq 1 $((RETRIES + 1))); do
+        wait_quiet
+        run_attempt "$@" "$attempt"
+        if ! tail -n1 "$RESULTS" | python3 -c 'import json, sys; sys.exit(1 if json.loads(sys.stdin.read()).get("disturbed") else 0)'; then
+            echo "   disturbed by other processes; $([ "$attempt" -le "$RETRIES" ] && echo retrying || echo giving up)" >&2
+            continue
+        fi
+        return 0
+    done
+}
+
+# run_attempt KEY BROKER REP ATTEMPT: one run; appends one JSON line to $RESULTS.
+run_attempt() {
+    local key=$1 broker=$2 rep=$3 attempt=$4
+    local dir="$WORK/$key-$broker-$rep-$attempt" port load1 rss0 cpu0 t0 t1 cpu1 rss1 hwm rss_held=0 rc=0
     port=$(free_port)
     load1=$(cut -d' ' -f1 /proc/loadavg)
     if ! start_broker "$broker" "$port" "$dir"; then
-        printf '{"key":"%s","scenario":"%s","broker":"%s","rep":%s,"error":"broker did not start"}\n' \
-            "$key" "${key%-qos*}" "$broker" "$rep" >>"$RESULTS"
+        printf '{"key":"%s","scenario":"%s","broker":"%s","rep":%s,"attempt":%s,"error":"broker did not start"}\n' \
+            "$key" "${key%-qos*}" "$broker" "$rep" "$attempt" >>"$RESULTS"
         stop_broker
         return
     fi
@@ -559,7 +610,8 @@ try:
     b["metrics"] = m
 except OSError:
     pass
-line.update({"key": "$key", "broker": "$broker", "rep": $rep, "broker_stats": b})
+line.update({"key": "$key", "broker": "$broker", "rep": $rep, "attempt": $attempt, "broker_stats": b})
+line["disturbed"] = b["other_cpu_pct"] > $MAX_OTHER
 with open(results, "a") as f:
     f.write(json.dumps(line) + "\n")
 PY
@@ -581,6 +633,7 @@ else:
         r.get("reordered"), b.get("cpu_pct", 0))
     if lat:
         msg += "  p50 {} p99 {} us".format(lat.get("p50"), lat.get("p99"))
+msg += "  (other processes {:.0f}%)".format(b.get("other_cpu_pct", 0))
 print("   " + msg, file=sys.stderr)
 PY
 }

@@ -15,9 +15,16 @@
 //!   only payloads with this run's id (others are reported as `foreign`), check that each
 //!   publisher's sequence numbers arrive in order (`duplicates`: seen before; `reordered`: first
 //!   seen after a higher one of the same publisher — MQTT keeps one publisher's messages on one
-//!   topic in order, so both should be 0),
-//!   and, in the latency scenario, record `now - send time` in an HDR histogram. Publishers and
-//!   subscribers share the process, so the two clocks are the same clock.
+//!   topic in order, so both should be 0), and, in the latency scenario, record `now - send
+//!   time` in an HDR histogram. Publishers and subscribers share the process, so the two clocks
+//!   are the same clock.
+//! * **Latency.** Measured from just before the publish call (the message enters rumqttc's
+//!   request channel) to the subscriber's event loop handing the PUBLISH over: both client
+//!   stacks, loopback TCP twice and the broker. Only messages sent inside the measured window
+//!   are recorded. The offered rate is fixed: publisher `i` of `P` sends message `k` at
+//!   `t0 + (k + i/P) / r` with `r` its share of `--rate`; tokio timers have millisecond
+//!   resolution, so a late tick sends what is due at once (small bursts), and the timestamp is
+//!   the actual send time. `achieved_rate` (and `rate_ok`) tell whether the rate was held.
 //! * **Counters.** `queued`: PUBLISH requests accepted by rumqttc's bounded request channel
 //!   (publishers await it: that is the client-side backpressure); `sent`: PUBLISH packets the
 //!   client event loops wrote and flushed; `acked`: PUBACKs received (QoS 1); `received`: this

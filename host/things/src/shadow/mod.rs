@@ -12,7 +12,7 @@
 //!    [`ShadowError::rejected_payload`] goes to `…/rejected` (or becomes the HTTP error body).
 //!
 //! The exact semantics, including every point where AWS is ambiguous and the choice made, are
-//! documented on the items and summarised in `SHADOW_SEMANTICS.md`. Choices AWS leaves open are
+//! documented on the items and summarised in `docs/SHADOW_SEMANTICS.md`. Choices AWS leaves open are
 //! marked *Shoal* below.
 //!
 //! # Merge
