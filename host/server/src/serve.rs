@@ -11,6 +11,8 @@ use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
 use shoal_broker::{Broker, BrokerConfig, auth::AllowAll};
 
+use shoal_things::shadow::{ShadowConfig, ShadowService};
+
 use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::pki;
@@ -31,6 +33,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let broker = Broker::start(broker_cfg, store, Arc::new(AllowAll), &rt)
         .await
         .context("loading broker state from the store")?;
+    let shadow_store: Arc<dyn shoal_things::shadow::ShadowStore> =
+        Arc::new(shoal_things::shadow::MemoryShadowStore::default());
+    let shadows = ShadowService::start(shadow_store, broker.clone(), ShadowConfig::default(), &rt);
 
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.mqtt_listen {
@@ -74,9 +79,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = router(AppState {
-        broker: broker.clone(),
-    });
+    let app = router(AppState::new(broker.clone(), shadows.clone()));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)

@@ -73,6 +73,7 @@ mod limits;
 mod merge;
 mod names;
 mod request;
+mod service;
 mod store;
 mod topic;
 
@@ -87,6 +88,7 @@ pub use names::{MAX_SHADOW_NAME_LEN, MAX_THING_NAME_LEN, NameError, ShadowName, 
 pub use request::{
     RequestRejection, SectionPatch, StatePatch, UpdateRequest, json_depth, request_client_token,
 };
+pub use service::{Rejection, SHARDS, ShadowConfig, ShadowService, now_secs};
 pub use store::{MemoryShadowStore, Mutated, Mutation, ShadowKey, ShadowStore, ShadowStoreError};
 pub use topic::{
     InvalidShadowTopic, ShadowOp, ShadowResponse, ShadowTopic, request_topic, response_topic, topic_prefix,

@@ -1,4 +1,7 @@
-//! The HTTP surface (axum): health and Prometheus metrics for now.
+//! The HTTP surface (axum): health, Prometheus metrics, and the AWS IoT data plane.
+
+mod dataplane;
+mod error;
 
 use std::sync::Arc;
 
@@ -9,12 +12,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use shoal_broker::Broker;
+use shoal_broker::message::ClientId;
+use shoal_things::shadow::ShadowService;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The broker.
     pub broker: Arc<Broker>,
+    /// Device shadows.
+    pub shadows: Arc<ShadowService>,
+    /// The client id of HTTP publishes.
+    pub http_client_id: ClientId,
+}
+
+impl AppState {
+    /// State for the handlers.
+    pub fn new(broker: Arc<Broker>, shadows: Arc<ShadowService>) -> Self {
+        AppState {
+            broker,
+            shadows,
+            http_client_id: dataplane::http_client_id(),
+        }
+    }
 }
 
 /// The HTTP application.
@@ -22,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(dataplane::routes())
         .with_state(state)
 }
 
