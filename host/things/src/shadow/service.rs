@@ -175,7 +175,7 @@ impl ShadowService {
     /// Update (`POST /things/{thing}/shadow`, `…/update`): the `/update/accepted` payload.
     /// Accepted, delta and documents messages are published for every caller.
     pub async fn update(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
-        let limits = self.cfg.limits.clone();
+        let limits = self.cfg.limits;
         let req = UpdateRequest::parse(body, &limits).map_err(|r| Rejection::new(r.error, r.client_token))?;
         let token = req.client_token().map(str::to_owned);
         let now = now_secs();

@@ -50,6 +50,8 @@ impl fmt::Debug for ShadowKey {
 pub type Mutation = Arc<dyn Fn(Option<&StoredShadow>) -> Result<StoredShadow, ShadowError> + Send + Sync>;
 
 /// What a mutation did.
+// Returned once per request and consumed at once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutated {
     /// The new document was stored.
