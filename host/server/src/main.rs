@@ -1,6 +1,7 @@
 //! `shoal`: the Shoal IoT platform server and its operator CLI.
 
 mod api;
+mod cli;
 mod config;
 mod pki;
 mod serve;
@@ -21,11 +22,27 @@ struct Cli {
 enum Command {
     /// Run the server (MQTT on TCP and TLS, HTTP for health, metrics and the API).
     Serve(config::ServeArgs),
+    /// Device shadows of a running server (AWS data-plane API).
+    Shadow {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli::ShadowCmd,
+    },
+    /// Publish a message through a running server's HTTP API.
+    Publish {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(flatten)]
+        args: cli::PublishArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Shadow { endpoint, cmd } => cli::shadow(&endpoint, cmd),
+        Command::Publish { endpoint, args } => cli::publish(&endpoint, args),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,

@@ -1,0 +1,256 @@
+//! Operator verbs that talk to a running Shoal over its HTTP API and print JSON.
+//!
+//! `shoal shadow get|update|delete|list` use the AWS data-plane paths, so what they print is
+//! exactly what boto3 would receive. Errors go to stderr with the server's message and a
+//! non-zero exit code.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+/// Where the server is.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoint {
+    /// Base URL of Shoal's HTTP listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub endpoint: String,
+}
+
+/// `shoal shadow ...`
+#[derive(Debug, Subcommand)]
+pub enum ShadowCmd {
+    /// Print a shadow document.
+    Get {
+        /// Thing name.
+        thing: String,
+        /// Named shadow (omit for the classic shadow).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Update a shadow with a request document (`{"state":{"desired":{...}}}`).
+    Update {
+        /// Thing name.
+        thing: String,
+        /// Named shadow.
+        #[arg(long)]
+        name: Option<String>,
+        /// The request document; `-` (default) reads standard input.
+        #[arg(long, short, default_value = "-")]
+        payload: String,
+    },
+    /// Delete a shadow.
+    Delete {
+        /// Thing name.
+        thing: String,
+        /// Named shadow.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a thing's named shadows.
+    List {
+        /// Thing name.
+        thing: String,
+        /// Results per page (1-100).
+        #[arg(long)]
+        page_size: Option<usize>,
+        /// Continue after this token.
+        #[arg(long)]
+        next_token: Option<String>,
+    },
+}
+
+/// `shoal publish TOPIC`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Topic name.
+    pub topic: String,
+    /// Payload; `-` reads standard input.
+    #[arg(long, short, default_value = "")]
+    pub message: String,
+    /// QoS 0 or 1.
+    #[arg(long, default_value_t = 0)]
+    pub qos: u8,
+    /// Retain the message.
+    #[arg(long)]
+    pub retain: bool,
+}
+
+fn read_arg(v: &str) -> Result<String, String> {
+    if v == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        Ok(s)
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+fn shadow_url(ep: &Endpoint, thing: &str, name: &Option<String>) -> String {
+    let mut url = format!(
+        "{}/things/{}/shadow",
+        ep.endpoint.trim_end_matches('/'),
+        encode(thing)
+    );
+    if let Some(n) = name {
+        url.push_str(&format!("?name={}", encode(n)));
+    }
+    url
+}
+
+/// Percent-encodes one path segment or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> {
+    let resp = req.send().await.map_err(|e| format!("cannot reach Shoal: {e}"))?;
+    let status = resp.status();
+    let kind = resp
+        .headers()
+        .get("x-amzn-ErrorType")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?;
+    let body: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if status.is_success() {
+        Ok(body)
+    } else {
+        let msg = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("request failed");
+        Err(format!("{} {}: {msg}", status.as_u16(), kind.unwrap_or_default()))
+    }
+}
+
+fn finish(rt: &tokio::runtime::Runtime, fut: impl Future<Output = Result<Value, String>>) -> ExitCode {
+    match rt.block_on(fut) {
+        Ok(v) => {
+            print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)] // printing the result is the command's job
+fn print_json(v: &Value) {
+    if !v.is_null() {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("shoal: cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Runs `shoal shadow ...`.
+pub fn shadow(ep: &Endpoint, cmd: ShadowCmd) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    let http = reqwest::Client::new();
+    match cmd {
+        ShadowCmd::Get { thing, name } => finish(&rt, send(http.get(shadow_url(ep, &thing, &name)))),
+        ShadowCmd::Delete { thing, name } => finish(&rt, send(http.delete(shadow_url(ep, &thing, &name)))),
+        ShadowCmd::Update { thing, name, payload } => {
+            let body = match read_arg(&payload) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("shoal: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            finish(&rt, send(http.post(shadow_url(ep, &thing, &name)).body(body)))
+        }
+        ShadowCmd::List {
+            thing,
+            page_size,
+            next_token,
+        } => {
+            let mut url = format!(
+                "{}/api/things/shadow/ListNamedShadowsForThing/{}",
+                ep.endpoint.trim_end_matches('/'),
+                encode(&thing)
+            );
+            let mut q = Vec::new();
+            if let Some(p) = page_size {
+                q.push(format!("pageSize={p}"));
+            }
+            if let Some(t) = next_token {
+                q.push(format!("nextToken={}", encode(&t)));
+            }
+            if !q.is_empty() {
+                url.push('?');
+                url.push_str(&q.join("&"));
+            }
+            finish(&rt, send(http.get(url)))
+        }
+    }
+}
+
+/// Runs `shoal publish ...`.
+pub fn publish(ep: &Endpoint, args: PublishArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    let body = match read_arg(&args.message) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = format!(
+        "{}/topics/{}?qos={}&retain={}",
+        ep.endpoint.trim_end_matches('/'),
+        encode(&args.topic),
+        args.qos,
+        args.retain
+    );
+    finish(&rt, send(reqwest::Client::new().post(url).body(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(super::encode("fleet/truck 1"), "fleet%2Ftruck%201");
+        assert_eq!(super::encode("a-b_c.d~e"), "a-b_c.d~e");
+    }
+}
