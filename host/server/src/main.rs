@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (MQTT on TCP and TLS, HTTP for health, metrics and the API).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Device shadows of a running server (AWS data-plane API).
     Shadow {
         #[command(flatten)]

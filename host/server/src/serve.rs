@@ -21,21 +21,19 @@ use crate::pki;
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
-    let store = shoal_store::open(&cfg.store, &cfg.data_dir)
+    let stores = shoal_store::open(&cfg.store, &cfg.data_dir)
         .await
         .with_context(|| format!("opening the store {:?}", cfg.store))?;
-    tracing::info!(store = store.kind(), "store opened");
+    tracing::info!(store = stores.broker.kind(), "store opened");
     let rt = tokio::runtime::Handle::current();
     let broker_cfg = BrokerConfig {
         limits: cfg.limits.clone(),
         ..BrokerConfig::default()
     };
-    let broker = Broker::start(broker_cfg, store, Arc::new(AllowAll), &rt)
+    let broker = Broker::start(broker_cfg, stores.broker, Arc::new(AllowAll), &rt)
         .await
         .context("loading broker state from the store")?;
-    let shadow_store: Arc<dyn shoal_things::shadow::ShadowStore> =
-        Arc::new(shoal_things::shadow::MemoryShadowStore::default());
-    let shadows = ShadowService::start(shadow_store, broker.clone(), ShadowConfig::default(), &rt);
+    let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
 
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.mqtt_listen {

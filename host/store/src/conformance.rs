@@ -1,4 +1,6 @@
-//! The [`BrokerStore`] contract as an executable check.
+//! The [`BrokerStore`] and [`ShadowStore`] contracts as executable checks: [`run_all`] for
+//! the broker store, [`run_shadow_suite`] (and [`shadow_concurrency`] for several nodes on one
+//! backend) for shadows.
 //!
 //! Every backend must behave exactly like [`MemoryStore`]; [`run_all`] drives a store through the
 //! cases that matter to the broker and, after every step, also compares the store's full
@@ -10,6 +12,15 @@
 //! linker drops it from binaries that do not call it.
 
 use shoal_broker::store::{BrokerStore, LoadedSession, MemoryStore, StoreOp};
+#[cfg(doc)]
+use shoal_things::shadow::ShadowStore;
+
+mod shadows;
+
+pub use shadows::{
+    CONCURRENT_MUTATIONS, ConcurrencyStats, counter, delete, increment, key, run_shadow_suite,
+    shadow_concurrency, update,
+};
 
 /// Runs every conformance check against `store`, which must start empty. Leaves it empty.
 ///

@@ -9,6 +9,7 @@
 //!   client whose id is a prefix of another's (`a`, `ab`) never sees the other's entries (unlike
 //!   a concatenated string key would).
 //! * `retained`: `topic -> data`
+//! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`].
 //!
 //! redb is blocking (file I/O, `fsync` on commit), so every call runs on tokio's blocking pool.
 
@@ -19,19 +20,24 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use shoal_broker::store::{BrokerStore, LoadedSession, StoreError, StoreOp};
 
+use crate::embedded_shadows::{EmbeddedShadowStore, NAMED_SHADOWS, SHADOWS};
+
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const QUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queued");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 
-/// A [`BrokerStore`] in one redb file.
+/// A [`BrokerStore`] in one redb file, which also holds the device shadows
+/// ([`EmbeddedStore::shadow_store`]).
 ///
 /// Cheap to share: it is a handle on the open database. The file is locked while any handle (or a
 /// call still running on the blocking pool) is alive, so a second broker on the same data
-/// directory fails to open instead of corrupting it.
+/// directory fails to open instead of corrupting it. That lock is also why the shadow store
+/// cannot open the file itself and is handed out from here instead.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    shadows: EmbeddedShadowStore,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -58,13 +64,25 @@ impl EmbeddedStore {
                 .map_err(|e| redb_err("creating tables", e))?;
             txn.open_table(RETAINED)
                 .map_err(|e| redb_err("creating tables", e))?;
+            txn.open_table(SHADOWS)
+                .map_err(|e| redb_err("creating tables", e))?;
+            txn.open_table(NAMED_SHADOWS)
+                .map_err(|e| redb_err("creating tables", e))?;
         }
         txn.commit().map_err(|e| redb_err("creating tables", e))?;
+        let db = Arc::new(db);
+        let path = Arc::new(path.to_path_buf());
+        let shadows = EmbeddedShadowStore::start(Arc::clone(&db), Arc::clone(&path))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the shadow writer thread: {e}")))?;
         tracing::info!(path = %path.display(), "embedded store opened");
-        Ok(EmbeddedStore {
-            db: Arc::new(db),
-            path: Arc::new(path.to_path_buf()),
-        })
+        Ok(EmbeddedStore { db, path, shadows })
+    }
+
+    /// The device shadows in the same file. All handles share one writer thread (see
+    /// [`crate::embedded_shadows`] on group commit); the thread ends when the last handle of
+    /// this store and of its shadow stores is dropped.
+    pub fn shadow_store(&self) -> EmbeddedShadowStore {
+        self.shadows.clone()
     }
 
     /// The database file, for logs and `/health`.

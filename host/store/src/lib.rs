@@ -1,27 +1,37 @@
-//! Shoal's storage backends for the broker's [`BrokerStore`] seam.
+//! Shoal's storage backends for the broker's [`BrokerStore`] seam and the device shadows'
+//! [`ShadowStore`] seam.
 //!
-//! Two durable implementations live here, and both must behave exactly like the reference
-//! [`shoal_broker::store::MemoryStore`]:
+//! Two durable implementations of each live here, and they must behave exactly like the
+//! reference [`shoal_broker::store::MemoryStore`] and [`MemoryShadowStore`]:
 //!
-//! * [`EmbeddedStore`]: one redb file next to the broker, for single-node deployments with no
-//!   external service to run.
-//! * [`RedisStore`]: Redis hashes, for deployments that already run Redis or want the state
-//!   outside the broker's disk.
+//! * [`EmbeddedStore`] and [`EmbeddedShadowStore`]: one redb file next to the broker, for
+//!   single-node deployments with no external service to run. Shadow writes are group-committed
+//!   (see [`embedded_shadows`]).
+//! * [`RedisStore`] and [`RedisShadowStore`]: Redis hashes, for deployments that already run
+//!   Redis, want the state outside the broker's disk, or run several nodes (shadow writes are
+//!   compare-and-set on a revision, see [`redis_shadows`]).
 //!
-//! [`open`] picks one from the `--store` URL. [`conformance::run_all`] is the executable form of
-//! the contract; the crate's tests run it against every backend.
+//! [`open`] picks a backend from the `--store` URL and returns both stores on it.
+//! [`conformance::run_all`] and [`conformance::run_shadow_suite`] are the executable form of the
+//! contracts; the crate's tests run them against every backend.
 #![deny(missing_docs)]
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use shoal_broker::store::{BrokerStore, StoreError};
+use shoal_things::shadow::MemoryShadowStore;
+pub use shoal_things::shadow::{ShadowStore, ShadowStoreError};
 
 pub mod conformance;
 pub mod embedded;
+pub mod embedded_shadows;
+pub mod redis_shadows;
 pub mod redis_store;
 
 pub use embedded::EmbeddedStore;
+pub use embedded_shadows::EmbeddedShadowStore;
+pub use redis_shadows::RedisShadowStore;
 pub use redis_store::RedisStore;
 
 /// File name of the embedded database inside the data directory, so operators know what to back
@@ -32,16 +42,37 @@ pub const EMBEDDED_FILE: &str = "shoal.redb";
 /// share one Redis by using different prefixes via [`RedisStore::connect`].
 pub const DEFAULT_REDIS_PREFIX: &str = "shoal";
 
-/// Opens the store named by `url`, the value of the broker's `--store` option.
+/// The stores [`open`] returns: the broker's and the shadows', on the same backend.
+#[derive(Clone)]
+pub struct Stores {
+    /// Sessions, queued messages and retained messages.
+    pub broker: Arc<dyn BrokerStore>,
+    /// Device shadows.
+    pub shadows: Arc<dyn ShadowStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("broker", &self.broker.kind())
+            .field("shadows", &self.shadows.kind())
+            .finish()
+    }
+}
+
+/// Opens the stores named by `url`, the value of the broker's `--store` option.
 ///
 /// Accepted forms:
-/// * `embedded`: an [`EmbeddedStore`] at `data_dir/shoal.redb` (the directory is created).
-/// * `memory`: a [`shoal_broker::store::MemoryStore`]; nothing survives a restart.
-/// * `redis://...` or `rediss://...`: a [`RedisStore`] with the prefix `shoal`.
+/// * `embedded`: an [`EmbeddedStore`] at `data_dir/shoal.redb` (the directory is created) and
+///   its [`EmbeddedShadowStore`] in the same file.
+/// * `memory`: a [`shoal_broker::store::MemoryStore`] and a [`MemoryShadowStore`]; nothing
+///   survives a restart.
+/// * `redis://...` or `rediss://...`: a [`RedisStore`] with the prefix `shoal` and its
+///   [`RedisShadowStore`], on one connection.
 ///
 /// Anything else is rejected up front with the list of accepted forms, so a typo fails at start-up
 /// rather than silently selecting some default.
-pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn BrokerStore>, StoreError> {
+pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
     match url {
         "embedded" => {
             let dir = data_dir.to_path_buf();
@@ -54,14 +85,26 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn BrokerStore>, St
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening the embedded store: {e}")))??;
-            Ok(Arc::new(store))
+            Ok(Stores {
+                shadows: Arc::new(store.shadow_store()),
+                broker: Arc::new(store),
+            })
         }
         "memory" => {
-            tracing::warn!("using the in-memory store: sessions and retained messages are lost on restart");
-            Ok(Arc::new(shoal_broker::store::MemoryStore::default()))
+            tracing::warn!(
+                "using the in-memory store: sessions, retained messages and shadows are lost on restart"
+            );
+            Ok(Stores {
+                broker: Arc::new(shoal_broker::store::MemoryStore::default()),
+                shadows: Arc::new(MemoryShadowStore::default()),
+            })
         }
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
-            Ok(Arc::new(RedisStore::connect(u, DEFAULT_REDIS_PREFIX).await?))
+            let store = RedisStore::connect(u, DEFAULT_REDIS_PREFIX).await?;
+            Ok(Stores {
+                shadows: Arc::new(store.shadow_store()),
+                broker: Arc::new(store),
+            })
         }
         other => Err(StoreError::Unavailable(format!(
             "unknown store {:?}: expected \"embedded\", \"memory\", \"redis://host[:port][/db]\" \

@@ -6,6 +6,7 @@
 //! * `{prefix}:queue:{client_id}`: hash `seq (decimal) -> data`, one per client, so deleting a
 //!   session drops its whole queue with one `DEL` and clients never share a key.
 //! * `{prefix}:retained`: hash `topic -> data`
+//! * `{prefix}:shadow:…`, `{prefix}:shadows:…`: device shadows, see [`crate::redis_shadows`].
 //!
 //! A batch is one `MULTI`/`EXEC` pipeline: one round trip, applied atomically. Durability is
 //! whatever the Redis server is configured for (AOF `fsync` policy); `Ok` means Redis executed
@@ -19,6 +20,8 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shoal_broker::store::{BrokerStore, LoadedSession, StoreError, StoreOp};
 
+use crate::redis_shadows::RedisShadowStore;
+
 /// Bound on [`RedisStore::connect`]: `ConnectionManager::new` retries on its own and must not
 /// hold up start-up indefinitely.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,9 +33,35 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// writer retries on its own schedule; the next call starts a fresh reconnect.
 const RECONNECT_RETRIES: usize = 1;
 /// Last-resort bound on any single round trip, in case a timeout above does not cover a path.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many queue hashes `load_sessions` fetches per pipelined round trip.
 const LOAD_CHUNK: usize = 256;
+
+/// Connects a [`ConnectionManager`] to `url` with Shoal's timeouts, within [`CONNECT_TIMEOUT`].
+/// The error is a message that names the (redacted) URL.
+pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, String> {
+    let shown = crate::redact_url(url);
+    let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL {shown}: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_millis(500));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(format!("cannot connect to Redis at {shown}: {e}")),
+        Err(_) => Err(format!(
+            "cannot connect to Redis at {shown}: no connection within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 /// A [`BrokerStore`] in Redis hashes.
 ///
@@ -45,6 +74,7 @@ pub struct RedisStore {
     prefix: String,
     sessions_key: String,
     retained_key: String,
+    shadows: RedisShadowStore,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -73,34 +103,9 @@ impl RedisStore {
     /// start-up. After that the connection is re-established automatically.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         let shown = crate::redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL {shown}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to Redis at {shown}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to Redis at {shown}: no connection within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        let conn = connect_manager(url).await.map_err(StoreError::Unavailable)?;
         let store = RedisStore {
+            shadows: RedisShadowStore::with_connection(conn.clone(), prefix),
             conn,
             prefix: prefix.to_owned(),
             sessions_key: format!("{prefix}:sessions"),
@@ -115,6 +120,13 @@ impl RedisStore {
     /// The key prefix, for logs and `/health`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The device shadows in the same Redis, under the same prefix and on the same connection
+    /// (one multiplexed connection serves both; see [`RedisShadowStore`]). Every call returns a
+    /// handle on the same shadow store, so they also share its per-key write queues.
+    pub fn shadow_store(&self) -> RedisShadowStore {
+        self.shadows.clone()
     }
 
     fn queue_key(&self, client_id: &str) -> String {

@@ -5,15 +5,15 @@
 //! than skip, when it is not installed: a silently skipped backend is an untested backend.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{RedisServer, free_port};
 use shoal_broker::store::{BrokerStore, MemoryStore, StoreOp};
 use shoal_store::{EmbeddedStore, RedisStore, conformance};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Memory and embedded
@@ -84,18 +84,20 @@ async fn embedded_file_is_locked_while_open() {
 async fn open_embedded_creates_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("nested").join("data");
-    let store = shoal_store::open("embedded", &data_dir).await.unwrap();
-    assert_eq!(store.kind(), "embedded");
+    let stores = shoal_store::open("embedded", &data_dir).await.unwrap();
+    assert_eq!(stores.broker.kind(), "embedded");
+    assert_eq!(stores.shadows.kind(), "embedded");
     assert!(data_dir.join(shoal_store::EMBEDDED_FILE).is_file());
-    conformance::run_all(store.as_ref()).await;
+    conformance::run_all(stores.broker.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn open_memory() {
-    let store = shoal_store::open("memory", Path::new("/nonexistent"))
+    let stores = shoal_store::open("memory", Path::new("/nonexistent"))
         .await
         .unwrap();
-    assert_eq!(store.kind(), "memory");
+    assert_eq!(stores.broker.kind(), "memory");
+    assert_eq!(stores.shadows.kind(), "memory");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,9 +152,10 @@ async fn redis_store_prefixes_are_isolated() {
 async fn redis_open_via_url() {
     let server = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = shoal_store::open(&server.url(), dir.path()).await.unwrap();
-    assert_eq!(store.kind(), "redis");
-    store.apply(&[put_retained("t", b"r")]).await.unwrap();
+    let stores = shoal_store::open(&server.url(), dir.path()).await.unwrap();
+    assert_eq!(stores.broker.kind(), "redis");
+    assert_eq!(stores.shadows.kind(), "redis");
+    stores.broker.apply(&[put_retained("t", b"r")]).await.unwrap();
     // `open` uses the default prefix.
     let direct = RedisStore::connect(&server.url(), shoal_store::DEFAULT_REDIS_PREFIX)
         .await
@@ -286,156 +289,6 @@ fn put_retained(topic: &str, data: &[u8]) -> StoreOp {
     StoreOp::PutRetained {
         topic: topic.into(),
         data: data.to_vec(),
-    }
-}
-
-/// A port nothing listens on right now (the OS picks it; there is a small window in which
-/// another process could take it, which is acceptable for tests).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Finds `redis-server`, or fails the test saying how to get it.
-fn redis_server_binary() -> PathBuf {
-    let from_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("redis-server"))
-            .find(|p| p.is_file())
-    });
-    let candidates = from_path.into_iter().chain([
-        PathBuf::from("/usr/bin/redis-server"),
-        PathBuf::from("/usr/local/bin/redis-server"),
-    ]);
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "redis-server is not installed (looked in PATH, /usr/bin, /usr/local/bin): the Redis \
-         backend tests need a real server. Install it (e.g. `apt-get install redis-server`)."
-    );
-}
-
-/// A throw-away `redis-server` child process without persistence; killed on drop.
-struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let mut s = RedisServer {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        s.spawn().await;
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let log = self.dir.path().join("redis.log");
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-        self.child = Some(child);
-        self.wait_ready().await;
-    }
-
-    /// Waits until the server answers `PING`, failing with its log if it does not come up.
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "redis-server exited with {status} on port {}:\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            if self.answers_ping().await {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "redis-server did not answer on port {} within 10 s:\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn answers_ping(&self) -> bool {
-        let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-            s.write_all(b"PING\r\n").await?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).await?;
-            Ok::<bool, std::io::Error>(&buf == b"+PONG\r\n")
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), attempt).await,
-            Ok(Ok(true))
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL, like a crash: no goodbye to the clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Sends a signal (`STOP`, `CONT`) to the server process.
-    fn signal(&self, sig: &str) {
-        let Some(child) = self.child.as_ref() else {
-            panic!("redis-server is not running");
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// Starts a fresh server on the same port.
-    async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

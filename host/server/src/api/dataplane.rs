@@ -154,19 +154,7 @@ async fn publish(
         let pairs: Vec<serde_json::Value> = serde_json::from_slice(&raw)
             .map_err(|_| ApiError::bad_request("x-amz-mqtt5-user-properties is not a JSON array"))?;
         for p in pairs {
-            match (
-                p.get("key").and_then(|k| k.as_str()),
-                p.get("value").and_then(|v| v.as_str()),
-            ) {
-                (Some(k), Some(v)) => props
-                    .user_properties
-                    .push((k.to_owned().into(), v.to_owned().into())),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "user properties must be {\"key\",\"value\"} strings",
-                    ));
-                }
-            }
+            props.user_properties.extend(user_property_pairs(&p)?);
         }
     }
     if let Some(v) = headers.get("x-amz-mqtt5-payload-format-indicator") {
@@ -199,15 +187,51 @@ async fn publish(
     Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
 }
 
-/// `GET /retainedMessage/{topic}`: `{"topic","payload"(base64),"qos","lastModifiedTime"}`.
+/// One element of the `x-amz-mqtt5-user-properties` array. AWS documents one-pair objects
+/// (`{"deviceName":"alpha"}`, what botocore sends); `{"key":..,"value":..}` is accepted too.
+fn user_property_pairs(
+    p: &serde_json::Value,
+) -> Result<Vec<(ntex::util::ByteString, ntex::util::ByteString)>, ApiError> {
+    let bad =
+        || ApiError::bad_request("user properties must be a JSON array of {\"name\": \"value\"} objects");
+    let obj = p.as_object().ok_or_else(bad)?;
+    if let (Some(k), Some(v), 2) = (obj.get("key"), obj.get("value"), obj.len()) {
+        let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+            return Err(bad());
+        };
+        return Ok(vec![(k.to_owned().into(), v.to_owned().into())]);
+    }
+    obj.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|v| (k.clone().into(), v.to_owned().into()))
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+/// `GET /retainedMessage/{topic}`: `{"topic","payload"(base64),"qos","lastModifiedTime",
+/// "userProperties"?}` (user properties as base64 of `[{"name":"value"},...]`, as AWS returns).
 async fn retained(State(s): State<AppState>, Path(topic): Path<String>) -> Result<Response, ApiError> {
     match s.broker.retained(&topic) {
-        Some(m) => Ok(json_ok(json!({
-            "topic": m.topic.as_str(),
-            "payload": B64.encode(&m.payload),
-            "qos": m.qos as u8,
-            "lastModifiedTime": m.received_ms,
-        }))),
+        Some(m) => {
+            let mut body = json!({
+                "topic": m.topic.as_str(),
+                "payload": B64.encode(&m.payload),
+                "qos": m.qos as u8,
+                "lastModifiedTime": m.received_ms,
+            });
+            if !m.props.user_properties.is_empty() {
+                let arr: Vec<serde_json::Value> = m
+                    .props
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| json!({ k.to_string(): v.to_string() }))
+                    .collect();
+                body["userProperties"] = json!(B64.encode(serde_json::to_vec(&arr).unwrap_or_default()));
+            }
+            Ok(json_ok(body))
+        }
         None => Err(ApiError::not_found(format!(
             "No retained message on topic {topic}"
         ))),

@@ -1,0 +1,370 @@
+//! Shadows in the embedded redb file, with group commit.
+//!
+//! Layout (in the same file as the broker's tables, see [`crate::embedded`]):
+//!
+//! * `shadows`: [`ShadowKey::storage_name`] (`thing` or `thing~shadow`) `->` the
+//!   [`StoredShadow`] as JSON ([`StoredShadow::to_json_bytes`]), tombstones included.
+//! * `named_shadows`: `(thing, shadow) -> ()` for every named shadow that exists (is not a
+//!   tombstone). It is written in the same transaction as `shadows`, so it never disagrees with
+//!   it, and [`ShadowStore::list_named`] is a plain range scan over one thing's entries: no
+//!   tombstone to skip, no document to decode, and a thing whose name extends another's (`a`,
+//!   `ab`) is a different tuple prefix, never part of the range.
+//!
+//! # Why group commit
+//!
+//! A mutation is durable when `mutate` returns, which for redb means a commit with
+//! [`Durability::Immediate`]: page writes and an `fsync`, about a millisecond on a typical
+//! virtual disk (the `fsync` costs roughly in proportion to the pages the commit dirtied). One
+//! transaction per mutation would cap the store near a thousand updates per second however
+//! many devices report at once. Instead a dedicated writer thread takes *every* mutation
+//! waiting in its channel, runs them in arrival order inside one write transaction and commits
+//! once; then it answers each caller. While it commits, the next batch accumulates. Throughput
+//! therefore grows with the number of concurrent callers instead of being bounded by the commit
+//! latency, and a bigger batch is cheaper per mutation (mutations share dirtied pages).
+//!
+//! Each mutation's function reads the document through the batch's write transaction, so it
+//! sees the writes of the mutations before it in the same batch: the batch is exactly the
+//! sequential execution of its mutations, and redb's single-writer lock serialises batches with
+//! each other and with the broker's own transactions. If anything fails at the storage level,
+//! the transaction is dropped (aborted) and every caller in the batch gets the error: nothing of
+//! the batch is written. Callers are answered only after the commit, rejections included.
+//!
+//! The writer lingers briefly before committing a batch while mutations keep arriving (up to
+//! 30 µs between two, 1 ms in all). Measured with 64 concurrent callers, this keeps batches
+//! near 64 instead of two alternating halves. (Splitting the work over two threads, one preparing the next
+//! batch while the other commits, was tried and measured slower: it splits the callers into
+//! more, smaller commits, and a commit's cost is mostly per page, not per mutation.)
+//!
+//! Reads ([`ShadowStore::get`], [`ShadowStore::list_named`]) use read transactions on tokio's
+//! blocking pool and never wait for the writer; they see the last committed batch.
+
+use std::any::Any;
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use shoal_things::shadow::{
+    Mutated, Mutation, ShadowKey, ShadowName, ShadowStore, ShadowStoreError, StoredShadow, ThingName,
+};
+use tokio::sync::oneshot;
+
+/// `storage_name -> JSON document`.
+pub(crate) const SHADOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("shadows");
+/// `(thing, shadow) -> ()` for every existing named shadow.
+pub(crate) const NAMED_SHADOWS: TableDefinition<(&str, &str), ()> = TableDefinition::new("named_shadows");
+
+/// How long the writer waits for one more mutation before it commits a batch (see
+/// [`run_batch`]): long enough for a woken caller to resubmit, short next to a commit.
+const BATCH_GAP: Duration = Duration::from_micros(30);
+/// How long after a batch started the writer may still wait for more mutations (it keeps
+/// taking those already queued, up to [`MAX_BATCH`]).
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// Upper bound on the mutations committed in one transaction, so one commit's latency (and the
+/// memory held for it) stays bounded under a flood; the rest go into the next batch at once.
+const MAX_BATCH: usize = 1024;
+
+/// Sorts after every character a shadow name may contain (all ASCII below `~`), so
+/// `(thing, NAME_MAX)` bounds one thing's range in `named_shadows` from above.
+const NAME_MAX: &str = "\u{7f}";
+
+/// A [`ShadowStore`] in the embedded redb file, sharing the [`Database`] with
+/// [`crate::EmbeddedStore`] (a redb file can be opened only once).
+///
+/// Get one from [`crate::EmbeddedStore::shadow_store`]. Cheap to clone: all clones feed the same
+/// writer thread (see the [module docs](self) on group commit). The thread holds the database only while it runs a batch, so dropping every
+/// handle closes the file as before; the thread then ends by itself.
+#[derive(Clone)]
+pub struct EmbeddedShadowStore {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for EmbeddedShadowStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedShadowStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One mutation waiting for the writer.
+struct Job {
+    key: ShadowKey,
+    f: Mutation,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The writer's answer to one [`Job`].
+// Built once and moved once per mutation: boxing the common variant would cost more than the
+// size difference.
+#[allow(clippy::large_enum_variant)]
+enum Reply {
+    Done(Result<Mutated, ShadowStoreError>),
+    /// The mutation function panicked; the payload is re-raised in the caller's task, so a
+    /// panicking function behaves as with the other backends (which run it in the caller's
+    /// task) and the writer thread survives. Nothing was written for this mutation.
+    Panicked(Box<dyn Any + Send>),
+}
+
+impl EmbeddedShadowStore {
+    /// Starts the writer thread for `db`. The tables must exist (see
+    /// [`crate::EmbeddedStore::open`]).
+    pub(crate) fn start(db: Arc<Database>, path: Arc<PathBuf>) -> std::io::Result<EmbeddedShadowStore> {
+        let (jobs, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("shoal-shadow-writer".into())
+            .spawn(move || writer_loop(&weak, &rx))?;
+        Ok(EmbeddedShadowStore { db, path, jobs })
+    }
+
+    /// Runs `f` on the blocking pool with the database (read transactions block on file I/O).
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ShadowStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, ShadowStoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| ShadowStoreError::Unavailable(format!("embedded shadow store task failed: {e}")))?
+    }
+}
+
+/// Maps a redb error: damage to the file is [`ShadowStoreError::Corrupt`], everything else (I/O,
+/// locking, ...) is [`ShadowStoreError::Unavailable`].
+fn redb_err(what: &str, e: impl Into<redb::Error>) -> ShadowStoreError {
+    match e.into() {
+        redb::Error::Corrupted(msg) => ShadowStoreError::Corrupt(format!("redb {what}: {msg}")),
+        other => ShadowStoreError::Unavailable(format!("redb {what}: {other}")),
+    }
+}
+
+fn decode(storage_name: &str, bytes: &[u8]) -> Result<StoredShadow, ShadowStoreError> {
+    StoredShadow::from_json_bytes(bytes)
+        .map_err(|e| ShadowStoreError::Corrupt(format!("shadow {storage_name:?} does not decode: {e}")))
+}
+
+/// The writer thread: one batch per wake-up until every sender is gone.
+fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
+    let mut previous_len = 0;
+    while let Ok(first) = rx.recv() {
+        // Only upgraded for the batch: between batches the thread does not keep the file open.
+        let Some(db) = db.upgrade() else {
+            let closed = ShadowStoreError::Unavailable("embedded store is closed".into());
+            let _ = first.reply.send(Reply::Done(Err(closed)));
+            continue;
+        };
+        // A lone caller (the last batch had one mutation) does not wait for company.
+        previous_len = run_batch(&db, first, rx, previous_len > 1);
+    }
+}
+
+/// Runs one batch starting with `first` and commits it, then answers every caller in it;
+/// returns the batch size.
+///
+/// The batch takes every mutation already queued and, with `linger`, keeps taking mutations as
+/// long as they arrive less than [`BATCH_GAP`] apart, waiting for them for at most
+/// [`MAX_LINGER`] after the batch started. Each mutation runs as soon as it is taken, so the
+/// waiting overlaps with the work. Lingering matters with many concurrent callers: the callers
+/// answered by the previous commit resubmit over the next few dozen microseconds. Without it
+/// the next batch would hold only those that were already queued, and the callers would settle
+/// into two cohorts taking turns, each commit carrying half of them: more commits (whose cost
+/// is mostly per page written, not per mutation) for the same work.
+fn run_batch(db: &Database, first: Job, rx: &mpsc::Receiver<Job>, linger: bool) -> usize {
+    let mut jobs = Vec::new();
+    let mut replies = Vec::new();
+    let result = write_batch(db, first, rx, linger, &mut jobs, &mut replies);
+    let n = jobs.len();
+    match result {
+        Ok(()) => {
+            for (job, reply) in jobs.into_iter().zip(replies) {
+                // The caller may have given up (its future was dropped); nothing to tell then.
+                let _ = job.reply.send(reply);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(mutations = n, error = %e, "embedded shadow batch failed");
+            for job in jobs {
+                let _ = job.reply.send(Reply::Done(Err(e.clone())));
+            }
+        }
+    }
+    n
+}
+
+/// One write transaction for the whole batch, committed with [`Durability::Immediate`]. Every
+/// job taken is pushed to `jobs` (so it is answered whatever happens) and, once run, its answer
+/// to `replies`. An `Err` means the transaction was aborted and nothing was written; the
+/// answers are only true once the commit succeeded, which is why they are not sent here.
+fn write_batch(
+    db: &Database,
+    first: Job,
+    rx: &mpsc::Receiver<Job>,
+    linger: bool,
+    jobs: &mut Vec<Job>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), ShadowStoreError> {
+    let started = Instant::now();
+    jobs.push(first);
+    let mut txn = db.begin_write().map_err(|e| redb_err("begin", e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| redb_err("durability", e))?;
+    {
+        let open = |e: redb::TableError| redb_err("opening table", e);
+        let mut docs = txn.open_table(SHADOWS).map_err(open)?;
+        let mut named = txn.open_table(NAMED_SHADOWS).map_err(open)?;
+        while let Some(job) = jobs.get(replies.len()) {
+            replies.push(apply_job(&mut docs, &mut named, job)?);
+            if jobs.len() >= MAX_BATCH {
+                break;
+            }
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::TryRecvError::Empty) if linger && started.elapsed() < MAX_LINGER => {
+                    rx.recv_timeout(BATCH_GAP).ok()
+                }
+                Err(_) => None,
+            };
+            match next {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+        }
+    }
+    txn.commit().map_err(|e| redb_err("commit", e))
+}
+
+/// Reads the current document through the write transaction (so earlier mutations of the
+/// batch are visible), runs the function and writes its result. A storage error aborts the
+/// batch (`Err`); an undecodable document only fails this mutation (`Ok(Reply::Done(Err))`).
+fn apply_job(
+    docs: &mut Table<&str, &[u8]>,
+    named: &mut Table<(&str, &str), ()>,
+    job: &Job,
+) -> Result<Reply, ShadowStoreError> {
+    if job.reply.is_closed() {
+        // The caller is gone (cancelled or timed out): it cannot learn the outcome, so do not
+        // write something nobody asked for any more.
+        return Ok(Reply::Done(Err(ShadowStoreError::Unavailable(
+            "caller went away".into(),
+        ))));
+    }
+    let name = job.key.storage_name();
+    let previous = match docs.get(name.as_str()).map_err(|e| redb_err("read", e))? {
+        Some(bytes) => match decode(&name, bytes.value()) {
+            Ok(doc) => Some(doc),
+            Err(e) => return Ok(Reply::Done(Err(e))),
+        },
+        None => None,
+    };
+    let current = match std::panic::catch_unwind(AssertUnwindSafe(|| (job.f)(previous.as_ref()))) {
+        Ok(Ok(current)) => current,
+        Ok(Err(rejection)) => return Ok(Reply::Done(Ok(Mutated::Rejected(rejection)))),
+        Err(panic) => return Ok(Reply::Panicked(panic)),
+    };
+    docs.insert(name.as_str(), current.to_json_bytes().as_slice())
+        .map_err(|e| redb_err("write", e))?;
+    if let Some(shadow) = &job.key.shadow {
+        let index_key = (job.key.thing.as_str(), shadow.as_str());
+        if current.exists() {
+            named.insert(index_key, ()).map_err(|e| redb_err("write", e))?;
+        } else {
+            named.remove(index_key).map_err(|e| redb_err("write", e))?;
+        }
+    }
+    Ok(Reply::Done(Ok(Mutated::Applied { previous, current })))
+}
+
+#[async_trait]
+impl ShadowStore for EmbeddedShadowStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
+        let name = key.storage_name();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| redb_err("begin read", e))?;
+            let docs = txn
+                .open_table(SHADOWS)
+                .map_err(|e| redb_err("opening table", e))?;
+            match docs.get(name.as_str()).map_err(|e| redb_err("read", e))? {
+                Some(bytes) => decode(&name, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Queues the mutation for the writer thread and waits for the commit of its batch (see the
+    /// [module docs](self) for why). If this future is dropped before the batch runs, the
+    /// mutation is skipped; if it is dropped later, it may or may not have been applied.
+    async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            key: key.clone(),
+            f,
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| ShadowStoreError::Unavailable("embedded shadow writer has stopped".into()))?;
+        match answer.await {
+            Ok(Reply::Done(result)) => result,
+            Ok(Reply::Panicked(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(ShadowStoreError::Unavailable(
+                "embedded shadow writer stopped before answering".into(),
+            )),
+        }
+    }
+
+    async fn list_named(
+        &self,
+        thing: &ThingName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ShadowName>, ShadowStoreError> {
+        // An `after` at or beyond every possible name leaves nothing (and would make an
+        // inverted range).
+        if limit == 0 || after.is_some_and(|a| a >= NAME_MAX) {
+            return Ok(Vec::new());
+        }
+        let thing = thing.as_str().to_owned();
+        let after = after.map(str::to_owned);
+        self.blocking(move |db| {
+            let err = |e: redb::StorageError| redb_err("read", e);
+            let txn = db.begin_read().map_err(|e| redb_err("begin read", e))?;
+            let named = txn
+                .open_table(NAMED_SHADOWS)
+                .map_err(|e| redb_err("opening table", e))?;
+            let t = thing.as_str();
+            let lower = match &after {
+                Some(a) => Bound::Excluded((t, a.as_str())),
+                None => Bound::Included((t, "")),
+            };
+            let upper = Bound::Excluded((t, NAME_MAX));
+            let mut out = Vec::new();
+            for entry in named.range((lower, upper)).map_err(err)? {
+                let (k, _) = entry.map_err(err)?;
+                let (_, shadow) = k.value();
+                let shadow = ShadowName::parse(shadow).map_err(|e| {
+                    ShadowStoreError::Corrupt(format!("named shadow {shadow:?} of {thing:?}: {e}"))
+                })?;
+                out.push(shadow);
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,372 @@
+//! Shadows in Redis, with optimistic concurrency across nodes.
+//!
+//! Keys, under the same prefix as the broker's (see [`crate::redis_store`]):
+//!
+//! * `{prefix}:shadow:{storage_name}`: a hash with `doc`, the [`StoredShadow`] as JSON
+//!   (tombstones included), and `rev`, the key's *revision*: 1 after the first write, +1 on
+//!   every write, deletes (tombstones) included.
+//! * `{prefix}:shadows:{thing}`: a sorted set of the thing's named shadows that exist (not
+//!   tombstones), all with score 0 so that they sort bytewise and `ZRANGEBYLEX` pages them.
+//!
+//! # Why a revision, and how a mutation stays atomic
+//!
+//! [`ShadowStore::mutate`] must behave as if no other writer ran between reading the document
+//! and storing the function's result, even when several Shoal nodes share the Redis. The
+//! function is arbitrary Rust, so it cannot run inside Redis; instead:
+//!
+//! 1. `HMGET doc rev` reads the document and its revision (a missing key is revision 0).
+//! 2. The function runs locally.
+//! 3. One Lua script (atomic in Redis) writes the new document only if `rev` still holds the
+//!    value read, increments `rev`, and updates the named-shadow index in the same step. If
+//!    another writer got there first, it writes nothing and returns the current document and
+//!    revision, so the retry starts from them without another read.
+//!
+//! The revision rather than the shadow's `version` is compared because the version does not
+//! change on every write: a delete keeps it, so "update, delete" seen by a slow writer would
+//! look like nothing happened and its stale result would overwrite the tombstone.
+//!
+//! Conflicts are retried after a short random backoff, at most [`MAX_ATTEMPTS`] times, then
+//! reported as [`ShadowStoreError::Contention`]. To keep conflicts down to the ones between
+//! nodes, each store also lets only one mutation per key (per stripe of keys) run at a time on
+//! this node: concurrent local writers of one hot shadow queue up instead of failing each
+//! other's compare-and-set.
+//!
+//! The two keys of one shadow are not in one Redis Cluster hash slot; this backend targets a
+//! single Redis (with replicas), like the broker store.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use shoal_things::shadow::{
+    Mutated, Mutation, ShadowKey, ShadowName, ShadowStore, ShadowStoreError, StoredShadow, ThingName,
+};
+
+use crate::redis_store::{CALL_TIMEOUT, connect_manager};
+
+/// Compare-and-set attempts per mutation before giving up with
+/// [`ShadowStoreError::Contention`].
+pub const MAX_ATTEMPTS: usize = 100;
+
+/// Bound on a whole [`ShadowStore::mutate`], waiting for this node's turn on the key included,
+/// so that callers queued behind a hung Redis fail instead of waiting one timeout each.
+const MUTATE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// First backoff ceiling after a conflict; doubles per attempt up to [`MAX_BACKOFF`]. The
+/// actual pause is uniformly random below the ceiling, so that colliding nodes spread out.
+const FIRST_BACKOFF: Duration = Duration::from_micros(200);
+/// Largest backoff ceiling.
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Number of local write queues; keys are hashed onto them. Two keys sharing a stripe only
+/// wait for each other on this node, which costs little with this many stripes.
+const STRIPES: usize = 1024;
+
+/// The compare-and-set. `KEYS[1]`: the shadow hash, `KEYS[2]`: the thing's named-shadow index.
+/// `ARGV[1]`: the revision read (decimal, `0` when the key was missing), `ARGV[2]`: the new
+/// document, `ARGV[3]`: the shadow name (empty for the classic shadow, which is not indexed),
+/// `ARGV[4]`: `1` if the new document exists, `0` if it is a tombstone.
+///
+/// Returns `{1}` when written, `{0, current_rev, current_doc}` on conflict. Revisions stay
+/// strings in Lua (`HINCRBY` stores an exact decimal; Lua numbers are doubles).
+const CAS_SCRIPT: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'doc')
+local rev = cur[1] or '0'
+if rev ~= ARGV[1] then
+  return {0, rev, cur[2]}
+end
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('HSET', KEYS[1], 'doc', ARGV[2])
+if ARGV[3] ~= '' then
+  if ARGV[4] == '1' then
+    redis.call('ZADD', KEYS[2], 0, ARGV[3])
+  else
+    redis.call('ZREM', KEYS[2], ARGV[3])
+  end
+end
+return {1}
+";
+
+/// A [`ShadowStore`] in Redis (see the [module docs](self) for the layout and the
+/// compare-and-set).
+///
+/// Get one sharing the broker's connection from [`crate::RedisStore::shadow_store`], or a
+/// separate one (its own connection) from [`RedisShadowStore::connect`]. Cheap to clone; clones
+/// share the connection and the per-key write queues. While Redis is down or hung, calls fail
+/// within seconds with [`ShadowStoreError::Unavailable`].
+#[derive(Clone)]
+pub struct RedisShadowStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    script: Arc<redis::Script>,
+    turns: Arc<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for RedisShadowStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisShadowStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a redis error: a reply we cannot decode is [`ShadowStoreError::Corrupt`], everything
+/// else (connection, timeout, server error) is [`ShadowStoreError::Unavailable`].
+fn redis_err(what: &str, e: &redis::RedisError) -> ShadowStoreError {
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            ShadowStoreError::Corrupt(format!("redis {what}: {e}"))
+        }
+        _ => ShadowStoreError::Unavailable(format!("redis {what}: {e}")),
+    }
+}
+
+/// What the compare-and-set script answered.
+enum Cas {
+    Written,
+    Conflict { rev: u64, doc: Option<Vec<u8>> },
+}
+
+impl Cas {
+    fn parse(reply: Vec<redis::Value>) -> Result<Cas, ShadowStoreError> {
+        let corrupt = |why: String| ShadowStoreError::Corrupt(format!("redis shadow write: {why}"));
+        let mut items = reply.into_iter();
+        match items.next() {
+            Some(redis::Value::Int(1)) => Ok(Cas::Written),
+            Some(redis::Value::Int(0)) => {
+                let rev = items.next().unwrap_or(redis::Value::Nil);
+                let rev: u64 = redis::from_redis_value(rev)
+                    .map_err(|e| corrupt(format!("revision is not a number: {e}")))?;
+                let doc: Option<Vec<u8>> = redis::from_redis_value(items.next().unwrap_or(redis::Value::Nil))
+                    .map_err(|e| corrupt(format!("document is not a string: {e}")))?;
+                Ok(Cas::Conflict { rev, doc })
+            }
+            other => Err(corrupt(format!("unexpected script reply {other:?}"))),
+        }
+    }
+}
+
+fn decode(key: &str, doc: Option<Vec<u8>>) -> Result<Option<StoredShadow>, ShadowStoreError> {
+    doc.map(|bytes| {
+        StoredShadow::from_json_bytes(&bytes)
+            .map_err(|e| ShadowStoreError::Corrupt(format!("redis key {key}: document does not decode: {e}")))
+    })
+    .transpose()
+}
+
+/// A random duration below `max`, for backoff jitter. Each `RandomState` has fresh keys, so
+/// hashing nothing with it is a cheap random number; no need for a generator crate.
+fn jitter(max: Duration) -> Duration {
+    let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(RandomState::new().build_hasher().finish() % max_nanos)
+}
+
+/// The backoff ceiling before attempt `attempt + 1`.
+fn backoff_ceiling(attempt: usize) -> Duration {
+    let shift = u32::try_from(attempt.min(16)).unwrap_or(16);
+    FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF)
+}
+
+impl RedisShadowStore {
+    /// Connects to `url` (`redis://` or `rediss://`) on a connection of its own, keeping every
+    /// key under `prefix`. Fails within about 5 s if Redis is unreachable.
+    ///
+    /// Two stores connected like this behave like two Shoal nodes: they share nothing but the
+    /// Redis, and their mutations of one shadow are still atomic. To share the broker's
+    /// connection instead, use [`crate::RedisStore::shadow_store`].
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisShadowStore, ShadowStoreError> {
+        let conn = connect_manager(url)
+            .await
+            .map_err(ShadowStoreError::Unavailable)?;
+        let store = RedisShadowStore::with_connection(conn, prefix);
+        let mut conn = store.conn.clone();
+        let _: String = store
+            .call("ping", redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        tracing::info!(url = %crate::redact_url(url), prefix, "Redis shadow store connected");
+        Ok(store)
+    }
+
+    /// A store on an existing connection.
+    pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str) -> RedisShadowStore {
+        RedisShadowStore {
+            conn,
+            prefix: prefix.into(),
+            script: Arc::new(redis::Script::new(CAS_SCRIPT)),
+            turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The key prefix, for logs and `/health`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn doc_key(&self, key: &ShadowKey) -> String {
+        format!("{}:shadow:{}", self.prefix, key.storage_name())
+    }
+
+    fn index_key(&self, thing: &ThingName) -> String {
+        format!("{}:shadows:{}", self.prefix, thing.as_str())
+    }
+
+    /// This node's write queue for `doc_key`.
+    fn turn(&self, doc_key: &str) -> &tokio::sync::Mutex<()> {
+        let hash = self.hasher.hash_one(doc_key);
+        let i = usize::try_from(hash % STRIPES as u64).unwrap_or(0);
+        &self.turns[i]
+    }
+
+    /// Runs one round trip under [`CALL_TIMEOUT`] with the error mapped and logged.
+    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, ShadowStoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(redis_err(what, &e)),
+            Err(_) => Err(ShadowStoreError::Unavailable(format!(
+                "redis {what}: no answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
+        if let Err(e) = &res {
+            tracing::debug!(error = %e, "Redis shadow call failed");
+        }
+        res
+    }
+
+    /// The read, run, compare-and-set loop of [`ShadowStore::mutate`].
+    async fn mutate_cas(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+        let doc_key = self.doc_key(key);
+        let index_key = self.index_key(&key.thing);
+        let shadow_name = key.shadow.as_ref().map_or("", ShadowName::as_str);
+        let _turn = self.turn(&doc_key).lock().await;
+        let mut conn = self.conn.clone();
+
+        let (doc, rev): (Option<Vec<u8>>, Option<u64>) = self
+            .call(
+                "read shadow",
+                redis::cmd("HMGET")
+                    .arg(&doc_key)
+                    .arg("doc")
+                    .arg("rev")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut previous = decode(&doc_key, doc)?;
+        let mut rev = rev.unwrap_or(0);
+
+        for attempt in 0..MAX_ATTEMPTS {
+            let current = match f(previous.as_ref()) {
+                Ok(current) => current,
+                Err(rejection) => return Ok(Mutated::Rejected(rejection)),
+            };
+            let reply: Vec<redis::Value> = self
+                .call(
+                    "write shadow",
+                    self.script
+                        .key(&doc_key)
+                        .key(&index_key)
+                        .arg(rev)
+                        .arg(current.to_json_bytes())
+                        .arg(shadow_name)
+                        .arg(if current.exists() { "1" } else { "0" })
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+            match Cas::parse(reply)? {
+                Cas::Written => return Ok(Mutated::Applied { previous, current }),
+                Cas::Conflict { rev: now, doc } => {
+                    tracing::trace!(key = %doc_key, attempt, "shadow write conflict, retrying");
+                    previous = decode(&doc_key, doc)?;
+                    rev = now;
+                    tokio::time::sleep(jitter(backoff_ceiling(attempt))).await;
+                }
+            }
+        }
+        tracing::warn!(key = %doc_key, attempts = MAX_ATTEMPTS, "shadow write gave up on contention");
+        Err(ShadowStoreError::Contention(format!(
+            "{doc_key}: still changing after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+}
+
+#[async_trait]
+impl ShadowStore for RedisShadowStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
+        let doc_key = self.doc_key(key);
+        let mut conn = self.conn.clone();
+        let doc: Option<Vec<u8>> = self
+            .call(
+                "get shadow",
+                redis::cmd("HGET").arg(&doc_key).arg("doc").query_async(&mut conn),
+            )
+            .await?;
+        decode(&doc_key, doc)
+    }
+
+    /// Optimistic read, run, compare-and-set (see the [module docs](self)).
+    ///
+    /// If the connection fails during the compare-and-set, the outcome is unknown (the script
+    /// may have run); the error is [`ShadowStoreError::Unavailable`] either way.
+    async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+        match tokio::time::timeout(MUTATE_TIMEOUT, self.mutate_cas(key, f)).await {
+            Ok(result) => result,
+            Err(_) => Err(ShadowStoreError::Unavailable(format!(
+                "redis shadow write {}: no result within {}s",
+                key.storage_name(),
+                MUTATE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn list_named(
+        &self,
+        thing: &ThingName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ShadowName>, ShadowStoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index_key = self.index_key(thing);
+        let min = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_owned(),
+        };
+        let count = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = self
+            .call(
+                "list named shadows",
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(&index_key)
+                    .arg(min)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        names
+            .into_iter()
+            .map(|n| {
+                ShadowName::parse(&n).map_err(|e| {
+                    ShadowStoreError::Corrupt(format!("redis key {index_key}: member {n:?}: {e}"))
+                })
+            })
+            .collect()
+    }
+}
