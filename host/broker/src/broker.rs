@@ -755,17 +755,20 @@ impl Broker {
         if st.queue.len() >= self.cfg.limits.max_queued_messages {
             BrokerMetrics::inc(&self.metrics.dropped_queue_full);
             st.dropped_since_log += 1;
-            if st.dropped_since_log == 1 || st.dropped_since_log.is_power_of_two() {
+            // One line per session per 10 s at most, with the count since the last one.
+            let now = now_ms();
+            if now.saturating_sub(st.drop_logged_ms) >= 10_000 {
                 tracing::warn!(
                     client_id = %s.client_id,
                     limit = self.cfg.limits.max_queued_messages,
                     dropped = st.dropped_since_log,
                     "session queue full; dropping new messages"
                 );
+                st.drop_logged_ms = now;
+                st.dropped_since_log = 0;
             }
             return (false, None);
         }
-        st.dropped_since_log = 0;
         let seq = st.next_seq;
         st.next_seq += 1;
         let persisted = st.persistent() && qos != QoS::AtMostOnce;

@@ -167,6 +167,8 @@ pub(crate) struct SessionState {
     pub ended: bool,
     /// Messages dropped because its queue was full, since the last log line.
     pub dropped_since_log: u64,
+    /// When that log line was written (ms since epoch).
+    pub drop_logged_ms: u64,
 }
 
 /// One client id's session.
@@ -199,6 +201,7 @@ impl Session {
                 disconnected_ms: None,
                 ended: false,
                 dropped_since_log: 0,
+                drop_logged_ms: 0,
             }),
         }
     }

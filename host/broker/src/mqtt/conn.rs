@@ -229,7 +229,8 @@ impl Writer {
     async fn run(mut self) {
         // Let the CONNACK go out first: it is encoded when the handshake future resumes.
         tokio::task::yield_now().await;
-        let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
+        // Allocated on first use: most connections of a large fleet are idle.
+        let mut batch: Vec<Outgoing> = Vec::new();
         loop {
             if let Some(reason) = self.ctl.kicked() {
                 self.sink.close(reason);
@@ -250,12 +251,26 @@ impl Writer {
                 self.ctl.notify.notified().await;
                 continue;
             }
-            for o in batch.drain(..) {
-                if !self.send(o).await {
-                    return;
-                }
+            // Boxed (once per batch) so the idle writer, which spends its life awaiting
+            // `notified`, stays small: the send state machine is large and only needed while
+            // sending. Idle connections dominate a fleet's memory.
+            if !Box::pin(self.send_all(&mut batch)).await {
+                return;
+            }
+            if batch.capacity() > BATCH {
+                batch.shrink_to(BATCH);
             }
         }
+    }
+
+    /// Sends a batch in order; `false` when the connection is gone.
+    async fn send_all(&mut self, batch: &mut Vec<Outgoing>) -> bool {
+        for o in batch.drain(..) {
+            if !self.send(o).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends one message; `false` when the connection is gone.

@@ -79,13 +79,19 @@ fn mqtt_cfg(broker: &Broker) -> SharedCfg {
                 // A frame that starts and then stalls (under 256 bytes per 10 s, or longer than
                 // 60 s in all) ends the connection: this also frees connections whose packet
                 // header promises more bytes than ever arrive.
-                .set_frame_read_rate(ntex::time::Seconds(10), ntex::time::Seconds(60), 256),
+                .set_frame_read_rate(ntex::time::Seconds(10), ntex::time::Seconds(60), 256)
+                .set_write_size(ntex::util::BytePageSize::Size4),
         )
         .add(
             MqttServiceConfig::new()
                 .set_max_qos(QoS::ExactlyOnce)
                 .set_max_size(lim.max_packet_size())
-                .set_max_receive(lim.max_receive)
+                // No in-flight limiter in front of the publish handler: ntex's limiter parks
+                // calls past its limits and resumes them in wake order, which reorders a QoS 0
+                // flood. Receive Maximum is still enforced per protocol (v5), the read buffer
+                // bounds what can pile up, and our handler keeps packet order itself.
+                .set_max_receive(0)
+                .set_max_receive_size(0)
                 .set_max_send(lim.max_inflight)
                 .set_max_topic_alias(lim.max_topic_aliases)
                 .set_connect_timeout(ntex::time::Seconds(10)),
