@@ -34,7 +34,12 @@
 #   warning/error lines in the broker's log, and for Shoal its /metrics counters.
 # * conns: RSS is read after the broker settled (before) and while all connections are held
 #   (the last of one-per-second samples, after a 2 s settle); per connection =
-#   (RSS_held - RSS_before) / connected.
+#   (RSS_held - RSS_before) / connected. Both processes need an open-file limit above N (the
+#   script raises the soft limit up to the hard one).
+# * Disturbance: this machine may be shared. Before each run the script waits (up to
+#   --quiet-wait s) until the rest of the machine is under --max-other-cpu % of a core; a run
+#   during which other processes used more than that is kept in the raw file with
+#   "disturbed": true, retried (--retries), and left out of the table when a clean run exists.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,7 +68,7 @@ QUIET_WAIT=120
 RETRIES=2
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options:
   --quick             short windows (2 s + 1 s warm-up), 2000 idle connections held 4 s
@@ -206,7 +211,9 @@ for key in order:
     for name, path, digits in metrics:
         mv, sv = med(m, path), med(s, path)
         ratio = "-"
-        if isinstance(mv, (int, float)) and isinstance(sv, (int, float)) and mv not in (0, None):
+        if path.endswith("other_cpu_pct"):
+            pass  # a disturbance indicator (noise of a few % either way), not a result
+        elif isinstance(mv, (int, float)) and isinstance(sv, (int, float)) and mv not in (0, None):
             ratio = f"{sv / mv:.2f}"
         table.append((key, name, fmt(mv, digits), fmt(sv, digits), ratio))
     for broker, rs in (("mosquitto", m), ("shoal", s)):
@@ -644,8 +651,10 @@ PY
 {
     printf '{"meta":"run","date":"%s","host_cpus":%s,"pin":%s,"mosquitto_nodelay":%s,"duration":%s,"warmup":%s,"rate":%s,"conns":%s,"hold":%s,"repeat":%s,' \
         "$(date -Is)" "$(nproc)" "$PIN" "$MOSQ_NODELAY" "$DURATION" "$WARMUP" "$RATE" "$CONNS" "$HOLD" "$REPEAT"
-    printf '"git":"%s","mosquitto":"%s","kernel":"%s"}\n' \
+    # The work tree's commit now; the binaries may be older: their build time and hash say which.
+    printf '"git_now":"%s","shoal_built":"%s","shoal_md5":"%s","mosquitto":"%s","kernel":"%s"}\n' \
         "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- host 2>/dev/null || echo '+dirty')" \
+        "$(date -Is -r "$BIN/shoal")" "$(md5sum "$SHOAL" | cut -d' ' -f1)" \
         "$("$MOSQUITTO" -h 2>/dev/null | sed -n 's/^mosquitto version //p' | head -1)" "$(uname -r)"
 } >>"$RESULTS"
 
