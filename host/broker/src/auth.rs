@@ -4,6 +4,7 @@
 //! SUBSCRIBE and delivery (may they?). The identity issue supplies the real one (X.509
 //! certificates and AWS IoT policies); until then [`AllowAll`] lets every client in.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,12 +15,25 @@ use crate::message::ClientId;
 use crate::topic::{Topic, TopicFilter};
 
 /// Who a connection is, as established at CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Principal {
     /// A stable identifier (certificate id, access key id, or `anonymous`).
     pub id: Arc<str>,
     /// Extra facts later checks may use (thing name, certificate fields...).
     pub attributes: BTreeMap<String, String>,
+    /// The authorizer's own per-connection state (e.g. policies compiled with this
+    /// connection's variables), so `authorize` on the message path needs no lookups.
+    pub grants: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("id", &self.id)
+            .field("attributes", &self.attributes)
+            .field("grants", &self.grants.is_some())
+            .finish()
+    }
 }
 
 impl Principal {
@@ -28,7 +42,13 @@ impl Principal {
         Principal {
             id: Arc::from("anonymous"),
             attributes: BTreeMap::new(),
+            grants: None,
         }
+    }
+
+    /// The authorizer state, if it is of type `T`.
+    pub fn grants<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.grants.as_deref().and_then(|g| g.downcast_ref::<T>())
     }
 }
 
@@ -91,6 +111,13 @@ pub trait Authorizer: Send + Sync + 'static {
     /// Whether `principal` (connected as `client_id`) may do `action`. Called on the message
     /// path: must not block or await.
     fn authorize(&self, principal: &Principal, client_id: &ClientId, action: Action<'_>) -> bool;
+
+    /// Whether a principal authenticated a moment ago is still valid. Checked once more right
+    /// after the connection is attached, closing the window in which a revocation could run
+    /// between `authenticate` and attachment (and so miss the connection).
+    fn still_valid(&self, _principal: &Principal) -> bool {
+        true
+    }
 }
 
 /// Lets everyone connect and do anything (development default until identities land).

@@ -519,6 +519,22 @@ impl Broker {
         }
     }
 
+    /// Closes every connection whose principal matches `pred` (revocation, policy change).
+    /// Returns how many were asked to close.
+    pub fn kick_where(&self, pred: impl Fn(&Principal) -> bool, reason: KickReason) -> usize {
+        let mut n = 0;
+        for s in self.sessions.lock().values() {
+            let st = s.state.lock();
+            if let Some(c) = &st.conn
+                && pred(&st.principal)
+            {
+                c.kick(reason);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Asks every connection to close (shutdown).
     pub fn kick_all(&self, reason: KickReason) {
         self.closing.store(true, Relaxed);

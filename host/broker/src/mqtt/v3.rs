@@ -145,6 +145,9 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         principal: principal.clone(),
         protocol: 4,
     });
+    if !b.authorizer().still_valid(&principal) {
+        attached.ctl.kick(crate::session::KickReason::NotAuthorized);
+    }
     b.metrics.connections.fetch_add(1, Relaxed);
     BrokerMetrics::inc(&b.metrics.connections_total);
     tracing::debug!(listener = ctx.listener, %client_id, clean, present = attached.session_present, "v3 client connected");

@@ -147,6 +147,9 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
         principal: principal.clone(),
         protocol: 5,
     });
+    if !b.authorizer().still_valid(&principal) {
+        attached.ctl.kick(crate::session::KickReason::NotAuthorized);
+    }
     b.metrics.connections.fetch_add(1, Relaxed);
     BrokerMetrics::inc(&b.metrics.connections_total);
     tracing::debug!(listener = ctx.listener, %client_id, clean_start, expiry, present = attached.session_present, "v5 client connected");
