@@ -140,6 +140,42 @@ class Shoal:
             _LIVE.remove(self)
         return self.proc.returncode
 
+    def device_cert(self, thing: str) -> tuple[str, str]:
+        """A device certificate issued by this shoal for `thing` (attached to the thing, with a
+        policy allowing everything): paths of the certificate and key PEM files. Cached."""
+        import json as _json
+        import urllib.request as _rq
+        cache = self.__dict__.setdefault("_device_certs", {})
+        if thing in cache:
+            return cache[thing]
+
+        def call(method: str, path: str, body: dict) -> tuple[int, dict]:
+            req = _rq.Request(f"http://{self.host}:{self.http_port}{path}", method=method,
+                              data=_json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            try:
+                with _rq.urlopen(req, timeout=10) as r:
+                    return r.status, _json.loads(r.read() or b"{}")
+            except _rq.HTTPError as e:  # type: ignore[attr-defined]
+                return e.code, _json.loads(e.read() or b"{}")
+
+        code, cert = call("POST", "/api/v1/certificates", {"thingName": thing, "commonName": thing})
+        assert code == 200, cert
+        code, body = call("POST", "/api/v1/policies", {"policyName": "pytest-allow-all", "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}})
+        assert code in (200, 409), body
+        code, body = call("POST", "/api/v1/policies/pytest-allow-all/targets", {"target": cert["certificateId"]})
+        assert code == 200, body
+        d = os.path.join(self.data_dir, "device-certs")
+        os.makedirs(d, exist_ok=True)
+        crt, key = os.path.join(d, f"{thing}.crt"), os.path.join(d, f"{thing}.key")
+        with open(crt, "w") as f:
+            f.write(cert["certificatePem"])
+        with open(key, "w") as f:
+            f.write(cert["keyPair"]["PrivateKey"])
+        cache[thing] = (crt, key)
+        return cache[thing]
+
     def restart(self) -> None:
         """SIGTERM (must exit 0 within 5 s), then start again on the same data dir, new ports."""
         rc = self.stop()

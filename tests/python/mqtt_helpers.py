@@ -129,6 +129,7 @@ class Client:
         will: dict | None = None,
         tls: bool = False,
         ca_path: str | None = None,
+        client_cert: tuple[str, str] | None = None,
         connect_props: dict | None = None,
         connect: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
@@ -143,6 +144,10 @@ class Client:
             port = broker.mqtts_port if tls else broker.mqtt_port
         self.port = port
         self.ca_path = ca_path or (broker.ca_path if broker is not None and tls else None)
+        # mTLS: Shoal's TLS listener requires a registered client certificate by default.
+        if tls and client_cert is None and broker is not None and hasattr(broker, "device_cert"):
+            client_cert = broker.device_cert("pytest-device")
+        self.client_cert = client_cert
         self.version = version
         self.client_id = unique("cid") if client_id is None else client_id
         self.clean = clean
@@ -187,7 +192,11 @@ class Client:
         if self.max_inflight is not None:
             c.max_inflight_messages_set(self.max_inflight)
         if self.tls:
-            c.tls_set(ca_certs=self.ca_path, cert_reqs=ssl.CERT_REQUIRED)
+            if self.client_cert:
+                c.tls_set(ca_certs=self.ca_path, certfile=self.client_cert[0], keyfile=self.client_cert[1],
+                          cert_reqs=ssl.CERT_REQUIRED)
+            else:
+                c.tls_set(ca_certs=self.ca_path, cert_reqs=ssl.CERT_REQUIRED)
         if self.will:
             w = dict(self.will)
             wprops = w.pop("properties", None)

@@ -131,10 +131,11 @@ def test_tls_certificate_verifies_for_localhost_and_ip(shoal):
     """The generated server certificate chains to DIR/tls/ca.pem and is valid for both
     `localhost` and 127.0.0.1; a client that does not trust the CA fails the handshake."""
     ctx = ssl.create_default_context(cafile=shoal.ca_path)
+    ctx.load_cert_chain(*shoal.device_cert("pytest-device"))
     for name in ("localhost", "127.0.0.1"):
         with socket.create_connection((shoal.host, shoal.mqtts_port), timeout=5) as s:
             with ctx.wrap_socket(s, server_hostname=name) as t:
-                t.sendall(raw.connect(unique(), version=4))
+                t.sendall(raw.connect("pytest-device", version=4))
                 t.settimeout(5)
                 data = t.recv(4)
                 assert data[:1] == b"\x20" and data[3:4] == b"\x00", f"bad CONNACK over TLS: {data!r}"

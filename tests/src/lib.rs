@@ -190,6 +190,42 @@ impl TestHost {
         http_get(self.http, path)
     }
 
+    /// `METHOD path` with a JSON body: `(status, body)`.
+    pub fn http_json(&self, method: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
+        http_request(self.http, method, path, Some(body.to_string().as_bytes()))
+    }
+
+    /// A device certificate issued by this shoal (attached to thing `name`, with a policy
+    /// allowing everything attached): paths of the certificate and key PEM files.
+    pub fn device_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (code, body) = self.http_json(
+            "POST",
+            "/api/v1/certificates",
+            &serde_json::json!({"thingName": name, "commonName": name}),
+        );
+        assert_eq!(code, 200, "create certificate: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let (code, body) = self.http_json(
+            "POST",
+            "/api/v1/policies",
+            &serde_json::json!({"policyName": "test-allow-all", "policyDocument":
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}}),
+        );
+        assert!(code == 200 || code == 409, "create policy: {body}");
+        let id = v["certificateId"].as_str().expect("id");
+        let (code, body) = self.http_json(
+            "POST",
+            "/api/v1/policies/test-allow-all/targets",
+            &serde_json::json!({"target": id}),
+        );
+        assert_eq!(code, 200, "attach policy: {body}");
+        let cert = self.data_dir.join(format!("{name}.crt"));
+        let key = self.data_dir.join(format!("{name}.key"));
+        std::fs::write(&cert, v["certificatePem"].as_str().expect("pem")).expect("write cert");
+        std::fs::write(&key, v["keyPair"]["PrivateKey"].as_str().expect("key")).expect("write key");
+        (cert, key)
+    }
+
     /// One metric's value from `/metrics` (the first sample whose name and labels match).
     pub fn metric(&self, sample: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
@@ -213,13 +249,30 @@ impl Drop for TestHost {
 
 /// A minimal HTTP/1.1 GET (no client library needed for health and metrics).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None)
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
+    match body {
+        Some(b) => {
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            )
+            .expect("write");
+            s.write_all(b).expect("write body");
+        }
+        None => write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write"),
+    }
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.read_line(&mut status).expect("status line");

@@ -142,24 +142,38 @@ fn mosquitto_clients_v311_v5_and_tls() {
             vec!["cli/a cli/a", "cli/b cli/b", "cli/c cli/c"]
         );
     }
-    // TLS with the generated CA, both protocol versions.
+    // Mutual TLS with the generated CA and a device certificate, both protocol versions.
     let tls_port = host.mqtts.port().to_string();
     let ca = host.ca_path();
-    run_tool(
-        Command::new("mosquitto_pub")
-            .args(["-p", &tls_port, "--cafile"])
+    let (cert, key) = host.device_cert("tls-dev");
+    let tls = |cmd: &mut Command| {
+        cmd.args(["-p", &tls_port, "-i", "tls-dev", "--cafile"])
             .arg(&ca)
-            .args(["-q", "1", "-r", "-t", "tls/r", "-m", "over-tls"]),
-    );
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key);
+    };
+    let mut publish = Command::new("mosquitto_pub");
+    tls(&mut publish);
+    run_tool(publish.args(["-q", "1", "-r", "-t", "tls/r", "-m", "over-tls"]));
     for version in ["mqttv311", "mqttv5"] {
-        let out = run_tool(
-            Command::new("mosquitto_sub")
-                .args(["-p", &tls_port, "-V", version, "--cafile"])
-                .arg(&ca)
-                .args(["-t", "tls/#", "-C", "1", "-W", "10", "-v"]),
-        );
+        let mut sub = Command::new("mosquitto_sub");
+        tls(&mut sub);
+        let out = run_tool(sub.args(["-V", version, "-t", "tls/#", "-C", "1", "-W", "10", "-v"]));
         assert_eq!(out.trim(), "tls/r over-tls");
     }
+    // Without a client certificate the TLS listener refuses the handshake.
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &tls_port, "--cafile"])
+        .arg(&ca)
+        .args(["-t", "x", "-C", "1", "-W", "5"])
+        .output()
+        .expect("mosquitto_sub");
+    assert!(
+        !out.status.success(),
+        "a client without a certificate got in over mTLS"
+    );
     let (code, body) = host.http_get("/health");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");

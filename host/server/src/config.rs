@@ -42,6 +42,21 @@ pub struct ServeArgs {
     /// Log filter (tracing `EnvFilter` syntax), default `info`.
     #[arg(long, env = "SHOAL_LOG")]
     pub log: Option<String>,
+    /// What clients without a certificate (the plain MQTT listener) may do: `allow-all`,
+    /// `deny`, or `policy:NAME`. Default: `allow-all` when the plain listener is on loopback,
+    /// `deny` otherwise.
+    #[arg(long, env = "SHOAL_ANONYMOUS_ACCESS")]
+    pub anonymous_access: Option<String>,
+    /// Client certificates on the TLS listener: `required` (default, like AWS IoT) or
+    /// `optional` (clients without one get the anonymous access).
+    #[arg(long, env = "SHOAL_MQTTS_CLIENT_AUTH")]
+    pub mqtts_client_auth: Option<String>,
+    /// AWS region used in ARNs (policies match `arn:aws:iot:REGION:ACCOUNT:...`).
+    #[arg(long, env = "SHOAL_REGION")]
+    pub region: Option<String>,
+    /// AWS account id used in ARNs.
+    #[arg(long, env = "SHOAL_ACCOUNT")]
+    pub account: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -103,6 +118,10 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     workers: Option<usize>,
     log: Option<String>,
+    anonymous_access: Option<String>,
+    mqtts_client_auth: Option<String>,
+    region: Option<String>,
+    account: Option<String>,
     limits: Option<Limits>,
 }
 
@@ -127,6 +146,25 @@ pub struct Config {
     pub log: String,
     /// Broker limits.
     pub limits: Limits,
+    /// Anonymous (certificate-less) access: `allow-all`, `deny`, `policy:NAME`.
+    pub anonymous_access: AnonymousSetting,
+    /// Whether the TLS listener requires client certificates.
+    pub mqtts_client_auth_required: bool,
+    /// ARN region.
+    pub region: String,
+    /// ARN account.
+    pub account: String,
+}
+
+/// What clients without a certificate may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnonymousSetting {
+    /// Anything.
+    AllowAll,
+    /// Nothing.
+    Deny,
+    /// What this policy allows.
+    Policy(String),
 }
 
 /// A configuration error, naming the key at fault.
@@ -233,13 +271,60 @@ impl Config {
             .workers
             .or(file.workers)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mqtt_listen = addr("mqtt_listen", &mqtt)?;
+        let anon = args.anonymous_access.clone().or(file.anonymous_access);
+        let anonymous_access = match anon.as_deref() {
+            None => {
+                if mqtt_listen.is_some_and(|a| !a.ip().is_loopback()) {
+                    AnonymousSetting::Deny
+                } else {
+                    AnonymousSetting::AllowAll
+                }
+            }
+            Some("allow-all") => AnonymousSetting::AllowAll,
+            Some("deny") => AnonymousSetting::Deny,
+            Some(p) if p.starts_with("policy:") && p.len() > 7 => AnonymousSetting::Policy(p[7..].to_owned()),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "anonymous_access",
+                    message: format!("{other:?} must be allow-all, deny or policy:NAME"),
+                });
+            }
+        };
+        let mqtts_client_auth_required = match args
+            .mqtts_client_auth
+            .clone()
+            .or(file.mqtts_client_auth)
+            .as_deref()
+        {
+            None | Some("required") => true,
+            Some("optional") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "mqtts_client_auth",
+                    message: format!("{other:?} must be required or optional"),
+                });
+            }
+        };
         Ok(Config {
+            anonymous_access,
+            mqtts_client_auth_required,
+            region: args
+                .region
+                .clone()
+                .or(file.region)
+                .unwrap_or_else(|| "us-east-1".into()),
+            account: args
+                .account
+                .clone()
+                .or(file.account)
+                .unwrap_or_else(|| "000000000000".into()),
             data_dir: args
                 .data_dir
                 .clone()
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./shoal-data")),
-            mqtt_listen: addr("mqtt_listen", &mqtt)?,
+            mqtt_listen,
             mqtts_listen: addr("mqtts_listen", &mqtts)?,
             http_listen,
             store: args

@@ -3,7 +3,6 @@
 mod api;
 mod cli;
 mod config;
-mod pki;
 mod serve;
 
 use std::process::ExitCode;

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_auth::pki::CertificateAuthority;
+use shoal_auth::policy::ArnConfig;
+use shoal_auth::service::{AnonymousAccess, IdentityConfig, IdentityService, NoThings};
+use shoal_auth::tls::ClientAuth;
 use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
-use shoal_broker::{Broker, BrokerConfig, auth::AllowAll};
+use shoal_broker::{Broker, BrokerConfig};
 
 use shoal_things::shadow::{ShadowConfig, ShadowService};
 
 use crate::api::{AppState, router};
-use crate::config::Config;
-use crate::pki;
+use crate::config::{AnonymousSetting, Config};
 
 /// Runs the server until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -30,9 +33,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         ..BrokerConfig::default()
     };
-    let broker = Broker::start(broker_cfg, stores.broker, Arc::new(AllowAll), &rt)
+    let ca = Arc::new(CertificateAuthority::load_or_create(&cfg.data_dir.join("tls"))?);
+    let anonymous = match &cfg.anonymous_access {
+        AnonymousSetting::AllowAll => AnonymousAccess::AllowAll,
+        AnonymousSetting::Deny => AnonymousAccess::Deny,
+        AnonymousSetting::Policy(p) => AnonymousAccess::Policy(p.clone()),
+    };
+    if anonymous == AnonymousAccess::AllowAll
+        && let Some(addr) = cfg.mqtt_listen
+    {
+        tracing::warn!(
+            %addr,
+            "the plain MQTT listener lets any client connect and do anything (development mode; \
+             set --anonymous-access deny or policy:NAME for production)"
+        );
+    }
+    let identity = IdentityService::start(
+        stores.auth,
+        ca.clone(),
+        IdentityConfig {
+            arn: ArnConfig::new(&cfg.region, &cfg.account)
+                .map_err(|e| anyhow::anyhow!("region/account: {e}"))?,
+            anonymous,
+            client_auth: if cfg.mqtts_client_auth_required {
+                ClientAuth::Required
+            } else {
+                ClientAuth::Optional
+            },
+            cert_validity_days: 3650,
+        },
+        Arc::new(NoThings),
+    )
+    .await
+    .context("loading identities")?;
+    let broker = Broker::start(broker_cfg, stores.broker, identity.clone(), &rt)
         .await
         .context("loading broker state from the store")?;
+    identity.set_broker(&broker);
     let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
 
     let mut listeners = Vec::new();
@@ -47,14 +84,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(addr) = cfg.mqtts_listen {
         let (cert, key) = match &cfg.tls {
             Some((c, k)) => (c.clone(), k.clone()),
-            None => {
-                let p = pki::ensure(&cfg.data_dir)?;
-                (p.server_cert, p.server_key)
-            }
+            None => ca.ensure_server_cert(&[])?,
         };
-        let tls = shoal_broker::mqtt::tls::server_config(
+        let tls = shoal_auth::tls::server_config(
             &std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?,
             &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+            identity.verifier(),
         )?;
         let socket = TcpListener::bind(addr).with_context(|| format!("binding MQTT/TLS on {addr}"))?;
         listeners.push(Listener {
@@ -77,7 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = router(AppState::new(broker.clone(), shadows.clone()));
+    let app = router(AppState::new(broker.clone(), shadows.clone(), identity.clone()));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)

@@ -1,6 +1,7 @@
 //! The [`BrokerStore`] and [`ShadowStore`] contracts as executable checks: [`run_all`] for
 //! the broker store, [`run_shadow_suite`] (and [`shadow_concurrency`] for several nodes on one
-//! backend) for shadows.
+//! backend) for shadows, [`run_registry_suite`] (and [`registry_concurrency`]) for the thing
+//! registry.
 //!
 //! Every backend must behave exactly like [`MemoryStore`]; [`run_all`] drives a store through the
 //! cases that matter to the broker and, after every step, also compares the store's full
@@ -15,8 +16,13 @@ use shoal_broker::store::{BrokerStore, LoadedSession, MemoryStore, StoreOp};
 #[cfg(doc)]
 use shoal_things::shadow::ShadowStore;
 
+mod registry;
 mod shadows;
 
+pub use registry::{
+    RegistryConcurrencyStats, assert_memberships_consistent, registry_concurrency, run_registry_suite,
+    suite_config,
+};
 pub use shadows::{
     CONCURRENT_MUTATIONS, ConcurrencyStats, counter, delete, increment, key, run_shadow_suite,
     shadow_concurrency, update,

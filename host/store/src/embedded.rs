@@ -10,6 +10,7 @@
 //!   a concatenated string key would).
 //! * `retained`: `topic -> data`
 //! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`].
+//! * `registry_records`, `registry_index`: the thing registry, see [`crate::embedded_registry`].
 //!
 //! redb is blocking (file I/O, `fsync` on commit), so every call runs on tokio's blocking pool.
 
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use shoal_broker::store::{BrokerStore, LoadedSession, StoreError, StoreOp};
 
+use crate::embedded_registry::{self, EmbeddedRegistryStore};
 use crate::embedded_shadows::{EmbeddedShadowStore, NAMED_SHADOWS, SHADOWS};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -68,6 +70,7 @@ impl EmbeddedStore {
                 .map_err(|e| redb_err("creating tables", e))?;
             txn.open_table(NAMED_SHADOWS)
                 .map_err(|e| redb_err("creating tables", e))?;
+            embedded_registry::create_tables(&txn).map_err(|e| redb_err("creating tables", e))?;
         }
         txn.commit().map_err(|e| redb_err("creating tables", e))?;
         let db = Arc::new(db);
@@ -83,6 +86,18 @@ impl EmbeddedStore {
     /// this store and of its shadow stores is dropped.
     pub fn shadow_store(&self) -> EmbeddedShadowStore {
         self.shadows.clone()
+    }
+
+    /// The thing registry in the same file (see [`crate::embedded_registry`]).
+    pub fn registry_store(&self) -> EmbeddedRegistryStore {
+        EmbeddedRegistryStore::new(Arc::clone(&self.db), Arc::clone(&self.path))
+    }
+
+    /// Identities in the same file (see [`crate::embedded_auth`]).
+    pub fn auth_store(
+        &self,
+    ) -> Result<crate::embedded_auth::EmbeddedAuthStore, shoal_auth::store::AuthStoreError> {
+        crate::embedded_auth::EmbeddedAuthStore::new(Arc::clone(&self.db))
     }
 
     /// The database file, for logs and `/health`.

@@ -1,5 +1,5 @@
-//! Shoal's storage backends for the broker's [`BrokerStore`] seam and the device shadows'
-//! [`ShadowStore`] seam.
+//! Shoal's storage backends for the broker's [`BrokerStore`] seam, the device shadows'
+//! [`ShadowStore`] seam and the thing registry's [`RegistryStore`] seam.
 //!
 //! Two durable implementations of each live here, and they must behave exactly like the
 //! reference [`shoal_broker::store::MemoryStore`] and [`MemoryShadowStore`]:
@@ -11,7 +11,10 @@
 //!   Redis, want the state outside the broker's disk, or run several nodes (shadow writes are
 //!   compare-and-set on a revision, see [`redis_shadows`]).
 //!
-//! [`open`] picks a backend from the `--store` URL and returns both stores on it.
+//! The registry has the same two backends, [`EmbeddedRegistryStore`] and [`RedisRegistryStore`]
+//! (see [`embedded_registry`] and [`redis_registry`]).
+//!
+//! [`open`] picks a backend from the `--store` URL and returns all three stores on it.
 //! [`conformance::run_all`] and [`conformance::run_shadow_suite`] are the executable form of the
 //! contracts; the crate's tests run them against every backend.
 #![deny(missing_docs)]
@@ -19,18 +22,27 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub use shoal_auth::store::AuthStore;
 pub use shoal_broker::store::{BrokerStore, StoreError};
+use shoal_things::registry::MemoryRegistryStore;
+pub use shoal_things::registry::RegistryStore;
 use shoal_things::shadow::MemoryShadowStore;
 pub use shoal_things::shadow::{ShadowStore, ShadowStoreError};
 
 pub mod conformance;
 pub mod embedded;
+pub mod embedded_auth;
+pub mod embedded_registry;
 pub mod embedded_shadows;
+pub mod redis_auth;
+pub mod redis_registry;
 pub mod redis_shadows;
 pub mod redis_store;
 
 pub use embedded::EmbeddedStore;
+pub use embedded_registry::EmbeddedRegistryStore;
 pub use embedded_shadows::EmbeddedShadowStore;
+pub use redis_registry::RedisRegistryStore;
 pub use redis_shadows::RedisShadowStore;
 pub use redis_store::RedisStore;
 
@@ -42,13 +54,18 @@ pub const EMBEDDED_FILE: &str = "shoal.redb";
 /// share one Redis by using different prefixes via [`RedisStore::connect`].
 pub const DEFAULT_REDIS_PREFIX: &str = "shoal";
 
-/// The stores [`open`] returns: the broker's and the shadows', on the same backend.
+/// The stores [`open`] returns: the broker's, the shadows' and the registry's, on the same
+/// backend.
 #[derive(Clone)]
 pub struct Stores {
     /// Sessions, queued messages and retained messages.
     pub broker: Arc<dyn BrokerStore>,
     /// Device shadows.
     pub shadows: Arc<dyn ShadowStore>,
+    /// The thing registry (things, thing types, thing groups).
+    pub registry: Arc<dyn RegistryStore>,
+    /// Identities: certificates, CA certificates, policies, attachments.
+    pub auth: Arc<dyn AuthStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -56,6 +73,8 @@ impl std::fmt::Debug for Stores {
         f.debug_struct("Stores")
             .field("broker", &self.broker.kind())
             .field("shadows", &self.shadows.kind())
+            .field("registry", &self.registry.kind())
+            .field("auth", &self.auth.kind())
             .finish()
     }
 }
@@ -87,6 +106,12 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
             .map_err(|e| StoreError::Unavailable(format!("opening the embedded store: {e}")))??;
             Ok(Stores {
                 shadows: Arc::new(store.shadow_store()),
+                registry: Arc::new(store.registry_store()),
+                auth: Arc::new(
+                    store
+                        .auth_store()
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                ),
                 broker: Arc::new(store),
             })
         }
@@ -97,12 +122,16 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
             Ok(Stores {
                 broker: Arc::new(shoal_broker::store::MemoryStore::default()),
                 shadows: Arc::new(MemoryShadowStore::default()),
+                registry: Arc::new(MemoryRegistryStore::default()),
+                auth: Arc::new(shoal_auth::store::MemoryAuthStore::default()),
             })
         }
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
             let store = RedisStore::connect(u, DEFAULT_REDIS_PREFIX).await?;
             Ok(Stores {
                 shadows: Arc::new(store.shadow_store()),
+                registry: Arc::new(store.registry_store()),
+                auth: Arc::new(store.auth_store()),
                 broker: Arc::new(store),
             })
         }

@@ -7,6 +7,8 @@
 //!   session drops its whole queue with one `DEL` and clients never share a key.
 //! * `{prefix}:retained`: hash `topic -> data`
 //! * `{prefix}:shadow:…`, `{prefix}:shadows:…`: device shadows, see [`crate::redis_shadows`].
+//! * `{prefix}:reg:…`, `{prefix}:regidx:…`, `{prefix}:reg-rev`: the thing registry, see
+//!   [`crate::redis_registry`].
 //!
 //! A batch is one `MULTI`/`EXEC` pipeline: one round trip, applied atomically. Durability is
 //! whatever the Redis server is configured for (AOF `fsync` policy); `Ok` means Redis executed
@@ -20,6 +22,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shoal_broker::store::{BrokerStore, LoadedSession, StoreError, StoreOp};
 
+use crate::redis_registry::RedisRegistryStore;
 use crate::redis_shadows::RedisShadowStore;
 
 /// Bound on [`RedisStore::connect`]: `ConnectionManager::new` retries on its own and must not
@@ -127,6 +130,17 @@ impl RedisStore {
     /// handle on the same shadow store, so they also share its per-key write queues.
     pub fn shadow_store(&self) -> RedisShadowStore {
         self.shadows.clone()
+    }
+
+    /// The thing registry in the same Redis, under the same prefix and on the same connection
+    /// (see [`RedisRegistryStore`]).
+    pub fn registry_store(&self) -> RedisRegistryStore {
+        RedisRegistryStore::with_connection(self.conn.clone(), &self.prefix)
+    }
+
+    /// Identities in the same Redis (see [`crate::redis_auth`]).
+    pub fn auth_store(&self) -> crate::redis_auth::RedisAuthStore {
+        crate::redis_auth::RedisAuthStore::with_connection(self.conn.clone(), &self.prefix)
     }
 
     fn queue_key(&self, client_id: &str) -> String {

@@ -6,4 +6,5 @@
 //! broker and HTTP front ends load and store documents and publish the payloads it returns.
 #![deny(missing_docs)]
 
+pub mod registry;
 pub mod shadow;

@@ -2,6 +2,7 @@
 
 mod dataplane;
 mod error;
+mod identity;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use shoal_auth::service::IdentityService;
 use shoal_broker::Broker;
 use shoal_broker::message::ClientId;
 use shoal_things::shadow::ShadowService;
@@ -22,16 +24,19 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Device shadows.
     pub shadows: Arc<ShadowService>,
+    /// Certificates, CAs, policies.
+    pub identity: Arc<IdentityService>,
     /// The client id of HTTP publishes.
     pub http_client_id: ClientId,
 }
 
 impl AppState {
     /// State for the handlers.
-    pub fn new(broker: Arc<Broker>, shadows: Arc<ShadowService>) -> Self {
+    pub fn new(broker: Arc<Broker>, shadows: Arc<ShadowService>, identity: Arc<IdentityService>) -> Self {
         AppState {
             broker,
             shadows,
+            identity,
             http_client_id: dataplane::http_client_id(),
         }
     }
@@ -43,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(dataplane::routes())
+        .merge(identity::routes())
         .with_state(state)
 }
 

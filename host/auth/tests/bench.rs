@@ -1,0 +1,140 @@
+//! Micro-benchmark of the message-path check (no Criterion): run with
+//! `cargo +1.97.0 test -p shoal-auth --release -- --ignored --nocapture`.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use shoal_auth::policy::{Action, ArnConfig, CompiledPolicies, Policy, ThingContext, VarContext};
+
+const POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:client/${iot:ClientId}"},
+    {"Effect": "Allow", "Action": "iot:Publish",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topic/dt/${iot:ClientId}/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topic/cmd/${iot:Connection.Thing.ThingName}/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topicfilter/cmd/${iot:Connection.Thing.ThingName}/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Subscribe"],
+     "Resource": ["arn:aws:iot:us-east-1:000000000000:topic/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*",
+                  "arn:aws:iot:us-east-1:000000000000:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"]},
+    {"Effect": "Allow", "Action": "iot:Receive",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topic/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"},
+    {"Effect": "Allow", "Action": ["iot:GetThingShadow", "iot:UpdateThingShadow"],
+     "Resource": "arn:aws:iot:us-east-1:000000000000:thing/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Deny", "Action": "iot:Publish",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topic/dt/${iot:ClientId}/secret*"},
+    {"Effect": "Allow", "Action": "iot:Publish",
+     "Resource": "arn:aws:iot:us-east-1:000000000000:topic/fleet/${iot:Connection.Thing.Attributes[fleet]}/?/status"},
+    {"Effect": "Deny", "Action": "iot:Publish",
+     "Resource": "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/blocked/*"}
+  ]
+}"#;
+
+fn context() -> VarContext {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("fleet".to_owned(), "north".to_owned());
+    VarContext {
+        client_id: Some("sensor-0042".into()),
+        thing: Some(ThingContext {
+            thing_name: "sensor-0042".into(),
+            thing_type_name: None,
+            attributes,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_check() {
+    let policy = Policy::parse(POLICY).expect("valid policy");
+    assert_eq!(policy.statements().len(), 10);
+    let arn = ArnConfig::default();
+    let ctx = context();
+
+    let compile_iters = 20_000;
+    let start = Instant::now();
+    for _ in 0..compile_iters {
+        black_box(CompiledPolicies::new(
+            &arn,
+            &[("bench", "1", black_box(&policy))],
+            black_box(&ctx),
+        ));
+    }
+    let compile_ns = start.elapsed().as_nanos() as f64 / compile_iters as f64;
+    let compiled = CompiledPolicies::new(&arn, &[("bench", "1", &policy)], &ctx);
+
+    let cases: [(&str, Action, &str, bool); 7] = [
+        (
+            "publish, allowed (statement 1)",
+            Action::Publish,
+            "dt/sensor-0042/temperature",
+            true,
+        ),
+        (
+            "publish, denied by Deny 7",
+            Action::Publish,
+            "dt/sensor-0042/secret/key",
+            false,
+        ),
+        (
+            "publish, denied by Deny 9 (region/account *)",
+            Action::Publish,
+            "dt/sensor-0042/blocked/x",
+            false,
+        ),
+        (
+            "publish, allowed by statement 8 (?)",
+            Action::Publish,
+            "fleet/north/7/status",
+            true,
+        ),
+        (
+            "publish, default deny (scans all)",
+            Action::Publish,
+            "dt/sensor-0043/temperature",
+            false,
+        ),
+        (
+            "receive, shadow topic",
+            Action::Receive,
+            "$aws/things/sensor-0042/shadow/update/delta",
+            true,
+        ),
+        ("subscribe, default deny", Action::Subscribe, "cmd/other/#", false),
+    ];
+    let iters: u32 = if cfg!(debug_assertions) {
+        200_000
+    } else {
+        5_000_000
+    };
+    let mut total = 0.0;
+    println!("CompiledPolicies::new (10 statements, variables): {compile_ns:.0} ns");
+    for (name, action, resource, expected) in cases {
+        assert_eq!(compiled.check(action, resource).allowed, expected, "{name}");
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(compiled.check(black_box(action), black_box(resource)));
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(iters);
+        total += ns;
+        println!("check {name:<48} {ns:>7.1} ns/check");
+    }
+    let mean = total / cases.len() as f64;
+    println!(
+        "mean {mean:.1} ns/check ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    if !cfg!(debug_assertions) {
+        assert!(mean < 1000.0, "mean {mean} ns/check is over the 1 µs budget");
+    }
+}

@@ -1,0 +1,445 @@
+//! Shoal's management API for identities, under `/api/v1`: certificates, CA certificates,
+//! policies (with versions) and attachments. JSON in, JSON out; errors in the AWS shape
+//! (`x-amzn-ErrorType`, `{"message"}`) through [`ApiError`].
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shoal_auth::service::{CaRecord, CertStatus, CertificateRecord, IdentityError, PolicyRecord};
+
+use super::AppState;
+use super::error::ApiError;
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            error_type: e.aws_type(),
+            body: json!({ "message": e.to_string() }),
+        }
+    }
+}
+
+/// Routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/certificates", get(list_certs).post(create_cert))
+        .route("/api/v1/certificates/from-csr", post(cert_from_csr))
+        .route("/api/v1/certificates/register", post(register_cert))
+        .route(
+            "/api/v1/certificates/{id}",
+            get(describe_cert).delete(delete_cert),
+        )
+        .route("/api/v1/certificates/{id}/status", put(set_cert_status))
+        .route("/api/v1/certificates/{id}/policies", get(cert_policies))
+        .route("/api/v1/certificates/{id}/things", get(cert_things))
+        .route("/api/v1/ca-certificates", get(list_cas).post(register_ca))
+        .route("/api/v1/ca-certificates/{id}", axum::routing::patch(update_ca))
+        .route("/api/v1/ca", get(shoal_ca))
+        .route("/api/v1/policies", get(list_policies).post(create_policy))
+        .route("/api/v1/policies/{name}", get(get_policy).delete(delete_policy))
+        .route("/api/v1/policies/{name}/versions", post(create_policy_version))
+        .route(
+            "/api/v1/policies/{name}/versions/{version}",
+            axum::routing::delete(delete_policy_version),
+        )
+        .route(
+            "/api/v1/policies/{name}/default-version",
+            put(set_default_version),
+        )
+        .route(
+            "/api/v1/policies/{name}/targets",
+            get(policy_targets).post(attach_policy),
+        )
+        .route(
+            "/api/v1/policies/{name}/targets/{target}",
+            axum::routing::delete(detach_policy),
+        )
+        .route(
+            "/api/v1/things/{thing}/principals",
+            get(thing_principals).post(attach_thing_principal),
+        )
+        .route(
+            "/api/v1/things/{thing}/principals/{principal}",
+            axum::routing::delete(detach_thing_principal),
+        )
+}
+
+fn cert_json(r: &CertificateRecord) -> Value {
+    json!({
+        "certificateId": r.id,
+        "certificateArn": r.arn,
+        "certificatePem": r.pem,
+        "status": r.status.as_str(),
+        "caCertificateId": r.ca_id,
+        "creationDate": r.created_ms,
+        "lastModifiedDate": r.updated_ms,
+    })
+}
+
+fn ca_json(r: &CaRecord) -> Value {
+    json!({
+        "certificateId": r.id,
+        "certificateArn": r.arn,
+        "certificatePem": r.pem,
+        "status": if r.active { "ACTIVE" } else { "INACTIVE" },
+        "autoRegistrationStatus": if r.auto_registration { "ENABLE" } else { "DISABLE" },
+        "creationDate": r.created_ms,
+    })
+}
+
+fn policy_json(r: &PolicyRecord) -> Value {
+    json!({
+        "policyName": r.name,
+        "policyArn": r.arn,
+        "policyDocument": r.default_document(),
+        "defaultVersionId": r.default_version,
+        "versions": r.versions.iter().map(|v| json!({
+            "versionId": v.version_id,
+            "isDefaultVersion": v.version_id == r.default_version,
+            "createDate": v.created_ms,
+        })).collect::<Vec<_>>(),
+        "creationDate": r.created_ms,
+    })
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateCert {
+    /// Subject common name (default: the thing name, else "shoal-device").
+    common_name: Option<String>,
+    /// Attach the new certificate to this thing.
+    thing_name: Option<String>,
+    #[serde(default = "yes")]
+    set_as_active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn create_cert(
+    State(s): State<AppState>,
+    axum::Json(b): axum::Json<CreateCert>,
+) -> Result<Response, ApiError> {
+    let cn = b
+        .common_name
+        .clone()
+        .or_else(|| b.thing_name.clone())
+        .unwrap_or_else(|| "shoal-device".into());
+    let (rec, issued) = s
+        .identity
+        .create_keys_and_certificate(&cn, b.set_as_active)
+        .await?;
+    if let Some(t) = &b.thing_name {
+        s.identity.attach_thing_principal(t, &rec.arn).await?;
+    }
+    let mut v = cert_json(&rec);
+    v["keyPair"] = json!({
+        "PrivateKey": issued.private_key_pem,
+        "PublicKey": issued.public_key_pem,
+    });
+    Ok(ok(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FromCsr {
+    certificate_signing_request: String,
+    #[serde(default = "yes")]
+    set_as_active: bool,
+}
+
+async fn cert_from_csr(
+    State(s): State<AppState>,
+    axum::Json(b): axum::Json<FromCsr>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .identity
+        .sign_csr(&b.certificate_signing_request, b.set_as_active)
+        .await?;
+    Ok(ok(cert_json(&rec)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterCert {
+    certificate_pem: String,
+    #[serde(default)]
+    set_as_active: bool,
+}
+
+async fn register_cert(
+    State(s): State<AppState>,
+    axum::Json(b): axum::Json<RegisterCert>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .identity
+        .register_certificate(&b.certificate_pem, b.set_as_active)
+        .await?;
+    Ok(ok(cert_json(&rec)))
+}
+
+async fn list_certs(State(s): State<AppState>) -> Response {
+    let certs: Vec<Value> = s
+        .identity
+        .certificates()
+        .iter()
+        .map(|c| {
+            json!({"certificateId": c.id, "certificateArn": c.arn, "status": c.status.as_str(), "creationDate": c.created_ms})
+        })
+        .collect();
+    ok(json!({ "certificates": certs }))
+}
+
+async fn describe_cert(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(ok(
+        json!({ "certificateDescription": cert_json(&s.identity.certificate(&id)?) }),
+    ))
+}
+
+async fn delete_cert(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    s.identity.delete_certificate(&id).await?;
+    Ok(ok(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody {
+    new_status: String,
+}
+
+async fn set_cert_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Json(b): axum::Json<StatusBody>,
+) -> Result<Response, ApiError> {
+    let st = CertStatus::parse(&b.new_status).ok_or_else(|| {
+        ApiError::bad_request("newStatus must be ACTIVE, INACTIVE, REVOKED or PENDING_ACTIVATION")
+    })?;
+    let rec = s.identity.set_certificate_status(&id, st).await?;
+    Ok(ok(cert_json(&rec)))
+}
+
+async fn cert_policies(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(ok(json!({ "policies": s.identity.attached_policies(&id)? })))
+}
+
+async fn cert_things(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(ok(json!({ "things": s.identity.principal_things(&id)? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterCa {
+    ca_certificate: String,
+    #[serde(default)]
+    set_as_active: bool,
+    #[serde(default)]
+    allow_auto_registration: bool,
+}
+
+async fn register_ca(
+    State(s): State<AppState>,
+    axum::Json(b): axum::Json<RegisterCa>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .identity
+        .register_ca(&b.ca_certificate, b.set_as_active, b.allow_auto_registration)
+        .await?;
+    Ok(ok(ca_json(&rec)))
+}
+
+async fn list_cas(State(s): State<AppState>) -> Response {
+    ok(json!({ "certificates": s.identity.cas().iter().map(ca_json).collect::<Vec<_>>() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateCa {
+    new_status: Option<String>,
+    new_auto_registration_status: Option<String>,
+}
+
+async fn update_ca(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Json(b): axum::Json<UpdateCa>,
+) -> Result<Response, ApiError> {
+    let active = match b.new_status.as_deref() {
+        None => None,
+        Some("ACTIVE") => Some(true),
+        Some("INACTIVE") => Some(false),
+        Some(_) => return Err(ApiError::bad_request("newStatus must be ACTIVE or INACTIVE")),
+    };
+    let auto = match b.new_auto_registration_status.as_deref() {
+        None => None,
+        Some("ENABLE") => Some(true),
+        Some("DISABLE") => Some(false),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "newAutoRegistrationStatus must be ENABLE or DISABLE",
+            ));
+        }
+    };
+    Ok(ok(ca_json(&s.identity.update_ca(&id, active, auto).await?)))
+}
+
+async fn shoal_ca(State(s): State<AppState>) -> Response {
+    ok(json!({ "certificateId": s.identity.ca().id(), "certificatePem": s.identity.ca().cert_pem() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatePolicy {
+    policy_name: String,
+    /// The document, as a JSON string (AWS) or inline JSON.
+    policy_document: Value,
+}
+
+fn document_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn create_policy(
+    State(s): State<AppState>,
+    axum::Json(b): axum::Json<CreatePolicy>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .identity
+        .create_policy(&b.policy_name, &document_text(&b.policy_document))
+        .await?;
+    Ok(ok(policy_json(&rec)))
+}
+
+async fn list_policies(State(s): State<AppState>) -> Response {
+    let v: Vec<Value> = s
+        .identity
+        .policies()
+        .iter()
+        .map(|p| json!({"policyName": p.name, "policyArn": p.arn}))
+        .collect();
+    ok(json!({ "policies": v }))
+}
+
+async fn get_policy(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(ok(policy_json(&s.identity.policy(&name)?)))
+}
+
+async fn delete_policy(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    s.identity.delete_policy(&name).await?;
+    Ok(ok(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewVersion {
+    policy_document: Value,
+    #[serde(default)]
+    set_as_default: bool,
+}
+
+async fn create_policy_version(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Json(b): axum::Json<NewVersion>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .identity
+        .create_policy_version(&name, &document_text(&b.policy_document), b.set_as_default)
+        .await?;
+    Ok(ok(policy_json(&rec)))
+}
+
+async fn delete_policy_version(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(ok(policy_json(
+        &s.identity.delete_policy_version(&name, &version).await?,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefaultVersion {
+    version_id: String,
+}
+
+async fn set_default_version(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Json(b): axum::Json<DefaultVersion>,
+) -> Result<Response, ApiError> {
+    Ok(ok(policy_json(
+        &s.identity
+            .set_default_policy_version(&name, &b.version_id)
+            .await?,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct Target {
+    target: String,
+}
+
+async fn attach_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Json(b): axum::Json<Target>,
+) -> Result<Response, ApiError> {
+    s.identity.attach_policy(&name, &b.target).await?;
+    Ok(ok(json!({})))
+}
+
+async fn detach_policy(
+    State(s): State<AppState>,
+    Path((name, target)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    s.identity.detach_policy(&name, &target).await?;
+    Ok(ok(json!({})))
+}
+
+async fn policy_targets(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    s.identity.policy(&name)?;
+    Ok(ok(json!({ "targets": s.identity.policy_targets(&name) })))
+}
+
+#[derive(Debug, Deserialize)]
+struct Principal {
+    principal: String,
+}
+
+async fn attach_thing_principal(
+    State(s): State<AppState>,
+    Path(thing): Path<String>,
+    axum::Json(b): axum::Json<Principal>,
+) -> Result<Response, ApiError> {
+    shoal_things::shadow::ThingName::parse(&thing)
+        .map_err(|e| ApiError::bad_request(format!("thingName: {e}")))?;
+    s.identity.attach_thing_principal(&thing, &b.principal).await?;
+    Ok(ok(json!({})))
+}
+
+async fn detach_thing_principal(
+    State(s): State<AppState>,
+    Path((thing, principal)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    s.identity.detach_thing_principal(&thing, &principal).await?;
+    Ok(ok(json!({})))
+}
+
+async fn thing_principals(State(s): State<AppState>, Path(thing): Path<String>) -> Response {
+    ok(json!({ "principals": s.identity.thing_principals(&thing) }))
+}
