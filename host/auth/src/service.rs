@@ -161,6 +161,18 @@ pub enum IdentityError {
     /// 503.
     #[error("{0}")]
     Unavailable(String),
+    /// 400: a policy document that does not parse (`MalformedPolicyException`).
+    #[error("{0}")]
+    MalformedPolicy(String),
+    /// 409: the resource is still in use (`DeleteConflictException`).
+    #[error("{0}")]
+    DeleteConflict(String),
+    /// 406: the certificate's state forbids the operation (`CertificateStateException`).
+    #[error("{0}")]
+    CertificateState(String),
+    /// 409: a policy already has 5 versions (`VersionsLimitExceededException`).
+    #[error("{0}")]
+    VersionsLimitExceeded(String),
 }
 
 impl IdentityError {
@@ -172,6 +184,9 @@ impl IdentityError {
             IdentityError::Invalid(_) => 400,
             IdentityError::LimitExceeded(_) => 410,
             IdentityError::Unavailable(_) => 503,
+            IdentityError::MalformedPolicy(_) => 400,
+            IdentityError::DeleteConflict(_) | IdentityError::VersionsLimitExceeded(_) => 409,
+            IdentityError::CertificateState(_) => 406,
         }
     }
 
@@ -183,6 +198,10 @@ impl IdentityError {
             IdentityError::Invalid(_) => "InvalidRequestException",
             IdentityError::LimitExceeded(_) => "LimitExceededException",
             IdentityError::Unavailable(_) => "ServiceUnavailableException",
+            IdentityError::MalformedPolicy(_) => "MalformedPolicyException",
+            IdentityError::DeleteConflict(_) => "DeleteConflictException",
+            IdentityError::CertificateState(_) => "CertificateStateException",
+            IdentityError::VersionsLimitExceeded(_) => "VersionsLimitExceededException",
         }
     }
 }
@@ -204,14 +223,23 @@ pub enum AnonymousAccess {
     Deny,
 }
 
-/// Looks up a registry thing for the `iot:Connection.Thing.*` variables.
+/// The thing registry as the identity service needs it: a thing's type and attributes for the
+/// `iot:Connection.Thing.*` policy variables, and whether a thing exists for
+/// [`IdentityService::attach_thing_principal`].
 #[async_trait]
 pub trait ThingLookup: Send + Sync + 'static {
-    /// The thing's type and attributes, if it exists.
+    /// The thing's type and attributes, if it exists. `None` also when the registry cannot be
+    /// reached: the connection then has no thing type or attributes, so policy statements that
+    /// use them resolve to nothing and deny (fail closed).
     async fn thing(&self, name: &str) -> Option<(Option<String>, BTreeMap<String, String>)>;
+
+    /// Whether the thing exists: AWS IoT refuses to attach a principal to a thing that does not
+    /// (`ResourceNotFoundException`). `Err` (typically [`IdentityError::Unavailable`]) when the
+    /// registry cannot answer, so an unreachable store is never mistaken for a missing thing.
+    async fn exists(&self, name: &str) -> Result<bool, IdentityError>;
 }
 
-/// No registry: no thing variables.
+/// No registry: no thing variables, and every thing name is accepted for attachments.
 #[derive(Debug)]
 pub struct NoThings;
 
@@ -219,6 +247,10 @@ pub struct NoThings;
 impl ThingLookup for NoThings {
     async fn thing(&self, _name: &str) -> Option<(Option<String>, BTreeMap<String, String>)> {
         None
+    }
+
+    async fn exists(&self, _name: &str) -> Result<bool, IdentityError> {
+        Ok(true)
     }
 }
 
@@ -557,7 +589,7 @@ impl IdentityService {
     pub async fn delete_certificate(&self, id: &str) -> Result<(), IdentityError> {
         let rec = self.certificate(id)?;
         if rec.status == CertStatus::Active {
-            return Err(IdentityError::Conflict(format!(
+            return Err(IdentityError::CertificateState(format!(
                 "certificate {id} is ACTIVE: deactivate it before deleting it"
             )));
         }
@@ -566,7 +598,7 @@ impl IdentityService {
             if st.targets.get(&rec.arn).is_some_and(|p| !p.is_empty())
                 || st.principal_things.get(&rec.arn).is_some_and(|t| !t.is_empty())
             {
-                return Err(IdentityError::Conflict(format!(
+                return Err(IdentityError::DeleteConflict(format!(
                     "certificate {id} still has policies or things attached"
                 )));
             }
@@ -681,7 +713,7 @@ impl IdentityService {
     }
 
     fn parse_policy(document: &str) -> Result<Policy, IdentityError> {
-        Policy::parse(document).map_err(|e| IdentityError::Invalid(format!("MalformedPolicy: {e}")))
+        Policy::parse(document).map_err(|e| IdentityError::MalformedPolicy(e.to_string()))
     }
 
     async fn save_policy(
@@ -761,7 +793,7 @@ impl IdentityService {
         let parsed_new = Self::parse_policy(document)?;
         let mut rec = self.policy(name)?;
         if rec.versions.len() >= 5 {
-            return Err(IdentityError::LimitExceeded(format!(
+            return Err(IdentityError::VersionsLimitExceeded(format!(
                 "policy {name} already has 5 versions; delete one first"
             )));
         }
@@ -813,7 +845,7 @@ impl IdentityService {
     ) -> Result<PolicyRecord, IdentityError> {
         let mut rec = self.policy(name)?;
         if rec.default_version == version {
-            return Err(IdentityError::Conflict(
+            return Err(IdentityError::DeleteConflict(
                 "the default version cannot be deleted".into(),
             ));
         }
@@ -832,7 +864,7 @@ impl IdentityService {
     pub async fn delete_policy(&self, name: &str) -> Result<(), IdentityError> {
         self.policy(name)?;
         if self.state.read().targets.values().any(|p| p.contains(name)) {
-            return Err(IdentityError::Conflict(format!(
+            return Err(IdentityError::DeleteConflict(format!(
                 "policy {name} is still attached"
             )));
         }
@@ -921,9 +953,16 @@ impl IdentityService {
         )))
     }
 
-    /// `AttachThingPrincipal`.
+    /// `AttachThingPrincipal`. The thing must exist in the registry (AWS:
+    /// `ResourceNotFoundException` otherwise).
+    ///
+    /// The existence check and the write are not one transaction: a `DeleteThing` racing this
+    /// call can leave an attachment to a deleted thing (detach it to clean up).
     pub async fn attach_thing_principal(&self, thing: &str, principal: &str) -> Result<(), IdentityError> {
         let principal = self.resolve_target(principal)?;
+        if !self.things.exists(thing).await? {
+            return Err(IdentityError::NotFound(format!("Thing {thing} cannot be found.")));
+        }
         self.store
             .put(
                 AuthTable::ThingPrincipals,

@@ -82,7 +82,7 @@ pub struct PublishArgs {
     pub retain: bool,
 }
 
-fn read_arg(v: &str) -> Result<String, String> {
+pub(crate) fn read_arg(v: &str) -> Result<String, String> {
     if v == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -107,7 +107,7 @@ fn shadow_url(ep: &Endpoint, thing: &str, name: &Option<String>) -> String {
 }
 
 /// Percent-encodes one path segment or query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -119,7 +119,7 @@ fn encode(s: &str) -> String {
     out
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> {
+pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> {
     let resp = req.send().await.map_err(|e| format!("cannot reach Shoal: {e}"))?;
     let status = resp.status();
     let kind = resp
@@ -147,7 +147,10 @@ async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> {
     }
 }
 
-fn finish(rt: &tokio::runtime::Runtime, fut: impl Future<Output = Result<Value, String>>) -> ExitCode {
+pub(crate) fn finish(
+    rt: &tokio::runtime::Runtime,
+    fut: impl Future<Output = Result<Value, String>>,
+) -> ExitCode {
     match rt.block_on(fut) {
         Ok(v) => {
             print_json(&v);
@@ -167,7 +170,7 @@ fn print_json(v: &Value) {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod cli_identity;
 mod config;
 mod serve;
 
@@ -28,6 +29,48 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::ShadowCmd,
     },
+    /// Things in the registry of a running server.
+    Thing {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::ThingCmd,
+    },
+    /// Thing types.
+    ThingType {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::ThingTypeCmd,
+    },
+    /// Thing groups.
+    ThingGroup {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::ThingGroupCmd,
+    },
+    /// Device certificates: issue, sign a CSR, register, activate, revoke.
+    Cert {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::CertCmd,
+    },
+    /// Certificate authorities: Shoal's own and registered ones.
+    Ca {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::CaCmd,
+    },
+    /// AWS IoT policies: documents, versions, attachments.
+    Policy {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_identity::PolicyCmd,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -42,6 +85,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Shadow { endpoint, cmd } => cli::shadow(&endpoint, cmd),
         Command::Publish { endpoint, args } => cli::publish(&endpoint, args),
+        Command::Thing { endpoint, cmd } => cli_identity::thing(&endpoint, cmd),
+        Command::ThingType { endpoint, cmd } => cli_identity::thing_type(&endpoint, cmd),
+        Command::ThingGroup { endpoint, cmd } => cli_identity::thing_group(&endpoint, cmd),
+        Command::Cert { endpoint, cmd } => cli_identity::cert(&endpoint, cmd),
+        Command::Ca { endpoint, cmd } => cli_identity::ca(&endpoint, cmd),
+        Command::Policy { endpoint, cmd } => cli_identity::policy(&endpoint, cmd),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,
@@ -79,11 +128,16 @@ fn init_logging(filter: &str) {
     use std::io::IsTerminal as _;
     // ntex logs every worker start at info; keep its chatter at warn unless asked for.
     let quiet = ",ntex=warn,ntex_server=warn,ntex_rt=warn,ntex_net=warn,ntex_io=warn,ntex_mqtt=warn";
-    let spec = if filter.contains("ntex") {
+    let mut spec = if filter.contains("ntex") {
         filter.to_owned()
     } else {
         format!("{filter}{quiet}")
     };
+    // rustls warns on every client that sends an IP address as SNI (mosquitto and many
+    // devices do; it is harmless): only its errors, unless asked for.
+    if !filter.contains("rustls") {
+        spec.push_str(",rustls::msgs=error");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -359,7 +359,19 @@ async fn create_policy_version(
         .identity
         .create_policy_version(&name, &document_text(&b.policy_document), b.set_as_default)
         .await?;
-    Ok(ok(policy_json(&rec)))
+    // AWS's CreatePolicyVersion answer (policyArn, policyDocument, policyVersionId,
+    // isDefaultVersion) plus the policy's other fields.
+    let mut v = policy_json(&rec);
+    if let Some(newest) = rec
+        .versions
+        .iter()
+        .max_by_key(|v| v.version_id.parse::<u64>().unwrap_or(0))
+    {
+        v["policyVersionId"] = json!(newest.version_id);
+        v["isDefaultVersion"] = json!(newest.version_id == rec.default_version);
+        v["policyDocument"] = json!(newest.document);
+    }
+    Ok(ok(v))
 }
 
 async fn delete_policy_version(
