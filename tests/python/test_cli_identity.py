@@ -84,11 +84,13 @@ def test_cert_sign_csr_from_openssl(shoal: Shoal, tmp_path):
     key, csr, crt = tmp_path / "dev.key", tmp_path / "dev.csr", tmp_path / "dev.crt"
     subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", str(key), "-out", str(csr), "-subj", "/CN=sensor-9"], check=True, capture_output=True)
-    signed = cli_json(shoal, "cert", "sign-csr", "--csr", str(csr), "--out", str(crt))
+    signed = cli_json(shoal, "cert", "sign-csr", "--csr", str(csr), "--out", str(crt), "--thing", "sensor-9")
     assert signed["status"] == "ACTIVE" and signed["file"] == str(crt)
     text = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-subject"], capture_output=True,
                           text=True, check=True).stdout
     assert "sensor-9" in text
+    assert cli_json(shoal, "thing", "describe", "sensor-9")["thingName"] == "sensor-9", "--thing registers the thing"
+    assert cli_json(shoal, "thing", "principals", "sensor-9")["principals"] == [signed["certificateArn"]]
     ca = tmp_path / "ca.pem"
     cli(shoal, "ca", "get", "--out", str(ca))
     cli(shoal, "policy", "create", "csr-all", "--document", "-", stdin=json.dumps(ALLOW_ALL))

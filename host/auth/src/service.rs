@@ -274,6 +274,9 @@ pub struct Grants {
     pub cert_id: Option<String>,
     /// Names of the policies compiled in.
     pub policies: Vec<String>,
+    /// `(policy, default version)` of each policy compiled in, to notice changes made while
+    /// the connection was being set up (see `still_valid`).
+    pub versions: Vec<(String, String)>,
     /// The compiled policies.
     pub compiled: CompiledPolicies,
 }
@@ -929,13 +932,16 @@ impl IdentityService {
 
     /// Targets a policy is attached to.
     pub fn policy_targets(&self, policy: &str) -> Vec<String> {
-        self.state
+        let mut targets: Vec<String> = self
+            .state
             .read()
             .targets
             .iter()
             .filter(|(_, p)| p.contains(policy))
             .map(|(t, _)| t.clone())
-            .collect()
+            .collect();
+        targets.sort();
+        targets
     }
 
     fn resolve_target(&self, target: &str) -> Result<String, IdentityError> {
@@ -1026,7 +1032,7 @@ impl IdentityService {
 
     // ----- connection-time evaluation ----------------------------------------------------
 
-    fn compile(&self, names: &[String], ctx: &VarContext) -> CompiledPolicies {
+    fn compile(&self, names: &[String], ctx: &VarContext) -> (CompiledPolicies, Vec<(String, String)>) {
         let st = self.state.read();
         let owned: Vec<(String, String, Arc<Policy>)> = names
             .iter()
@@ -1041,7 +1047,8 @@ impl IdentityService {
             .iter()
             .map(|(n, v, p)| (n.as_str(), v.as_str(), &**p))
             .collect();
-        CompiledPolicies::new(&self.cfg.arn, &refs, ctx)
+        let versions = owned.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
+        (CompiledPolicies::new(&self.cfg.arn, &refs, ctx), versions)
     }
 
     async fn cert_context(&self, info: &CertInfo) -> CertificateContext {
@@ -1095,7 +1102,7 @@ impl Authorizer for IdentityService {
                         source_ip: req.peer_addr.map(|a| a.ip()),
                         ..VarContext::default()
                     };
-                    let compiled = self.compile(std::slice::from_ref(name), &ctx);
+                    let (compiled, versions) = self.compile(std::slice::from_ref(name), &ctx);
                     let d = compiled.check(Action::Connect, client_id);
                     if !d.allowed {
                         return Err(AuthRefusal::NotAuthorized(format!(
@@ -1108,6 +1115,7 @@ impl Authorizer for IdentityService {
                         grants: Some(Arc::new(Grants {
                             cert_id: None,
                             policies: vec![name.clone()],
+                            versions,
                             compiled,
                         })),
                     })
@@ -1186,7 +1194,7 @@ impl Authorizer for IdentityService {
             certificate: Some(self.cert_context(&info).await),
             connect_attributes: Vec::new(),
         };
-        let compiled = self.compile(&policies, &ctx);
+        let (compiled, versions) = self.compile(&policies, &ctx);
         let d = compiled.check(Action::Connect, client_id);
         if !d.allowed {
             let msg = format!("certificate {id} may not connect as client {client_id}: {d}");
@@ -1204,6 +1212,7 @@ impl Authorizer for IdentityService {
             grants: Some(Arc::new(Grants {
                 cert_id: Some(id),
                 policies,
+                versions,
                 compiled,
             })),
         })
@@ -1221,11 +1230,20 @@ impl Authorizer for IdentityService {
         };
         let d = g.compiled.check(act, res);
         if !d.allowed {
-            if act != Action::Receive {
+            // A denied delivery is routine (a wide subscription over a narrower Receive
+            // grant) and can happen per message: debug level, and counted by the broker.
+            if act == Action::Receive {
+                tracing::debug!(
+                    client_id = %client_id,
+                    certificate = g.cert_id.as_deref().unwrap_or("-"),
+                    "iot:{} {res}: {d}",
+                    act.name()
+                );
+            } else {
                 tracing::info!(
                     client_id = %client_id,
                     certificate = g.cert_id.as_deref().unwrap_or("-"),
-                    "{} {res}: {d}",
+                    "iot:{} {res}: {d}",
                     act.name()
                 );
             }
@@ -1241,15 +1259,33 @@ impl Authorizer for IdentityService {
         true
     }
 
+    /// Re-checked once the connection is registered (so that a change racing the CONNECT
+    /// cannot be missed by both the CONNECT and the change's kick): the certificate is still
+    /// ACTIVE, its attached policies are still the ones compiled in, and each is still at the
+    /// default version compiled in.
     fn still_valid(&self, principal: &Principal) -> bool {
-        match principal.grants::<Grants>().and_then(|g| g.cert_id.as_deref()) {
-            None => true,
-            Some(id) => self
-                .state
-                .read()
-                .certs
-                .get(id)
-                .is_some_and(|c| c.status == CertStatus::Active),
+        let Some(g) = principal.grants::<Grants>() else {
+            return true;
+        };
+        let st = self.state.read();
+        if let Some(id) = g.cert_id.as_deref() {
+            if !st.certs.get(id).is_some_and(|c| c.status == CertStatus::Active) {
+                return false;
+            }
+            let attached: Vec<&String> = st
+                .targets
+                .get(&self.cert_arn(id))
+                .map(|s| s.iter().collect())
+                .unwrap_or_default();
+            let compiled: Vec<&String> = g.policies.iter().collect();
+            if attached != compiled {
+                return false;
+            }
         }
+        g.versions.iter().all(|(name, version)| {
+            st.policies
+                .get(name)
+                .is_some_and(|(r, _)| &r.default_version == version)
+        })
     }
 }

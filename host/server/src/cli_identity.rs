@@ -252,7 +252,7 @@ pub enum CertCmd {
         /// The CSR (PEM file; `-` reads standard input).
         #[arg(long)]
         csr: String,
-        /// Attach the certificate to this thing.
+        /// Attach the certificate to this thing (registered first if it is new).
         #[arg(long)]
         thing: Option<String>,
         /// Write the certificate PEM to this file.
@@ -711,6 +711,10 @@ async fn save_issued(api: &Api, dir: &Path, mut v: Value) -> Result<Value, Strin
 async fn attach_to(api: &Api, thing: Option<&str>, v: &Value) -> Result<(), String> {
     if let Some(t) = thing {
         let id = str_field(v, "certificateId")?;
+        // Like `cert create --thing`: register the thing first if it is new.
+        if api.get(&format!("/things/{}", encode(t)), &[]).await.is_err() {
+            api.post(&format!("/things/{}", encode(t)), json!({})).await?;
+        }
         api.post(
             &format!("/things/{}/principals", encode(t)),
             json!({ "principal": id }),

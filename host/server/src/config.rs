@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// AWS account id used in ARNs.
     #[arg(long, env = "SHOAL_ACCOUNT")]
     pub account: Option<String>,
+    /// Seconds a thing type must have been deprecated before it can be deleted (default 300,
+    /// as AWS IoT).
+    #[arg(long, env = "SHOAL_THING_TYPE_DELETE_DELAY_SECS")]
+    pub thing_type_delete_delay_secs: Option<u64>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -122,6 +127,7 @@ struct FileConfig {
     mqtts_client_auth: Option<String>,
     region: Option<String>,
     account: Option<String>,
+    thing_type_delete_delay_secs: Option<u64>,
     limits: Option<Limits>,
 }
 
@@ -154,6 +160,8 @@ pub struct Config {
     pub region: String,
     /// ARN account.
     pub account: String,
+    /// How long a thing type must have been deprecated before it can be deleted.
+    pub thing_type_delete_delay: Duration,
 }
 
 /// What clients without a certificate may do.
@@ -332,6 +340,11 @@ impl Config {
                 .clone()
                 .or(file.store)
                 .unwrap_or_else(|| "embedded".into()),
+            thing_type_delete_delay: Duration::from_secs(
+                args.thing_type_delete_delay_secs
+                    .or(file.thing_type_delete_delay_secs)
+                    .unwrap_or(300),
+            ),
             tls,
             workers: workers.max(1),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
@@ -363,6 +376,7 @@ mod tests {
         assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.store, "embedded");
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.thing_type_delete_delay, Duration::from_secs(300));
     }
 
     #[test]

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_trait::async_trait;
 use shoal_auth::pki::CertificateAuthority;
 use shoal_auth::policy::ArnConfig;
-use shoal_auth::service::{AnonymousAccess, IdentityConfig, IdentityService, NoThings};
+use shoal_auth::service::{AnonymousAccess, IdentityConfig, IdentityError, IdentityService, ThingLookup};
 use shoal_auth::tls::ClientAuth;
 use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
 use shoal_broker::{Broker, BrokerConfig};
-
+use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLimits};
 use shoal_things::shadow::{ShadowConfig, ShadowService};
 
 use crate::api::{AppState, router};
@@ -48,6 +49,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
              set --anonymous-access deny or policy:NAME for production)"
         );
     }
+    let registry = Arc::new(Registry::new(
+        stores.registry,
+        RegistryConfig {
+            region: cfg.region.clone(),
+            account_id: cfg.account.clone(),
+            limits: RegistryLimits {
+                type_delete_delay: cfg.thing_type_delete_delay,
+                ..RegistryLimits::default()
+            },
+            ..RegistryConfig::default()
+        },
+    ));
     let identity = IdentityService::start(
         stores.auth,
         ca.clone(),
@@ -62,7 +75,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             cert_validity_days: 3650,
         },
-        Arc::new(NoThings),
+        Arc::new(RegistryThings(registry.clone())),
     )
     .await
     .context("loading identities")?;
@@ -112,7 +125,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = router(AppState::new(broker.clone(), shadows.clone(), identity.clone()));
+    let app = router(AppState::new(
+        broker.clone(),
+        shadows.clone(),
+        identity.clone(),
+        registry,
+    ));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
@@ -139,6 +157,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_millis(300), http_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The registry as the identity service sees it: the `iot:Connection.Thing.*` policy variables
+/// of a connecting device, and whether a thing exists before a principal is attached to it.
+#[derive(Debug)]
+struct RegistryThings(Arc<Registry>);
+
+#[async_trait]
+impl ThingLookup for RegistryThings {
+    async fn thing(&self, name: &str) -> Option<(Option<String>, BTreeMap<String, String>)> {
+        match self.0.describe_thing(name).await {
+            Ok(t) => Some((t.type_name.map(String::from), t.attributes)),
+            Err(RegistryError::ResourceNotFound(_) | RegistryError::InvalidRequest(_)) => None,
+            Err(e) => {
+                tracing::warn!(thing = name, error = %e, "cannot read the thing for policy variables");
+                None
+            }
+        }
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool, IdentityError> {
+        match self.0.describe_thing(name).await {
+            Ok(_) => Ok(true),
+            // An invalid name names no thing.
+            Err(RegistryError::ResourceNotFound(_) | RegistryError::InvalidRequest(_)) => Ok(false),
+            Err(e) => Err(IdentityError::Unavailable(e.to_string())),
+        }
+    }
 }
 
 fn write_ports(cfg: &Config, ports: &BTreeMap<&str, String>) -> anyhow::Result<()> {

@@ -25,6 +25,21 @@
 //! change on every write: a delete keeps it, so "update, delete" seen by a slow writer would
 //! look like nothing happened and its stale result would overwrite the tombstone.
 //!
+//! # One round trip per update
+//!
+//! Each node remembers, per key, the document and revision of its own last successful write
+//! or read (a bounded cache held in the key's write queue, see below), and starts the next
+//! mutation of that key from it instead of step 1. A stale entry (another node wrote since)
+//! costs nothing in correctness: the compare-and-set sees a different revision, writes
+//! nothing and returns the current document, and the mutation is retried from that. So a
+//! shadow updated mostly through one node costs Redis one script call per update, and one
+//! written by several nodes in turn costs at most what the read-first scheme did. A rejection
+//! (a version conflict, say) judged on a remembered document is judged again on a fresh read
+//! before it is returned. The one case the revision cannot catch is Redis losing its data
+//! (a restart without persistence, `FLUSHALL`) and other nodes then writing the key back up to
+//! exactly the remembered revision; that already loses updates, and this node's memory of
+//! the key may then add to what is lost.
+//!
 //! Conflicts are retried after a short random backoff, at most [`MAX_ATTEMPTS`] times, then
 //! reported as [`ShadowStoreError::Contention`]. To keep conflicts down to the ones between
 //! nodes, each store also lets only one mutation per key (per stripe of keys) run at a time on
@@ -66,6 +81,32 @@ const MAX_BACKOFF: Duration = Duration::from_millis(20);
 /// wait for each other on this node, which costs little with this many stripes.
 const STRIPES: usize = 1024;
 
+/// Cached documents per stripe (so at most `STRIPES * STRIPE_CACHE` = 65,536 per node); when
+/// a stripe is full an arbitrary entry makes room.
+const STRIPE_CACHE: usize = 64;
+
+/// The last document and revision this node wrote or read for some keys of one stripe.
+#[derive(Default)]
+struct StripeCache {
+    entries: std::collections::HashMap<String, (u64, Option<StoredShadow>)>,
+}
+
+impl StripeCache {
+    fn take(&mut self, key: &str) -> Option<(u64, Option<StoredShadow>)> {
+        self.entries.remove(key)
+    }
+
+    fn put(&mut self, key: String, rev: u64, doc: Option<StoredShadow>) {
+        if self.entries.len() >= STRIPE_CACHE
+            && !self.entries.contains_key(&key)
+            && let Some(evict) = self.entries.keys().next().cloned()
+        {
+            self.entries.remove(&evict);
+        }
+        self.entries.insert(key, (rev, doc));
+    }
+}
+
 /// The compare-and-set. `KEYS[1]`: the shadow hash, `KEYS[2]`: the thing's named-shadow index.
 /// `ARGV[1]`: the revision read (decimal, `0` when the key was missing), `ARGV[2]`: the new
 /// document, `ARGV[3]`: the shadow name (empty for the classic shadow, which is not indexed),
@@ -103,7 +144,7 @@ pub struct RedisShadowStore {
     conn: ConnectionManager,
     prefix: Arc<str>,
     script: Arc<redis::Script>,
-    turns: Arc<[tokio::sync::Mutex<()>]>,
+    turns: Arc<[tokio::sync::Mutex<StripeCache>]>,
     hasher: RandomState,
 }
 
@@ -198,7 +239,9 @@ impl RedisShadowStore {
             conn,
             prefix: prefix.into(),
             script: Arc::new(redis::Script::new(CAS_SCRIPT)),
-            turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            turns: (0..STRIPES)
+                .map(|_| tokio::sync::Mutex::new(StripeCache::default()))
+                .collect(),
             hasher: RandomState::new(),
         }
     }
@@ -216,8 +259,8 @@ impl RedisShadowStore {
         format!("{}:shadows:{}", self.prefix, thing.as_str())
     }
 
-    /// This node's write queue for `doc_key`.
-    fn turn(&self, doc_key: &str) -> &tokio::sync::Mutex<()> {
+    /// This node's write queue for `doc_key`, with the stripe's cached documents.
+    fn turn(&self, doc_key: &str) -> &tokio::sync::Mutex<StripeCache> {
         let hash = self.hasher.hash_one(doc_key);
         let i = usize::try_from(hash % STRIPES as u64).unwrap_or(0);
         &self.turns[i]
@@ -242,31 +285,60 @@ impl RedisShadowStore {
         res
     }
 
+    /// `HMGET doc rev`: the key's revision (0 when missing) and document.
+    async fn read(
+        &self,
+        conn: &mut ConnectionManager,
+        doc_key: &str,
+    ) -> Result<(u64, Option<StoredShadow>), ShadowStoreError> {
+        let (doc, rev): (Option<Vec<u8>>, Option<u64>) = self
+            .call(
+                "read shadow",
+                redis::cmd("HMGET")
+                    .arg(doc_key)
+                    .arg("doc")
+                    .arg("rev")
+                    .query_async(conn),
+            )
+            .await?;
+        Ok((rev.unwrap_or(0), decode(doc_key, doc)?))
+    }
+
     /// The read, run, compare-and-set loop of [`ShadowStore::mutate`].
     async fn mutate_cas(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
         let doc_key = self.doc_key(key);
         let index_key = self.index_key(&key.thing);
         let shadow_name = key.shadow.as_ref().map_or("", ShadowName::as_str);
-        let _turn = self.turn(&doc_key).lock().await;
+        let mut turn = self.turn(&doc_key).lock().await;
         let mut conn = self.conn.clone();
 
-        let (doc, rev): (Option<Vec<u8>>, Option<u64>) = self
-            .call(
-                "read shadow",
-                redis::cmd("HMGET")
-                    .arg(&doc_key)
-                    .arg("doc")
-                    .arg("rev")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let mut previous = decode(&doc_key, doc)?;
-        let mut rev = rev.unwrap_or(0);
+        // Start from what this node last saw of the key, if it still remembers (a stale
+        // entry only costs a conflict, see the module docs); read it otherwise. The entry
+        // is taken out: it is put back only after a write whose outcome is known.
+        // `verified`: the document is known to be Redis's current one (just read, or
+        // returned by a failed compare-and-set), not only this node's memory of it.
+        let (mut rev, mut previous, mut verified) = match turn.take(&doc_key) {
+            Some((rev, doc)) => (rev, doc, false),
+            None => {
+                let (rev, doc) = self.read(&mut conn, &doc_key).await?;
+                (rev, doc, true)
+            }
+        };
 
         for attempt in 0..MAX_ATTEMPTS {
             let current = match f(previous.as_ref()) {
                 Ok(current) => current,
-                Err(rejection) => return Ok(Mutated::Rejected(rejection)),
+                Err(rejection) if verified => {
+                    turn.put(doc_key, rev, previous);
+                    return Ok(Mutated::Rejected(rejection));
+                }
+                Err(_) => {
+                    // A rejection (say, a version conflict) judged on a remembered
+                    // document may be wrong: judge again on the current one.
+                    (rev, previous) = self.read(&mut conn, &doc_key).await?;
+                    verified = true;
+                    continue;
+                }
             };
             let reply: Vec<redis::Value> = self
                 .call(
@@ -282,11 +354,20 @@ impl RedisShadowStore {
                 )
                 .await?;
             match Cas::parse(reply)? {
-                Cas::Written => return Ok(Mutated::Applied { previous, current }),
+                Cas::Written => {
+                    turn.put(doc_key, rev + 1, Some(current.clone()));
+                    return Ok(Mutated::Applied { previous, current });
+                }
                 Cas::Conflict { rev: now, doc } => {
                     tracing::trace!(key = %doc_key, attempt, "shadow write conflict, retrying");
                     previous = decode(&doc_key, doc)?;
                     rev = now;
+                    if !verified {
+                        // Our memory was stale (another node wrote): no backoff, this was
+                        // not a race with a concurrent writer.
+                        verified = true;
+                        continue;
+                    }
                     tokio::time::sleep(jitter(backoff_ceiling(attempt))).await;
                 }
             }

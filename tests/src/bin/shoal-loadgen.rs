@@ -50,8 +50,24 @@
 //!   finished, `READY <connected>` is printed on stdout; the connections are then held for
 //!   `--hold` seconds (sending PINGREQ every keep-alive/2) while the caller measures the
 //!   broker's memory, and the JSON summary follows.
+//! * **mTLS handshakes** (`handshakes`): `--concurrency` worker tasks, each in a loop until the
+//!   end of the window: open TCP (from 127.0.0.1..127.0.0.K, so TIME_WAIT sockets do not
+//!   exhaust the ephemeral ports), a full TLS handshake (rustls with ring; the server
+//!   certificate verified against `--ca` for `--server-name`; the client certificate `--cert` /
+//!   `--key`), a hand-encoded MQTT 3.1.1 CONNECT (clean session, a fresh client id per
+//!   connection), the CONNACK (must be accepted), DISCONNECT, TLS close_notify and close.
+//!   **No session resumption**: the one client configuration has resumption disabled
+//!   (`Resumption::disabled()`: no session ids or tickets stored or offered), so every
+//!   connection pays the full handshake (ECDHE, the server's signature, the client's
+//!   CertificateVerify, both chain verifications). Counted by completion time: a connection
+//!   finishing inside the window counts; `handshakes_per_sec` = those / window. Failures are
+//!   counted by kind (`tcp`, `tls`, `mqtt_io`, `connack_refused`, `timeout`), and latency
+//!   percentiles reported for the TLS handshake alone and for the whole connect (TCP connect
+//!   to CONNACK). The negotiated protocol version, cipher suite and key-exchange group are
+//!   reported.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -68,8 +84,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
-/// MQTT load generator: fan-in, fan-out, point-to-point, latency and idle-connection scenarios.
+/// MQTT load generator: fan-in, fan-out, point-to-point, latency, idle-connection and TLS
+/// handshake scenarios.
 #[derive(Debug, Parser)]
 #[command(name = "shoal-loadgen", version, about)]
 struct Cli {
@@ -122,6 +142,8 @@ enum Scenario {
     },
     /// N idle MQTT connections held open (the caller measures broker memory).
     Conns(ConnsArgs),
+    /// Full mTLS handshakes + MQTT CONNECT/CONNACK/DISCONNECT per second, C at a time.
+    Handshakes(HandshakeArgs),
 }
 
 /// The broker to load.
@@ -190,6 +212,42 @@ struct ConnsArgs {
     attempts: u32,
 }
 
+#[derive(Debug, Clone, Args)]
+struct HandshakeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// CA certificate(s), PEM, the server's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Client certificate (chain), PEM.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Client private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long)]
+    key: PathBuf,
+    /// Name the server certificate is verified against (DNS name or IP address).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// TLS versions offered: 1.2, 1.3, or any (both; the server chooses).
+    #[arg(long, default_value = "1.3", value_parser = ["1.2", "1.3", "any"])]
+    tls: String,
+    /// Connections in progress at once (one worker task each).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Measured window in seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up in seconds before the measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Source addresses 127.0.0.1..127.0.0.K to spread over (0: let the kernel choose).
+    #[arg(long, default_value_t = 16)]
+    source_addrs: u8,
+    /// Client id prefix: connection n of worker w uses `{prefix}{run}-{w}-{n}`.
+    #[arg(long, default_value = "hs")]
+    client_id_prefix: String,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let threads = cli
@@ -213,6 +271,7 @@ fn main() -> std::process::ExitCode {
         | Scenario::P2p { load, .. }
         | Scenario::Latency { load, .. } => load.target.label.clone(),
         Scenario::Conns(c) => c.target.label.clone(),
+        Scenario::Handshakes(h) => h.target.label.clone(),
     };
     match rt.block_on(run(cli.scenario)) {
         Ok(v) => {
@@ -234,6 +293,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::P2p { .. } => "p2p",
         Scenario::Latency { .. } => "latency",
         Scenario::Conns(_) => "conns",
+        Scenario::Handshakes(_) => "handshakes",
     }
 }
 
@@ -302,6 +362,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             run_plan(name, &load, plan).await
         }
         Scenario::Conns(args) => conns(args).await,
+        Scenario::Handshakes(args) => handshakes(args).await,
     }
 }
 
@@ -1136,6 +1197,332 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<Value> {
         "connect_secs": connect_secs,
         "connects_per_sec": n as f64 / connect_secs.max(1e-9),
         "errors": c.errors(),
+    }))
+}
+
+// ----- mTLS handshakes -------------------------------------------------------------------
+
+/// Why one handshake-and-connect attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HsFailure {
+    /// TCP connect (or socket setup) failed.
+    Tcp,
+    /// The TLS handshake failed (certificate refused, alert, reset...).
+    Tls,
+    /// Writing CONNECT or reading CONNACK failed after the handshake.
+    MqttIo,
+    /// The broker answered with a refusing CONNACK (or not a CONNACK).
+    ConnackRefused,
+    /// A step took longer than [`SETUP_TIMEOUT`].
+    Timeout,
+}
+
+impl HsFailure {
+    const ALL: [HsFailure; 5] = [
+        HsFailure::Tcp,
+        HsFailure::Tls,
+        HsFailure::MqttIo,
+        HsFailure::ConnackRefused,
+        HsFailure::Timeout,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            HsFailure::Tcp => "tcp",
+            HsFailure::Tls => "tls",
+            HsFailure::MqttIo => "mqtt_io",
+            HsFailure::ConnackRefused => "connack_refused",
+            HsFailure::Timeout => "timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The client configuration shared by every connection: the CA as the only root, the client
+/// certificate, the requested TLS versions, and **no resumption** (nothing is stored, so
+/// nothing is offered: every connection is a full handshake).
+fn tls_client_config(a: &HandshakeArgs) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read(&a.ca)?) {
+        let c = c.map_err(|e| anyhow::anyhow!("{}: {e:?}", a.ca.display()))?;
+        roots.add(c).context("adding the CA certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", a.ca.display());
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&a.cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", a.cert.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", a.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&a.key)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", a.key.display()))?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match a.tls.as_str() {
+        "1.2" => &[&rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        _ => rustls::ALL_VERSIONS,
+    };
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .context("TLS versions")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("client certificate and key")?;
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+/// What one successful attempt measured, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct HsTiming {
+    /// The TLS handshake alone (TCP already connected).
+    tls_ns: u64,
+    /// TCP connect to CONNACK received.
+    total_ns: u64,
+}
+
+/// The negotiated parameters of a connection, for the report.
+fn negotiated(conn: &rustls::ClientConnection) -> Value {
+    json!({
+        "version": conn.protocol_version().map(|v| format!("{v:?}")),
+        "cipher_suite": conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())),
+        "key_exchange": conn.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())),
+    })
+}
+
+/// One attempt: TCP, full TLS handshake, CONNECT, CONNACK accepted, DISCONNECT, close.
+async fn handshake_once(
+    connector: &TlsConnector,
+    server_name: &ServerName<'static>,
+    dest: SocketAddr,
+    source: Option<IpAddr>,
+    client_id: &str,
+    info: &OnceLock<Value>,
+) -> Result<HsTiming, (HsFailure, String)> {
+    let timed = |what: &'static str| move |_| (HsFailure::Timeout, format!("{what} timed out"));
+    let t0 = Instant::now();
+    let socket = TcpSocket::new_v4().map_err(|e| (HsFailure::Tcp, format!("socket: {e}")))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| (HsFailure::Tcp, format!("bind {ip}: {e}")))?;
+    }
+    let tcp = tokio::time::timeout(SETUP_TIMEOUT, socket.connect(dest))
+        .await
+        .map_err(timed("TCP connect"))?
+        .map_err(|e| (HsFailure::Tcp, format!("TCP connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let t1 = Instant::now();
+    let mut tls = tokio::time::timeout(SETUP_TIMEOUT, connector.connect(server_name.clone(), tcp))
+        .await
+        .map_err(timed("TLS handshake"))?
+        .map_err(|e| (HsFailure::Tls, format!("TLS handshake: {e}")))?;
+    let t2 = Instant::now();
+    if info.get().is_none() {
+        let _ = info.set(negotiated(tls.get_ref().1));
+    }
+    let io = |e: std::io::Error| (HsFailure::MqttIo, format!("after the handshake: {e}"));
+    tls.write_all(&connect_packet(client_id, 30)).await.map_err(io)?;
+    tls.flush().await.map_err(io)?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(SETUP_TIMEOUT, tls.read_exact(&mut ack))
+        .await
+        .map_err(timed("CONNACK"))?
+        .map_err(io)?;
+    let t3 = Instant::now();
+    if ack[0] != 0x20 || ack[1] != 0x02 {
+        return Err((
+            HsFailure::ConnackRefused,
+            format!("expected a CONNACK, got {ack:02x?}"),
+        ));
+    }
+    if ack[3] != 0 {
+        return Err((
+            HsFailure::ConnackRefused,
+            format!("CONNACK refused with return code {}", ack[3]),
+        ));
+    }
+    // DISCONNECT, then close_notify and FIN; the broker's own close is not waited for.
+    let _ = tls.write_all(&[0xE0, 0x00]).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Ok(HsTiming {
+        tls_ns: ns(t2 - t1),
+        total_ns: ns(t3 - t0),
+    })
+}
+
+/// What one worker counted.
+struct HsWorker {
+    ok_window: u64,
+    ok_total: u64,
+    failed_window: [u64; 5],
+    failed_total: [u64; 5],
+    tls: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+async fn handshakes(args: HandshakeArgs) -> anyhow::Result<Value> {
+    let cfg = tls_client_config(&args)?;
+    let connector = TlsConnector::from(cfg);
+    let server_name = ServerName::try_from(args.server_name.clone())
+        .with_context(|| format!("--server-name {:?}", args.server_name))?;
+    let dest = tokio::net::lookup_host((args.target.host.as_str(), args.target.port))
+        .await
+        .with_context(|| format!("resolving {}", args.target.host))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{} has no IPv4 address", args.target.host))?;
+    let sources: Vec<IpAddr> = if dest.ip().is_loopback() {
+        (1..=args.source_addrs)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let _ = rlimit::increase_nofile_limit(args.concurrency as u64 * 4 + 1024);
+    let tag = run_id() % 1_000_000;
+    let workers = args.concurrency.max(1);
+    eprintln!(
+        "shoal-loadgen: handshakes: {workers} workers against {dest} (TLS {}, server name {}, no resumption)",
+        args.tls, args.server_name
+    );
+    let errors = Arc::new(Counters::default());
+    let info = Arc::new(OnceLock::new());
+    let failures_logged = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(20);
+    let w0 = start + Duration::from_secs_f64(args.warmup.max(0.0));
+    let w1 = w0 + Duration::from_secs_f64(args.duration.max(0.1));
+    let mut tasks = JoinSet::new();
+    for w in 0..workers {
+        let (connector, server_name, sources, errors, info, failures_logged) = (
+            connector.clone(),
+            server_name.clone(),
+            sources.clone(),
+            errors.clone(),
+            info.clone(),
+            failures_logged.clone(),
+        );
+        let prefix = args.client_id_prefix.clone();
+        tasks.spawn(async move {
+            let mut st = HsWorker {
+                ok_window: 0,
+                ok_total: 0,
+                failed_window: [0; 5],
+                failed_total: [0; 5],
+                tls: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+                total: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+            };
+            tokio::time::sleep_until(start.into()).await;
+            let mut n = 0usize;
+            while Instant::now() < w1 {
+                let source = (!sources.is_empty()).then(|| sources[(w + n) % sources.len()]);
+                let id = format!("{prefix}{tag}-{w}-{n}");
+                n += 1;
+                let res = handshake_once(&connector, &server_name, dest, source, &id, &info).await;
+                let end = Instant::now();
+                let in_window = end >= w0 && end < w1;
+                match res {
+                    Ok(t) => {
+                        st.ok_total += 1;
+                        if in_window {
+                            st.ok_window += 1;
+                            st.tls.saturating_record(t.tls_ns.max(1));
+                            st.total.saturating_record(t.total_ns.max(1));
+                        }
+                    }
+                    Err((kind, msg)) => {
+                        st.failed_total[kind.index()] += 1;
+                        if in_window {
+                            st.failed_window[kind.index()] += 1;
+                        }
+                        // Keep the first messages only: a refusing broker fails thousands.
+                        if failures_logged.fetch_add(1, Relaxed) < MAX_ERRORS as u64 {
+                            errors.error(format!("{id}: {msg}"));
+                        }
+                        // Do not spin on a broker that refuses everything.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            anyhow::Ok(st)
+        });
+    }
+    let mut ok_window = 0;
+    let mut ok_total = 0;
+    let mut failed_window = [0u64; 5];
+    let mut failed_total = [0u64; 5];
+    let mut tls = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
+    while let Some(res) = tasks.join_next().await {
+        let st = res.context("worker task")?.context("worker")?;
+        ok_window += st.ok_window;
+        ok_total += st.ok_total;
+        for i in 0..5 {
+            failed_window[i] += st.failed_window[i];
+            failed_total[i] += st.failed_total[i];
+        }
+        let _ = tls.add(&st.tls);
+        let _ = total.add(&st.total);
+    }
+    let secs = w1.duration_since(w0).as_secs_f64();
+    let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
+    let pct = |h: &Histogram<u64>| {
+        if h.is_empty() {
+            return Value::Null;
+        }
+        json!({
+            "count": h.len(),
+            "mean": us(h.mean() as u64),
+            "p50": us(h.value_at_quantile(0.50)),
+            "p90": us(h.value_at_quantile(0.90)),
+            "p99": us(h.value_at_quantile(0.99)),
+            "p999": us(h.value_at_quantile(0.999)),
+            "max": us(h.max()),
+        })
+    };
+    let by_kind = |counts: &[u64; 5]| {
+        let mut m = serde_json::Map::new();
+        for k in HsFailure::ALL {
+            m.insert(k.name().into(), json!(counts[k.index()]));
+        }
+        Value::Object(m)
+    };
+    let rate = ok_window as f64 / secs;
+    eprintln!(
+        "shoal-loadgen: handshakes: {rate:.0}/s ({ok_window} in {secs:.1} s), {} failed in the window",
+        failed_window.iter().sum::<u64>()
+    );
+    Ok(json!({
+        "scenario": "handshakes",
+        "label": args.target.label,
+        "params": {
+            "concurrency": workers,
+            "tls": args.tls,
+            "server_name": args.server_name,
+            "resumption": "disabled",
+            "source_addrs": sources.len(),
+        },
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "window_secs": secs,
+        "handshakes_per_sec": rate,
+        "completed": ok_window,
+        "completed_total": ok_total,
+        "failed": failed_window.iter().sum::<u64>(),
+        "failed_total": failed_total.iter().sum::<u64>(),
+        "failures": by_kind(&failed_window),
+        "failures_total": by_kind(&failed_total),
+        "negotiated": info.get().cloned().unwrap_or(Value::Null),
+        "latency_us": { "tls": pct(&tls), "total": pct(&total) },
+        "errors": errors.errors(),
     }))
 }
 

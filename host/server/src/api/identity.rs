@@ -116,7 +116,7 @@ fn ok(v: Value) -> Response {
 struct CreateCert {
     /// Subject common name (default: the thing name, else "shoal-device").
     common_name: Option<String>,
-    /// Attach the new certificate to this thing.
+    /// Attach the new certificate to this thing (registered first if it does not exist).
     thing_name: Option<String>,
     #[serde(default = "yes")]
     set_as_active: bool,
@@ -135,6 +135,9 @@ async fn create_cert(
         .clone()
         .or_else(|| b.thing_name.clone())
         .unwrap_or_else(|| "shoal-device".into());
+    if let Some(t) = &b.thing_name {
+        super::registry::ensure_thing(&s.registry, t).await?;
+    }
     let (rec, issued) = s
         .identity
         .create_keys_and_certificate(&cn, b.set_as_active)

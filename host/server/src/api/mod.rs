@@ -1,8 +1,11 @@
-//! The HTTP surface (axum): health, Prometheus metrics, and the AWS IoT data plane.
+//! The HTTP surface (axum): health, Prometheus metrics, the AWS IoT data plane, and the
+//! management API under `/api/v1` (identities, the thing registry; the registry also answers on
+//! AWS's control-plane paths).
 
 mod dataplane;
 mod error;
 mod identity;
+mod registry;
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ use serde_json::json;
 use shoal_auth::service::IdentityService;
 use shoal_broker::Broker;
 use shoal_broker::message::ClientId;
+use shoal_things::registry::Registry;
 use shoal_things::shadow::ShadowService;
 
 /// Shared state of the HTTP handlers.
@@ -26,17 +30,25 @@ pub struct AppState {
     pub shadows: Arc<ShadowService>,
     /// Certificates, CAs, policies.
     pub identity: Arc<IdentityService>,
+    /// Things, thing types, thing groups.
+    pub registry: Arc<Registry>,
     /// The client id of HTTP publishes.
     pub http_client_id: ClientId,
 }
 
 impl AppState {
     /// State for the handlers.
-    pub fn new(broker: Arc<Broker>, shadows: Arc<ShadowService>, identity: Arc<IdentityService>) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        shadows: Arc<ShadowService>,
+        identity: Arc<IdentityService>,
+        registry: Arc<Registry>,
+    ) -> Self {
         AppState {
             broker,
             shadows,
             identity,
+            registry,
             http_client_id: dataplane::http_client_id(),
         }
     }
@@ -49,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(dataplane::routes())
         .merge(identity::routes())
+        .merge(registry::routes())
         .with_state(state)
 }
 
