@@ -17,6 +17,7 @@ docs/POLICY_SEMANTICS.md for Shoal's documented choices.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import queue
 import shutil
 import subprocess
@@ -532,3 +533,34 @@ def test_denials_are_logged_with_certificate_client_and_statement(shoal, api):
     assert_refused_at_connack(probe(shoal, dev, "someone-else", version=5), version=5)
     con = log_lines(shoal, dev.cert_id, "may not connect as client someone-else", "denied")
     assert con, f"connect denial not logged:\n{shoal.tail(20)}"
+
+
+def test_management_api_rejects_bad_bodies_in_the_aws_shape(shoal):
+    """Bad JSON, wrong types and oversized bodies on the identity endpoints: 400 (or 413) with
+    `x-amzn-ErrorType` and a JSON message, never a plain-text framework error; shoal keeps
+    serving."""
+    import urllib.request as rq
+    base = f"http://{shoal.host}:{shoal.http_port}"
+
+    def raw(method: str, path: str, data: bytes) -> tuple[int, dict, dict]:
+        req = rq.Request(base + path, method=method, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with rq.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"{}"), {k.lower(): v for k, v in r.headers.items()}
+        except rq.HTTPError as e:  # type: ignore[attr-defined]
+            return e.code, json.loads(e.read() or b"{}"), {k.lower(): v for k, v in e.headers.items()}
+
+    for path in ["/api/v1/policies", "/api/v1/certificates", "/api/v1/ca-certificates",
+                 "/api/v1/certificates/from-csr", "/api/v1/things/t1/principals"]:
+        code, body, headers = raw("POST", path, b"{not json")
+        assert code == 400, (path, code, body)
+        assert headers.get("x-amzn-errortype") == "InvalidRequestException", (path, headers)
+        assert body.get("message"), (path, body)
+    code, body, headers = raw("POST", "/api/v1/certificates", json.dumps({"commonName": 5}).encode())
+    assert code == 400 and headers.get("x-amzn-errortype") == "InvalidRequestException", body
+    code, body, headers = raw("POST", "/api/v1/certificates/from-csr",
+                              json.dumps({"certificateSigningRequest": "-----BEGIN CERTIFICATE REQUEST-----\nxx"}).encode())
+    assert code == 400 and headers.get("x-amzn-errortype"), (code, body)
+    code, body, _ = raw("POST", "/api/v1/policies", b'{"policyName":"big","policyDocument":"' + b"x" * 3_000_000 + b'"}')
+    assert code in (400, 413), code
+    assert Api(shoal).ok("GET", "/api/v1/policies") is not None

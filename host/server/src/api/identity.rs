@@ -13,6 +13,7 @@ use shoal_auth::service::{CaRecord, CertStatus, CertificateRecord, IdentityError
 
 use super::AppState;
 use super::error::ApiError;
+use super::registry::AwsJson;
 
 impl From<IdentityError> for ApiError {
     fn from(e: IdentityError) -> Self {
@@ -128,7 +129,7 @@ fn yes() -> bool {
 
 async fn create_cert(
     State(s): State<AppState>,
-    axum::Json(b): axum::Json<CreateCert>,
+    AwsJson(b): AwsJson<CreateCert>,
 ) -> Result<Response, ApiError> {
     let cn = b
         .common_name
@@ -163,7 +164,7 @@ struct FromCsr {
 
 async fn cert_from_csr(
     State(s): State<AppState>,
-    axum::Json(b): axum::Json<FromCsr>,
+    AwsJson(b): AwsJson<FromCsr>,
 ) -> Result<Response, ApiError> {
     let rec = s
         .identity
@@ -182,7 +183,7 @@ struct RegisterCert {
 
 async fn register_cert(
     State(s): State<AppState>,
-    axum::Json(b): axum::Json<RegisterCert>,
+    AwsJson(b): AwsJson<RegisterCert>,
 ) -> Result<Response, ApiError> {
     let rec = s
         .identity
@@ -223,7 +224,7 @@ struct StatusBody {
 async fn set_cert_status(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    axum::Json(b): axum::Json<StatusBody>,
+    AwsJson(b): AwsJson<StatusBody>,
 ) -> Result<Response, ApiError> {
     let st = CertStatus::parse(&b.new_status).ok_or_else(|| {
         ApiError::bad_request("newStatus must be ACTIVE, INACTIVE, REVOKED or PENDING_ACTIVATION")
@@ -252,7 +253,7 @@ struct RegisterCa {
 
 async fn register_ca(
     State(s): State<AppState>,
-    axum::Json(b): axum::Json<RegisterCa>,
+    AwsJson(b): AwsJson<RegisterCa>,
 ) -> Result<Response, ApiError> {
     let rec = s
         .identity
@@ -275,7 +276,7 @@ struct UpdateCa {
 async fn update_ca(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    axum::Json(b): axum::Json<UpdateCa>,
+    AwsJson(b): AwsJson<UpdateCa>,
 ) -> Result<Response, ApiError> {
     let active = match b.new_status.as_deref() {
         None => None,
@@ -317,7 +318,7 @@ fn document_text(v: &Value) -> String {
 
 async fn create_policy(
     State(s): State<AppState>,
-    axum::Json(b): axum::Json<CreatePolicy>,
+    AwsJson(b): AwsJson<CreatePolicy>,
 ) -> Result<Response, ApiError> {
     let rec = s
         .identity
@@ -356,7 +357,7 @@ struct NewVersion {
 async fn create_policy_version(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Json(b): axum::Json<NewVersion>,
+    AwsJson(b): AwsJson<NewVersion>,
 ) -> Result<Response, ApiError> {
     let rec = s
         .identity
@@ -395,7 +396,7 @@ struct DefaultVersion {
 async fn set_default_version(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Json(b): axum::Json<DefaultVersion>,
+    AwsJson(b): AwsJson<DefaultVersion>,
 ) -> Result<Response, ApiError> {
     Ok(ok(policy_json(
         &s.identity
@@ -412,7 +413,7 @@ struct Target {
 async fn attach_policy(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Json(b): axum::Json<Target>,
+    AwsJson(b): AwsJson<Target>,
 ) -> Result<Response, ApiError> {
     s.identity.attach_policy(&name, &b.target).await?;
     Ok(ok(json!({})))
@@ -439,7 +440,7 @@ struct Principal {
 async fn attach_thing_principal(
     State(s): State<AppState>,
     Path(thing): Path<String>,
-    axum::Json(b): axum::Json<Principal>,
+    AwsJson(b): AwsJson<Principal>,
 ) -> Result<Response, ApiError> {
     shoal_things::shadow::ThingName::parse(&thing)
         .map_err(|e| ApiError::bad_request(format!("thingName: {e}")))?;
