@@ -564,3 +564,33 @@ def test_management_api_rejects_bad_bodies_in_the_aws_shape(shoal):
     code, body, _ = raw("POST", "/api/v1/policies", b'{"policyName":"big","policyDocument":"' + b"x" * 3_000_000 + b'"}')
     assert code in (400, 413), code
     assert Api(shoal).ok("GET", "/api/v1/policies") is not None
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_connect_attributes_condition(make_shoal, version):
+    """`iot:ConnectAttributes` (AWS): `PersistentConnect` for a session that outlives the
+    connection (v3 cleanSession=0, v5 session expiry > 0) and `LastWill` for a CONNECT with a
+    will, usable in a Deny condition on `iot:Connect`."""
+    from mqtt_helpers import Client
+    shoal = make_shoal("--anonymous-access", "policy:attrs")
+    Api(shoal).policy("attrs", doc(
+        allow("iot:*", "*"),
+        {"Effect": "Deny", "Action": "iot:Connect", "Resource": "*",
+         "Condition": {"ForAnyValue:StringEquals": {"iot:ConnectAttributes": ["LastWill"]}}},
+        {"Effect": "Deny", "Action": "iot:Connect", "Resource": f"{ARN}:client/ephemeral-*",
+         "Condition": {"ForAnyValue:StringEquals": {"iot:ConnectAttributes": ["PersistentConnect"]}}}))
+    expiry = {"session_expiry": 300} if version == 5 else {}
+    plain = shoal.client(version=version, client_id=unique("ephemeral"))
+    assert plain.connack.reason_code == 0
+    persistent = Client(shoal, version=version, client_id=unique("ephemeral"), clean=False, expect_success=False,
+                        **expiry)
+    shoal.track(persistent)
+    assert persistent.connack is not None and persistent.connack.reason_code != 0, \
+        "a persistent session was allowed although the policy denies PersistentConnect for ephemeral-*"
+    elsewhere = shoal.client(version=version, client_id=unique("durable"), clean=False, **expiry)
+    assert elsewhere.connack.reason_code == 0
+    willing = Client(shoal, version=version, client_id=unique("durable"), expect_success=False,
+                     will={"topic": "wills/x", "payload": b"gone"})
+    shoal.track(willing)
+    assert willing.connack is not None and willing.connack.reason_code != 0, \
+        "a CONNECT with a will was allowed although the policy denies LastWill"

@@ -316,6 +316,18 @@ impl std::fmt::Debug for IdentityService {
     }
 }
 
+/// AWS's `iot:ConnectAttributes` of a CONNECT.
+fn connect_attributes(req: &ConnectRequest<'_>) -> Vec<String> {
+    let mut v = Vec::new();
+    if req.persistent {
+        v.push(VarContext::PERSISTENT_CONNECT.to_owned());
+    }
+    if req.has_will {
+        v.push(VarContext::LAST_WILL.to_owned());
+    }
+    v
+}
+
 fn split2(key: &str) -> Option<(&str, &str)> {
     key.split_once('\n')
 }
@@ -1100,6 +1112,7 @@ impl Authorizer for IdentityService {
                     let ctx = VarContext {
                         client_id: Some(client_id.to_owned()),
                         source_ip: req.peer_addr.map(|a| a.ip()),
+                        connect_attributes: connect_attributes(req),
                         ..VarContext::default()
                     };
                     let (compiled, versions) = self.compile(std::slice::from_ref(name), &ctx);
@@ -1192,7 +1205,7 @@ impl Authorizer for IdentityService {
             source_ip: req.peer_addr.map(|a| a.ip()),
             thing,
             certificate: Some(self.cert_context(&info).await),
-            connect_attributes: Vec::new(),
+            connect_attributes: connect_attributes(req),
         };
         let (compiled, versions) = self.compile(&policies, &ctx);
         let d = compiled.check(Action::Connect, client_id);

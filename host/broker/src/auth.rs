@@ -67,6 +67,11 @@ pub struct ConnectRequest<'a> {
     pub peer_certificates: Vec<Vec<u8>>,
     /// Which listener it came in on (`mqtt`, `mqtts`, `ws`).
     pub listener: &'static str,
+    /// The client asks for a session that outlives the connection (v3 `cleanSession=0`, v5
+    /// session expiry > 0): AWS's `iot:ConnectAttributes` `PersistentConnect`.
+    pub persistent: bool,
+    /// The CONNECT carries a will message (`iot:ConnectAttributes` `LastWill`).
+    pub has_will: bool,
 }
 
 /// Why a CONNECT was refused.

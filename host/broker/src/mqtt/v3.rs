@@ -109,6 +109,8 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         peer_addr,
         peer_certificates,
         listener: ctx.listener,
+        persistent: !pkt.clean_session,
+        has_will: will.is_some(),
     };
     let principal = match b.authorizer().authenticate(&req).await {
         Ok(p) => Arc::new(p),

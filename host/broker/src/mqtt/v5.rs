@@ -107,6 +107,8 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
         peer_addr,
         peer_certificates,
         listener: ctx.listener,
+        persistent: pkt.session_expiry_interval_secs > 0,
+        has_will: will.is_some(),
     };
     let principal = match b.authorizer().authenticate(&req).await {
         Ok(p) => Arc::new(p),
