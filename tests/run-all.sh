@@ -14,10 +14,11 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Rust $TOOLCHAIN (with rustfmt, clippy, wasm32-wasip2)"
 rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-wasip2
 
-step "System packages (redis-server, mosquitto-clients)"
+step "System packages (redis-server, mosquitto-clients, openssl)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
