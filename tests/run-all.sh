@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (idempotent: rustup, apt, pip) and runs every test:
-# formatting, clippy, Rust unit and end-to-end tests, and the Python paho-mqtt suite.
+# formatting, clippy, Rust unit and end-to-end tests, the plugins (built as WebAssembly
+# components, which the plugin host's tests load), and the Python paho-mqtt suite.
 # `.ci/run` calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,11 @@ cargo +"$TOOLCHAIN" clippy --workspace --all-targets --locked -- -D warnings
 
 step "Build"
 cargo +"$TOOLCHAIN" build --workspace --bins --locked
+
+step "Plugins: WebAssembly components (wasm32-wasip2) and their native tests"
+(cd plugins && cargo +"$TOOLCHAIN" fmt --all --check)
+CARGO_TARGET_DIR="$HOME/.cache/shoal-guest-target" plugins/build.sh
+CARGO_TARGET_DIR="$HOME/.cache/shoal-guest-target" plugins/test.sh
 
 step "Rust tests (unit, store conformance, end-to-end)"
 cargo +"$TOOLCHAIN" test --workspace --locked

@@ -138,3 +138,102 @@ fn bench_check() {
         assert!(mean < 1000.0, "mean {mean} ns/check is over the 1 µs budget");
     }
 }
+
+/// The policy `tests/bench/auth.sh` enforces on every plain client of the full-broker benchmark
+/// (anonymous access `policy:bench`), checked with the load generator's client ids and topics.
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_check_full_broker_policy() {
+    let policy = Policy::parse(include_str!("../../../tests/bench/policy-bench.json")).expect("valid policy");
+    assert_eq!(policy.statements().len(), 10);
+    let arn = ArnConfig::default();
+    let ctx = |id: &str| VarContext {
+        client_id: Some(id.into()),
+        ..Default::default()
+    };
+    let compile_iters = 20_000;
+    let start = Instant::now();
+    for _ in 0..compile_iters {
+        black_box(CompiledPolicies::new(
+            &arn,
+            &[("bench", "1", black_box(&policy))],
+            black_box(&ctx("lg123456-s42")),
+        ));
+    }
+    let compile_ns = start.elapsed().as_nanos() as f64 / compile_iters as f64;
+    println!("full-broker policy: CompiledPolicies::new: {compile_ns:.0} ns");
+    let cases: [(&str, &str, Action, &str, bool); 8] = [
+        ("connect", "lg123456-p3", Action::Connect, "lg123456-p3", true),
+        (
+            "connect, uncovered id",
+            "intruder",
+            Action::Connect,
+            "intruder",
+            false,
+        ),
+        (
+            "publish fan-in",
+            "lg123456-p3",
+            Action::Publish,
+            "bench/in/3",
+            true,
+        ),
+        (
+            "publish p2p",
+            "lg123456-p17",
+            Action::Publish,
+            "bench/p2p/17",
+            true,
+        ),
+        (
+            "publish fan-out",
+            "lg123456-p0",
+            Action::Publish,
+            "bench/out",
+            true,
+        ),
+        (
+            "receive fan-out",
+            "lg123456-s42",
+            Action::Receive,
+            "bench/out",
+            true,
+        ),
+        (
+            "subscribe fan-in",
+            "lg123456-s0",
+            Action::Subscribe,
+            "bench/in/+",
+            true,
+        ),
+        (
+            "publish, explicit deny",
+            "lg123456-p3",
+            Action::Publish,
+            "bench/admin/x",
+            false,
+        ),
+    ];
+    let iters: u32 = if cfg!(debug_assertions) {
+        200_000
+    } else {
+        5_000_000
+    };
+    let mut total = 0.0;
+    for (name, client, action, resource, expected) in cases {
+        let compiled = CompiledPolicies::new(&arn, &[("bench", "1", &policy)], &ctx(client));
+        assert_eq!(compiled.check(action, resource).allowed, expected, "{name}");
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(compiled.check(black_box(action), black_box(resource)));
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(iters);
+        total += ns;
+        println!("full-broker policy: check {name:<28} {ns:>7.1} ns/check");
+    }
+    let mean = total / cases.len() as f64;
+    println!("full-broker policy: mean {mean:.1} ns/check");
+    if !cfg!(debug_assertions) {
+        assert!(mean < 1000.0, "mean {mean} ns/check is over the 1 µs budget");
+    }
+}

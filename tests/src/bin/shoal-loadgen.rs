@@ -1202,6 +1202,9 @@ async fn conns(args: ConnsArgs) -> anyhow::Result<Value> {
 
 // ----- mTLS handshakes -------------------------------------------------------------------
 
+/// Failure kinds counted by the handshake scenario.
+const HS_KINDS: usize = HsFailure::ALL.len();
+
 /// Why one handshake-and-connect attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HsFailure {
@@ -1364,8 +1367,8 @@ async fn handshake_once(
 struct HsWorker {
     ok_window: u64,
     ok_total: u64,
-    failed_window: [u64; 5],
-    failed_total: [u64; 5],
+    failed_window: [u64; HS_KINDS],
+    failed_total: [u64; HS_KINDS],
     tls: Histogram<u64>,
     total: Histogram<u64>,
 }
@@ -1415,8 +1418,8 @@ async fn handshakes(args: HandshakeArgs) -> anyhow::Result<Value> {
             let mut st = HsWorker {
                 ok_window: 0,
                 ok_total: 0,
-                failed_window: [0; 5],
-                failed_total: [0; 5],
+                failed_window: [0; HS_KINDS],
+                failed_total: [0; HS_KINDS],
                 tls: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
                 total: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
             };
@@ -1457,17 +1460,19 @@ async fn handshakes(args: HandshakeArgs) -> anyhow::Result<Value> {
     }
     let mut ok_window = 0;
     let mut ok_total = 0;
-    let mut failed_window = [0u64; 5];
-    let mut failed_total = [0u64; 5];
+    let mut failed_window = [0u64; HS_KINDS];
+    let mut failed_total = [0u64; HS_KINDS];
     let mut tls = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
     while let Some(res) = tasks.join_next().await {
         let st = res.context("worker task")?.context("worker")?;
         ok_window += st.ok_window;
         ok_total += st.ok_total;
-        for i in 0..5 {
-            failed_window[i] += st.failed_window[i];
-            failed_total[i] += st.failed_total[i];
+        for (acc, n) in failed_window.iter_mut().zip(st.failed_window) {
+            *acc += n;
+        }
+        for (acc, n) in failed_total.iter_mut().zip(st.failed_total) {
+            *acc += n;
         }
         let _ = tls.add(&st.tls);
         let _ = total.add(&st.total);
@@ -1488,7 +1493,7 @@ async fn handshakes(args: HandshakeArgs) -> anyhow::Result<Value> {
             "max": us(h.max()),
         })
     };
-    let by_kind = |counts: &[u64; 5]| {
+    let by_kind = |counts: &[u64; HS_KINDS]| {
         let mut m = serde_json::Map::new();
         for k in HsFailure::ALL {
             m.insert(k.name().into(), json!(counts[k.index()]));

@@ -1,0 +1,382 @@
+//! One loaded plugin version: its `InstancePre`, a small pool of idle instances, the bounded
+//! call path, fault classification, and suspension after repeated failures.
+
+use crate::artifact::ArtifactSource;
+use crate::bindings::{RulePlugin, RulePluginPre, wit};
+use crate::engine::{Runtime, Runtimes};
+use crate::message::{Action, Message};
+use crate::metrics::VersionMetrics;
+use crate::outcome::{FaultKind, Outcome, PluginFault};
+use crate::sandbox::{MemoryLimitExceeded, StoreState, VersionEnv};
+use parking_lot::Mutex;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+
+/// A live instance: its store and the typed exports.
+struct Instance {
+    store: Store<StoreState>,
+    plugin: RulePlugin,
+}
+
+/// What [`LoadedVersion::call`] reports besides the outcome.
+pub(crate) struct CallReport {
+    pub outcome: Outcome,
+    /// Set when this call's failure suspended the version (exactly one call reports it).
+    pub suspended_now: Option<String>,
+}
+
+/// A compiled, validated, instantiable plugin version.
+pub(crate) struct LoadedVersion {
+    pub env: Arc<VersionEnv>,
+    pub source: ArtifactSource,
+    pub load_time: Duration,
+    pub metrics: VersionMetrics,
+    runtime: Arc<Runtime>,
+    pre: RulePluginPre<StoreState>,
+    idle: Mutex<Vec<Instance>>,
+    max_idle: usize,
+    retired: AtomicBool,
+    failures_in_row: AtomicU32,
+    suspended: AtomicBool,
+    suspension: Mutex<Option<String>>,
+    last_fault: Mutex<Option<String>>,
+    deadline_ticks: u64,
+    init_ticks: u64,
+    hostcall_fuel: usize,
+}
+
+impl LoadedVersion {
+    /// Type-checks `component` against the linker (imports) and the world (exports).
+    pub(crate) fn new(
+        env: Arc<VersionEnv>,
+        runtimes: &Runtimes,
+        runtime: Arc<Runtime>,
+        component: &Component,
+        (source, load_time): (ArtifactSource, Duration),
+        max_idle: usize,
+    ) -> Result<Self, crate::error::CatalogError> {
+        let mismatch = |e: wasmtime::Error| crate::error::CatalogError::WorldMismatch(format!("{e:#}"));
+        let instance_pre = runtime.linker.instantiate_pre(component).map_err(mismatch)?;
+        let pre = RulePluginPre::new(instance_pre).map_err(mismatch)?;
+        let config = &env.config;
+        // What the host may allocate for data the guest hands over in one crossing: the
+        // result list (counted in host-side `Action`s plus its bytes) or a host call's
+        // arguments. Past it wasmtime fails the crossing instead of allocating.
+        let hostcall_fuel = (config.max_output_bytes as usize)
+            .saturating_add(config.max_actions as usize * std::mem::size_of::<wit::Action>())
+            .saturating_add(config.kv_max_value_bytes as usize)
+            .saturating_add(config.log_max_line_bytes as usize)
+            .saturating_add(64 << 10);
+        Ok(LoadedVersion {
+            deadline_ticks: runtimes.ticks(config.deadline_ms),
+            init_ticks: runtimes.ticks(config.init_deadline_ms),
+            hostcall_fuel,
+            env,
+            source,
+            load_time,
+            metrics: VersionMetrics::default(),
+            runtime,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            retired: AtomicBool::new(false),
+            failures_in_row: AtomicU32::new(0),
+            suspended: AtomicBool::new(false),
+            suspension: Mutex::new(None),
+            last_fault: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn number(&self) -> u32 {
+        self.env.version
+    }
+
+    pub(crate) fn metered(&self) -> bool {
+        self.runtime.metered
+    }
+
+    /// Runs `on-message` on an idle instance (or a fresh one), within every limit.
+    pub(crate) fn call(&self, msg: &Message) -> CallReport {
+        self.metrics.invoked();
+        if self.suspended.load(Ordering::Acquire) {
+            let reason = self.suspension.lock().clone().unwrap_or_default();
+            self.metrics.failed(FaultKind::Suspended);
+            return CallReport {
+                outcome: Outcome::Failed(PluginFault::Suspended { reason }),
+                suspended_now: None,
+            };
+        }
+        let started = Instant::now();
+        let pooled = self.idle.lock().pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => match self.instantiate() {
+                Ok(instance) => instance,
+                Err(fault) => return self.finish(started, Outcome::Failed(fault)),
+            },
+        };
+        // A panic in host code during the call (a bug, or a WASI host call that cannot run on
+        // this thread) must not unwind into the caller: it fails this call and the instance.
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| self.run(&mut instance, msg))).unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Failed(PluginFault::Trap {
+                    message: format!("host panicked during the call: {what}"),
+                })
+            });
+        self.metrics
+            .memory(instance.store.data().limiter.high_water as u64);
+        if matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_)) && !self.retired.load(Ordering::Acquire) {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.max_idle {
+                idle.push(instance);
+            }
+        }
+        self.finish(started, outcome)
+    }
+
+    fn run(&self, instance: &mut Instance, msg: &Message) -> Outcome {
+        let store = &mut instance.store;
+        store.set_epoch_deadline(self.deadline_ticks);
+        let budget = self.env.config.fuel;
+        if let Some(fuel) = budget
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            return Outcome::Failed(PluginFault::Trap {
+                message: format!("cannot set fuel: {e}"),
+            });
+        }
+        store.data().stderr_tail.clear();
+        let properties: Vec<(&str, &str)> = msg
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let param = wit::Message {
+            topic: &msg.topic,
+            payload: &msg.payload,
+            qos: msg.qos,
+            timestamp_ms: msg.timestamp_ms,
+            client_id: msg.client_id.as_deref(),
+            thing_name: msg.thing_name.as_deref(),
+            user_properties: &properties,
+        };
+        let result = instance.plugin.call_on_message(&mut *store, param);
+        if let Some(fuel) = budget
+            && let Ok(left) = store.get_fuel()
+        {
+            self.metrics.fuel(fuel.saturating_sub(left));
+        }
+        match result {
+            Ok(Ok(actions)) => self.check_output(actions),
+            Ok(Err(wit::PluginError::Rejected(reason))) => Outcome::Rejected(reason),
+            Ok(Err(wit::PluginError::Failed(reason))) => Outcome::Failed(PluginFault::Error(reason)),
+            Ok(Err(wit::PluginError::Config(reason))) => {
+                Outcome::Failed(PluginFault::Error(format!("configuration: {reason}")))
+            }
+            Err(e) => Outcome::Failed(self.classify(&e, store.data(), self.env.config.deadline_ms)),
+        }
+    }
+
+    fn check_output(&self, actions: Vec<wit::Action>) -> Outcome {
+        let config = &self.env.config;
+        if actions.len() > config.max_actions as usize {
+            return Outcome::Failed(PluginFault::OutputLimit {
+                detail: format!("{} actions, the limit is {}", actions.len(), config.max_actions),
+            });
+        }
+        let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
+        let bytes: usize = actions.iter().map(Action::data_len).sum();
+        if bytes as u64 > config.max_output_bytes {
+            return Outcome::Failed(PluginFault::OutputLimit {
+                detail: format!(
+                    "{bytes} bytes of actions, the limit is {}",
+                    config.max_output_bytes
+                ),
+            });
+        }
+        Outcome::Ok(actions)
+    }
+
+    /// Names what went wrong in a failed call or instantiation.
+    fn classify(&self, err: &wasmtime::Error, state: &StoreState, deadline_ms: u32) -> PluginFault {
+        if state.limiter.hit || err.downcast_ref::<MemoryLimitExceeded>().is_some() {
+            return PluginFault::MemoryLimit {
+                limit_bytes: self.env.config.memory_limit_bytes,
+            };
+        }
+        if let Some(trap) = err.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt => PluginFault::Timeout { deadline_ms },
+                Trap::OutOfFuel => PluginFault::FuelExhausted {
+                    budget: self.env.config.fuel.unwrap_or(0),
+                },
+                other => {
+                    let mut message = other.to_string();
+                    if let Some(stderr) = state.stderr_tail.joined() {
+                        message.push_str("; stderr: ");
+                        message.push_str(&stderr);
+                    }
+                    PluginFault::Trap { message }
+                }
+            };
+        }
+        if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return PluginFault::Unavailable(format!("the host is out of instance slots: {err}"));
+        }
+        // wasmtime's `HostcallFuelExhausted` is private; its message is the only handle.
+        if err.chain().any(|e| {
+            e.to_string()
+                .contains("fuel allocated for hostcalls has been exhausted")
+        }) {
+            return PluginFault::OutputLimit {
+                detail: format!(
+                    "more than {} bytes handed to the host in one crossing",
+                    self.hostcall_fuel
+                ),
+            };
+        }
+        PluginFault::Trap {
+            message: format!("{err:#}"),
+        }
+    }
+
+    /// A fresh instance: store with limits, instantiate, `init(settings)`.
+    fn instantiate(&self) -> Result<Instance, PluginFault> {
+        let state = StoreState::new(self.env.clone()).map_err(PluginFault::Init)?;
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.hostcall_fuel);
+        store.set_epoch_deadline(self.init_ticks);
+        if let Some(fuel) = self.env.config.fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| PluginFault::Init(format!("cannot set fuel: {e}")))?;
+        }
+        let deadline = self.env.config.init_deadline_ms;
+        let plugin = match self.pre.instantiate(&mut store) {
+            Ok(plugin) => plugin,
+            Err(e) => return Err(self.classify(&e, store.data(), deadline)),
+        };
+        self.metrics.instance_created();
+        let settings: Vec<(&str, &str)> = self
+            .env
+            .config
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let result = plugin.call_init(&mut store, &settings);
+        self.metrics.memory(store.data().limiter.high_water as u64);
+        match result {
+            Ok(Ok(())) => Ok(Instance { store, plugin }),
+            Ok(Err(e)) => Err(PluginFault::Init(match e {
+                wit::PluginError::Config(m) => format!("configuration refused: {m}"),
+                wit::PluginError::Rejected(m) => format!("rejected: {m}"),
+                wit::PluginError::Failed(m) => format!("failed: {m}"),
+            })),
+            Err(e) => Err(self.classify(&e, store.data(), deadline)),
+        }
+    }
+
+    /// Counts the outcome and updates the version's health.
+    fn finish(&self, started: Instant, outcome: Outcome) -> CallReport {
+        self.metrics.duration(started.elapsed());
+        let mut suspended_now = None;
+        match &outcome {
+            Outcome::Ok(_) => self.metrics.ok(),
+            Outcome::Rejected(_) => self.metrics.rejected(),
+            Outcome::Failed(fault) => {
+                self.metrics.failed(fault.kind());
+                if fault.counts_against_health() {
+                    suspended_now = self.failed(fault);
+                }
+            }
+        }
+        if !matches!(outcome, Outcome::Failed(_)) && self.failures_in_row.load(Ordering::Relaxed) != 0 {
+            self.failures_in_row.store(0, Ordering::Relaxed);
+        }
+        CallReport {
+            outcome,
+            suspended_now,
+        }
+    }
+
+    fn failed(&self, fault: &PluginFault) -> Option<String> {
+        *self.last_fault.lock() = Some(fault.to_string());
+        let in_row = self.failures_in_row.fetch_add(1, Ordering::AcqRel) + 1;
+        let limit = self.env.config.max_consecutive_failures;
+        if in_row < limit {
+            return None;
+        }
+        let reason = format!("{in_row} consecutive failures, the last: {fault}");
+        if self.suspended.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        *self.suspension.lock() = Some(reason.clone());
+        self.idle.lock().clear();
+        tracing::warn!(
+            plugin = %self.env.plugin.name,
+            version = self.number(),
+            %reason,
+            "plugin version suspended; activate it again (or another version) to resume"
+        );
+        Some(reason)
+    }
+
+    /// Marks the version suspended (restored from the catalog).
+    pub(crate) fn restore_suspension(&self, reason: String) {
+        *self.suspension.lock() = Some(reason);
+        self.suspended.store(true, Ordering::Release);
+    }
+
+    /// Clears a suspension (the operator activated the version again).
+    pub(crate) fn resume(&self) {
+        self.failures_in_row.store(0, Ordering::Relaxed);
+        *self.suspension.lock() = None;
+        self.suspended.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn suspension(&self) -> Option<String> {
+        if self.suspended.load(Ordering::Acquire) {
+            self.suspension.lock().clone()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn failures_in_row(&self) -> u32 {
+        self.failures_in_row.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_fault(&self) -> Option<String> {
+        self.last_fault.lock().clone()
+    }
+
+    /// Starts one instance ahead of traffic (activation), proving `init` accepts the config.
+    pub(crate) fn warm(&self) -> Result<(), PluginFault> {
+        self.retired.store(false, Ordering::Release);
+        if !self.idle.lock().is_empty() {
+            return Ok(());
+        }
+        let instance = self.instantiate()?;
+        self.metrics
+            .memory(instance.store.data().limiter.high_water as u64);
+        self.idle.lock().push(instance);
+        Ok(())
+    }
+
+    /// No longer active: drop idle instances and do not keep the ones still in calls.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.idle.lock().clear();
+    }
+}

@@ -1,0 +1,328 @@
+//! Runtime micro-benchmarks (ignored by default; their figures go to `docs/BENCHMARKS.md`):
+//!
+//! ```sh
+//! cargo +1.97.0 test --release -p shoal-plugin-host --test bench -- --ignored --nocapture
+//! ```
+
+#![allow(clippy::unwrap_used)] // a benchmark: any failure is a bug to see at once
+
+mod common;
+
+use common::*;
+use shoal_plugin_host::{Action, HostConfig, Message, Outcome, PluginConfig};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// A 200-byte telemetry document.
+fn payload(temp: f64) -> String {
+    let mut doc = format!(
+        r#"{{"temp":{temp},"humidity":71.2,"door":"closed","lat":52.52001,"lon":13.40495,"speed":62.1,"battery":87,"ts":1732612345123,"device":"truck-0007","fw":"2.4.1","rssi":-71,"pad":""}}"#
+    );
+    let pad = 200usize.saturating_sub(doc.len());
+    doc.insert_str(doc.len() - 2, &"x".repeat(pad));
+    assert_eq!(doc.len(), 200);
+    doc
+}
+
+/// CPU time this thread has used: unlike wall time it leaves out the time other processes on
+/// this shared machine held the core.
+#[allow(unsafe_code)]
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id is one Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Per-call time: medians over batches of the mean of a batch, as wall time and as this
+/// thread's CPU time.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (wall, cpu) = (self.wall.as_secs_f64() * 1e6, self.cpu.as_secs_f64() * 1e6);
+        write!(f, "{wall:.2} µs wall, {cpu:.2} µs cpu")
+    }
+}
+
+fn measure(batches: usize, per_batch: usize, mut f: impl FnMut()) -> Timing {
+    let (mut wall, mut cpu): (Vec<Duration>, Vec<Duration>) = (0..batches)
+        .map(|_| {
+            let (started, cpu0) = (Instant::now(), thread_cpu_ns());
+            for _ in 0..per_batch {
+                f();
+            }
+            let cpu = Duration::from_nanos(thread_cpu_ns() - cpu0);
+            (started.elapsed() / per_batch as u32, cpu / per_batch as u32)
+        })
+        .unzip();
+    wall.sort();
+    cpu.sort();
+    Timing {
+        wall: wall[wall.len() / 2],
+        cpu: cpu[cpu.len() / 2],
+    }
+}
+
+/// CPU-time ratio.
+fn ratio(a: Timing, b: Timing) -> f64 {
+    a.cpu.as_secs_f64() / b.cpu.as_secs_f64()
+}
+
+/// The threshold guest's logic, natively: the same code as `tests/guests/threshold`.
+mod native {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use shoal_plugin_host::{Action, Alert, Message, Severity};
+    use std::fmt;
+
+    struct NumberField<'a>(&'a str);
+    struct KeyIs<'a>(&'a str);
+
+    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+            Ok(key == self.0)
+        }
+    }
+
+    impl<'de> Visitor<'de> for NumberField<'_> {
+        type Value = Option<f64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<f64>, A::Error> {
+            let mut found = None;
+            while let Some(wanted) = map.next_key_seed(KeyIs(self.0))? {
+                if wanted {
+                    found = Some(map.next_value::<f64>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    fn read_number(payload: &[u8], field: &str) -> Result<Option<f64>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let value = de.deserialize_map(NumberField(field))?;
+        de.end()?;
+        Ok(value)
+    }
+
+    fn alert(msg: &Message, field: &str, max: f64, value: f64) -> Vec<Action> {
+        if value > max {
+            vec![Action::Alert(Alert {
+                severity: Severity::Warning,
+                title: format!("{field} above {max}"),
+                body: format!("{field} = {value} on {}", msg.topic),
+                thing: msg.thing_name.clone(),
+            })]
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn threshold(msg: &Message, field: &str, max: f64) -> Result<Vec<Action>, String> {
+        let value = read_number(&msg.payload, field)
+            .map_err(|e| format!("payload is not a JSON object: {e}"))?
+            .ok_or_else(|| format!("no numeric field {field}"))?;
+        Ok(alert(msg, field, max, value))
+    }
+
+    /// The same rule written the obvious way: a `serde_json::Value` of the whole document.
+    pub fn threshold_value(msg: &Message, field: &str, max: f64) -> Result<Vec<Action>, String> {
+        let doc: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
+        let value = doc
+            .get(field)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or("no field")?;
+        Ok(alert(msg, field, max, value))
+    }
+}
+
+/// Upload + activate on a fresh host whose cache is `cache`.
+fn upload_to_active(wasm: &[u8], cache: &std::path::Path, config: &PluginConfig) -> (Duration, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hc = HostConfig::new(dir.path());
+    hc.max_instances = 64;
+    hc.cache_dir = Some(cache.to_path_buf());
+    let (host, _) = host_with(hc);
+    let started = Instant::now();
+    let v = host.upload("p", wasm, config.clone()).unwrap();
+    host.activate("p", v.version).unwrap();
+    let took = started.elapsed();
+    let load = v.loaded.unwrap();
+    (took, format!("{:?} in {:.2} ms", load.source, load.millis))
+}
+
+#[test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+fn plugin_runtime_micro_benchmarks() {
+    let config = PluginConfig::default()
+        .setting("field", "temp")
+        .setting("max", "-15");
+    let quiet = Message {
+        thing_name: Some("truck-0007".into()),
+        ..msg("fleet/truck-0007/telemetry", payload(-18.25))
+    };
+    let alerting = Message {
+        thing_name: Some("truck-0007".into()),
+        ..msg("fleet/truck-0007/telemetry", payload(-12.25))
+    };
+
+    // Upload to active: compile (empty cache), then from the precompiled cache.
+    for name in ["echo", "threshold"] {
+        let wasm = guest(name);
+        let cache = tempfile::tempdir().unwrap();
+        let (compile, how) = upload_to_active(&wasm, cache.path(), &config);
+        let (cached, how_cached) = upload_to_active(&wasm, cache.path(), &config);
+        eprintln!(
+            "upload-to-active, {name} ({} KiB): {:.1} ms compiling ({how}); {:.1} ms from the cache ({how_cached})",
+            wasm.len() / 1024,
+            compile.as_secs_f64() * 1e3,
+            cached.as_secs_f64() * 1e3,
+        );
+        assert!(cached < compile);
+    }
+
+    let t = test_host();
+    deploy(&t.host, "t", "threshold", config.clone());
+    let handle = t.host.handle("t").unwrap();
+    assert_eq!(handle.invoke(&quiet), Outcome::Ok(vec![]));
+    assert_eq!(handle.invoke(&alerting).actions().map(<[Action]>::len), Some(1));
+    assert_eq!(native::threshold(&alerting, "temp", -15.0).unwrap().len(), 1);
+    let (batches, per) = (21, 2_000);
+    // This machine is shared: take each figure's best over a few interleaved rounds (each a
+    // median of batch means), so a neighbour's burst does not decide the result.
+    let best = |a: Timing, b: Timing| if b.cpu < a.cpu { b } else { a };
+    let slow = Timing {
+        wall: Duration::MAX,
+        cpu: Duration::MAX,
+    };
+    let (mut wasm_quiet, mut wasm_alert, mut native_quiet, mut native_alert, mut native_value) =
+        (slow, slow, slow, slow, slow);
+    for _ in 0..5 {
+        for (m, out) in [(&quiet, &mut wasm_quiet), (&alerting, &mut wasm_alert)] {
+            *out = best(
+                *out,
+                measure(batches, per, || {
+                    black_box(handle.invoke(black_box(m)));
+                }),
+            );
+        }
+        for (m, out) in [(&quiet, &mut native_quiet), (&alerting, &mut native_alert)] {
+            *out = best(
+                *out,
+                measure(batches, per, || {
+                    black_box(native::threshold(black_box(m), "temp", -15.0)).unwrap();
+                }),
+            );
+        }
+        native_value = best(
+            native_value,
+            measure(batches, per, || {
+                black_box(native::threshold_value(black_box(&quiet), "temp", -15.0)).unwrap();
+            }),
+        );
+    }
+    eprintln!("threshold, 200-byte payload, reused instance (best of 5 rounds):");
+    eprintln!(
+        "  no alert: plugin {wasm_quiet}; native {native_quiet}; ratio {:.1}x",
+        ratio(wasm_quiet, native_quiet)
+    );
+    eprintln!(
+        "  alert:    plugin {wasm_alert}; native {native_alert}; ratio {:.1}x",
+        ratio(wasm_alert, native_alert)
+    );
+    eprintln!("  (native with a serde_json::Value tree instead: {native_value})");
+
+    // The host's share: a call that does almost nothing in the guest (echo's rejection).
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    let eh = t.host.handle("echo").unwrap();
+    let reject = msg("reject", "");
+    let minimal = measure(batches, per, || {
+        black_box(eh.invoke(black_box(&reject)));
+    });
+    eprintln!("minimal call (echo rejects at once): {minimal}");
+
+    // Fuel metering (a separate engine compiled with fuel checks).
+    let metered = PluginConfig {
+        fuel: Some(10_000_000),
+        ..config.clone()
+    };
+    deploy(&t.host, "metered", "threshold", metered);
+    let mh = t.host.handle("metered").unwrap();
+    let fuel_quiet = measure(batches, per, || {
+        black_box(mh.invoke(black_box(&quiet)));
+    });
+    eprintln!(
+        "with a fuel budget, no alert: {fuel_quiet} ({:+.0}% cpu)",
+        (ratio(fuel_quiet, wasm_quiet) - 1.0) * 100.0
+    );
+
+    // A fresh instance per call: no idle instances kept.
+    for keep in [0, 64 << 10, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hc = host_config(dir.path());
+        hc.max_idle_instances = 0;
+        hc.memory_keep_resident_bytes = keep;
+        let (fresh_host, _) = host_with(hc);
+        deploy(&fresh_host, "t", "threshold", config.clone());
+        let fh = fresh_host.handle("t").unwrap();
+        let fresh = measure(15, 200, || {
+            black_box(fh.invoke(black_box(&quiet)));
+        });
+        eprintln!(
+            "fresh instance per call (store, WASI context, instantiate, init, call, drop), \
+             keep-resident {} KiB: {fresh}",
+            keep >> 10
+        );
+    }
+
+    // The same call hopping through tokio's blocking pool, as an async caller would per message.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let host = t.host.clone();
+    let hopped = rt.block_on(async move {
+        let mut means = Vec::new();
+        for _ in 0..15 {
+            let started = Instant::now();
+            for _ in 0..500 {
+                let (h, m) = (host.clone(), quiet.clone());
+                black_box(
+                    tokio::task::spawn_blocking(move || h.invoke("t", &m))
+                        .await
+                        .unwrap(),
+                );
+            }
+            means.push(started.elapsed() / 500);
+        }
+        means.sort();
+        means[means.len() / 2]
+    });
+    eprintln!(
+        "the same call via spawn_blocking from an async task: {:.2} µs wall",
+        hopped.as_secs_f64() * 1e6
+    );
+}

@@ -1,0 +1,841 @@
+//! The plugin host against real components (built from `tests/guests/` for wasm32-wasip2):
+//! friendly and hostile plugins, limits, host calls, the catalog, hot swaps, restarts.
+
+mod common;
+
+use common::*;
+use shoal_plugin_host::{
+    Action, ArtifactSource, CatalogError, FsGrant, HealthStatus, LogLevel, Outcome, PluginConfig,
+    PluginFault, PluginHost, Severity,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn lenient() -> PluginConfig {
+    // Hostile calls fail on purpose; keep them from suspending the version mid-test. And give
+    // them time: a memory hog or a huge output should meet its own limit, not the deadline
+    // (page faults and big memsets take milliseconds on this shared machine).
+    PluginConfig {
+        max_consecutive_failures: 1000,
+        deadline_ms: 1_000,
+        ..PluginConfig::default()
+    }
+}
+
+fn spin_config(deadline_ms: u32) -> PluginConfig {
+    PluginConfig {
+        max_consecutive_failures: 1000,
+        deadline_ms,
+        ..PluginConfig::default()
+    }
+}
+
+#[test]
+fn echo_plugin_answers_with_actions() {
+    let t = test_host();
+    let v = deploy(
+        &t.host,
+        "echo",
+        "echo",
+        PluginConfig::default().setting("tag", "v1"),
+    );
+    assert_eq!(v, 1);
+    let out = t.host.invoke("echo", &msg("fleet/truck-1", "hello"));
+    assert_eq!(published(&out), ("v1/fleet/truck-1".into(), "hello".into()));
+    assert_eq!(
+        t.host.invoke("echo", &msg("reject", "")),
+        Outcome::Rejected("asked to reject".into())
+    );
+    let health = t.host.health("echo").unwrap();
+    assert_eq!(health.status, HealthStatus::Healthy);
+    assert_eq!(health.active_version, Some(1));
+    assert_eq!(
+        (health.calls.invocations, health.calls.ok, health.calls.rejected),
+        (2, 1, 1)
+    );
+    let versions = t.host.versions("echo").unwrap();
+    assert_eq!(versions.len(), 1);
+    assert!(versions[0].active);
+    assert_eq!(t.host.plugins(), vec!["echo".to_string()]);
+    // Through a handle, too.
+    let handle = t.host.handle("echo").unwrap();
+    assert_eq!(published(&handle.invoke(&msg("x", "y"))).0, "v1/x");
+}
+
+#[test]
+fn threshold_plugin_alerts_rejects_and_stays_quiet() {
+    let t = test_host();
+    let config = PluginConfig::default()
+        .setting("field", "temp")
+        .setting("max", "-15");
+    deploy(&t.host, "cold", "threshold", config);
+    let mut m = msg("fleet/truck-7/telemetry", r#"{"temp":-12.5,"door":"closed"}"#);
+    m.thing_name = Some("truck-7".into());
+    match t.host.invoke("cold", &m) {
+        Outcome::Ok(actions) => match actions.as_slice() {
+            [Action::Alert(a)] => {
+                assert_eq!(a.severity, Severity::Warning);
+                assert_eq!(a.thing.as_deref(), Some("truck-7"));
+                assert!(a.body.contains("-12.5"), "{}", a.body);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        t.host.invoke("cold", &msg("t", r#"{"temp":-18}"#)),
+        Outcome::Ok(vec![])
+    );
+    assert!(
+        matches!(t.host.invoke("cold", &msg("t", "not json")), Outcome::Rejected(r) if r.contains("not a JSON object"))
+    );
+    assert!(matches!(
+        t.host.invoke("cold", &msg("t", r#"{"x":1}"#)),
+        Outcome::Rejected(_)
+    ));
+}
+
+#[test]
+fn uploads_that_are_not_plugin_components_are_refused_clearly() {
+    let t = test_host();
+    let err = t
+        .host
+        .upload("p", b"hello world", PluginConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::NotWasm), "{err}");
+    // The smallest core module: magic, version 1.
+    let err = t
+        .host
+        .upload("p", b"\0asm\x01\0\0\0", PluginConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::CoreModule), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+    // The smallest component: it exports nothing, so it does not fit the world.
+    let err = t
+        .host
+        .upload("p", b"\0asm\x0d\0\x01\0", PluginConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::WorldMismatch(_)), "{err}");
+    assert!(err.to_string().contains("init"), "{err}");
+    let err = t
+        .host
+        .upload("bad name", &guest("echo"), PluginConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::InvalidName(_)), "{err}");
+    let bad = PluginConfig {
+        memory_limit_bytes: 1 << 40,
+        ..PluginConfig::default()
+    };
+    assert!(matches!(
+        t.host.upload("p", &guest("echo"), bad),
+        Err(CatalogError::InvalidConfig(_))
+    ));
+    // Failed uploads leave no plugin behind.
+    assert!(t.host.plugins().is_empty());
+}
+
+#[test]
+fn a_plugin_importing_sockets_is_refused_at_upload_naming_the_imports() {
+    let t = test_host();
+    let err = t
+        .host
+        .upload("net", &guest("sockets"), PluginConfig::default())
+        .unwrap_err();
+    match &err {
+        CatalogError::ForbiddenImports { names } => {
+            assert!(names.iter().all(|n| n.starts_with("wasi:sockets/")), "{names:?}");
+            assert!(
+                names.iter().any(|n| n.starts_with("wasi:sockets/tcp")),
+                "{names:?}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("wasi:sockets/"), "{err}");
+    assert!(t.host.plugins().is_empty());
+}
+
+/// Median of a few durations.
+fn median(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d[d.len() / 2]
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_within_twice_its_deadline() {
+    let _serial = cpu_heavy();
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    deploy(&t.host, "spin", "hostile", spin_config(10));
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = t.host.invoke("spin", &msg("spin", ""));
+        took.push(started.elapsed());
+        assert_eq!(out, Outcome::Failed(PluginFault::Timeout { deadline_ms: 10 }));
+        assert_healthy_echo(&t.host, "echo");
+    }
+    // Each call includes a fresh instantiation (the previous instance was discarded). The
+    // median absorbs a scheduling hiccup of this shared 2-core machine; every run is bounded.
+    eprintln!("infinite loop, 10 ms deadline, stopped after: {took:?}");
+    let med = median(took.clone());
+    assert!(med < Duration::from_millis(20), "median {med:?} of {took:?}");
+    assert!(took.iter().all(|d| *d < Duration::from_millis(100)), "{took:?}");
+    // A 50 ms deadline holds too.
+    let v = t
+        .host
+        .upload("spin50", &guest("hostile"), spin_config(50))
+        .unwrap();
+    t.host.activate("spin50", v.version).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        t.host.invoke("spin50", &msg("spin", "")),
+        Outcome::Failed(PluginFault::Timeout { deadline_ms: 50 })
+    );
+    let elapsed = started.elapsed();
+    eprintln!("infinite loop, 50 ms deadline, stopped after: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(50) && elapsed < Duration::from_millis(100),
+        "{elapsed:?}"
+    );
+    let health = t.host.health("spin").unwrap();
+    assert_eq!(health.calls.failures.get("timeout"), Some(&5));
+    let mut metrics = String::new();
+    t.host.render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("shoal_plugin_timeouts_total{plugin=\"spin\",version=\"1\"} 5"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_memory_hog_hits_its_limit_and_the_host_carries_on() {
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    deploy(&t.host, "hog", "hostile", lenient());
+    for _ in 0..3 {
+        let out = t.host.invoke("hog", &msg("memhog", ""));
+        assert_eq!(
+            out,
+            Outcome::Failed(PluginFault::MemoryLimit {
+                limit_bytes: 16 << 20
+            })
+        );
+        assert_healthy_echo(&t.host, "echo");
+    }
+    // Below the limit works, and the high-water mark shows it.
+    let out = t.host.invoke("hog", &msg("grow/8", ""));
+    assert_eq!(published(&out), ("grown".into(), (8 << 20).to_string()));
+    let hw = t.host.health("hog").unwrap().calls.memory_high_water_bytes;
+    assert!((8 << 20..=16 << 20).contains(&hw), "{hw}");
+    // A bigger limit lets more through.
+    let cfg = PluginConfig {
+        memory_limit_bytes: 48 << 20,
+        ..lenient()
+    };
+    deploy(&t.host, "big", "hostile", cfg);
+    assert_eq!(published(&t.host.invoke("big", &msg("grow/24", ""))).0, "grown");
+}
+
+#[test]
+fn a_panic_is_a_trap_carrying_the_panic_message() {
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    deploy(&t.host, "boom", "hostile", lenient());
+    match t.host.invoke("boom", &msg("panic", "")) {
+        Outcome::Failed(PluginFault::Trap { message }) => {
+            assert!(message.contains("plugin panicked on purpose"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_healthy_echo(&t.host, "echo");
+    // The panic message went to the plugin's log (stderr lines are warnings).
+    let logs = t.host.logs("boom", 100).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.level == LogLevel::Warn && l.message.contains("panicked")),
+        "{logs:?}"
+    );
+    // The next call gets a fresh instance and works.
+    assert_eq!(published(&t.host.invoke("boom", &msg("x", "1"))).0, "hostile/x");
+}
+
+#[test]
+fn a_stack_overflow_is_a_trap() {
+    let t = test_host();
+    deploy(&t.host, "deep", "hostile", lenient());
+    match t.host.invoke("deep", &msg("stack", "")) {
+        // Rust keeps its stack in linear memory below the data: overflowing it is an
+        // out-of-bounds access rather than wasm call-stack exhaustion. Either way, a trap.
+        Outcome::Failed(PluginFault::Trap { message }) => assert!(!message.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(published(&t.host.invoke("deep", &msg("x", "1"))).0, "hostile/x");
+}
+
+#[test]
+fn huge_output_is_refused_by_count_and_by_bytes() {
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    deploy(&t.host, "huge", "hostile", lenient());
+    // 50 actions of 1 KB: within 100 actions and 1 MiB.
+    assert_eq!(
+        t.host
+            .invoke("huge", &msg("huge/50/1000", ""))
+            .actions()
+            .map(<[Action]>::len),
+        Some(50)
+    );
+    for spec in [
+        "huge/1000/10",
+        "huge/100000/10",
+        "huge/10/200000",
+        "huge/3/5000000",
+    ] {
+        match t.host.invoke("huge", &msg(spec, "")) {
+            Outcome::Failed(PluginFault::OutputLimit { detail }) => assert!(!detail.is_empty()),
+            other => panic!("{spec}: {other:?}"),
+        }
+        assert_healthy_echo(&t.host, "echo");
+    }
+    let failures = t.host.health("huge").unwrap().calls.failures;
+    assert_eq!(failures.get("output_limit"), Some(&4));
+}
+
+#[test]
+fn the_granted_directory_is_the_only_reachable_one() {
+    let t = test_host();
+    let root = tempfile::tempdir().unwrap();
+    let granted = root.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    std::fs::write(granted.join("inside.txt"), "reference data").unwrap();
+    std::fs::write(root.path().join("secret.txt"), "secret").unwrap();
+
+    let ro = PluginConfig {
+        filesystem: Some(FsGrant::read_only(&granted)),
+        ..lenient()
+    };
+    deploy(&t.host, "ro", "hostile", ro);
+    let out = t.host.invoke("ro", &msg("fs/read", "/data/inside.txt"));
+    assert_eq!(published(&out), ("fs/content".into(), "reference data".into()));
+    let secret_host_path = root.path().join("secret.txt").display().to_string();
+    for path in [
+        "/data/../secret.txt",
+        secret_host_path.as_str(),
+        "/etc/passwd",
+        "../secret.txt",
+    ] {
+        match t.host.invoke("ro", &msg("fs/read", path.to_string())) {
+            Outcome::Rejected(why) => assert!(why.starts_with("cannot read"), "{path}: {why}"),
+            other => panic!("{path}: read outside the grant: {other:?}"),
+        }
+    }
+    // Read-only means read-only.
+    assert!(matches!(
+        t.host.invoke("ro", &msg("fs/write", "/data/new.txt")),
+        Outcome::Rejected(_)
+    ));
+    assert!(!granted.join("new.txt").exists());
+
+    let rw = PluginConfig {
+        filesystem: Some(FsGrant {
+            host_path: granted.clone(),
+            guest_path: "/state".into(),
+            writable: true,
+        }),
+        ..lenient()
+    };
+    deploy(&t.host, "rw", "hostile", rw);
+    assert_eq!(
+        published(&t.host.invoke("rw", &msg("fs/write", "/state/new.txt"))).0,
+        "fs/written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(granted.join("new.txt")).unwrap(),
+        "written by a plugin"
+    );
+    assert!(matches!(
+        t.host.invoke("rw", &msg("fs/write", "/state/../escape.txt")),
+        Outcome::Rejected(_)
+    ));
+    assert!(!root.path().join("escape.txt").exists());
+
+    // No grant, no files.
+    deploy(&t.host, "none", "hostile", lenient());
+    assert!(matches!(
+        t.host.invoke("none", &msg("fs/read", "/data/inside.txt")),
+        Outcome::Rejected(_)
+    ));
+}
+
+#[test]
+fn consecutive_failures_suspend_a_version_until_it_is_activated_again() {
+    let t = test_host();
+    let cfg = PluginConfig {
+        max_consecutive_failures: 3,
+        ..PluginConfig::default()
+    };
+    deploy(&t.host, "flaky", "echo", cfg);
+    // Failures separated by a success do not add up.
+    for topic in ["fail", "fail", "ok", "fail", "fail"] {
+        t.host.invoke("flaky", &msg(topic, ""));
+    }
+    assert_eq!(t.host.health("flaky").unwrap().status, HealthStatus::Failing);
+    assert_eq!(t.host.health("flaky").unwrap().consecutive_failures, 2);
+    // The third in a row suspends.
+    assert_eq!(
+        t.host.invoke("flaky", &msg("fail", "")),
+        Outcome::Failed(PluginFault::Error("asked to fail".into()))
+    );
+    match t.host.invoke("flaky", &msg("ok", "")) {
+        Outcome::Failed(PluginFault::Suspended { reason }) => {
+            assert!(reason.contains("3 consecutive"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let health = t.host.health("flaky").unwrap();
+    assert!(
+        matches!(health.status, HealthStatus::Suspended { .. }),
+        "{health:?}"
+    );
+    let mut metrics = String::new();
+    t.host.render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("shoal_plugin_suspended{plugin=\"flaky\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_plugin_failures_total{plugin=\"flaky\",version=\"1\",kind=\"suspended\"} 1")
+    );
+
+    // The suspension survives a restart.
+    drop(t.host);
+    let (host, _) = host_with(host_config(t.dir.path()));
+    assert!(matches!(
+        host.invoke("flaky", &msg("ok", "")),
+        Outcome::Failed(PluginFault::Suspended { .. })
+    ));
+    assert!(host.versions("flaky").unwrap()[0].suspended.is_some());
+    // Activating it again resumes it.
+    host.activate("flaky", 1).unwrap();
+    assert_eq!(published(&host.invoke("flaky", &msg("ok", "fine"))).1, "fine");
+    assert_eq!(host.health("flaky").unwrap().status, HealthStatus::Healthy);
+}
+
+#[test]
+fn a_configuration_that_init_refuses_is_caught_at_activation() {
+    let t = test_host();
+    deploy(
+        &t.host,
+        "p",
+        "echo",
+        PluginConfig::default().setting("tag", "good"),
+    );
+    let bad = t
+        .host
+        .upload(
+            "p",
+            &guest("echo"),
+            PluginConfig::default().setting("fail-init", "please"),
+        )
+        .unwrap();
+    match t.host.activate("p", bad.version) {
+        Err(CatalogError::ActivationFailed {
+            version: 2,
+            fault: PluginFault::Init(why),
+        }) => {
+            assert!(why.contains("refusing config"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Still on the good version.
+    assert_eq!(published(&t.host.invoke("p", &msg("t", "x"))).0, "good/t");
+    assert_eq!(t.host.health("p").unwrap().active_version, Some(1));
+}
+
+#[test]
+fn instances_are_reused_and_a_failure_discards_one() {
+    let t = test_host();
+    deploy(&t.host, "p", "echo", PluginConfig::default());
+    let calls = |host: &PluginHost| {
+        published(&host.invoke("p", &msg("calls", "")))
+            .1
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!((calls(&t.host), calls(&t.host), calls(&t.host)), (1, 2, 3));
+    // A rejection keeps the instance.
+    assert!(matches!(
+        t.host.invoke("p", &msg("reject", "")),
+        Outcome::Rejected(_)
+    ));
+    assert_eq!(calls(&t.host), 5);
+    // A failure drops it: the next call runs on a fresh one.
+    assert!(matches!(t.host.invoke("p", &msg("fail", "")), Outcome::Failed(_)));
+    assert_eq!(calls(&t.host), 1);
+    assert_eq!(t.host.health("p").unwrap().calls.instances_created, 2);
+}
+
+#[test]
+fn host_calls_kv_log_shadows_clock_and_metrics() {
+    let t = test_host();
+    let cfg = PluginConfig {
+        kv_quota_bytes: 200,
+        kv_max_value_bytes: 100,
+        ..lenient()
+    };
+    deploy(&t.host, "p", "echo", cfg);
+    let thing = |topic: &str, payload: &str, thing: Option<&str>| {
+        let mut m = msg(topic, payload.to_string());
+        m.thing_name = thing.map(str::to_string);
+        t.host.invoke("p", &m)
+    };
+    // Key-value, per thing and global.
+    assert_eq!(published(&thing("kv/set/k", "one", Some("truck-1"))).0, "kv/ok");
+    assert_eq!(published(&thing("kv/set/k", "global", None)).0, "kv/ok");
+    assert_eq!(published(&thing("kv/get/k", "", Some("truck-1"))).1, "one");
+    assert_eq!(published(&thing("kv/get/k", "", Some("truck-2"))).1, "none");
+    assert_eq!(published(&thing("kv/get/k", "", None)).1, "global");
+    assert_eq!(published(&thing("kv/del/k", "", Some("truck-1"))).1, "true");
+    assert_eq!(published(&thing("kv/get/k", "", Some("truck-1"))).1, "none");
+    // Value size and quota.
+    let big = "x".repeat(101);
+    assert!(matches!(thing("kv/set/big", &big, None), Outcome::Rejected(r) if r.contains("QuotaExceeded")));
+    let near = "x".repeat(100);
+    thing("kv/set/a", &near, None);
+    assert!(matches!(thing("kv/set/b", &near, None), Outcome::Rejected(r) if r.contains("QuotaExceeded")));
+    assert!(t.host.health("p").unwrap().kv_usage_bytes.unwrap() <= 200);
+    // Bad keys.
+    let long_key = format!("kv/get/{}", "k".repeat(300));
+    assert!(matches!(thing(&long_key, "", None), Outcome::Rejected(r) if r.contains("InvalidKey")));
+    // Expiry follows the host clock.
+    thing("kv/del/a", "", None);
+    thing("kv/ttl/t", "soon gone", None);
+    assert_eq!(published(&thing("kv/get/t", "", None)).1, "soon gone");
+    t.clock.advance(1_001);
+    assert_eq!(published(&thing("kv/get/t", "", None)).1, "none");
+    // Clock and shadows.
+    assert_eq!(
+        published(&thing("now", "", None)).1,
+        t.clock.0.load(Ordering::SeqCst).to_string()
+    );
+    assert!(
+        published(&thing("shadow/truck-7", "", None))
+            .1
+            .contains("reported")
+    );
+    assert_eq!(published(&thing("shadow/nobody", "", None)).1, "none");
+    assert!(
+        matches!(thing("shadow/broken", "", None), Outcome::Failed(PluginFault::Error(e)) if e.contains("unavailable"))
+    );
+    // Logs, stdout and stderr, rate-limited.
+    thing("print", "printed line", None);
+    let logs = t.host.logs("p", 10).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.level == LogLevel::Info && l.message == "printed line"),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.level == LogLevel::Warn && l.message == "to stderr: printed line")
+    );
+    thing("log/300", "burst", None);
+    let health = t.host.health("p").unwrap();
+    assert!(health.log_lines_dropped >= 150, "{health:?}");
+    let logs = t.host.logs("p", 1000).unwrap();
+    assert!(logs.len() <= 1000 && logs.iter().any(|l| l.message == "line 0: burst"));
+    assert!(logs.iter().all(|l| l.version == 1));
+    // Custom metrics.
+    thing("metric", "21.5", None);
+    thing("metric", "22.5", None);
+    let mut metrics = String::new();
+    t.host.render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("shoal_plugin_counter{plugin=\"p\",name=\"seen\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shoal_plugin_gauge{plugin=\"p\",name=\"last\"} 22.5"));
+    assert!(metrics.contains("shoal_plugin_metric_names_refused_total{plugin=\"p\"} 2"));
+    assert!(metrics.contains("shoal_plugin_log_dropped_total{plugin=\"p\"}"));
+    assert!(metrics.contains("shoal_plugin_call_duration_seconds_count{plugin=\"p\",version=\"1\"}"));
+}
+
+#[test]
+fn a_fuel_budget_is_enforced_and_metered() {
+    let _serial = cpu_heavy();
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    let cfg = PluginConfig {
+        fuel: Some(5_000_000),
+        ..lenient()
+    };
+    deploy(&t.host, "metered", "hostile", cfg);
+    assert_eq!(
+        published(&t.host.invoke("metered", &msg("x", "1"))).0,
+        "hostile/x"
+    );
+    assert_eq!(
+        t.host.invoke("metered", &msg("spin", "")),
+        Outcome::Failed(PluginFault::FuelExhausted { budget: 5_000_000 })
+    );
+    assert_healthy_echo(&t.host, "echo");
+    let consumed = t.host.health("metered").unwrap().calls.fuel_consumed;
+    assert!(consumed >= 5_000_000, "{consumed}");
+    let mut metrics = String::new();
+    t.host.render_prometheus(&mut metrics);
+    assert!(metrics.contains("shoal_plugin_fuel_consumed_total{plugin=\"metered\",version=\"1\"}"));
+    assert!(!metrics.contains("shoal_plugin_fuel_consumed_total{plugin=\"echo\""));
+}
+
+#[test]
+fn rollback_walks_back_through_the_activation_history() {
+    let t = test_host();
+    for tag in ["a", "b", "c"] {
+        t.host
+            .upload("p", &guest("echo"), PluginConfig::default().setting("tag", tag))
+            .unwrap();
+    }
+    // Identical bytes and configuration: the same version again.
+    let again = t
+        .host
+        .upload("p", &guest("echo"), PluginConfig::default().setting("tag", "b"))
+        .unwrap();
+    assert_eq!(again.version, 2);
+    let tag = |host: &PluginHost| published(&host.invoke("p", &msg("t", ""))).0;
+    assert!(matches!(
+        t.host.invoke("p", &msg("t", "")),
+        Outcome::Failed(PluginFault::Unavailable(_))
+    ));
+    assert!(matches!(
+        t.host.rollback("p"),
+        Err(CatalogError::NoPreviousVersion(_))
+    ));
+    for v in [1, 2, 3] {
+        t.host.activate("p", v).unwrap();
+    }
+    assert_eq!(tag(&t.host), "c/t");
+    assert_eq!(t.host.rollback("p").unwrap().version, 2);
+    assert_eq!(tag(&t.host), "b/t");
+    assert_eq!(t.host.rollback("p").unwrap().version, 1);
+    assert_eq!(tag(&t.host), "a/t");
+    assert!(matches!(
+        t.host.rollback("p"),
+        Err(CatalogError::NoPreviousVersion(_))
+    ));
+    // An inactive version can still be called by number (replay before activation).
+    let out = t.host.invoke_version("p", 3, &msg("t", "")).unwrap();
+    assert_eq!(published(&out).0, "c/t");
+}
+
+#[test]
+fn delete_refuses_the_active_version_and_removes_unused_artifacts() {
+    let t = test_host();
+    let v1 = t
+        .host
+        .upload("p", &guest("echo"), PluginConfig::default())
+        .unwrap();
+    let v2 = t
+        .host
+        .upload("p", &guest("hostile"), PluginConfig::default())
+        .unwrap();
+    t.host.activate("p", v2.version).unwrap();
+    assert!(matches!(
+        t.host.delete("p", 2),
+        Err(CatalogError::VersionActive { .. })
+    ));
+    assert!(matches!(
+        t.host.delete("p", 9),
+        Err(CatalogError::UnknownVersion { .. })
+    ));
+    let artifact = t.dir.path().join(format!("plugins/artifacts/{}.wasm", v1.sha256));
+    assert!(artifact.exists());
+    t.host.delete("p", 1).unwrap();
+    assert!(!artifact.exists());
+    assert_eq!(
+        t.host
+            .versions("p")
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    // The active version keeps working; numbers are never reused.
+    assert_eq!(published(&t.host.invoke("p", &msg("x", ""))).0, "hostile/x");
+    assert_eq!(
+        t.host
+            .upload("p", &guest("echo"), PluginConfig::default())
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[test]
+fn the_catalog_survives_a_restart_and_the_precompiled_cache_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = host_config(dir.path());
+        c.cache_dir = Some(cache.path().to_path_buf());
+        c
+    };
+    let (host, _) = host_with(config());
+    let v1 = host
+        .upload("p", &guest("echo"), PluginConfig::default().setting("tag", "one"))
+        .unwrap();
+    let v2 = host
+        .upload("p", &guest("echo"), PluginConfig::default().setting("tag", "two"))
+        .unwrap();
+    let compiled = v1.loaded.unwrap();
+    assert_eq!(compiled.source, ArtifactSource::Compiled);
+    // Same bytes, other settings: the second upload maps the first one's machine code.
+    assert_eq!(v2.loaded.unwrap().source, ArtifactSource::Cache);
+    host.activate("p", 1).unwrap();
+    host.activate("p", 2).unwrap();
+    let before = host.versions("p").unwrap();
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].to_string_lossy().starts_with(&v1.sha256));
+    drop(host);
+
+    let (host, _) = host_with(config());
+    let after = host.versions("p").unwrap();
+    assert_eq!(after.len(), 2);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (b.version, &b.sha256, &b.config, b.active),
+            (a.version, &a.sha256, &a.config, a.active)
+        );
+    }
+    assert_eq!(published(&host.invoke("p", &msg("t", ""))).0, "two/t");
+    let active = after.iter().find(|v| v.active).unwrap();
+    let from_cache = active.loaded.unwrap();
+    assert_eq!(from_cache.source, ArtifactSource::Cache);
+    assert!(
+        from_cache.millis < compiled.millis,
+        "cache load {} ms vs compile {} ms",
+        from_cache.millis,
+        compiled.millis
+    );
+    // Rollback history survived too.
+    assert_eq!(host.rollback("p").unwrap().version, 1);
+    assert_eq!(published(&host.invoke("p", &msg("t", ""))).0, "one/t");
+    // Without the cache, a restart recompiles from the stored .wasm.
+    drop(host);
+    std::fs::remove_dir_all(cache.path()).unwrap();
+    let (host, _) = host_with(config());
+    assert_eq!(
+        host.versions("p").unwrap()[0].loaded.unwrap().source,
+        ArtifactSource::Compiled
+    );
+    assert_eq!(published(&host.invoke("p", &msg("t", ""))).0, "one/t");
+}
+
+#[test]
+fn a_missing_artifact_makes_the_plugin_unavailable_not_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = host_config(dir.path());
+        c.cache_dir = Some(cache.path().to_path_buf());
+        c
+    };
+    let (host, _) = host_with(config());
+    deploy(&host, "p", "echo", PluginConfig::default());
+    deploy(&host, "q", "hostile", PluginConfig::default());
+    let sha = host.versions("p").unwrap()[0].sha256.clone();
+    drop(host);
+    std::fs::remove_dir_all(cache.path()).unwrap();
+    std::fs::remove_file(dir.path().join(format!("plugins/artifacts/{sha}.wasm"))).unwrap();
+    let (host, _) = host_with(config());
+    assert!(matches!(
+        host.health("p").unwrap().status,
+        HealthStatus::LoadFailed { .. }
+    ));
+    assert!(matches!(
+        host.invoke("p", &msg("t", "")),
+        Outcome::Failed(PluginFault::Unavailable(_))
+    ));
+    assert_eq!(published(&host.invoke("q", &msg("t", ""))).0, "hostile/t");
+}
+
+/// Several threads send numbered messages while the main thread swaps between three versions
+/// 50 times; every number must come back exactly once.
+#[test]
+fn fifty_hot_swaps_lose_and_duplicate_no_message() {
+    let _serial = cpu_heavy();
+    let t = test_host();
+    // This test is about swaps, not deadlines: a worker descheduled for 10 ms on this busy
+    // 2-core machine must not time out.
+    for tag in ["a", "b", "c"] {
+        let config = PluginConfig {
+            deadline_ms: 2_000,
+            ..PluginConfig::default().setting("tag", tag)
+        };
+        t.host.upload("p", &guest("echo"), config).unwrap();
+    }
+    t.host.activate("p", 1).unwrap();
+    let host = Arc::new(t.host);
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (host, next, stop) = (host.clone(), next.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let handle = host.handle("p").unwrap();
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    let out = handle.invoke(&msg("seq", seq.to_string()));
+                    let (topic, payload) = published(&out);
+                    assert_eq!(payload, seq.to_string());
+                    seen.push((seq, topic));
+                }
+                seen
+            })
+        })
+        .collect();
+    for swap in 0..50u64 {
+        // Let some traffic through between swaps.
+        let mark = next.load(Ordering::Relaxed);
+        while next.load(Ordering::Relaxed) < mark + 100 {
+            assert!(!workers.iter().any(|w| w.is_finished()), "a worker stopped early");
+            std::thread::yield_now();
+        }
+        host.activate("p", ((swap + 1) % 3 + 1) as u32).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut per_tag: HashMap<String, u64> = HashMap::new();
+    let mut seqs = Vec::new();
+    for worker in workers {
+        for (seq, topic) in worker.join().unwrap() {
+            seqs.push(seq);
+            *per_tag.entry(topic).or_default() += 1;
+        }
+    }
+    seqs.sort_unstable();
+    let sent = next.load(Ordering::Relaxed);
+    // Every number drawn was sent, and came back exactly once.
+    assert_eq!(seqs.len() as u64, sent, "lost or duplicated messages");
+    assert!(
+        seqs.iter().copied().eq(0..sent),
+        "a message was lost or ran twice"
+    );
+    assert_eq!(per_tag.len(), 3, "{per_tag:?}");
+    let invocations: u64 = host
+        .versions("p")
+        .unwrap()
+        .iter()
+        .map(|v| v.calls.as_ref().unwrap().ok)
+        .sum();
+    assert_eq!(invocations, seqs.len() as u64);
+    eprintln!("{} messages over 50 swaps, per version: {per_tag:?}", seqs.len());
+}

@@ -1,0 +1,15 @@
+//! Shoal's rules engine.
+//!
+//! [`sql`] is the AWS IoT SQL dialect (version 2016-03-23 semantics) as a pure library: it
+//! parses a rule's `SELECT ... FROM '<topic filter>' WHERE ...` once into a typed tree (syntax
+//! errors carry a line and column), matches topics against the rule's filter, and evaluates
+//! the statement over one message (payload, topic, client id, principal, clock, thing shadows)
+//! into the output document the rule's actions receive. Substitution templates (`${expr}` in
+//! action fields) live beside it. It does no I/O: the only way out is the [`sql::Services`]
+//! trait the engine implements (thing shadows, the clock, uuids).
+//!
+//! The supported grammar, functions, types, conversion rules and every place where AWS's
+//! documentation is ambiguous are written down in `docs/IOT_SQL.md`.
+#![deny(missing_docs)]
+
+pub mod sql;

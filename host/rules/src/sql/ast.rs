@@ -1,0 +1,147 @@
+//! The parsed form of a statement: what the parser builds and the evaluator walks.
+
+use super::functions::{Func, Prepared};
+use super::value::Value;
+
+/// An expression.
+#[derive(Debug, Clone)]
+pub(crate) enum Expr {
+    /// A literal (`1`, `2.5`, `'text'`, `true`, `null`), folded constants included.
+    Literal(Value<'static>),
+    /// `*` used as a value: the whole current document (the payload, or the element of a
+    /// nested `SELECT`).
+    Payload,
+    /// A bare name: a key of the current document.
+    Field(Box<str>),
+    /// `expr.name`
+    Member(Box<Expr>, Box<str>),
+    /// `expr[index]`, which behaves like `get(expr, index)`.
+    Index(Box<Expr>, Box<Expr>),
+    /// `-expr`
+    Neg(Box<Expr>),
+    /// `NOT expr`
+    Not(Box<Expr>),
+    /// `left op right`
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `CASE [operand] WHEN .. THEN .. [ELSE ..] END`
+    Case {
+        operand: Option<Box<Expr>>,
+        whens: Vec<(Expr, Expr)>,
+        otherwise: Option<Box<Expr>>,
+    },
+    /// A function call; `prepared` holds what could be worked out at parse time (a compiled
+    /// regular expression, a date pattern).
+    Call {
+        func: Func,
+        args: Vec<Expr>,
+        prepared: Option<Box<Prepared>>,
+    },
+    /// `cast(expr AS type)`
+    Cast(Box<Expr>, CastType),
+    /// `[a, b, ...]`
+    Array(Vec<Expr>),
+    /// `{'key': expr, ...}`
+    Object(Vec<(Box<str>, Expr)>),
+    /// `(SELECT ... FROM expr [WHERE ...])`
+    Subquery(Box<Subquery>),
+}
+
+/// Binary operators, loosest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BinOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Contains,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// The target types of `cast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CastType {
+    Int,
+    Decimal,
+    Bool,
+    String,
+}
+
+/// What a `SELECT` produces.
+#[derive(Debug, Clone)]
+pub(crate) enum Select {
+    /// `SELECT VALUE expr`
+    Value(Expr),
+    /// `SELECT item, item, ...`
+    Items(Vec<Item>),
+}
+
+/// One item of a `SELECT` list.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// `*`: every key of the current document.
+    Star,
+    /// `expr [AS a.b]`; `name` is the alias path, or the name derived from the expression.
+    Expr { expr: Expr, name: Vec<Box<str>> },
+}
+
+/// The `SELECT` and `WHERE` of a statement or nested query.
+#[derive(Debug, Clone)]
+pub(crate) struct Query {
+    pub(crate) select: Select,
+    pub(crate) filter: Option<Expr>,
+}
+
+/// A nested `(SELECT ... FROM expr ...)`: the query runs once per element of `source`.
+#[derive(Debug, Clone)]
+pub(crate) struct Subquery {
+    pub(crate) query: Query,
+    pub(crate) source: Expr,
+}
+
+impl Expr {
+    /// Calls `f` on this expression and every expression inside it.
+    pub(crate) fn any(&self, f: &impl Fn(&Expr) -> bool) -> bool {
+        if f(self) {
+            return true;
+        }
+        match self {
+            Expr::Literal(_) | Expr::Payload | Expr::Field(_) => false,
+            Expr::Member(e, _) | Expr::Neg(e) | Expr::Not(e) | Expr::Cast(e, _) => e.any(f),
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.any(f) || b.any(f),
+            Expr::Case {
+                operand,
+                whens,
+                otherwise,
+            } => {
+                operand.as_ref().is_some_and(|e| e.any(f))
+                    || whens.iter().any(|(w, t)| w.any(f) || t.any(f))
+                    || otherwise.as_ref().is_some_and(|e| e.any(f))
+            }
+            Expr::Call { args, .. } | Expr::Array(args) => args.iter().any(|e| e.any(f)),
+            Expr::Object(entries) => entries.iter().any(|(_, e)| e.any(f)),
+            Expr::Subquery(s) => s.source.any(f) || s.query.any(f),
+        }
+    }
+}
+
+impl Query {
+    pub(crate) fn any(&self, f: &impl Fn(&Expr) -> bool) -> bool {
+        let select = match &self.select {
+            Select::Value(e) => e.any(f),
+            Select::Items(items) => items.iter().any(|i| match i {
+                Item::Star => false,
+                Item::Expr { expr, .. } => expr.any(f),
+            }),
+        };
+        select || self.filter.as_ref().is_some_and(|e| e.any(f))
+    }
+}

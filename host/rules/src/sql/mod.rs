@@ -1,0 +1,189 @@
+//! The AWS IoT SQL dialect, SQL version 2016-03-23.
+//!
+//! ```
+//! use shoal_rules::sql::{Ctx, Output, Sql};
+//!
+//! let sql = Sql::parse("SELECT temp, topic(2) AS truck FROM 'fleet/+/telemetry' WHERE temp > -15")?;
+//! assert!(sql.matches_topic("fleet/truck-7/telemetry"));
+//!
+//! let ctx = Ctx::new("fleet/truck-7/telemetry", br#"{"temp": -9.5, "door": "closed"}"#);
+//! let out = sql.evaluate(&ctx)?;
+//! assert_eq!(out, Some(Output::Json(r#"{"temp":-9.5,"truck":"truck-7"}"#.to_owned())));
+//!
+//! let cold = Ctx::new("fleet/truck-7/telemetry", br#"{"temp": -19.5}"#);
+//! assert_eq!(sql.evaluate(&cold)?, None); // WHERE was false
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The pipeline, one module per stage: `lexer` (tokens on demand) → `parser` (recursive
+//! descent into the `ast`, checking function names and arities, compiling literal regular
+//! expressions and date patterns) → `eval` over a [`Ctx`] (the payload is read lazily, once,
+//! by `json` into `value`s that borrow from the message) → the output written back by `json`.
+//! `functions` holds the built-ins, `ops` the operators, `template` the `${expr}`
+//! substitutions, which reuse the parser. `docs/IOT_SQL.md` is the user-facing reference.
+
+mod ast;
+mod error;
+mod eval;
+mod functions;
+mod json;
+mod lexer;
+mod ops;
+mod parser;
+mod template;
+mod value;
+
+use shoal_broker::topic::{Topic, TopicFilter, matches_filter};
+
+pub use error::{EvalError, Position, SqlError};
+pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
+pub use template::Template;
+
+use ast::{Item, Query, Select};
+use eval::{Env, passes, project};
+use functions::Func;
+use json::write_json;
+use value::Value;
+
+/// A parsed rule statement: `SELECT ... [FROM '<topic filter>'] [WHERE ...]`.
+///
+/// Parse once when the rule is created; [`Sql::evaluate`] then runs it per message without
+/// re-reading the text. `FROM` is optional, as in AWS, for rules only reached through Basic
+/// Ingest (`$aws/rules/{rule}/...`).
+#[derive(Clone)]
+pub struct Sql {
+    source: String,
+    query: Query,
+    from: Option<TopicFilter>,
+    uses_shadow: bool,
+    star_only: bool,
+}
+
+impl std::fmt::Debug for Sql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Sql").field(&self.source).finish()
+    }
+}
+
+/// What a statement produced for a message whose `WHERE` held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A JSON document: the object built by the `SELECT` list (keys in projection order), or
+    /// any JSON value for `SELECT VALUE`.
+    Json(String),
+    /// Raw bytes: `SELECT *` over a payload that is not a JSON object (passed on unchanged),
+    /// `SELECT VALUE` of binary data, or the empty payload of a `SELECT VALUE` that was
+    /// `Undefined` (AWS serializes a lone `Undefined` as nothing).
+    Binary(Vec<u8>),
+}
+
+impl Output {
+    /// The bytes to publish or store.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Output::Json(s) => s.as_bytes(),
+            Output::Binary(b) => b,
+        }
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Output::Json(s) => s.into_bytes(),
+            Output::Binary(b) => b,
+        }
+    }
+
+    /// The document as `serde_json` (for the shadow action and tests); `None` for binary
+    /// output.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            Output::Json(s) => serde_json::from_str(s).ok(),
+            Output::Binary(_) => None,
+        }
+    }
+}
+
+impl Sql {
+    /// Parses a statement. Errors carry the position and say what was expected:
+    /// `expected FROM at 1:23, found 'WHER'`.
+    pub fn parse(sql: &str) -> Result<Sql, SqlError> {
+        let stmt = parser::Parser::new(sql, 0).statement()?;
+        let uses_shadow = parser::calls(&stmt.query, Func::GetThingShadow);
+        let star_only =
+            matches!(&stmt.query.select, Select::Items(items) if matches!(items.as_slice(), [Item::Star]));
+        Ok(Sql {
+            source: sql.to_owned(),
+            query: stmt.query,
+            from: stmt.from,
+            uses_shadow,
+            star_only,
+        })
+    }
+
+    /// The statement as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The `FROM` topic filter (`None` for a Basic-Ingest-only rule).
+    pub fn topic_filter(&self) -> Option<&TopicFilter> {
+        self.from.as_ref()
+    }
+
+    /// Whether a message on `topic` triggers this rule. `#` also matches the parent level
+    /// (`fleet/#` matches `fleet`), as in MQTT and Shoal's broker; AWS's broker differs there.
+    pub fn matches_topic(&self, topic: &str) -> bool {
+        self.from
+            .as_ref()
+            .is_some_and(|f| matches_filter(f.filter(), topic))
+    }
+
+    /// [`Sql::matches_topic`] for a validated topic.
+    pub fn matches(&self, topic: &Topic) -> bool {
+        self.from.as_ref().is_some_and(|f| f.matches(topic))
+    }
+
+    /// Whether the statement calls `get_thing_shadow`, i.e. may block in
+    /// [`Services::thing_shadow`].
+    pub fn uses_thing_shadow(&self) -> bool {
+        self.uses_shadow
+    }
+
+    /// Runs the statement over one message: `Ok(None)` when `WHERE` is not true, otherwise
+    /// the output document. `WHERE` runs first and cannot see `SELECT` aliases, as in AWS.
+    pub fn evaluate(&self, ctx: &Ctx<'_>) -> Result<Option<Output>, EvalError> {
+        let env = Env::root(ctx);
+        if !passes(self.query.filter.as_ref(), &env)? {
+            return Ok(None);
+        }
+        if self.star_only {
+            // The common `SELECT *`: a JSON object re-serialized, anything else passed on.
+            let doc = env.doc();
+            return Ok(Some(match doc {
+                Value::Object(_) => Output::Json(to_text(doc)),
+                _ => Output::Binary(ctx.payload().to_vec()),
+            }));
+        }
+        let v = project(&self.query.select, &env)?;
+        Ok(Some(match v.get() {
+            Value::Undefined => Output::Binary(Vec::new()),
+            Value::Binary(b) => Output::Binary(b.to_vec()),
+            _ => Output::Json(to_text(&v)),
+        }))
+    }
+}
+
+impl std::str::FromStr for Sql {
+    type Err = SqlError;
+
+    fn from_str(s: &str) -> Result<Sql, SqlError> {
+        Sql::parse(s)
+    }
+}
+
+fn to_text(v: &Value<'_>) -> String {
+    let mut out = String::with_capacity(128);
+    write_json(v, &mut out);
+    out
+}

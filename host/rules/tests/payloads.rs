@@ -1,0 +1,161 @@
+//! Payloads that are not JSON objects (AWS: `SELECT *` passes the bytes on, field access is
+//! `Undefined`), odd JSON, and outputs.
+
+mod common;
+
+use common::{TOPIC, run, run_on};
+use shoal_rules::sql::{Ctx, Output, Sql};
+
+#[test]
+fn non_json_payloads() {
+    let bin: &[u8] = b"\x00\x01\xfe\xff";
+    // SELECT * passes any non-object payload on byte for byte.
+    for payload in [
+        bin,
+        b"plain text",
+        b"80",
+        b"[1,2]",
+        b"\"str\"",
+        b"{broken",
+        b"",
+        b"null",
+    ] {
+        let sql = Sql::parse("SELECT * FROM '#'").unwrap();
+        let out = sql.evaluate(&Ctx::new(TOPIC, payload)).unwrap();
+        assert_eq!(out, Some(Output::Binary(payload.to_vec())), "{payload:?}");
+    }
+    // Field access is Undefined, so comparisons are too and WHERE fails.
+    assert_eq!(run_on("SELECT * FROM '#' WHERE a = 1", TOPIC, bin), "<none>");
+    assert_eq!(run_on("SELECT VALUE isUndefined(a) FROM '#'", TOPIC, bin), "true");
+    assert_eq!(run_on("SELECT a, b.c FROM '#'", TOPIC, bin), "{}");
+    // Functions of the message still work; `*` adds nothing to an object being built.
+    assert_eq!(
+        run_on(
+            "SELECT *, topic(2) AS truck, clientid() AS c FROM '#'",
+            TOPIC,
+            bin
+        ),
+        r#"{"truck":"truck-7","c":"truck-7"}"#
+    );
+    assert_eq!(
+        run_on(
+            "SELECT encode(*, 'base64') AS data FROM '#' WHERE length(encode(*, 'base64')) = 8",
+            TOPIC,
+            bin
+        ),
+        r#"{"data":"AAH+/w=="}"#
+    );
+    // SELECT VALUE * keeps the bytes; embedded in JSON they become base64.
+    assert_eq!(run_on("SELECT VALUE * FROM '#'", TOPIC, b"raw"), "<bytes:raw>");
+    assert_eq!(
+        run_on("SELECT {'p': *} AS o FROM '#'", TOPIC, bin),
+        r#"{"o":{"p":"AAH+/w=="}}"#
+    );
+    // A text payload converts to a string where a function wants one.
+    assert_eq!(
+        run_on("SELECT VALUE upper(*) FROM '#'", TOPIC, b"hello"),
+        r#""HELLO""#
+    );
+    assert_eq!(
+        run_on("SELECT VALUE length(*) FROM '#'", TOPIC, bin),
+        "<undefined>"
+    );
+    // A JSON number payload is "non-JSON" for addressing, but decode(encode(*)) reads it.
+    assert_eq!(
+        run_on(
+            "SELECT VALUE decode(encode(*, 'base64'), 'base64') * 2 FROM '#'",
+            TOPIC,
+            b"21"
+        ),
+        "42"
+    );
+}
+
+#[test]
+fn json_objects() {
+    // Whitespace and escapes survive; output is compact, keys in document order.
+    assert_eq!(
+        run(
+            "SELECT * FROM '#'",
+            "  {\n \"b\" : 1 ,\n \"a\" : \"x\\ny\\u00e9\" }  "
+        ),
+        r#"{"b":1,"a":"x\nyé"}"#
+    );
+    // Nested documents pass through whole.
+    let doc = r#"{"a":{"b":[1,{"c":[true,false,null]}],"d":{}},"e":[]}"#;
+    assert_eq!(run("SELECT * FROM '#'", doc), doc);
+    assert_eq!(
+        run("SELECT a FROM '#'", doc),
+        r#"{"a":{"b":[1,{"c":[true,false,null]}],"d":{}}}"#
+    );
+    // Escaped keys are found by their unescaped text.
+    assert_eq!(run("SELECT VALUE get(*, 'a\"b') FROM '#'", r#"{"a\"b":7}"#), "7");
+    assert_eq!(run("SELECT VALUE get(*, 'é') FROM '#'", r#"{"\u00e9":8}"#), "8");
+    // Duplicate keys: the last one is read.
+    assert_eq!(run("SELECT VALUE a FROM '#'", r#"{"a":1,"a":2}"#), "2");
+    // Large numbers and exponents.
+    assert_eq!(
+        run(
+            "SELECT * FROM '#'",
+            r#"{"big":18446744073709551615,"e":1.5e300,"small":-2e-9,"w":3.0}"#
+        ),
+        r#"{"big":18446744073709552000,"e":1.5e300,"small":-2e-9,"w":3}"#
+    );
+    // An empty object.
+    assert_eq!(run("SELECT * FROM '#'", "{}"), "{}");
+    assert_eq!(run("SELECT a FROM '#'", "{}"), "{}");
+    // Deeply nested JSON beyond serde_json's limit is not addressable; it passes as bytes.
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+    assert!(run("SELECT * FROM '#'", &deep).starts_with("<bytes:"));
+}
+
+#[test]
+fn output_accessors() {
+    let sql = Sql::parse("SELECT temp FROM '#'").unwrap();
+    let out = sql.evaluate(&Ctx::new("t", br#"{"temp":1}"#)).unwrap().unwrap();
+    assert_eq!(out.as_bytes(), br#"{"temp":1}"#);
+    assert_eq!(out.to_json(), Some(serde_json::json!({"temp": 1})));
+    assert_eq!(out.clone().into_bytes(), br#"{"temp":1}"#.to_vec());
+    let bin = Output::Binary(vec![1, 2]);
+    assert_eq!(bin.to_json(), None);
+    assert_eq!(bin.as_bytes(), &[1, 2]);
+}
+
+#[test]
+fn select_value_outputs() {
+    assert_eq!(run("SELECT VALUE 5 FROM '#'", "{}"), "5");
+    assert_eq!(run("SELECT VALUE 'x' FROM '#'", "{}"), r#""x""#);
+    assert_eq!(run("SELECT VALUE null FROM '#'", "{}"), "null");
+    assert_eq!(run("SELECT VALUE true FROM '#'", "{}"), "true");
+    // An Undefined VALUE serializes to nothing: an empty payload.
+    assert_eq!(run("SELECT VALUE missing FROM '#'", "{}"), "<undefined>");
+}
+
+#[test]
+fn one_context_serves_many_rules() {
+    // The payload is parsed once per context and shared by every statement evaluated with it.
+    let ctx = Ctx::new("fleet/t1/telemetry", br#"{"temp": 3, "door": "open"}"#).with_timestamp(7);
+    let rules = [
+        "SELECT temp FROM 'fleet/+/telemetry' WHERE temp > 0",
+        "SELECT door, timestamp() AS ts FROM 'fleet/#' WHERE door = 'open'",
+        "SELECT * FROM 'fleet/+/telemetry' WHERE temp > 10",
+    ];
+    let outs: Vec<Option<String>> = rules
+        .iter()
+        .map(|r| {
+            Sql::parse(r)
+                .unwrap()
+                .evaluate(&ctx)
+                .unwrap()
+                .map(|o| String::from_utf8(o.into_bytes()).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        outs,
+        vec![
+            Some(r#"{"temp":3}"#.to_owned()),
+            Some(r#"{"door":"open","ts":7}"#.to_owned()),
+            None
+        ]
+    );
+}

@@ -1,0 +1,173 @@
+//! What [`export_plugin!`](crate::export_plugin) expands to, and the glue it calls.
+//!
+//! The macro puts the plugin instance in a `thread_local!` of the plugin crate (a plain static
+//! on wasm, which has one thread per instance), because only there is its type known. `init`
+//! replaces it; `on-message` borrows it for the length of the call (host calls never re-enter
+//! the guest, so the borrow cannot conflict).
+
+#[cfg(target_arch = "wasm32")]
+pub use wasm_glue::*;
+
+/// Checks at compile time that the exported type implements [`Plugin`](crate::Plugin).
+pub const fn assert_plugin<P: crate::Plugin>() {}
+
+/// Exports a [`Plugin`](crate::Plugin) type as the component's `init` and `on-message`.
+///
+/// Use it once, in the plugin crate's `lib.rs`, after the `impl Plugin`:
+///
+/// ```ignore
+/// shoal_sdk::export_plugin!(MyPlugin);
+/// ```
+///
+/// On wasm32 (this build) it generates the component exports and keeps the instance built by
+/// `init` for the following `on-message` calls. In native builds it only checks the type, so
+/// the same crate unit-tests with `testing::Harness`.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        // The generated exports are `unsafe extern "C"` functions: allow them even where the
+        // plugin crate denies unsafe code (`forbid` cannot be overridden; use `deny`).
+        #[allow(unsafe_code)]
+        const _: () = {
+            ::std::thread_local! {
+                static SHOAL_PLUGIN_INSTANCE: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct ShoalPluginExport;
+
+            impl $crate::__private::Guest for ShoalPluginExport {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), $crate::__private::WitPluginError> {
+                    SHOAL_PLUGIN_INSTANCE.with(|slot| $crate::__private::init::<$plugin>(slot, config))
+                }
+
+                fn on_message(
+                    msg: $crate::__private::WitMessage,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<$crate::__private::WitAction>,
+                    $crate::__private::WitPluginError,
+                > {
+                    SHOAL_PLUGIN_INSTANCE.with(|slot| $crate::__private::on_message::<$plugin>(slot, msg))
+                }
+            }
+
+            $crate::__private::bindings::__export_rule_plugin!(
+                ShoalPluginExport with_types_in $crate::__private::bindings
+            );
+        };
+    };
+}
+
+/// Exports a [`Plugin`](crate::Plugin) type as the component's `init` and `on-message`.
+///
+/// Use it once, in the plugin crate's `lib.rs`, after the `impl Plugin`:
+///
+/// ```ignore
+/// shoal_sdk::export_plugin!(MyPlugin);
+/// ```
+///
+/// On wasm32 it generates the component exports and keeps the instance built by `init` for the
+/// following `on-message` calls. In native builds (this one) it only checks the type, so the
+/// same crate unit-tests with [`testing::Harness`](crate::testing::Harness).
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = $crate::__private::assert_plugin::<$plugin>();
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+mod wasm_glue {
+    use std::cell::RefCell;
+
+    pub use crate::sys::wasm::bindings;
+    pub use crate::sys::wasm::bindings::Guest;
+    use crate::sys::wasm::bindings::shoal::plugin::types as wit;
+    pub use wit::{Action as WitAction, Message as WitMessage, PluginError as WitPluginError};
+
+    use crate::{Action, Config, Message, Plugin, PluginError, Severity};
+
+    /// `init`: builds a fresh instance (dropping any previous one first, so its memory is free
+    /// for the new one).
+    pub fn init<P: Plugin>(
+        slot: &RefCell<Option<P>>,
+        config: Vec<(String, String)>,
+    ) -> Result<(), WitPluginError> {
+        slot.replace(None);
+        let plugin = P::init(Config::new(config)).map_err(to_wit_error)?;
+        slot.replace(Some(plugin));
+        Ok(())
+    }
+
+    /// `on-message`: calls the instance built by `init`.
+    pub fn on_message<P: Plugin>(
+        slot: &RefCell<Option<P>>,
+        msg: WitMessage,
+    ) -> Result<Vec<WitAction>, WitPluginError> {
+        let mut slot = slot.borrow_mut();
+        let Some(plugin) = slot.as_mut() else {
+            return Err(WitPluginError::Failed(
+                "on-message called before a successful init".into(),
+            ));
+        };
+        let msg = Message::from_parts(
+            msg.topic,
+            msg.payload,
+            msg.qos,
+            msg.timestamp_ms,
+            msg.client_id,
+            msg.thing_name,
+            msg.user_properties,
+        );
+        match plugin.on_message(&msg) {
+            Ok(actions) => Ok(actions.into_iter().map(to_wit_action).collect()),
+            Err(e) => Err(to_wit_error(e)),
+        }
+    }
+
+    fn to_wit_error(e: PluginError) -> WitPluginError {
+        match e {
+            PluginError::Rejected(r) => WitPluginError::Rejected(r),
+            PluginError::Config(r) => WitPluginError::Config(r),
+            PluginError::Failed(r) => WitPluginError::Failed(r),
+        }
+    }
+
+    fn to_wit_action(a: Action) -> WitAction {
+        match a {
+            Action::Publish(p) => WitAction::Publish(wit::Publish {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+            }),
+            Action::ShadowUpdate(s) => WitAction::ShadowUpdate(wit::ShadowUpdate {
+                thing: s.thing,
+                shadow_name: s.shadow_name,
+                document: s.document,
+            }),
+            Action::Alert(a) => WitAction::Alert(wit::Alert {
+                severity: match a.severity {
+                    Severity::Info => wit::Severity::Info,
+                    Severity::Warning => wit::Severity::Warning,
+                    Severity::Critical => wit::Severity::Critical,
+                },
+                title: a.title,
+                body: a.body,
+                thing: a.thing,
+            }),
+            Action::StreamAppend(s) => WitAction::StreamAppend(wit::StreamAppend {
+                stream: s.stream,
+                payload: s.payload,
+            }),
+            Action::Webhook(w) => WitAction::Webhook(wit::Webhook {
+                target: w.target,
+                body: w.body,
+            }),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Small JSON helpers for configuration-driven plugins.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+/// The value at `path` inside `value`: a dotted path (`sensors.temp`, `readings.0.value`,
+/// array elements by index) or a JSON Pointer (`/sensors/temp`). `None` when any step is
+/// missing.
+///
+/// ```
+/// # use shoal_sdk::serde_json::json;
+/// let v = json!({"sensors": {"temp": -3}, "readings": [{"v": 1}]});
+/// assert_eq!(shoal_sdk::json::path(&v, "sensors.temp"), Some(&json!(-3)));
+/// assert_eq!(shoal_sdk::json::path(&v, "readings.0.v"), Some(&json!(1)));
+/// assert_eq!(shoal_sdk::json::path(&v, "/sensors/temp"), Some(&json!(-3)));
+/// assert_eq!(shoal_sdk::json::path(&v, "sensors.humidity"), None);
+/// ```
+pub fn path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    if path.starts_with('/') || path.is_empty() {
+        return value.pointer(path);
+    }
+    path.split('.').try_fold(value, |v, step| match v {
+        Value::Object(map) => map.get(step),
+        Value::Array(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// Parses `json` and returns the values at `paths` (same syntax as [`path`]), in order, without
+/// building the rest of the document: everything else is checked for syntax and skipped. For
+/// a few fields of a larger payload this is several times cheaper than parsing a whole
+/// [`Value`] (no map or string allocations for the fields you skip). Invalid JSON is an error;
+/// a missing field is `None`.
+///
+/// ```
+/// let payload = br#"{"temp": -3.5, "meta": {"fw": "2.1", "tags": ["a", "b"]}, "big": [1, 2, 3]}"#;
+/// let got = shoal_sdk::json::select(payload, &["temp", "meta.tags.1", "/meta/fw", "nope"]).unwrap();
+/// assert_eq!(got, [Some((-3.5).into()), Some("b".into()), Some("2.1".into()), None]);
+/// ```
+pub fn select(json: &[u8], paths: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    let split: Vec<Vec<Cow<'_, str>>> = paths.iter().map(|p| segments(p)).collect();
+    let mut out = vec![None; paths.len()];
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let wanted: Vec<usize> = (0..paths.len()).collect();
+    serde::de::DeserializeSeed::deserialize(
+        Select {
+            paths: &split,
+            wanted,
+            depth: 0,
+            out: &mut out,
+        },
+        &mut de,
+    )?;
+    de.end()?;
+    Ok(out)
+}
+
+/// A path's steps: JSON Pointer (`/a/b`, with `~1` and `~0` escapes) or dotted (`a.b`).
+/// Borrowed from `path` unless a step has an escape.
+fn segments(path: &str) -> Vec<Cow<'_, str>> {
+    if path.is_empty() {
+        Vec::new()
+    } else if let Some(pointer) = path.strip_prefix('/') {
+        pointer
+            .split('/')
+            .map(|s| match s.contains('~') {
+                true => Cow::Owned(s.replace("~1", "/").replace("~0", "~")),
+                false => Cow::Borrowed(s),
+            })
+            .collect()
+    } else {
+        path.split('.').map(Cow::Borrowed).collect()
+    }
+}
+
+/// Walks one JSON value on behalf of the `wanted` paths that reach it at `depth`.
+struct Select<'p, 'o> {
+    paths: &'p [Vec<Cow<'p, str>>],
+    wanted: Vec<usize>,
+    depth: usize,
+    out: &'o mut [Option<Value>],
+}
+
+impl<'de, 'p> serde::de::DeserializeSeed<'de> for Select<'p, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        if self.wanted.iter().any(|&i| self.paths[i].len() == self.depth) {
+            // A path ends here: build this value once and answer every path below it from it.
+            let value = <Value as serde::Deserialize>::deserialize(de)?;
+            for &i in &self.wanted {
+                let rest = &self.paths[i][self.depth..];
+                self.out[i] = rest
+                    .iter()
+                    .try_fold(&value, |v, step| match v {
+                        Value::Object(map) => map.get(&**step),
+                        Value::Array(items) => step.parse::<usize>().ok().and_then(|n| items.get(n)),
+                        _ => None,
+                    })
+                    .cloned();
+            }
+            return Ok(());
+        }
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p> serde::de::Visitor<'de> for Select<'p, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Select {
+            paths,
+            wanted,
+            depth,
+            out,
+        } = self;
+        while let Some(hit) = map.next_key_seed(KeyMatch {
+            paths,
+            wanted: &wanted,
+            depth,
+        })? {
+            match hit {
+                Some(key_of) => {
+                    let step = &paths[key_of][depth];
+                    let below: Vec<usize> = wanted
+                        .iter()
+                        .copied()
+                        .filter(|&i| &paths[i][depth] == step)
+                        .collect();
+                    map.next_value_seed(Select {
+                        paths,
+                        wanted: below,
+                        depth: depth + 1,
+                        out: &mut *out,
+                    })?;
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Select {
+            paths,
+            wanted,
+            depth,
+            out,
+        } = self;
+        let mut index = 0usize;
+        loop {
+            let below: Vec<usize> = wanted
+                .iter()
+                .copied()
+                .filter(|&i| paths[i][depth].parse() == Ok(index))
+                .collect();
+            let more = if below.is_empty() {
+                seq.next_element::<serde::de::IgnoredAny>()?.is_some()
+            } else {
+                seq.next_element_seed(Select {
+                    paths,
+                    wanted: below,
+                    depth: depth + 1,
+                    out: &mut *out,
+                })?
+                .is_some()
+            };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    // A scalar where a path wanted to go deeper: those paths stay `None`.
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// Reads an object key and says which wanted path (by index) takes that step, without
+/// allocating the key.
+struct KeyMatch<'a> {
+    paths: &'a [Vec<Cow<'a, str>>],
+    wanted: &'a [usize],
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyMatch<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyMatch<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self
+            .wanted
+            .iter()
+            .copied()
+            .find(|&i| self.paths[i][self.depth] == key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn select_agrees_with_path() {
+        let doc = json!({
+            "a": {"b": [10, {"c": "x"}], "d/e": 1, "t~": 2},
+            "n": null, "s": "str", "dup": 1, "arr": [[0, 1], [2, 3]]
+        });
+        let text = doc.to_string();
+        let paths = [
+            "a.b.1.c", "a.b.0", "/a/d~1e", "/a/t~0", "a", "n", "s.x", "arr.1.0", "missing", "a.b.7", "",
+        ];
+        let got = select(text.as_bytes(), &paths).unwrap();
+        for (p, g) in paths.iter().zip(&got) {
+            let want = if let Some(ptr) = p.strip_prefix('/') {
+                doc.pointer(&format!("/{ptr}"))
+            } else {
+                path(&doc, p)
+            };
+            assert_eq!(g.as_ref(), want, "{p}");
+        }
+        assert_eq!(
+            select(br#"{"dup": 1, "dup": 2}"#, &["dup"]).unwrap(),
+            [Some(json!(2))],
+            "last wins"
+        );
+        assert!(select(b"{\"a\": 1", &["a"]).is_err());
+        assert!(select(b"{\"a\": 1} x", &["a"]).is_err(), "trailing garbage");
+        assert!(
+            select(br#"{"a": [1, }"#, &["b"]).is_err(),
+            "skipped parts are still checked"
+        );
+        assert_eq!(select(b"3", &["a"]).unwrap(), [None]);
+    }
+}
