@@ -177,9 +177,9 @@ impl PluginKv for MemoryKv {
                 .and_then(|m| m.get(key.key))
                 .map_or(0, |e| key.charge() + e.value.len() as u64)
         };
-        if space.used - old_cost(space) + new_cost > quota_bytes {
+        if space.used.saturating_sub(old_cost(space)) + new_cost > quota_bytes {
             space.purge(now);
-            let used = space.used - old_cost(space);
+            let used = space.used.saturating_sub(old_cost(space));
             if used + new_cost > quota_bytes {
                 return Err(KvFailure::QuotaExceeded(format!(
                     "{used} bytes used, {new_cost} more would exceed the quota of {quota_bytes}"
@@ -187,7 +187,7 @@ impl PluginKv for MemoryKv {
             }
         }
         let old = old_cost(space);
-        space.used = space.used - old + new_cost;
+        space.used = space.used.saturating_sub(old) + new_cost;
         space.map_mut(key.scope).insert(
             key.key.to_vec(),
             Entry {

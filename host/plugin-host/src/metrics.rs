@@ -47,7 +47,7 @@ pub(crate) struct VersionMetrics {
     instances_created: AtomicU64,
 }
 
-/// A snapshot of [`VersionMetrics`] for the health API.
+/// A snapshot of a version's call counters, for the health API.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CallCounts {
     /// Calls made to the version (including refused ones).

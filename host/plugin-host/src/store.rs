@@ -1,6 +1,6 @@
 //! Persistence of the catalog: which versions each plugin has, their configuration, which one
 //! is active, the activation history (for rollback) and suspensions. The component bytes are
-//! not in here: they live as files keyed by hash ([`crate::artifact`]).
+//! not in here: they live as files keyed by hash (`DATA/plugins/artifacts/<sha256>.wasm`).
 
 use crate::artifact::write_atomic;
 use crate::config::PluginConfig;

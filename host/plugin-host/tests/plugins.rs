@@ -839,3 +839,26 @@ fn fifty_hot_swaps_lose_and_duplicate_no_message() {
     assert_eq!(invocations, seqs.len() as u64);
     eprintln!("{} messages over 50 swaps, per version: {per_tag:?}", seqs.len());
 }
+
+#[test]
+fn a_call_made_inside_an_async_task_cannot_take_the_caller_down() {
+    let t = test_host();
+    deploy(&t.host, "p", "echo", PluginConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (plain, printing) = rt.block_on(async {
+        (
+            t.host.invoke("p", &msg("x", "1")),
+            t.host.invoke("p", &msg("print", "from async")),
+        )
+    });
+    // Pure computation works anywhere; a WASI call (stdout) inside a tokio worker hits
+    // wasmtime-wasi's blocking bridge, which panics there: the host turns that into a fault.
+    assert_eq!(published(&plain).0, "echo/x");
+    match printing {
+        Outcome::Failed(PluginFault::Trap { message }) => {
+            assert!(message.starts_with("host panicked during the call"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_healthy_echo(&t.host, "p");
+}
