@@ -279,6 +279,50 @@ pub struct Grants {
     pub versions: Vec<(String, String)>,
     /// The compiled policies.
     pub compiled: CompiledPolicies,
+    /// The last allowed topic per action (publish, receive): a connection usually publishes to
+    /// or receives the same topic over and over, and the compiled policies never change for a
+    /// connection (a policy change closes it), so repeating that check is free.
+    last_allowed: [parking_lot::Mutex<Option<Box<str>>>; 2],
+}
+
+impl Grants {
+    fn new(
+        cert_id: Option<String>,
+        policies: Vec<String>,
+        versions: Vec<(String, String)>,
+        compiled: CompiledPolicies,
+    ) -> Grants {
+        Grants {
+            cert_id,
+            policies,
+            versions,
+            compiled,
+            last_allowed: Default::default(),
+        }
+    }
+
+    /// Slot of `action` in `last_allowed`.
+    fn slot(action: Action) -> Option<usize> {
+        match action {
+            Action::Publish => Some(0),
+            Action::Receive => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Whether `resource` is the last resource allowed for `action` (never blocks: a busy
+    /// slot is a miss).
+    fn recently_allowed(&self, action: Action, resource: &str) -> bool {
+        Grants::slot(action)
+            .and_then(|i| self.last_allowed[i].try_lock())
+            .is_some_and(|last| last.as_deref() == Some(resource))
+    }
+
+    fn remember_allowed(&self, action: Action, resource: &str) {
+        if let Some(mut last) = Grants::slot(action).and_then(|i| self.last_allowed[i].try_lock()) {
+            *last = Some(resource.into());
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -1125,12 +1169,12 @@ impl Authorizer for IdentityService {
                     Ok(Principal {
                         id: Arc::from("anonymous"),
                         attributes: BTreeMap::new(),
-                        grants: Some(Arc::new(Grants {
-                            cert_id: None,
-                            policies: vec![name.clone()],
+                        grants: Some(Arc::new(Grants::new(
+                            None,
+                            vec![name.clone()],
                             versions,
                             compiled,
-                        })),
+                        ))),
                     })
                 }
             };
@@ -1222,12 +1266,7 @@ impl Authorizer for IdentityService {
         Ok(Principal {
             id: Arc::from(id.as_str()),
             attributes,
-            grants: Some(Arc::new(Grants {
-                cert_id: Some(id),
-                policies,
-                versions,
-                compiled,
-            })),
+            grants: Some(Arc::new(Grants::new(Some(id), policies, versions, compiled))),
         })
     }
 
@@ -1241,7 +1280,13 @@ impl Authorizer for IdentityService {
             BrokerAction::Subscribe { filter } => (Action::Subscribe, filter.as_str(), false),
             BrokerAction::Receive { topic } => (Action::Receive, topic.as_str(), false),
         };
+        if !retain && g.recently_allowed(act, res) {
+            return true;
+        }
         let d = g.compiled.check(act, res);
+        if d.allowed && !retain {
+            g.remember_allowed(act, res);
+        }
         if !d.allowed {
             // A denied delivery is routine (a wide subscription over a narrower Receive
             // grant) and can happen per message: debug level, and counted by the broker.
