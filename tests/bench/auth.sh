@@ -50,6 +50,8 @@ MAX_OTHER=25
 QUIET_WAIT=120
 RETRIES=2
 THRESHOLD=0.90
+POLICY=""
+WORKERS=""
 
 usage() {
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
@@ -61,6 +63,10 @@ Options:
   --duration S        measured window per run in seconds (default 10, quick 2)
   --warmup S          warm-up before the window (default 2, quick 1)
   --pin               broker on CPU 1, load generator on CPU 0 (default: no pinning)
+  --workers N         Shoal's --workers (default: its default, one per CPU)
+  --policy FILE       enforce this policy document instead of tests/bench/policy-bench.json
+                      (it must allow what the load generator does; the probe's verdict
+                      assumes policy-bench.json)
   --rebuild           build the binaries even when they exist
   --results FILE      JSON lines output (default tests/bench/results/auth-DATE.jsonl)
   --report FILE       only print the table of an existing results file
@@ -79,6 +85,8 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift ;;
         --warmup) WARMUP=$2; shift ;;
         --pin) PIN=1 ;;
+        --policy) POLICY=$2; shift ;;
+        --workers) WORKERS=$2; shift ;;
         --rebuild) REBUILD=1 ;;
         --results) RESULTS=$2; shift ;;
         --report) REPORT=$2; shift ;;
@@ -233,6 +241,9 @@ for s in "${selected[@]}"; do
     [[ ",$ALL_SCENARIOS," == *",$s,"* ]] || { echo "auth.sh: unknown scenario '$s' (known: $ALL_SCENARIOS)" >&2; exit 2; }
 done
 
+POLICY=${POLICY:-$HERE/policy-bench.json}
+[ -r "$POLICY" ] || { echo "auth.sh: cannot read $POLICY" >&2; exit 2; }
+
 # shellcheck source=tests/bench/lib.sh
 . "$HERE/lib.sh"
 
@@ -247,7 +258,7 @@ cp "$BIN/shoal" "$BIN/shoal-loadgen" "$WORK/"
 SHOAL=$WORK/shoal
 LOADGEN=$WORK/shoal-loadgen
 python3 -c 'import json, sys; print(json.dumps({"policyName": "bench", "policyDocument": json.load(open(sys.argv[1]))}))' \
-    "$HERE/policy-bench.json" >"$WORK/policy-body.json"
+    "$POLICY" >"$WORK/policy-body.json"
 
 if [ -z "$RESULTS" ]; then
     mkdir -p "$HERE/results"
@@ -296,7 +307,7 @@ run_attempt() {
     echo "== [$rep/$REPEAT] $key, $mode (port $port)" >&2
     "${BROKER_CPU[@]}" "$SHOAL" serve --data-dir "$dir/data" --store memory --anonymous-access "$access" \
         --mqtt-listen "127.0.0.1:$port" --mqtts-listen off --http-listen 127.0.0.1:0 \
-        >"$dir/broker.log" 2>&1 &
+        ${WORKERS:+--workers "$WORKERS"} >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     if ! wait_listen "$port" || ! http=$(shoal_addr "$dir/data" http) \
         || ! shoal_post "$http" /api/v1/policies "$WORK/policy-body.json" >/dev/null; then
@@ -392,12 +403,12 @@ run_one() {
 # ----- the runs -------------------------------------------------------------------------------
 
 {
-    printf '{"meta":"run","date":"%s","host_cpus":%s,"pin":%s,"duration":%s,"warmup":%s,"repeat":%s,' \
-        "$(date -Is)" "$(nproc)" "$PIN" "$DURATION" "$WARMUP" "$REPEAT"
-    printf '"git_now":"%s","shoal_built":"%s","shoal_md5":"%s","policy_md5":"%s","kernel":"%s"}\n' \
+    printf '{"meta":"run","date":"%s","host_cpus":%s,"pin":%s,"workers":"%s","duration":%s,"warmup":%s,"repeat":%s,' \
+        "$(date -Is)" "$(nproc)" "$PIN" "${WORKERS:-default}" "$DURATION" "$WARMUP" "$REPEAT"
+    printf '"git_now":"%s","shoal_built":"%s","shoal_md5":"%s","policy":"%s","policy_md5":"%s","kernel":"%s"}\n' \
         "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- host 2>/dev/null || echo '+dirty')" \
         "$(date -Is -r "$BIN/shoal")" "$(md5sum "$SHOAL" | cut -d' ' -f1)" \
-        "$(md5sum "$HERE/policy-bench.json" | cut -d' ' -f1)" "$(uname -r)"
+        "$(basename "$POLICY")" "$(md5sum "$POLICY" | cut -d' ' -f1)" "$(uname -r)"
 } >>"$RESULTS"
 
 for rep in $(seq 1 "$REPEAT"); do
