@@ -4,7 +4,7 @@ Device certificates issued by shoal (CreateKeysAndCertificate, CreateCertificate
 an operator's own CA made with `openssl` (RegisterCACertificate + RegisterCertificate), used by
 mosquitto_pub/sub, paho-mqtt (3.1.1 and 5, with and without the `x-amzn-mqtt-ca` ALPN) and the
 AWS IoT Device SDK v2 (`awsiot.mqtt_connection_builder.mtls_from_path`) over mutual TLS.
-Revocation, deactivation and policy detach close live connections within 1 s. Attacks: unknown
+Revocation, deactivation, policy detach and a new default policy version close live connections within 1 s. Attacks: unknown
 CA, expired / not-yet-valid / revoked certificates, a certificate connecting as another thing,
 wildcard client ids against `${iot:ClientId}` filters, malformed policies, Deny over Allow,
 denied publish/subscribe/receive, anonymous plain-TCP access by policy or refused.
@@ -208,15 +208,16 @@ def test_byo_ca(shoal, api):
 
 # -- revocation of live connections -------------------------------------------------------------
 
-REVOCATIONS = ["REVOKED", "INACTIVE", "detach-policy"]
+REVOCATIONS = ["REVOKED", "INACTIVE", "detach-policy", "new-default-version"]
 
 
 @pytest.mark.parametrize("how", REVOCATIONS)
 @versions
 def test_revocation_closes_live_connection_within_1s(shoal, api, version, how, record_property):
-    """UpdateCertificate REVOKED / INACTIVE and DetachPolicy close the certificate's live
-    connection: the client sees the disconnect less than 1.0 s after the HTTP response (v5: a
-    DISCONNECT 0x87 Not authorized), and a reconnect is refused at CONNACK."""
+    """UpdateCertificate REVOKED / INACTIVE, DetachPolicy, and a new default policy version
+    (here one without iot:Connect) close the certificate's live connection: the client sees the
+    disconnect less than 1.0 s after the HTTP response (v5: a DISCONNECT 0x87 Not authorized),
+    and a reconnect is refused at CONNACK."""
     thing = unique("rev")
     dev = issue_device(shoal, api, thing=thing, policy_name=f"pol-{thing}")
     c = tls_client(shoal, dev, version=version, client_id=thing)
@@ -224,6 +225,9 @@ def test_revocation_closes_live_connection_within_1s(shoal, api, version, how, r
     t0 = time.monotonic()
     if how == "detach-policy":
         r = api.detach(f"pol-{thing}", dev.cert_id)
+    elif how == "new-default-version":
+        r = api.call("POST", f"/api/v1/policies/pol-{thing}/versions",
+                     {"policyDocument": doc(allow("iot:Publish", "*")), "setAsDefault": True})
     else:
         r = api.set_status(dev.cert_id, how)
     t1 = time.monotonic()

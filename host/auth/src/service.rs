@@ -282,7 +282,7 @@ pub struct Grants {
     /// The last allowed topic per action (publish, receive): a connection usually publishes to
     /// or receives the same topic over and over, and the compiled policies never change for a
     /// connection (a policy change closes it), so repeating that check is free.
-    last_allowed: [parking_lot::Mutex<Option<Box<str>>>; 2],
+    last_allowed: [parking_lot::Mutex<String>; 2],
 }
 
 impl Grants {
@@ -315,12 +315,14 @@ impl Grants {
     fn recently_allowed(&self, action: Action, resource: &str) -> bool {
         Grants::slot(action)
             .and_then(|i| self.last_allowed[i].try_lock())
-            .is_some_and(|last| last.as_deref() == Some(resource))
+            .is_some_and(|last| !last.is_empty() && *last == resource)
     }
 
     fn remember_allowed(&self, action: Action, resource: &str) {
+        // Reuses the slot's buffer: no allocation per miss once it has grown to the topic size.
         if let Some(mut last) = Grants::slot(action).and_then(|i| self.last_allowed[i].try_lock()) {
-            *last = Some(resource.into());
+            last.clear();
+            last.push_str(resource);
         }
     }
 }

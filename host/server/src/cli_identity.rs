@@ -708,20 +708,18 @@ async fn save_issued(api: &Api, dir: &Path, mut v: Value) -> Result<Value, Strin
     Ok(v)
 }
 
-async fn attach_to(api: &Api, thing: Option<&str>, v: &Value) -> Result<(), String> {
-    if let Some(t) = thing {
-        let id = str_field(v, "certificateId")?;
-        // Like `cert create --thing`: register the thing first if it is new.
-        if api.get(&format!("/things/{}", encode(t)), &[]).await.is_err() {
-            api.post(&format!("/things/{}", encode(t)), json!({})).await?;
-        }
-        api.post(
-            &format!("/things/{}/principals", encode(t)),
-            json!({ "principal": id }),
-        )
-        .await?;
+/// With `--out PATH`: writes the answer's `certificatePem` to `PATH` and replaces it in the
+/// printed answer by `"file": PATH`; without, the answer as it is.
+fn pem_to_file(mut v: Value, out: Option<&Path>) -> Result<Value, String> {
+    let Some(path) = out else {
+        return Ok(v);
+    };
+    write_file(path, str_field(&v, "certificatePem")?, false)?;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("certificatePem");
+        m.insert("file".into(), json!(path.display().to_string()));
     }
-    Ok(())
+    Ok(v)
 }
 
 fn set_status(id: &str, status: &str) -> (String, Value) {
@@ -762,32 +760,21 @@ pub fn cert(ep: &Endpoint, cmd: CertCmd) -> ExitCode {
                 inactive,
             } => {
                 let pem = read_input(&csr)?;
-                let mut v = api
+                let v = api
                     .post(
                         "/certificates/from-csr",
-                        json!({ "certificateSigningRequest": pem, "setAsActive": !inactive }),
+                        json!({ "certificateSigningRequest": pem, "setAsActive": !inactive, "thingName": thing }),
                     )
                     .await?;
-                attach_to(&api, thing.as_deref(), &v).await?;
-                if let Some(path) = out {
-                    write_file(&path, str_field(&v, "certificatePem")?, false)?;
-                    if let Some(m) = v.as_object_mut() {
-                        m.remove("certificatePem");
-                        m.insert("file".into(), json!(path.display().to_string()));
-                    }
-                }
-                Ok(v)
+                pem_to_file(v, out.as_deref())
             }
             CertCmd::Register { pem, thing, inactive } => {
                 let pem = read_input(&pem)?;
-                let v = api
-                    .post(
-                        "/certificates/register",
-                        json!({ "certificatePem": pem, "setAsActive": !inactive }),
-                    )
-                    .await?;
-                attach_to(&api, thing.as_deref(), &v).await?;
-                Ok(v)
+                api.post(
+                    "/certificates/register",
+                    json!({ "certificatePem": pem, "setAsActive": !inactive, "thingName": thing }),
+                )
+                .await
             }
             CertCmd::List => api.get("/certificates", &[]).await,
             CertCmd::Describe { id } => api.get(&format!("/certificates/{}", encode(&id)), &[]).await,
@@ -813,17 +800,7 @@ pub fn ca(ep: &Endpoint, cmd: CaCmd) -> ExitCode {
     let api = Api::new(ep);
     run(async move {
         match cmd {
-            CaCmd::Get { out } => {
-                let mut v = api.get("/ca", &[]).await?;
-                if let Some(path) = out {
-                    write_file(&path, str_field(&v, "certificatePem")?, false)?;
-                    if let Some(m) = v.as_object_mut() {
-                        m.remove("certificatePem");
-                        m.insert("file".into(), json!(path.display().to_string()));
-                    }
-                }
-                Ok(v)
-            }
+            CaCmd::Get { out } => pem_to_file(api.get("/ca", &[]).await?, out.as_deref()),
             CaCmd::Register {
                 pem,
                 inactive,

@@ -1,12 +1,14 @@
 //! [`AuthStore`] on Redis: one hash per table, `{prefix}:auth:{table}`, field = key. The
 //! records are small and few, so `HGETALL` serves a scan.
 
-use std::time::Duration;
+use std::future::Future;
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use shoal_auth::store::{AuthStore, AuthStoreError, AuthTable};
+
+use crate::redis_store::{CallError, call};
 
 /// Identity records in Redis.
 #[derive(Clone)]
@@ -23,8 +25,6 @@ impl std::fmt::Debug for RedisAuthStore {
     }
 }
 
-const TIMEOUT: Duration = Duration::from_secs(5);
-
 impl RedisAuthStore {
     pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
         RedisAuthStore {
@@ -37,19 +37,15 @@ impl RedisAuthStore {
         format!("{}:auth:{}", self.prefix, table.name())
     }
 
+    /// [`call`]; every failure is [`AuthStoreError::Unavailable`] (the trait has no other kind).
     async fn call<T>(
         &self,
         what: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, AuthStoreError> {
-        match tokio::time::timeout(TIMEOUT, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(AuthStoreError::Unavailable(format!("redis {what}: {e}"))),
-            Err(_) => Err(AuthStoreError::Unavailable(format!(
-                "redis {what}: no answer within {}s",
-                TIMEOUT.as_secs()
-            ))),
-        }
+        call(what, fut).await.map_err(|e| match e {
+            CallError::Corrupt(m) | CallError::Unavailable(m) => AuthStoreError::Unavailable(m),
+        })
     }
 }
 

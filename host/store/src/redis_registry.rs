@@ -39,9 +39,7 @@
 //! transaction are not in one Redis Cluster hash slot.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +49,7 @@ use shoal_things::registry::plan::{MAX_READ_ROUNDS, Outcome, Plan, Reads, Snapsh
 use shoal_things::registry::store::SCAN_END;
 use shoal_things::registry::{IndexKey, Record, RecordKey, RegistryError, RegistryStore};
 
-use crate::redis_store::{CALL_TIMEOUT, connect_manager};
+use crate::redis_store::{CallError, backoff, call, connect_manager};
 
 /// Optimistic attempts per transaction before giving up with `ServiceUnavailableException`.
 pub const MAX_ATTEMPTS: usize = 100;
@@ -136,26 +134,15 @@ impl std::fmt::Debug for RedisRegistryStore {
     }
 }
 
-/// Maps a redis error: a reply we cannot decode is `InternalFailureException`, everything else
-/// (connection, timeout, server error) `ServiceUnavailableException`.
-fn redis_err(what: &str, e: &redis::RedisError) -> RegistryError {
-    match e.kind() {
-        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
-            RegistryError::InternalFailure(format!("redis {what}: {e}"))
+/// A reply that does not decode is `InternalFailureException`; everything else (connection,
+/// timeout, server error) `ServiceUnavailableException`.
+impl From<CallError> for RegistryError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Corrupt(m) => RegistryError::InternalFailure(m),
+            CallError::Unavailable(m) => RegistryError::ServiceUnavailable(m),
         }
-        _ => RegistryError::ServiceUnavailable(format!("redis {what}: {e}")),
     }
-}
-
-/// A random duration below `max`, for backoff jitter (see `redis_shadows`).
-fn jitter(max: Duration) -> Duration {
-    let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(RandomState::new().build_hasher().finish() % max_nanos)
-}
-
-fn backoff_ceiling(attempt: usize) -> Duration {
-    let shift = u32::try_from(attempt.min(16)).unwrap_or(16);
-    FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF)
 }
 
 /// What a transaction read: record revisions and index sizes, for the script's checks.
@@ -245,23 +232,13 @@ impl RedisRegistryStore {
         format!("{}:reg-rev", self.prefix)
     }
 
-    /// Runs one round trip under [`CALL_TIMEOUT`] with the error mapped and logged.
-    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, RegistryError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_err(what, &e)),
-            Err(_) => Err(RegistryError::ServiceUnavailable(format!(
-                "redis {what}: no answer within {}s",
-                CALL_TIMEOUT.as_secs()
-            ))),
-        };
-        if let Err(e) = &res {
-            tracing::debug!(error = %e, "Redis registry call failed");
-        }
-        res
+    /// [`call`] with the error as a [`RegistryError`].
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RegistryError> {
+        Ok(call(what, fut).await?)
     }
 
     /// Loads `reads` in one `MULTI`/`EXEC` pipeline into `snap`, noting revisions and sizes.
@@ -388,7 +365,7 @@ impl RedisRegistryStore {
                 return Ok(outcome);
             }
             tracing::trace!(attempt, "registry transaction conflict, retrying");
-            tokio::time::sleep(jitter(backoff_ceiling(attempt))).await;
+            tokio::time::sleep(backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF)).await;
         }
         tracing::warn!(
             attempts = MAX_ATTEMPTS,

@@ -51,7 +51,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ use shoal_things::shadow::{
     Mutated, Mutation, ShadowKey, ShadowName, ShadowStore, ShadowStoreError, StoredShadow, ThingName,
 };
 
-use crate::redis_store::{CALL_TIMEOUT, connect_manager};
+use crate::redis_store::{CallError, backoff, call, connect_manager};
 
 /// Compare-and-set attempts per mutation before giving up with
 /// [`ShadowStoreError::Contention`].
@@ -156,14 +156,12 @@ impl std::fmt::Debug for RedisShadowStore {
     }
 }
 
-/// Maps a redis error: a reply we cannot decode is [`ShadowStoreError::Corrupt`], everything
-/// else (connection, timeout, server error) is [`ShadowStoreError::Unavailable`].
-fn redis_err(what: &str, e: &redis::RedisError) -> ShadowStoreError {
-    match e.kind() {
-        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
-            ShadowStoreError::Corrupt(format!("redis {what}: {e}"))
+impl From<CallError> for ShadowStoreError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Corrupt(m) => ShadowStoreError::Corrupt(m),
+            CallError::Unavailable(m) => ShadowStoreError::Unavailable(m),
         }
-        _ => ShadowStoreError::Unavailable(format!("redis {what}: {e}")),
     }
 }
 
@@ -198,19 +196,6 @@ fn decode(key: &str, doc: Option<Vec<u8>>) -> Result<Option<StoredShadow>, Shado
             .map_err(|e| ShadowStoreError::Corrupt(format!("redis key {key}: document does not decode: {e}")))
     })
     .transpose()
-}
-
-/// A random duration below `max`, for backoff jitter. Each `RandomState` has fresh keys, so
-/// hashing nothing with it is a cheap random number; no need for a generator crate.
-fn jitter(max: Duration) -> Duration {
-    let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(RandomState::new().build_hasher().finish() % max_nanos)
-}
-
-/// The backoff ceiling before attempt `attempt + 1`.
-fn backoff_ceiling(attempt: usize) -> Duration {
-    let shift = u32::try_from(attempt.min(16)).unwrap_or(16);
-    FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF)
 }
 
 impl RedisShadowStore {
@@ -266,23 +251,13 @@ impl RedisShadowStore {
         &self.turns[i]
     }
 
-    /// Runs one round trip under [`CALL_TIMEOUT`] with the error mapped and logged.
-    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, ShadowStoreError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_err(what, &e)),
-            Err(_) => Err(ShadowStoreError::Unavailable(format!(
-                "redis {what}: no answer within {}s",
-                CALL_TIMEOUT.as_secs()
-            ))),
-        };
-        if let Err(e) = &res {
-            tracing::debug!(error = %e, "Redis shadow call failed");
-        }
-        res
+    /// [`call`] with the error as a [`ShadowStoreError`].
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ShadowStoreError> {
+        Ok(call(what, fut).await?)
     }
 
     /// `HMGET doc rev`: the key's revision (0 when missing) and document.
@@ -368,7 +343,7 @@ impl RedisShadowStore {
                         verified = true;
                         continue;
                     }
-                    tokio::time::sleep(jitter(backoff_ceiling(attempt))).await;
+                    tokio::time::sleep(backoff(attempt, FIRST_BACKOFF, MAX_BACKOFF)).await;
                 }
             }
         }

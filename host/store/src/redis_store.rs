@@ -88,15 +88,63 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Maps a redis error: a reply we cannot decode is [`StoreError::Corrupt`], everything else
-/// (connection, timeout, server error) is [`StoreError::Unavailable`].
-fn redis_err(what: &str, e: &redis::RedisError) -> StoreError {
-    match e.kind() {
-        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
-            StoreError::Corrupt(format!("redis {what}: {e}"))
+/// One failed Redis round trip, before each store maps it to its own error type.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// A reply that does not decode as expected.
+    Corrupt(String),
+    /// Connection lost, server error, or no answer within [`CALL_TIMEOUT`].
+    Unavailable(String),
+}
+
+impl From<CallError> for StoreError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Corrupt(m) => StoreError::Corrupt(m),
+            CallError::Unavailable(m) => StoreError::Unavailable(m),
         }
-        _ => StoreError::Unavailable(format!("redis {what}: {e}")),
     }
+}
+
+/// Runs one round trip under [`CALL_TIMEOUT`]; a failure is described as `redis {what}: ...`
+/// (a reply that does not decode is [`CallError::Corrupt`], anything else
+/// [`CallError::Unavailable`]) and logged at debug level. Every Redis store calls through here.
+pub(crate) async fn call<T>(
+    what: &str,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, CallError> {
+    let err = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => match e.kind() {
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+                CallError::Corrupt(format!("redis {what}: {e}"))
+            }
+            _ => CallError::Unavailable(format!("redis {what}: {e}")),
+        },
+        Err(_) => CallError::Unavailable(format!(
+            "redis {what}: no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        )),
+    };
+    tracing::debug!(error = ?err, "Redis call failed");
+    Err(err)
+}
+
+/// The pause before attempt `attempt + 1` of an optimistic transaction that lost a race:
+/// uniformly random below a ceiling that starts at `first` and doubles per attempt up to `max`,
+/// so that colliding nodes spread out. (Each `RandomState` has fresh keys, so hashing nothing
+/// with it is a cheap random number; no need for a generator crate.)
+pub(crate) fn backoff(attempt: usize, first: Duration, max: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let shift = u32::try_from(attempt.min(16)).unwrap_or(16);
+    let ceiling = first.saturating_mul(1u32 << shift).min(max);
+    let max_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            % max_nanos,
+    )
 }
 
 impl RedisStore {
@@ -147,23 +195,13 @@ impl RedisStore {
         format!("{}:queue:{client_id}", self.prefix)
     }
 
-    /// Runs one round trip under [`CALL_TIMEOUT`] with the error mapped and logged.
-    async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_err(what, &e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis {what}: no answer within {}s",
-                CALL_TIMEOUT.as_secs()
-            ))),
-        };
-        if let Err(e) = &res {
-            tracing::debug!(error = %e, "Redis call failed");
-        }
-        res
+    /// [`call`] with the error as a [`StoreError`].
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        Ok(call(what, fut).await?)
     }
 }
 

@@ -136,16 +136,11 @@ async fn create_cert(
         .clone()
         .or_else(|| b.thing_name.clone())
         .unwrap_or_else(|| "shoal-device".into());
-    if let Some(t) = &b.thing_name {
-        super::registry::ensure_thing(&s.registry, t).await?;
-    }
     let (rec, issued) = s
         .identity
         .create_keys_and_certificate(&cn, b.set_as_active)
         .await?;
-    if let Some(t) = &b.thing_name {
-        s.identity.attach_thing_principal(t, &rec.arn).await?;
-    }
+    attach_to_thing(&s, b.thing_name.as_deref(), &rec).await?;
     let mut v = cert_json(&rec);
     v["keyPair"] = json!({
         "PrivateKey": issued.private_key_pem,
@@ -154,12 +149,25 @@ async fn create_cert(
     Ok(ok(v))
 }
 
+/// Shoal's convenience on the certificate-creating calls (AWS needs a separate
+/// AttachThingPrincipal): attach the new certificate to `thing`, registering the thing first if
+/// it is new (AWS requires an existing thing for the attachment).
+async fn attach_to_thing(s: &AppState, thing: Option<&str>, rec: &CertificateRecord) -> Result<(), ApiError> {
+    if let Some(t) = thing {
+        super::registry::ensure_thing(&s.registry, t).await?;
+        s.identity.attach_thing_principal(t, &rec.arn).await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct FromCsr {
     certificate_signing_request: String,
     #[serde(default = "yes")]
     set_as_active: bool,
+    /// Attach the new certificate to this thing (see [`attach_to_thing`]).
+    thing_name: Option<String>,
 }
 
 async fn cert_from_csr(
@@ -170,6 +178,7 @@ async fn cert_from_csr(
         .identity
         .sign_csr(&b.certificate_signing_request, b.set_as_active)
         .await?;
+    attach_to_thing(&s, b.thing_name.as_deref(), &rec).await?;
     Ok(ok(cert_json(&rec)))
 }
 
@@ -179,6 +188,8 @@ struct RegisterCert {
     certificate_pem: String,
     #[serde(default)]
     set_as_active: bool,
+    /// Attach the certificate to this thing (see [`attach_to_thing`]).
+    thing_name: Option<String>,
 }
 
 async fn register_cert(
@@ -189,6 +200,7 @@ async fn register_cert(
         .identity
         .register_certificate(&b.certificate_pem, b.set_as_active)
         .await?;
+    attach_to_thing(&s, b.thing_name.as_deref(), &rec).await?;
     Ok(ok(cert_json(&rec)))
 }
 
