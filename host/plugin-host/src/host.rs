@@ -12,6 +12,7 @@ use crate::log::{LogLine, PluginLog};
 use crate::message::Message;
 use crate::metrics::{self, CustomMetrics, PluginSample, VersionSample};
 use crate::outcome::{Outcome, PluginFault};
+use crate::replay::{OverlayKv, Replay};
 use crate::sandbox::{PluginShared, Services, VersionEnv};
 use crate::services::{Clock, NoShadows, ShadowReader, SystemClock};
 use crate::store::{CatalogSnapshot, CatalogStore, FileCatalogStore, PluginRecord, VersionRecord};
@@ -62,6 +63,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct PluginHost {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("plugins", &self.plugins())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A resolved plugin: calls through it skip the name lookup. Stays valid across version swaps
@@ -215,6 +224,16 @@ impl PluginHost {
             self.inner.load_slot(&entry, slot)?
         };
         Ok(self.inner.call(&entry, &loaded, msg))
+    }
+
+    /// Dry-runs version `version` of `name` over `messages`, in order, on a private instance:
+    /// key-value writes go to a scratch overlay (reads see the real state first), log lines
+    /// are returned instead of logged, nothing counts against the version's health or
+    /// counters, and the actions are only reported. For "replay before activation": run the
+    /// candidate and the active version over the same recording and compare. Blocks for up to
+    /// one deadline per message; run it off the async executor.
+    pub fn replay(&self, name: &str, version: u32, messages: &[Message]) -> Result<Replay, CatalogError> {
+        self.inner.replay(name, version, messages)
     }
 
     /// Appends every `shoal_plugin_*` metric family (Prometheus text format).
@@ -416,6 +435,47 @@ impl Inner {
         let info = slot.info(entry.name.as_str(), st.active);
         st.versions.insert(number, slot);
         Ok((info, true))
+    }
+
+    fn replay(&self, name: &str, version: u32, messages: &[Message]) -> Result<Replay, CatalogError> {
+        let entry = self.entry(name)?;
+        let record = {
+            let st = entry.state.lock();
+            st.versions
+                .get(&version)
+                .map(|slot| slot.record.clone())
+                .ok_or_else(|| CatalogError::UnknownVersion {
+                    plugin: name.to_string(),
+                    version,
+                })?
+        };
+        let rt = self.runtimes.get(record.config.fuel.is_some())?;
+        let (component, source, took) = self.artifacts.load(&rt, &record.sha256, None)?;
+        let shared = Arc::new(PluginShared {
+            name: entry.shared.name.clone(),
+            log: PluginLog::private(self.config.log_lines_kept),
+            custom: CustomMetrics::default(),
+        });
+        let mut config = record.config.clone();
+        // Report every fault as it happens rather than "suspended" after a few.
+        config.max_consecutive_failures = u32::MAX;
+        let env = Arc::new(VersionEnv {
+            plugin: shared.clone(),
+            version,
+            config,
+            services: Services {
+                kv: Arc::new(OverlayKv::new(self.services.kv.clone())),
+                ..self.services.clone()
+            },
+        });
+        let loaded = LoadedVersion::new(env, &self.runtimes, rt, &component, (source, took), 1)?;
+        let outcomes = messages.iter().map(|m| loaded.call(m).outcome).collect();
+        loaded.retire();
+        Ok(Replay {
+            version,
+            outcomes,
+            logs: shared.log.tail(usize::MAX),
+        })
     }
 
     fn remove_if_empty(&self, entry: &Arc<PluginEntry>) {

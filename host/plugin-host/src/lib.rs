@@ -20,6 +20,7 @@
 //!   stderr into the plugin log) and the `host` interface.
 //! - `catalog` / `host`: names, versions, activation, rollback, health; [`PluginHost`].
 //! - [`store`]: persistence of the catalog ([`CatalogStore`], [`FileCatalogStore`]).
+//! - `replay`: dry runs of a version over recorded messages ([`PluginHost::replay`]).
 //! - [`kv`]: the [`PluginKv`] seam and [`MemoryKv`]; [`services`]: [`Clock`], [`ShadowReader`].
 //!
 //! # What is bounded, and how
@@ -103,6 +104,7 @@ mod log;
 mod message;
 mod metrics;
 mod outcome;
+mod replay;
 mod sandbox;
 pub mod services;
 pub mod store;
@@ -118,5 +120,6 @@ pub use log::{LogLevel, LogLine};
 pub use message::{Action, Alert, Message, Publish, Severity, ShadowUpdate, StreamAppend, Webhook};
 pub use metrics::CallCounts;
 pub use outcome::{FaultKind, Outcome, PluginFault};
+pub use replay::Replay;
 pub use services::{Clock, NoShadows, ShadowReader, SystemClock};
 pub use store::{CatalogSnapshot, CatalogStore, FileCatalogStore, PluginRecord, VersionRecord};

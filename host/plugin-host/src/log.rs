@@ -51,6 +51,8 @@ pub(crate) struct PluginLog {
     keep: usize,
     ring: Mutex<Ring>,
     dropped: AtomicU64,
+    /// Whether kept lines also go to `tracing` (not for a replay's private log).
+    emit: bool,
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
@@ -77,6 +79,15 @@ impl PluginLog {
                 },
             }),
             dropped: AtomicU64::new(0),
+            emit: true,
+        }
+    }
+
+    /// A log that only keeps lines (a replay's: its lines are returned, not logged).
+    pub(crate) fn private(keep: usize) -> Self {
+        PluginLog {
+            emit: false,
+            ..PluginLog::new(keep)
         }
     }
 
@@ -104,7 +115,9 @@ impl PluginLog {
             }
         }
         // Outside the lock: the subscriber may write to a terminal or a file.
-        emit(plugin, &line);
+        if self.emit {
+            emit(plugin, &line);
+        }
         true
     }
 

@@ -862,3 +862,67 @@ fn a_call_made_inside_an_async_task_cannot_take_the_caller_down() {
     }
     assert_healthy_echo(&t.host, "p");
 }
+
+#[test]
+fn replay_is_a_dry_run_that_leaves_state_health_and_logs_alone() {
+    let t = test_host();
+    deploy(&t.host, "p", "echo", lenient().setting("tag", "v1"));
+    t.host
+        .upload("p", &guest("echo"), lenient().setting("tag", "v2"))
+        .unwrap();
+    let mut on_thing = msg("kv/set/k", "real");
+    on_thing.thing_name = Some("truck-1".into());
+    assert_eq!(published(&t.host.invoke("p", &on_thing)).0, "kv/ok");
+    let before = t.host.health("p").unwrap();
+    let logs_before = t.host.logs("p", 1000).unwrap().len();
+    let recording: Vec<_> = [
+        ("kv/get/k", "", Some("truck-1")),
+        ("kv/set/k", "replayed", Some("truck-1")),
+        ("kv/get/k", "", Some("truck-1")),
+        ("print", "from the replay", None),
+        ("reading", "42", None),
+        ("fail", "", None),
+    ]
+    .into_iter()
+    .map(|(topic, payload, thing)| {
+        let mut m = msg(topic, payload.to_string());
+        m.thing_name = thing.map(str::to_string);
+        m
+    })
+    .collect();
+    let candidate = t.host.replay("p", 2, &recording).unwrap();
+    let active = t.host.replay("p", 1, &recording).unwrap();
+    assert_eq!(candidate.outcomes.len(), recording.len());
+    // Both start from the real state and see their own writes.
+    for run in [&candidate, &active] {
+        assert_eq!(published(&run.outcomes[0]).1, "real");
+        assert_eq!(published(&run.outcomes[2]).1, "replayed");
+        assert!(matches!(run.outcomes[5], Outcome::Failed(_)));
+        assert!(
+            run.logs.iter().any(|l| l.message == "from the replay"),
+            "{:?}",
+            run.logs
+        );
+    }
+    // The versions differ where their configuration does.
+    assert_eq!(published(&candidate.outcomes[4]).0, "v2/reading");
+    assert_eq!(published(&active.outcomes[4]).0, "v1/reading");
+    // Nothing leaked: state, health, counters and the plugin's log are as before.
+    assert_eq!(
+        published(&t.host.invoke("p", &{
+            let mut m = msg("kv/get/k", "");
+            m.thing_name = Some("truck-1".into());
+            m
+        }))
+        .1,
+        "real"
+    );
+    let after = t.host.health("p").unwrap();
+    assert_eq!(after.consecutive_failures, 0);
+    assert_eq!(after.calls.invocations, before.calls.invocations + 1);
+    assert_eq!(t.host.logs("p", 1000).unwrap().len(), logs_before);
+    assert!(matches!(
+        t.host.replay("p", 9, &recording),
+        Err(CatalogError::UnknownVersion { .. })
+    ));
+}

@@ -10,6 +10,17 @@
 //!
 //! The supported grammar, functions, types, conversion rules and every place where AWS's
 //! documentation is ambiguous are written down in `docs/IOT_SQL.md`.
+//!
+//! The engine itself: [`rule`] (definitions in AWS's `TopicRulePayload` shape, compiled and
+//! checked), [`engine`] ([`RulesEngine`]: the broker hook, the worker threads, the actions
+//! `republish`, `shadow` and `plugin`, the error action) and [`store`] (persistence).
 #![deny(missing_docs)]
 
+pub mod engine;
+pub mod rule;
 pub mod sql;
+pub mod store;
+
+pub use engine::{EngineConfig, EngineDeps, RuleInfo, RuleStats, RulesEngine};
+pub use rule::{ActionSpec, Rule, RuleError, RuleName, TopicRulePayload};
+pub use store::{FileRuleStore, RuleStore, StoredRule};

@@ -164,7 +164,7 @@ pub(crate) fn finish(
 }
 
 #[allow(clippy::print_stdout)] // printing the result is the command's job
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     if !v.is_null() {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }

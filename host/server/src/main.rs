@@ -3,7 +3,9 @@
 mod api;
 mod cli;
 mod cli_identity;
+mod cli_plugin;
 mod config;
+mod plugin_watch;
 mod serve;
 
 use std::process::ExitCode;
@@ -71,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_identity::PolicyCmd,
     },
+    /// WebAssembly plugins: deploy, activate, roll back, logs, replay.
+    Plugin {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_plugin::PluginCmd,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         Command::Cert { endpoint, cmd } => cli_identity::cert(&endpoint, cmd),
         Command::Ca { endpoint, cmd } => cli_identity::ca(&endpoint, cmd),
         Command::Policy { endpoint, cmd } => cli_identity::policy(&endpoint, cmd),
+        Command::Plugin { endpoint, cmd } => cli_plugin::plugin(&endpoint, cmd),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,

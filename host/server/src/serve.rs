@@ -15,8 +15,10 @@ use shoal_auth::tls::ClientAuth;
 use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
 use shoal_broker::{Broker, BrokerConfig};
+use shoal_plugin_host::{Clock, HostConfig, HostServices, MemoryKv, PluginHost, ShadowReader, SystemClock};
+use shoal_rules::{EngineConfig, EngineDeps, FileRuleStore, RulesEngine};
 use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLimits};
-use shoal_things::shadow::{ShadowConfig, ShadowService};
+use shoal_things::shadow::{ShadowConfig, ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::api::{AppState, router};
 use crate::config::{AnonymousSetting, Config};
@@ -84,6 +86,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("loading broker state from the store")?;
     identity.set_broker(&broker);
     let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
+    let plugins = start_plugins(&cfg, &shadows, &rt).await?;
+    let rules = RulesEngine::start(
+        EngineConfig::default(),
+        Arc::new(FileRuleStore::new(cfg.data_dir.join("rules").join("rules.json"))),
+        EngineDeps {
+            broker: broker.clone(),
+            shadows: shadows.clone(),
+            plugins: plugins.clone(),
+            rt: rt.clone(),
+        },
+    )
+    .context("starting the rules engine")?;
 
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.mqtt_listen {
@@ -130,7 +144,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shadows.clone(),
         identity.clone(),
         registry,
+        plugins.clone(),
+        rules,
     ));
+    crate::plugin_watch::spawn(
+        plugins,
+        cfg.data_dir.join("plugins").join("watch"),
+        stop_rx.clone(),
+    );
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
@@ -157,6 +178,71 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_millis(300), http_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the plugin host (restoring the catalog and compiling or mapping active versions,
+/// which is CPU work: on the blocking pool).
+async fn start_plugins(
+    cfg: &Config,
+    shadows: &Arc<ShadowService>,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<PluginHost> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let services = HostServices {
+        kv: Arc::new(MemoryKv::new(clock.clone())),
+        shadows: Arc::new(PluginShadows {
+            shadows: shadows.clone(),
+            rt: rt.clone(),
+        }),
+        clock,
+        catalog_store: None,
+    };
+    let config = HostConfig::new(&cfg.data_dir);
+    let host = tokio::task::spawn_blocking(move || PluginHost::new(config, services))
+        .await
+        .context("starting the plugin host")?
+        .context("starting the plugin host")?;
+    tracing::info!(plugins = host.plugins().len(), "plugin host started");
+    Ok(host)
+}
+
+/// Plugins' read-only view of shadows (`get-shadow`). Plugin calls run on blocking threads,
+/// so this may wait for the shadow service, but only briefly: past [`SHADOW_READ_TIMEOUT`]
+/// the plugin is told the shadow is unavailable rather than have its deadline eaten.
+struct PluginShadows {
+    shadows: Arc<ShadowService>,
+    rt: tokio::runtime::Handle,
+}
+
+/// How long a plugin's shadow read may wait for the store.
+const SHADOW_READ_TIMEOUT: Duration = Duration::from_millis(5);
+
+impl ShadowReader for PluginShadows {
+    fn get_shadow(&self, thing: &str, shadow_name: Option<&str>) -> Result<Option<String>, String> {
+        let thing = ThingName::parse(thing).map_err(|e| e.to_string())?;
+        let shadow = shadow_name
+            .map(ShadowName::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let key = ShadowKey::new(thing, shadow);
+        // Ask the runtime and wait on a plain channel: works from any thread (no nested
+        // `block_on`), bounded by the timeout.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let service = self.shadows.clone();
+        self.rt.spawn(async move {
+            let _ = tx.send(service.get(&key, b"").await);
+        });
+        let read = rx.recv_timeout(SHADOW_READ_TIMEOUT);
+        match read {
+            Ok(Ok(doc)) => Ok(Some(doc.to_string())),
+            Ok(Err(r)) if r.error.code == 404 => Ok(None),
+            Ok(Err(r)) => Err(format!("shadow unavailable: {}", r.error)),
+            Err(_) => Err(format!(
+                "shadow unavailable: the store did not answer within {} ms",
+                SHADOW_READ_TIMEOUT.as_millis()
+            )),
+        }
+    }
 }
 
 /// The registry as the identity service sees it: the `iot:Connection.Thing.*` policy variables

@@ -1,11 +1,13 @@
 //! The HTTP surface (axum): health, Prometheus metrics, the AWS IoT data plane, and the
-//! management API under `/api/v1` (identities, the thing registry; the registry also answers on
+//! management API under `/api/v1` (identities, the thing registry, plugins, rules; the registry also answers on
 //! AWS's control-plane paths).
 
 mod dataplane;
 mod error;
 mod identity;
+mod plugins;
 mod registry;
+mod rules;
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use serde_json::json;
 use shoal_auth::service::IdentityService;
 use shoal_broker::Broker;
 use shoal_broker::message::ClientId;
+use shoal_plugin_host::PluginHost;
+use shoal_rules::RulesEngine;
 use shoal_things::registry::Registry;
 use shoal_things::shadow::ShadowService;
 
@@ -32,6 +36,10 @@ pub struct AppState {
     pub identity: Arc<IdentityService>,
     /// Things, thing types, thing groups.
     pub registry: Arc<Registry>,
+    /// WebAssembly plugins.
+    pub plugins: PluginHost,
+    /// The rules engine.
+    pub rules: RulesEngine,
     /// The client id of HTTP publishes.
     pub http_client_id: ClientId,
 }
@@ -43,12 +51,16 @@ impl AppState {
         shadows: Arc<ShadowService>,
         identity: Arc<IdentityService>,
         registry: Arc<Registry>,
+        plugins: PluginHost,
+        rules: RulesEngine,
     ) -> Self {
         AppState {
             broker,
             shadows,
             identity,
             registry,
+            plugins,
+            rules,
             http_client_id: dataplane::http_client_id(),
         }
     }
@@ -62,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .merge(dataplane::routes())
         .merge(identity::routes())
         .merge(registry::routes())
+        .merge(plugins::routes())
+        .merge(rules::routes())
         .with_state(state)
 }
 
@@ -96,7 +110,12 @@ async fn health(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.broker.metrics.render(),
+        {
+            let mut text = s.broker.metrics.render();
+            s.plugins.render_prometheus(&mut text);
+            s.rules.render_prometheus(&mut text);
+            text
+        },
     )
         .into_response()
 }

@@ -540,6 +540,8 @@ mod tests {
         let _ = Router::<AppState>::new()
             .merge(super::super::dataplane::routes())
             .merge(super::super::identity::routes())
+            .merge(super::super::plugins::routes())
+            .merge(super::super::rules::routes())
             .merge(routes());
     }
 
@@ -563,7 +565,23 @@ mod tests {
             .await
             .unwrap();
         let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
-        let app = super::super::router(AppState::new(broker, shadows, identity, registry));
+        let plugins = shoal_plugin_host::PluginHost::new(
+            shoal_plugin_host::HostConfig::new(dir),
+            shoal_plugin_host::HostServices::default(),
+        )
+        .unwrap();
+        let rules = shoal_rules::RulesEngine::start(
+            shoal_rules::EngineConfig::default(),
+            Arc::new(shoal_rules::FileRuleStore::new(dir.join("rules.json"))),
+            shoal_rules::EngineDeps {
+                broker: broker.clone(),
+                shadows: shadows.clone(),
+                plugins: plugins.clone(),
+                rt: rt.clone(),
+            },
+        )
+        .unwrap();
+        let app = super::super::router(AppState::new(broker, shadows, identity, registry, plugins, rules));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });

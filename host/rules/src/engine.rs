@@ -1,0 +1,764 @@
+//! The rules engine: sees every message through a broker hook, hands the ones some enabled
+//! rule's `FROM` filter matches to worker threads, evaluates each rule's SQL there and runs its
+//! actions; failures go to the rule's error action with AWS's error document.
+//!
+//! # Threads and back-pressure
+//!
+//! The hook runs on the broker's I/O threads, so it only matches topics and enqueues (never
+//! blocks): each worker thread owns a bounded queue, and a message goes to the worker chosen
+//! by its publisher's client id, so one device's messages are handled in the order it sent
+//! them (a debouncing plugin sees readings in order). A full queue drops the message for the
+//! rules (it is still routed to subscribers) and counts it in `shoal_rules_dropped_total`.
+//! Workers are plain threads, not async tasks: plugin calls are synchronous and may run for
+//! their deadline, and shadow reads and writes wait on the runtime from there.
+//!
+//! # What rules see
+//!
+//! Messages published by clients (MQTT, HTTP `POST /topics`). Messages the server publishes
+//! itself (shadow responses, rule and plugin republishes) do not enter the rules again, so a
+//! rule cannot loop on its own output; this departs from AWS, where republished messages are
+//! matched again. A publish to `$aws/rules/{rule}/...` (Basic Ingest) goes to that rule only,
+//! with `topic()` seeing the part after the prefix, and is not delivered to subscribers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use parking_lot::Mutex;
+use serde_json::json;
+use shoal_broker::Broker;
+use shoal_broker::hook::{HookOutcome, MessageHook, Origin};
+use shoal_broker::message::{Message, QoS, now_ms};
+use shoal_broker::topic::Topic;
+use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcome, PluginHost};
+use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
+
+use crate::rule::{Compiled, Rule, RuleError, RuleName, TopicRulePayload};
+use crate::sql::{Ctx, Output, ShadowRequest};
+use crate::store::{RuleStore, StoredRule};
+
+/// Basic Ingest's topic prefix.
+const BASIC_INGEST: &str = "$aws/rules/";
+/// Where the `alert` actions of plugins are published: `$shoal/alerts/{thing}` (`-` when the
+/// alert names no thing).
+pub const ALERT_TOPIC_PREFIX: &str = "$shoal/alerts/";
+/// How long a shadow action or `get_thing_shadow()` waits for the shadow service.
+const SHADOW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Worker threads (each with its own queue).
+    pub workers: usize,
+    /// Messages each worker's queue holds before new ones are dropped.
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 2,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+/// What the engine's actions reach.
+#[derive(Clone)]
+pub struct EngineDeps {
+    /// Where republishes go.
+    pub broker: Arc<Broker>,
+    /// Shadow actions and `get_thing_shadow()`.
+    pub shadows: Arc<ShadowService>,
+    /// Plugin actions.
+    pub plugins: PluginHost,
+    /// The runtime shadow calls run on.
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Counters of one rule.
+#[derive(Debug, Default)]
+struct RuleCounters {
+    matched: AtomicU64,
+    selected: AtomicU64,
+    sql_errors: AtomicU64,
+    actions_ok: AtomicU64,
+    actions_failed: AtomicU64,
+    error_actions: AtomicU64,
+    error_action_failures: AtomicU64,
+}
+
+/// A rule and its counters.
+#[derive(Debug)]
+struct Live {
+    rule: Rule,
+    counters: RuleCounters,
+}
+
+/// A rule as the API reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleInfo {
+    /// Name.
+    pub rule_name: String,
+    /// Definition.
+    pub topic_rule_payload: TopicRulePayload,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Counters since the rule was (re)defined or the server started.
+    pub stats: RuleStats,
+}
+
+/// A rule's counters.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleStats {
+    /// Messages whose topic matched.
+    pub matched: u64,
+    /// Messages that passed `WHERE`.
+    pub selected: u64,
+    /// Evaluations that failed.
+    pub sql_errors: u64,
+    /// Actions that succeeded.
+    pub actions_ok: u64,
+    /// Actions that failed.
+    pub actions_failed: u64,
+    /// Error actions run.
+    pub error_actions: u64,
+    /// Error actions that failed themselves.
+    pub error_action_failures: u64,
+}
+
+impl Live {
+    fn info(&self) -> RuleInfo {
+        let c = &self.counters;
+        RuleInfo {
+            rule_name: self.rule.name.to_string(),
+            topic_rule_payload: self.rule.payload.clone(),
+            created_at_ms: self.rule.created_ms,
+            stats: RuleStats {
+                matched: c.matched.load(Relaxed),
+                selected: c.selected.load(Relaxed),
+                sql_errors: c.sql_errors.load(Relaxed),
+                actions_ok: c.actions_ok.load(Relaxed),
+                actions_failed: c.actions_failed.load(Relaxed),
+                error_actions: c.error_actions.load(Relaxed),
+                error_action_failures: c.error_action_failures.load(Relaxed),
+            },
+        }
+    }
+}
+
+type RuleSet = BTreeMap<RuleName, Arc<Live>>;
+
+/// A per-rule metric family: name, help, and the counter it reads.
+type Family = (&'static str, &'static str, fn(&RuleStats) -> u64);
+
+/// One message for the workers.
+struct Job {
+    msg: Arc<Message>,
+    /// The topic rules see (Basic Ingest strips its prefix).
+    topic: String,
+    client_id: String,
+    principal: String,
+    thing: Option<String>,
+    rules: Vec<Arc<Live>>,
+}
+
+#[derive(Debug, Default)]
+struct EngineCounters {
+    enqueued: AtomicU64,
+    dropped: AtomicU64,
+    ingest_unknown: AtomicU64,
+    alerts: AtomicU64,
+}
+
+struct Inner {
+    rules: ArcSwap<RuleSet>,
+    /// Serializes definition changes (and their saves).
+    write: Mutex<()>,
+    store: Arc<dyn RuleStore>,
+    queues: Vec<SyncSender<Job>>,
+    counters: EngineCounters,
+    deps: EngineDeps,
+}
+
+/// The rules engine. Cheap to clone.
+#[derive(Clone)]
+pub struct RulesEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RulesEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesEngine")
+            .field("rules", &self.inner.rules.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RulesEngine {
+    /// Loads the saved rules, starts the workers and registers the broker hook. A saved rule
+    /// that no longer compiles is skipped with an error in the log (never silently).
+    pub fn start(
+        config: EngineConfig,
+        store: Arc<dyn RuleStore>,
+        deps: EngineDeps,
+    ) -> Result<RulesEngine, RuleError> {
+        let mut set = RuleSet::new();
+        for stored in store.load()? {
+            match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
+                Ok(rule) => {
+                    set.insert(
+                        rule.name.clone(),
+                        Arc::new(Live {
+                            rule,
+                            counters: RuleCounters::default(),
+                        }),
+                    );
+                }
+                Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a saved rule"),
+            }
+        }
+        let mut queues = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..config.workers.max(1) {
+            let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
+            queues.push(tx);
+            receivers.push(rx);
+        }
+        let engine = RulesEngine {
+            inner: Arc::new(Inner {
+                rules: ArcSwap::from_pointee(set),
+                write: Mutex::new(()),
+                store,
+                queues,
+                counters: EngineCounters::default(),
+                deps,
+            }),
+        };
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let inner = engine.inner.clone();
+            std::thread::Builder::new()
+                .name(format!("shoal-rules-{i}"))
+                .spawn(move || worker(inner, rx))
+                .map_err(|e| RuleError::Store(format!("cannot start a rules worker: {e}")))?;
+        }
+        engine
+            .inner
+            .deps
+            .broker
+            .add_hook(Arc::new(Hook(engine.inner.clone())));
+        tracing::info!(rules = engine.inner.rules.load().len(), "rules engine started");
+        Ok(engine)
+    }
+
+    /// Every rule, by name.
+    pub fn list(&self) -> Vec<RuleInfo> {
+        self.inner.rules.load().values().map(|l| l.info()).collect()
+    }
+
+    /// One rule.
+    pub fn get(&self, name: &str) -> Result<RuleInfo, RuleError> {
+        let name = RuleName::parse(name)?;
+        self.inner
+            .rules
+            .load()
+            .get(&name)
+            .map(|l| l.info())
+            .ok_or_else(|| RuleError::NotFound(name.to_string()))
+    }
+
+    /// Creates a rule; fails if the name is taken.
+    pub fn create(&self, name: &str, payload: TopicRulePayload) -> Result<RuleInfo, RuleError> {
+        self.change(name, |existing| match existing {
+            Some(_) => Err(RuleError::Exists(name.to_string())),
+            None => Ok(Some(Rule::compile(name, payload, now_ms())?)),
+        })
+        .and_then(|info| info.ok_or_else(|| RuleError::NotFound(name.to_string())))
+    }
+
+    /// Replaces a rule's definition (keeping its creation time); fails if it does not exist.
+    pub fn replace(&self, name: &str, payload: TopicRulePayload) -> Result<RuleInfo, RuleError> {
+        self.change(name, |existing| match existing {
+            Some(old) => Ok(Some(Rule::compile(name, payload, old.rule.created_ms)?)),
+            None => Err(RuleError::NotFound(name.to_string())),
+        })
+        .and_then(|info| info.ok_or_else(|| RuleError::NotFound(name.to_string())))
+    }
+
+    /// Enables or disables a rule.
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<RuleInfo, RuleError> {
+        self.change(name, |existing| match existing {
+            Some(old) => {
+                let mut payload = old.rule.payload.clone();
+                payload.rule_disabled = !enabled;
+                Ok(Some(Rule::compile(name, payload, old.rule.created_ms)?))
+            }
+            None => Err(RuleError::NotFound(name.to_string())),
+        })
+        .and_then(|info| info.ok_or_else(|| RuleError::NotFound(name.to_string())))
+    }
+
+    /// Deletes a rule.
+    pub fn delete(&self, name: &str) -> Result<(), RuleError> {
+        self.change(name, |existing| match existing {
+            Some(_) => Ok(None),
+            None => Err(RuleError::NotFound(name.to_string())),
+        })
+        .map(|_| ())
+    }
+
+    /// Applies one definition change (`f` returns the new rule, or `None` to delete it):
+    /// compute, save, swap. Returns the new rule's description.
+    fn change(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&Arc<Live>>) -> Result<Option<Rule>, RuleError>,
+    ) -> Result<Option<RuleInfo>, RuleError> {
+        let key = RuleName::parse(name)?;
+        let _serial = self.inner.write.lock();
+        let current = self.inner.rules.load_full();
+        let mut next: RuleSet = (*current).clone();
+        let result = match f(current.get(&key))? {
+            Some(rule) => {
+                let live = Arc::new(Live {
+                    rule,
+                    counters: RuleCounters::default(),
+                });
+                let info = live.info();
+                next.insert(key.clone(), live);
+                Some(info)
+            }
+            None => {
+                next.remove(&key);
+                None
+            }
+        };
+        let stored: Vec<StoredRule> = next
+            .values()
+            .map(|l| StoredRule {
+                name: l.rule.name.to_string(),
+                created_ms: l.rule.created_ms,
+                payload: l.rule.payload.clone(),
+            })
+            .collect();
+        self.inner.store.save(&stored)?;
+        self.inner.rules.store(Arc::new(next));
+        match &result {
+            Some(info) => tracing::info!(
+                rule = name,
+                enabled = !info.topic_rule_payload.rule_disabled,
+                "rule saved"
+            ),
+            None => tracing::info!(rule = name, "rule deleted"),
+        }
+        Ok(result)
+    }
+
+    /// Appends the `shoal_rules_*` metric families (Prometheus text format).
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let c = &self.inner.counters;
+        let _ = writeln!(
+            out,
+            "# HELP shoal_rules_enqueued_total Messages handed to the rules workers.\n\
+             # TYPE shoal_rules_enqueued_total counter\nshoal_rules_enqueued_total {}\n\
+             # HELP shoal_rules_dropped_total Messages the rules skipped because the workers' queues were full.\n\
+             # TYPE shoal_rules_dropped_total counter\nshoal_rules_dropped_total {}\n\
+             # HELP shoal_rules_basic_ingest_unknown_total Basic Ingest publishes naming no enabled rule.\n\
+             # TYPE shoal_rules_basic_ingest_unknown_total counter\nshoal_rules_basic_ingest_unknown_total {}\n\
+             # HELP shoal_rules_alerts_total Alerts raised by plugin actions.\n\
+             # TYPE shoal_rules_alerts_total counter\nshoal_rules_alerts_total {}",
+            c.enqueued.load(Relaxed),
+            c.dropped.load(Relaxed),
+            c.ingest_unknown.load(Relaxed),
+            c.alerts.load(Relaxed),
+        );
+        let rules = self.inner.rules.load();
+        let families: [Family; 7] = [
+            (
+                "shoal_rules_matched_total",
+                "Messages whose topic matched the rule.",
+                |s| s.matched,
+            ),
+            (
+                "shoal_rules_selected_total",
+                "Messages that passed the rule's WHERE.",
+                |s| s.selected,
+            ),
+            (
+                "shoal_rules_sql_errors_total",
+                "Evaluations of the rule that failed.",
+                |s| s.sql_errors,
+            ),
+            (
+                "shoal_rules_actions_ok_total",
+                "Actions of the rule that succeeded.",
+                |s| s.actions_ok,
+            ),
+            (
+                "shoal_rules_actions_failed_total",
+                "Actions of the rule that failed.",
+                |s| s.actions_failed,
+            ),
+            (
+                "shoal_rules_error_actions_total",
+                "Error actions the rule ran.",
+                |s| s.error_actions,
+            ),
+            (
+                "shoal_rules_error_action_failures_total",
+                "Error actions of the rule that failed.",
+                |s| s.error_action_failures,
+            ),
+        ];
+        let infos: Vec<RuleInfo> = rules.values().map(|l| l.info()).collect();
+        for (name, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for info in &infos {
+                let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", info.rule_name, get(&info.stats));
+            }
+        }
+    }
+}
+
+/// The broker hook: match and enqueue, nothing else.
+struct Hook(Arc<Inner>);
+
+impl MessageHook for Hook {
+    fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
+        let inner = &self.0;
+        let topic = msg.topic.as_str();
+        let rules = inner.rules.load();
+        let (rules_topic, matched, outcome): (&str, Vec<Arc<Live>>, HookOutcome) =
+            if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
+                let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
+                let live = RuleName::parse(rule)
+                    .ok()
+                    .and_then(|n| rules.get(&n).cloned())
+                    .filter(|l| l.rule.enabled());
+                match live {
+                    Some(l) => (sub, vec![l], HookOutcome::Consumed),
+                    None => {
+                        inner.counters.ingest_unknown.fetch_add(1, Relaxed);
+                        tracing::debug!(%topic, "Basic Ingest publish names no enabled rule; dropped");
+                        return HookOutcome::Consumed;
+                    }
+                }
+            } else {
+                let matched: Vec<Arc<Live>> = rules
+                    .values()
+                    .filter(|l| l.rule.enabled() && l.rule.sql.matches(&msg.topic))
+                    .cloned()
+                    .collect();
+                (topic, matched, HookOutcome::Continue)
+            };
+        if matched.is_empty() {
+            return outcome;
+        }
+        let client_id = origin.client_id.as_str();
+        let job = Job {
+            msg: msg.clone(),
+            topic: rules_topic.to_string(),
+            client_id: client_id.to_string(),
+            principal: origin.principal.id.to_string(),
+            thing: origin.principal.attributes.get("thingName").cloned(),
+            rules: matched,
+        };
+        let shard = shard(client_id, inner.queues.len());
+        match inner.queues[shard].try_send(job) {
+            Ok(()) => {
+                inner.counters.enqueued.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                let n = inner.counters.dropped.fetch_add(1, Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n + 1,
+                        "rules workers are behind; messages skip the rules"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+}
+
+fn shard(client_id: &str, n: usize) -> usize {
+    // FNV-1a: stable and cheap.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    (h % n.max(1) as u64) as usize
+}
+
+/// `get_thing_shadow()` and the clock for SQL evaluation on a worker.
+struct SqlServices<'a> {
+    deps: &'a EngineDeps,
+}
+
+impl crate::sql::Services for SqlServices<'_> {
+    fn thing_shadow(&self, request: &ShadowRequest<'_>) -> Result<Option<serde_json::Value>, String> {
+        let key = shadow_key(request.thing, request.shadow)?;
+        let shadows = self.deps.shadows.clone();
+        let read = self
+            .deps
+            .rt
+            .block_on(async move { tokio::time::timeout(SHADOW_TIMEOUT, shadows.get(&key, b"")).await });
+        match read {
+            Ok(Ok(doc)) => Ok(Some(doc)),
+            Ok(Err(r)) if r.error.code == 404 => Ok(None),
+            Ok(Err(r)) => Err(format!("get_thing_shadow: {}", r.error)),
+            Err(_) => Err("get_thing_shadow: the shadow service did not answer in time".into()),
+        }
+    }
+}
+
+fn shadow_key(thing: &str, shadow: Option<&str>) -> Result<ShadowKey, String> {
+    let thing = ThingName::parse(thing).map_err(|e| format!("thing name {thing:?}: {e}"))?;
+    let shadow = shadow
+        .map(|s| ShadowName::parse(s).map_err(|e| format!("shadow name {s:?}: {e}")))
+        .transpose()?;
+    Ok(ShadowKey::new(thing, shadow))
+}
+
+fn worker(inner: Arc<Inner>, rx: Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        let services = SqlServices { deps: &inner.deps };
+        let ctx = Ctx::new(&job.topic, &job.msg.payload)
+            .with_client_id(&job.client_id)
+            .with_principal(&job.principal)
+            .with_timestamp(i64::try_from(job.msg.received_ms).unwrap_or(i64::MAX))
+            .with_services(&services);
+        for live in &job.rules {
+            run_rule(&inner, live, &job, &ctx);
+        }
+    }
+}
+
+/// One failed action, as AWS's error document lists it.
+struct Failure {
+    action: &'static str,
+    resource: String,
+    message: String,
+}
+
+fn aws_action_name(kind: &str) -> &'static str {
+    match kind {
+        "republish" => "RepublishAction",
+        "shadow" => "ShadowAction",
+        "plugin" => "PluginAction",
+        _ => "Action",
+    }
+}
+
+fn run_rule(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>) {
+    let c = &live.counters;
+    c.matched.fetch_add(1, Relaxed);
+    let output = match live.rule.sql.evaluate(ctx) {
+        Ok(Some(out)) => out,
+        Ok(None) => return,
+        Err(e) => {
+            c.sql_errors.fetch_add(1, Relaxed);
+            tracing::debug!(rule = %live.rule.name, error = %e, "rule evaluation failed");
+            let failure = Failure {
+                action: "SqlEvaluation",
+                resource: live.rule.name.to_string(),
+                message: e.to_string(),
+            };
+            run_error_action(inner, live, job, ctx, &[failure]);
+            return;
+        }
+    };
+    c.selected.fetch_add(1, Relaxed);
+    let mut failures = Vec::new();
+    for (spec, action) in &live.rule.actions {
+        match run_action(inner, action, job, ctx, &output) {
+            Ok(()) => {
+                c.actions_ok.fetch_add(1, Relaxed);
+            }
+            Err((resource, message)) => {
+                c.actions_failed.fetch_add(1, Relaxed);
+                tracing::debug!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "rule action failed");
+                failures.push(Failure {
+                    action: aws_action_name(spec.kind()),
+                    resource,
+                    message,
+                });
+            }
+        }
+    }
+    if !failures.is_empty() {
+        run_error_action(inner, live, job, ctx, &failures);
+    }
+}
+
+fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failures: &[Failure]) {
+    let Some((spec, action)) = &live.rule.error_action else {
+        tracing::warn!(
+            rule = %live.rule.name,
+            failures = failures.len(),
+            first = %failures.first().map_or("", |f| f.message.as_str()),
+            "rule action failed and the rule has no error action"
+        );
+        return;
+    };
+    let doc = json!({
+        "ruleName": live.rule.name.as_str(),
+        "topic": job.msg.topic.as_str(),
+        "cloudwatchTraceId": uuid::Uuid::new_v4().to_string(),
+        "clientId": job.client_id,
+        "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(&job.msg.payload),
+        "failures": failures.iter().map(|f| json!({
+            "failedAction": f.action,
+            "failedResource": f.resource,
+            "errorMessage": f.message,
+        })).collect::<Vec<_>>(),
+    });
+    live.counters.error_actions.fetch_add(1, Relaxed);
+    let output = Output::Json(doc.to_string());
+    if let Err((resource, message)) = run_action(inner, action, job, ctx, &output) {
+        live.counters.error_action_failures.fetch_add(1, Relaxed);
+        tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
+    }
+}
+
+type ActionResult = Result<(), (String, String)>;
+
+fn run_action(inner: &Inner, action: &Compiled, job: &Job, ctx: &Ctx<'_>, output: &Output) -> ActionResult {
+    match action {
+        Compiled::Republish { topic, qos } => {
+            let topic = topic
+                .render(ctx)
+                .map_err(|e| (topic.source().to_string(), format!("topic template: {e}")))?;
+            publish(inner, &topic, output.as_bytes().to_vec(), *qos, false).map_err(|e| (topic, e))
+        }
+        Compiled::Shadow { thing, shadow } => {
+            let thing = thing
+                .render(ctx)
+                .map_err(|e| (thing.source().to_string(), format!("thingName template: {e}")))?;
+            let shadow = shadow
+                .as_ref()
+                .map(|s| {
+                    s.render(ctx)
+                        .map_err(|e| (s.source().to_string(), format!("shadowName template: {e}")))
+                })
+                .transpose()?;
+            update_shadow(inner, &thing, shadow.as_deref(), output.as_bytes()).map_err(|e| (thing, e))
+        }
+        Compiled::Plugin { name } => run_plugin(inner, name, job, output).map_err(|e| (name.clone(), e)),
+    }
+}
+
+fn publish(inner: &Inner, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) -> Result<(), String> {
+    let broker = &inner.deps.broker;
+    let topic = Topic::parse(topic.to_string(), broker.topic_limits())
+        .map_err(|e| format!("invalid topic {topic:?}: {e}"))?;
+    let qos = if qos >= 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    broker.publish(Message::new(topic, payload.into(), qos, retain), None);
+    Ok(())
+}
+
+fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) -> Result<(), String> {
+    let key = shadow_key(thing, shadow)?;
+    let shadows = inner.deps.shadows.clone();
+    let body = body.to_vec();
+    let result = inner
+        .deps
+        .rt
+        .block_on(async move { tokio::time::timeout(SHADOW_TIMEOUT, shadows.update(&key, &body)).await });
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(r)) => Err(format!("shadow update rejected ({}): {}", r.error.code, r.error)),
+        Err(_) => Err("the shadow service did not answer in time".into()),
+    }
+}
+
+fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(), String> {
+    let msg = PluginMessage {
+        topic: job.topic.clone(),
+        payload: output.as_bytes().to_vec().into(),
+        qos: match job.msg.qos {
+            QoS::AtMostOnce => 0,
+            QoS::AtLeastOnce => 1,
+            QoS::ExactlyOnce => 2,
+        },
+        timestamp_ms: job.msg.received_ms,
+        client_id: Some(job.client_id.clone()),
+        thing_name: job.thing.clone(),
+        user_properties: job
+            .msg
+            .props
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let actions = match inner.deps.plugins.invoke(name, &msg) {
+        Outcome::Ok(actions) => actions,
+        Outcome::Rejected(reason) => return Err(format!("plugin rejected the message: {reason}")),
+        Outcome::Failed(fault) => return Err(fault.to_string()),
+    };
+    let mut errors = Vec::new();
+    for action in actions {
+        if let Err(e) = run_plugin_action(inner, name, action) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "actions the plugin returned failed: {}",
+            errors.join("; ")
+        ))
+    }
+}
+
+fn run_plugin_action(inner: &Inner, plugin: &str, action: PluginAction) -> Result<(), String> {
+    match action {
+        PluginAction::Publish(p) => publish(inner, &p.topic, p.payload.to_vec(), p.qos, p.retain),
+        PluginAction::ShadowUpdate(u) => {
+            update_shadow(inner, &u.thing, u.shadow_name.as_deref(), u.document.as_bytes())
+        }
+        PluginAction::Alert(a) => {
+            inner.counters.alerts.fetch_add(1, Relaxed);
+            let thing = a.thing.clone().unwrap_or_else(|| "-".into());
+            let doc = json!({
+                "severity": format!("{:?}", a.severity).to_lowercase(),
+                "title": a.title,
+                "body": a.body,
+                "thing": a.thing,
+                "plugin": plugin,
+                "at": now_ms(),
+            });
+            tracing::info!(plugin, thing = %thing, title = %a.title, "plugin alert");
+            publish(
+                inner,
+                &format!("{ALERT_TOPIC_PREFIX}{thing}"),
+                doc.to_string().into_bytes(),
+                1,
+                false,
+            )
+        }
+        PluginAction::StreamAppend(s) => Err(format!(
+            "stream-append to {:?}: streams are not available on this server yet",
+            s.stream
+        )),
+        PluginAction::Webhook(w) => Err(format!(
+            "webhook to {:?}: webhook targets are not available on this server yet",
+            w.target
+        )),
+    }
+}

@@ -1,0 +1,345 @@
+//! A rule as operators write it (the AWS `TopicRulePayload` shape, so AWS rule definitions
+//! carry over) and as the engine runs it (SQL parsed, templates parsed, everything checked).
+
+use serde::{Deserialize, Serialize};
+
+use crate::sql::{Sql, Template};
+
+/// Most actions a rule may have (AWS's limit).
+pub const MAX_ACTIONS: usize = 10;
+
+/// A rule's name: 1-128 characters from `[a-zA-Z0-9_]` (AWS's rule).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RuleName(String);
+
+impl RuleName {
+    /// Validates a name.
+    pub fn parse(name: &str) -> Result<Self, RuleError> {
+        if (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            Ok(RuleName(name.to_string()))
+        } else {
+            Err(RuleError::Invalid(format!(
+                "invalid rule name {name:?}: use 1-128 characters from [a-zA-Z0-9_]"
+            )))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What went wrong with a rule definition or a rule operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The definition is not acceptable (bad SQL with its position, bad template, too many
+    /// actions...).
+    #[error("{0}")]
+    Invalid(String),
+    /// No rule has this name.
+    #[error("no rule named {0:?}")]
+    NotFound(String),
+    /// A rule with this name exists already.
+    #[error("a rule named {0:?} already exists")]
+    Exists(String),
+    /// The rules could not be persisted.
+    #[error("cannot save the rules: {0}")]
+    Store(String),
+}
+
+/// A rule's definition: AWS's `TopicRulePayload` (camelCase JSON), with Shoal's own actions
+/// beside AWS's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicRulePayload {
+    /// `SELECT ... FROM '<topic filter>' [WHERE ...]`.
+    pub sql: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Up to ten actions, run in order for every message the statement selects.
+    #[serde(default)]
+    pub actions: Vec<ActionSpec>,
+    /// A disabled rule keeps its definition but sees no messages.
+    #[serde(default)]
+    pub rule_disabled: bool,
+    /// `2016-03-23` (default; the semantics Shoal implements), `2015-10-08` or `beta` are
+    /// accepted and evaluated with the 2016-03-23 semantics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iot_sql_version: Option<String>,
+    /// Runs when any action fails, with AWS's error document as its input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_action: Option<ActionSpec>,
+}
+
+/// One action, written as AWS writes actions: an object with one key naming the kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Publish the selected document to a topic (AWS `republish`).
+    Republish(RepublishSpec),
+    /// Update a thing's shadow with the selected document (a shadow request document:
+    /// `{"state": {...}}`).
+    Shadow(ShadowSpec),
+    /// Hand the selected document to a WebAssembly plugin and run the actions it returns.
+    Plugin(PluginSpec),
+}
+
+impl ActionSpec {
+    /// The kind, as metrics and error documents name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionSpec::Republish(_) => "republish",
+            ActionSpec::Shadow(_) => "shadow",
+            ActionSpec::Plugin(_) => "plugin",
+        }
+    }
+}
+
+/// `republish`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepublishSpec {
+    /// Topic, with `${...}` substitution templates.
+    pub topic: String,
+    /// QoS 0 (default) or 1.
+    #[serde(default)]
+    pub qos: u8,
+    /// Accepted for AWS compatibility; Shoal republishes as the rule itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// `shadow`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// Thing name, with substitution templates (e.g. `${topic(2)}`).
+    pub thing_name: String,
+    /// Named shadow (templates allowed); the classic shadow when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_name: Option<String>,
+}
+
+/// `plugin`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginSpec {
+    /// The plugin's name; calls go to its active version, so activating or rolling back a
+    /// version changes what the rule runs without touching the rule.
+    pub name: String,
+}
+
+/// An action ready to run.
+#[derive(Clone, Debug)]
+pub(crate) enum Compiled {
+    Republish {
+        topic: Template,
+        qos: u8,
+    },
+    Shadow {
+        thing: Template,
+        shadow: Option<Template>,
+    },
+    Plugin {
+        name: String,
+    },
+}
+
+/// A rule ready to run.
+#[derive(Debug)]
+pub struct Rule {
+    /// Its name.
+    pub name: RuleName,
+    /// Its definition as given.
+    pub payload: TopicRulePayload,
+    /// When it was created, Unix milliseconds.
+    pub created_ms: u64,
+    pub(crate) sql: Sql,
+    pub(crate) actions: Vec<(ActionSpec, Compiled)>,
+    pub(crate) error_action: Option<(ActionSpec, Compiled)>,
+}
+
+fn template(field: &str, text: &str) -> Result<Template, RuleError> {
+    Template::parse(text).map_err(|e| RuleError::Invalid(format!("{field}: {e}")))
+}
+
+fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
+    Ok(match spec {
+        ActionSpec::Republish(r) => {
+            if r.qos > 1 {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.republish.qos must be 0 or 1, not {}",
+                    r.qos
+                )));
+            }
+            if r.topic.is_empty() {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.republish.topic must not be empty"
+                )));
+            }
+            let topic = template(&format!("{at}.republish.topic"), &r.topic)?;
+            if topic.is_static() && (r.topic.contains('+') || r.topic.contains('#')) {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.republish.topic {:?} is a filter, not a topic name",
+                    r.topic
+                )));
+            }
+            Compiled::Republish { topic, qos: r.qos }
+        }
+        ActionSpec::Shadow(s) => Compiled::Shadow {
+            thing: template(&format!("{at}.shadow.thingName"), &s.thing_name)?,
+            shadow: s
+                .shadow_name
+                .as_deref()
+                .map(|n| template(&format!("{at}.shadow.shadowName"), n))
+                .transpose()?,
+        },
+        ActionSpec::Plugin(p) => {
+            let ok = (1..=64).contains(&p.name.len())
+                && p.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.plugin.name {:?} is not a plugin name (1-64 of [A-Za-z0-9_-])",
+                    p.name
+                )));
+            }
+            Compiled::Plugin { name: p.name.clone() }
+        }
+    })
+}
+
+impl Rule {
+    /// Checks and compiles a definition.
+    pub fn compile(name: &str, payload: TopicRulePayload, created_ms: u64) -> Result<Rule, RuleError> {
+        let name = RuleName::parse(name)?;
+        if let Some(v) = &payload.aws_iot_sql_version
+            && !matches!(v.as_str(), "2016-03-23" | "2015-10-08" | "beta")
+        {
+            return Err(RuleError::Invalid(format!(
+                "awsIotSqlVersion {v:?} is not one of 2016-03-23, 2015-10-08, beta"
+            )));
+        }
+        let sql = Sql::parse(&payload.sql).map_err(|e| RuleError::Invalid(format!("sql: {e}")))?;
+        if sql.topic_filter().is_none() {
+            return Err(RuleError::Invalid(
+                "sql: the statement needs FROM '<topic filter>'".into(),
+            ));
+        }
+        if payload.actions.len() > MAX_ACTIONS {
+            return Err(RuleError::Invalid(format!(
+                "a rule has at most {MAX_ACTIONS} actions, not {}",
+                payload.actions.len()
+            )));
+        }
+        if payload.description.as_ref().is_some_and(|d| d.len() > 2028) {
+            return Err(RuleError::Invalid(
+                "description is longer than 2028 characters".into(),
+            ));
+        }
+        let actions = payload
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Ok((a.clone(), compile_action(&format!("actions[{i}]"), a)?)))
+            .collect::<Result<Vec<_>, RuleError>>()?;
+        let error_action = payload
+            .error_action
+            .as_ref()
+            .map(|a| Ok::<_, RuleError>((a.clone(), compile_action("errorAction", a)?)))
+            .transpose()?;
+        Ok(Rule {
+            name,
+            created_ms,
+            sql,
+            actions,
+            error_action,
+            payload,
+        })
+    }
+
+    /// Whether the rule sees messages.
+    pub fn enabled(&self) -> bool {
+        !self.payload.rule_disabled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(json: &str) -> TopicRulePayload {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn aws_shaped_definitions_compile() {
+        let p = payload(
+            r#"{"sql":"SELECT temp FROM 'fleet/+/telemetry' WHERE temp > -15","ruleDisabled":false,
+                "awsIotSqlVersion":"2016-03-23",
+                "actions":[{"republish":{"topic":"alerts/${topic(2)}","qos":1,"roleArn":"arn:x"}},
+                           {"plugin":{"name":"threshold-alert"}},
+                           {"shadow":{"thingName":"${topic(2)}"}}],
+                "errorAction":{"republish":{"topic":"errors"}}}"#,
+        );
+        let rule = Rule::compile("cold_chain", p, 0).unwrap();
+        assert_eq!(rule.actions.len(), 3);
+        assert!(rule.error_action.is_some());
+        assert!(rule.enabled());
+    }
+
+    #[test]
+    fn bad_definitions_say_what_is_wrong() {
+        let cases = [
+            ("bad-name", r#"{"sql":"SELECT * FROM 'a'"}"#, "invalid rule name"),
+            ("r", r#"{"sql":"SELECT * FROM 'a' WHER x"}"#, "sql:"),
+            ("r", r#"{"sql":"SELECT 1"}"#, "FROM"),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","awsIotSqlVersion":"2099"}"#,
+                "awsIotSqlVersion",
+            ),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","actions":[{"republish":{"topic":"a/#"}}]}"#,
+                "filter",
+            ),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","actions":[{"republish":{"topic":"x","qos":2}}]}"#,
+                "qos",
+            ),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","actions":[{"republish":{"topic":"${"}}]}"#,
+                "actions[0]",
+            ),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","actions":[{"plugin":{"name":"a b"}}]}"#,
+                "plugin name",
+            ),
+        ];
+        for (name, json, want) in cases {
+            let err = Rule::compile(name, payload(json), 0).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+        let eleven = format!(
+            r#"{{"sql":"SELECT * FROM 'a'","actions":[{}]}}"#,
+            [r#"{"republish":{"topic":"x"}}"#; 11].join(",")
+        );
+        assert!(Rule::compile("r", payload(&eleven), 0).is_err());
+        assert!(
+            serde_json::from_str::<TopicRulePayload>(r#"{"sql":"x","actions":[{"lambda":{}}]}"#).is_err()
+        );
+    }
+}
