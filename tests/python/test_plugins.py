@@ -4,8 +4,9 @@ operator verbs `shoal plugin ...` that call it.
 Upload, activate, invoke, roll back and delete versions; refused uploads (a component importing
 `wasi:sockets`, bytes that are no component, bad names); hostile components (an infinite loop, a
 panic, a memory hog, huge output) fail their call and leave the server answering; logs, replay
-of a recording through a candidate version beside the active one, `/metrics`, and a catalog
-that survives a restart.
+of a recording through a candidate version beside the active one, `/metrics`, a catalog that
+survives a restart, and the watched directory (`DATA/plugins/watch/`: deploy by dropping files,
+garbage refused and logged, an API rollback that sticks across a restart).
 
 The components are the release builds in `plugins/dist/` (`plugins/build.sh`; `tests/run-all.sh`
 builds them before pytest).
@@ -14,126 +15,27 @@ builds them before pytest).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Shoal
-
-DIST = REPO / "plugins" / "dist"
+from conftest import Shoal
+from mqtt_helpers import wait_until
+from plugin_helpers import (DIST, LENIENT, active_version, component, component_path, drop_plugin, echo_version,
+                            http, invoke, ok, settings, upload, versions, wait_active, watch_dir)
+import plugin_helpers
 
 pytestmark = pytest.mark.skipif(not DIST.is_dir(), reason=f"no {DIST}: run plugins/build.sh")
 
-# Hostile calls fail on purpose: keep the version from being suspended mid-test, and give a memory
-# hog or a huge output time to meet its own limit rather than the deadline on a busy machine.
-LENIENT = {"deadline_ms": 1000, "max_consecutive_failures": 1000}
-
-
-def component(name: str) -> bytes:
-    path = DIST / f"{name}.wasm"
-    if not path.is_file():
-        pytest.skip(f"no {path}: run plugins/build.sh")
-    return path.read_bytes()
-
-
-def component_path(name: str) -> str:
-    component(name)
-    return str(DIST / f"{name}.wasm")
-
-
-# -- HTTP ------------------------------------------------------------------------------------------
-
-class Answer:
-    """One HTTP answer: status, headers (lower-case names) and the body parsed as JSON (None if
-    empty)."""
-
-    def __init__(self, status: int, headers: dict[str, str], raw: bytes):
-        self.status = status
-        self.headers = headers
-        self.raw = raw
-        try:
-            self.json = json.loads(raw) if raw else None
-        except ValueError:
-            self.json = None
-
-    @property
-    def error_type(self) -> str:
-        return self.headers.get("x-amzn-errortype", "")
-
-    @property
-    def message(self) -> str:
-        return (self.json or {}).get("message", "") if isinstance(self.json, dict) else ""
-
-    def __repr__(self) -> str:
-        return f"<{self.status} {self.error_type} {self.raw[:500]!r}>"
-
-
-def http(s: Shoal, method: str, path: str, body: object = None, *, data: bytes | None = None,
-         content_type: str | None = None, timeout: float = 30) -> Answer:
-    """`body` is sent as JSON; `data` as raw bytes with `content_type`."""
-    headers = {}
-    if body is not None:
-        data = json.dumps(body).encode()
-        content_type = "application/json"
-    if content_type:
-        headers["Content-Type"] = content_type
-    req = urllib.request.Request(f"http://{s.host}:{s.http_port}{path}", method=method, data=data,
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
-    except urllib.error.HTTPError as e:
-        return Answer(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
-
-
-def ok(a: Answer, status: int = 200) -> dict:
-    assert a.status == status, a
-    return a.json
-
-
-def upload(s: Shoal, plugin: str, wasm: str, config: dict | None = None, activate: bool = True) -> dict:
-    body: dict = {"wasmBase64": base64.b64encode(component(wasm)).decode(), "activate": activate}
-    if config is not None:
-        body["config"] = config
-    return ok(http(s, "POST", f"/api/v1/plugins/{plugin}/versions", body), 201)
-
-
-def invoke(s: Shoal, plugin: str, topic: str, payload: object, version: int | None = None, **extra) -> dict:
-    """`payload` is sent as text (a dict is JSON-encoded first)."""
-    text = payload if isinstance(payload, str) else json.dumps(payload)
-    q = f"?version={version}" if version is not None else ""
-    return ok(http(s, "POST", f"/api/v1/plugins/{plugin}/invoke{q}", {"topic": topic, "payload": text, **extra}))
-
-
-def settings(**kv: object) -> list[list[str]]:
-    return [[k, str(v)] for k, v in kv.items()]
-
-
-def echo_version(outcome: dict) -> str:
-    """The `version` setting of the echo fixture that answered."""
-    assert outcome["outcome"] == "ok", outcome
-    (action,) = outcome["actions"]
-    return json.loads(action["payload"])["version"]
-
-
-def versions(s: Shoal, plugin: str) -> dict[int, dict]:
-    return {v["version"]: v for v in ok(http(s, "GET", f"/api/v1/plugins/{plugin}/versions"))["versions"]}
-
-
-# -- CLI -------------------------------------------------------------------------------------------
 
 def cli(s: Shoal, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess:
-    p = subprocess.run([s.binary, "plugin", *args, "--endpoint", f"http://{s.host}:{s.http_port}"],
-                       input=stdin, capture_output=True, text=True, timeout=60)
-    if check:
-        assert p.returncode == 0, f"shoal plugin {' '.join(args)} exited {p.returncode}: {p.stderr}"
-    return p
+    """`shoal plugin ARGS...` against this server."""
+    return plugin_helpers.cli(s, "plugin", *args, check=check, stdin=stdin)
 
 
 def cli_json(s: Shoal, *args: str) -> dict:
@@ -481,3 +383,104 @@ def test_versions_and_the_active_one_survive_a_restart(shoal: Shoal):
     assert echo_version(invoke(shoal, "durable", "in", {"seq": 5}, version=3)) == "v3"
     back = ok(http(shoal, "POST", "/api/v1/plugins/durable/rollback"))
     assert back["version"] == 1, "the rollback history is kept too"
+
+
+# -- the watched directory -------------------------------------------------------------------------
+
+def deploy_log_lines(s: Shoal, plugin: str) -> list[str]:
+    """The server's log lines about the watched directory refusing `plugin`'s files."""
+    return [ln for ln in s.tail(10_000).splitlines()
+            if f'plugin="{plugin}"' in ln or f"plugin={plugin} " in ln
+            if "cannot deploy a plugin from the watched directory" in ln or "not a valid configuration" in ln]
+
+
+def test_a_dropped_component_is_deployed_and_activated(shoal: Shoal):
+    """`NAME.wasm` with `NAME.json` in DATA/plugins/watch/ becomes plugin NAME's active version
+    within a few seconds; replacing either file deploys a new version."""
+    config = {"deadline_ms": 50, "settings": settings(field="temp", max=-15)}
+    drop_plugin(shoal, "dropped", component("threshold-alert"), config)
+    # Two polls a second apart, then compiling the component (seconds in a debug build).
+    shown = wait_active(shoal, "dropped", 1, timeout=30)
+    (v1,) = shown["versions"]
+    assert v1["config"]["deadline_ms"] == 50 and v1["config"]["settings"] == config["settings"], v1
+    assert v1["sha256"] == hashlib.sha256(component("threshold-alert")).hexdigest()
+    out = invoke(shoal, "dropped", "fleet/t1/telemetry", {"temp": -10})
+    assert [a["title"] for a in out["actions"] if a["type"] == "alert"] == ["t1: temp -10 above -15"]
+
+    # A new component under the same name: version 2, active.
+    drop_plugin(shoal, "dropped", component("echo"), {"settings": settings(version="from-file")})
+    wait_active(shoal, "dropped", 2)
+    assert echo_version(invoke(shoal, "dropped", "in", {"seq": 1})) == "from-file"
+    # Only the configuration changes: version 3.
+    drop_plugin(shoal, "dropped", component("echo"), {"settings": settings(version="new-config")})
+    wait_active(shoal, "dropped", 3)
+    assert echo_version(invoke(shoal, "dropped", "in", {"seq": 1})) == "new-config"
+    vs = versions(shoal, "dropped")
+    assert sorted(vs) == [1, 2, 3] and [vs[n]["active"] for n in (1, 2, 3)] == [False, False, True]
+
+    # Without a .json the defaults apply; the file's removal changes nothing.
+    drop_plugin(shoal, "bare", component("echo"))
+    assert wait_active(shoal, "bare", 1)["versions"][0]["config"]["settings"] == []
+    (watch_dir(shoal) / "bare.wasm").unlink()
+    time.sleep(2.5)
+    assert active_version(shoal, "bare") == 1
+
+
+def test_garbage_in_the_watched_directory_is_logged_and_not_deployed(shoal: Shoal):
+    drop_plugin(shoal, "junk", b"this is not webassembly")
+    drop_plugin(shoal, "netty", component("sockets"))  # imports wasi:sockets: refused
+    drop_plugin(shoal, "badcfg", component("echo"), {"deadline_msec": 5})  # an unknown field
+    drop_plugin(shoal, "good", component("echo"))
+    wait_active(shoal, "good", 1)
+    wait_until(lambda: all(deploy_log_lines(shoal, p) for p in ("junk", "netty", "badcfg")), timeout=10,
+               what="log lines for the refused files")
+    assert "wasi:sockets" in " ".join(deploy_log_lines(shoal, "netty"))
+    for p in ("junk", "netty", "badcfg"):
+        assert http(shoal, "GET", f"/api/v1/plugins/{p}").status == 404, p
+    assert [p["plugin"] for p in ok(http(shoal, "GET", "/api/v1/plugins"))["plugins"]] == ["good"]
+
+    # Garbage over a deployed plugin leaves its active version serving.
+    drop_plugin(shoal, "good", b"\0asm garbage")
+    wait_until(lambda: deploy_log_lines(shoal, "good"), timeout=10, what="the refusal of good.wasm")
+    assert active_version(shoal, "good") == 1 and sorted(versions(shoal, "good")) == [1]
+    assert echo_version(invoke(shoal, "good", "in", {"seq": 2})) == "v0"
+
+    # Each refusal is logged once per content, not at every poll.
+    time.sleep(2.5)
+    for p in ("junk", "netty", "badcfg", "good"):
+        assert len(deploy_log_lines(shoal, p)) == 1, (p, deploy_log_lines(shoal, p))
+    assert http(shoal, "GET", "/health").status == 200
+    c = shoal.client()
+    c.roundtrip()
+
+    # Fixing the file deploys it.
+    drop_plugin(shoal, "junk", component("echo"))
+    wait_active(shoal, "junk", 1)
+
+
+def test_an_api_rollback_sticks_across_a_restart(shoal: Shoal):
+    """The watched file is already a version after the restart: it is not activated again."""
+    drop_plugin(shoal, "sticky", component("echo"), {"settings": settings(version="v1")})
+    wait_active(shoal, "sticky", 1)
+    drop_plugin(shoal, "sticky", component("echo"), {"settings": settings(version="v2")})
+    wait_active(shoal, "sticky", 2)
+    assert ok(http(shoal, "POST", "/api/v1/plugins/sticky/rollback"))["version"] == 1
+
+    shoal.restart()
+    # A file dropped after the start is deployed at the earliest on the second poll, the one
+    # where sticky.wasm (there from the start) is judged; one more poll for good measure.
+    drop_plugin(shoal, "sentinel", component("echo"))
+    wait_active(shoal, "sentinel", 1)
+    time.sleep(1.2)
+    assert active_version(shoal, "sticky") == 1
+    assert sorted(versions(shoal, "sticky")) == [1, 2], "nothing was uploaded again"
+    assert echo_version(invoke(shoal, "sticky", "in", {"seq": 3})) == "v1"
+
+    # Putting a version's content back is not a new deployment either...
+    drop_plugin(shoal, "sticky", component("echo"), {"settings": settings(version="v1")})
+    time.sleep(2.5)
+    assert active_version(shoal, "sticky") == 1 and sorted(versions(shoal, "sticky")) == [1, 2]
+    # ...new content is.
+    drop_plugin(shoal, "sticky", component("echo"), {"settings": settings(version="v3")})
+    wait_active(shoal, "sticky", 3)
+    assert echo_version(invoke(shoal, "sticky", "in", {"seq": 3})) == "v3"

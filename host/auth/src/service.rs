@@ -1265,6 +1265,12 @@ impl Authorizer for IdentityService {
         if let Some(cn) = info.subject.get("CommonName") {
             attributes.insert("commonName".to_owned(), cn.clone());
         }
+        // A thing-bound connection (the certificate is attached to the thing its client id
+        // names, AWS's `iot:Connection.Thing.ThingName`): the rules engine hands the thing to
+        // plugins.
+        if let Some(thing) = &ctx.thing {
+            attributes.insert("thingName".to_owned(), thing.thing_name.clone());
+        }
         Ok(Principal {
             id: Arc::from(id.as_str()),
             attributes,

@@ -674,13 +674,17 @@ impl Broker {
     pub fn publish(&self, msg: Message, origin: Option<Origin<'_>>) -> Routed {
         let msg = Arc::new(msg);
         if let Some(o) = origin {
+            // Every hook sees the message (a rule may watch shadow requests the shadow service
+            // consumes); it is routed only if none consumed it.
+            let mut consumed = false;
             for h in self.hooks.read().iter() {
-                if h.on_publish(&msg, o) == HookOutcome::Consumed {
-                    return Routed {
-                        consumed: true,
-                        ..Routed::default()
-                    };
-                }
+                consumed |= h.on_publish(&msg, o) == HookOutcome::Consumed;
+            }
+            if consumed {
+                return Routed {
+                    consumed: true,
+                    ..Routed::default()
+                };
             }
         }
         let mut durable_ticket = None;

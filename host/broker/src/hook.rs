@@ -23,7 +23,8 @@ pub struct Origin<'a> {
     pub principal: &'a Principal,
 }
 
-/// Sees every message published by a client, before it is routed. Runs on the broker's I/O
+/// Sees every message published by a client, before it is routed. Every registered hook sees
+/// each message, in registration order, even when an earlier one consumed it. Runs on the broker's I/O
 /// threads: it must not block; hand work to a bounded queue and return.
 pub trait MessageHook: Send + Sync + 'static {
     /// Called once per accepted PUBLISH.

@@ -14,10 +14,12 @@
 //!
 //! # What rules see
 //!
-//! Messages published by clients (MQTT, HTTP `POST /topics`). Messages the server publishes
-//! itself (shadow responses, rule and plugin republishes) do not enter the rules again, so a
+//! Messages published by clients (MQTT, HTTP `POST /topics`), shadow requests included.
+//! What the engine publishes (republish, plugin publishes, alerts) passes through the other
+//! hooks (so a republish to a shadow topic updates the shadow) but not the rules again, so a
 //! rule cannot loop on its own output; this departs from AWS, where republished messages are
-//! matched again. A publish to `$aws/rules/{rule}/...` (Basic Ingest) goes to that rule only,
+//! matched again. Shadow responses (`/accepted`, `/documents`, `/delta`) are published by the
+//! shadow service without an origin and are not seen by rules either. A publish to `$aws/rules/{rule}/...` (Basic Ingest) goes to that rule only,
 //! with `topic()` seeing the part after the prefix, and is not delivered to subscribers.
 
 use std::collections::BTreeMap;
@@ -31,8 +33,9 @@ use base64::Engine as _;
 use parking_lot::Mutex;
 use serde_json::json;
 use shoal_broker::Broker;
+use shoal_broker::auth::Principal;
 use shoal_broker::hook::{HookOutcome, MessageHook, Origin};
-use shoal_broker::message::{Message, QoS, now_ms};
+use shoal_broker::message::{ClientId, Message, QoS, now_ms};
 use shoal_broker::topic::Topic;
 use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcome, PluginHost};
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
@@ -161,12 +164,19 @@ type Family = (&'static str, &'static str, fn(&RuleStats) -> u64);
 /// One message for the workers.
 struct Job {
     msg: Arc<Message>,
-    /// The topic rules see (Basic Ingest strips its prefix).
-    topic: String,
-    client_id: String,
-    principal: String,
+    /// Bytes of the topic rules do not see (Basic Ingest's prefix).
+    skip: usize,
+    client_id: ClientId,
+    principal: Arc<str>,
     thing: Option<String>,
     rules: Vec<Arc<Live>>,
+}
+
+impl Job {
+    /// The topic rules see.
+    fn topic(&self) -> &str {
+        self.msg.topic.as_str().get(self.skip..).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +195,11 @@ struct Inner {
     queues: Vec<SyncSender<Job>>,
     counters: EngineCounters,
     deps: EngineDeps,
+    /// The origin of what the engine publishes: hooks (the shadow service) see it, so a
+    /// republish to `$aws/things/.../shadow/update` updates the shadow, but the engine's own
+    /// hook skips it, so rules never loop on their output.
+    own_id: ClientId,
+    own_principal: Principal,
 }
 
 /// The rules engine. Cheap to clone.
@@ -239,6 +254,12 @@ impl RulesEngine {
                 queues,
                 counters: EngineCounters::default(),
                 deps,
+                own_id: ClientId::generate(),
+                own_principal: Principal {
+                    id: Arc::from("rules-engine"),
+                    attributes: Default::default(),
+                    grants: None,
+                },
             }),
         };
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -433,9 +454,12 @@ struct Hook(Arc<Inner>);
 impl MessageHook for Hook {
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         let inner = &self.0;
+        if origin.client_id == &inner.own_id {
+            return HookOutcome::Continue;
+        }
         let topic = msg.topic.as_str();
         let rules = inner.rules.load();
-        let (rules_topic, matched, outcome): (&str, Vec<Arc<Live>>, HookOutcome) =
+        let (skip, matched, outcome): (usize, Vec<Arc<Live>>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
                 let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
                 let live = RuleName::parse(rule)
@@ -443,7 +467,7 @@ impl MessageHook for Hook {
                     .and_then(|n| rules.get(&n).cloned())
                     .filter(|l| l.rule.enabled());
                 match live {
-                    Some(l) => (sub, vec![l], HookOutcome::Consumed),
+                    Some(l) => (topic.len() - sub.len(), vec![l], HookOutcome::Consumed),
                     None => {
                         inner.counters.ingest_unknown.fetch_add(1, Relaxed);
                         tracing::debug!(%topic, "Basic Ingest publish names no enabled rule; dropped");
@@ -456,21 +480,20 @@ impl MessageHook for Hook {
                     .filter(|l| l.rule.enabled() && l.rule.sql.matches(&msg.topic))
                     .cloned()
                     .collect();
-                (topic, matched, HookOutcome::Continue)
+                (0, matched, HookOutcome::Continue)
             };
         if matched.is_empty() {
             return outcome;
         }
-        let client_id = origin.client_id.as_str();
         let job = Job {
             msg: msg.clone(),
-            topic: rules_topic.to_string(),
-            client_id: client_id.to_string(),
-            principal: origin.principal.id.to_string(),
+            skip,
+            client_id: origin.client_id.clone(),
+            principal: origin.principal.id.clone(),
             thing: origin.principal.attributes.get("thingName").cloned(),
             rules: matched,
         };
-        let shard = shard(client_id, inner.queues.len());
+        let shard = shard(origin.client_id.as_str(), inner.queues.len());
         match inner.queues[shard].try_send(job) {
             Ok(()) => {
                 inner.counters.enqueued.fetch_add(1, Relaxed);
@@ -532,8 +555,8 @@ fn shadow_key(thing: &str, shadow: Option<&str>) -> Result<ShadowKey, String> {
 fn worker(inner: Arc<Inner>, rx: Receiver<Job>) {
     while let Ok(job) = rx.recv() {
         let services = SqlServices { deps: &inner.deps };
-        let ctx = Ctx::new(&job.topic, &job.msg.payload)
-            .with_client_id(&job.client_id)
+        let ctx = Ctx::new(job.topic(), &job.msg.payload)
+            .with_client_id(job.client_id.as_str())
             .with_principal(&job.principal)
             .with_timestamp(i64::try_from(job.msg.received_ms).unwrap_or(i64::MAX))
             .with_services(&services);
@@ -614,7 +637,7 @@ fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failur
         "ruleName": live.rule.name.as_str(),
         "topic": job.msg.topic.as_str(),
         "cloudwatchTraceId": uuid::Uuid::new_v4().to_string(),
-        "clientId": job.client_id,
+        "clientId": job.client_id.as_str(),
         "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(&job.msg.payload),
         "failures": failures.iter().map(|f| json!({
             "failedAction": f.action,
@@ -666,7 +689,13 @@ fn publish(inner: &Inner, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) 
     } else {
         QoS::AtMostOnce
     };
-    broker.publish(Message::new(topic, payload.into(), qos, retain), None);
+    broker.publish(
+        Message::new(topic, payload.into(), qos, retain),
+        Some(Origin {
+            client_id: &inner.own_id,
+            principal: &inner.own_principal,
+        }),
+    );
     Ok(())
 }
 
@@ -680,14 +709,14 @@ fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) 
         .block_on(async move { tokio::time::timeout(SHADOW_TIMEOUT, shadows.update(&key, &body)).await });
     match result {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(r)) => Err(format!("shadow update rejected ({}): {}", r.error.code, r.error)),
+        Ok(Err(r)) => Err(format!("shadow update rejected: {}", r.error)),
         Err(_) => Err("the shadow service did not answer in time".into()),
     }
 }
 
 fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(), String> {
     let msg = PluginMessage {
-        topic: job.topic.clone(),
+        topic: job.topic().to_string(),
         payload: output.as_bytes().to_vec().into(),
         qos: match job.msg.qos {
             QoS::AtMostOnce => 0,
@@ -695,7 +724,7 @@ fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(
             QoS::ExactlyOnce => 2,
         },
         timestamp_ms: job.msg.received_ms,
-        client_id: Some(job.client_id.clone()),
+        client_id: Some(job.client_id.as_str().to_string()),
         thing_name: job.thing.clone(),
         user_properties: job
             .msg

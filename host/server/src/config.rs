@@ -62,6 +62,14 @@ pub struct ServeArgs {
     /// as AWS IoT).
     #[arg(long, env = "SHOAL_THING_TYPE_DELETE_DELAY_SECS")]
     pub thing_type_delete_delay_secs: Option<u64>,
+    /// Rules engine worker threads (default 2). Each device's messages go to one worker, in
+    /// order; plugin calls run there.
+    #[arg(long, env = "SHOAL_RULES_WORKERS")]
+    pub rules_workers: Option<usize>,
+    /// Messages each rules worker may have waiting (default 10000); past it messages skip the
+    /// rules (still routed to subscribers) and `shoal_rules_dropped_total` counts them.
+    #[arg(long, env = "SHOAL_RULES_QUEUE")]
+    pub rules_queue: Option<usize>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -128,6 +136,8 @@ struct FileConfig {
     region: Option<String>,
     account: Option<String>,
     thing_type_delete_delay_secs: Option<u64>,
+    rules_workers: Option<usize>,
+    rules_queue: Option<usize>,
     limits: Option<Limits>,
 }
 
@@ -162,6 +172,10 @@ pub struct Config {
     pub account: String,
     /// How long a thing type must have been deprecated before it can be deleted.
     pub thing_type_delete_delay: Duration,
+    /// Rules engine worker threads.
+    pub rules_workers: usize,
+    /// Queue capacity of each rules worker.
+    pub rules_queue: usize,
 }
 
 /// What clients without a certificate may do.
@@ -346,6 +360,12 @@ impl Config {
                     .unwrap_or(300),
             ),
             tls,
+            rules_workers: args
+                .rules_workers
+                .or(file.rules_workers)
+                .unwrap_or(2)
+                .clamp(1, 64),
+            rules_queue: args.rules_queue.or(file.rules_queue).unwrap_or(10_000).max(1),
             workers: workers.max(1),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
             limits,

@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod cli_identity;
 mod cli_plugin;
+mod cli_rule;
 mod config;
 mod plugin_watch;
 mod serve;
@@ -80,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_plugin::PluginCmd,
     },
+    /// Rules: AWS IoT SQL routing messages to actions and plugins.
+    Rule {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_rule::RuleCmd,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
         Command::Ca { endpoint, cmd } => cli_identity::ca(&endpoint, cmd),
         Command::Policy { endpoint, cmd } => cli_identity::policy(&endpoint, cmd),
         Command::Plugin { endpoint, cmd } => cli_plugin::plugin(&endpoint, cmd),
+        Command::Rule { endpoint, cmd } => cli_rule::rule(&endpoint, cmd),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,

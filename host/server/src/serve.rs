@@ -88,7 +88,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
     let plugins = start_plugins(&cfg, &shadows, &rt).await?;
     let rules = RulesEngine::start(
-        EngineConfig::default(),
+        EngineConfig {
+            workers: cfg.rules_workers,
+            queue_capacity: cfg.rules_queue,
+        },
         Arc::new(FileRuleStore::new(cfg.data_dir.join("rules").join("rules.json"))),
         EngineDeps {
             broker: broker.clone(),

@@ -168,9 +168,13 @@ struct Load {
     /// QoS of publishes and subscriptions (0 or 1).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
-    /// Payload size in bytes (at least 28: the measurement header).
+    /// Payload size in bytes (at least 28: the measurement header; 120 with `--json`).
     #[arg(long, default_value_t = 256)]
     payload: usize,
+    /// JSON payloads (`{"shlg":"<header as hex>","temp":-20.5,"humidity":80,"pad":"..."}`)
+    /// instead of binary ones, for rules and plugins that read fields.
+    #[arg(long)]
+    json: bool,
     /// Measured window in seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -372,6 +376,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
 const MAGIC: u32 = 0x5348_4C47;
 /// Bytes of the measurement header at the start of every payload.
 const HEADER: usize = 28;
+/// Smallest JSON payload (the header as hex and the fixed fields).
+const JSON_MIN: usize = 120;
 
 /// The process-wide monotonic epoch that send timestamps count from.
 fn epoch() -> Instant {
@@ -410,7 +416,30 @@ impl Header {
         p
     }
 
+    /// A JSON payload of `len` bytes (at least [`JSON_MIN`]) carrying this header as hex.
+    fn json_payload(&self, len: usize) -> Vec<u8> {
+        let mut p = String::with_capacity(len.max(JSON_MIN));
+        p.push_str("{\"shlg\":\"");
+        for b in self.payload(HEADER) {
+            p.push_str(&format!("{b:02x}"));
+        }
+        p.push_str("\",\"temp\":-20.5,\"humidity\":80,\"pad\":\"");
+        while p.len() + 2 < len {
+            p.push('x');
+        }
+        p.push_str("\"}");
+        p.into_bytes()
+    }
+
     fn parse(p: &[u8]) -> Option<Header> {
+        if let Some(hex) = p.strip_prefix(b"{\"shlg\":\"") {
+            let raw: Vec<u8> = hex
+                .get(..HEADER * 2)?
+                .chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect::<Option<_>>()?;
+            return Header::parse(&raw);
+        }
         let u32_at = |i: usize| p.get(i..i + 4)?.try_into().ok().map(u32::from_le_bytes);
         let u64_at = |i: usize| p.get(i..i + 8)?.try_into().ok().map(u64::from_le_bytes);
         if u32_at(0)? != MAGIC {
@@ -710,6 +739,7 @@ async fn publish_loop(
     topic: String,
     qos: QoS,
     payload_len: usize,
+    json: bool,
     run: u32,
     schedule: Option<(Instant, f64)>,
     stop: Arc<AtomicBool>,
@@ -733,7 +763,16 @@ async fn publish_loop(
             sent_ns: now_ns(),
         };
         if client
-            .publish(topic.as_str(), qos, false, header.payload(payload_len))
+            .publish(
+                topic.as_str(),
+                qos,
+                false,
+                if json {
+                    header.json_payload(payload_len)
+                } else {
+                    header.payload(payload_len)
+                },
+            )
             .await
             .is_err()
         {
@@ -762,6 +801,9 @@ struct Plan {
 async fn run_plan(name: &str, load: &Load, plan: Plan) -> anyhow::Result<Value> {
     if load.payload < HEADER {
         bail!("--payload must be at least {HEADER} bytes");
+    }
+    if load.json && load.payload < JSON_MIN {
+        bail!("--payload must be at least {JSON_MIN} bytes with --json");
     }
     if plan.publishers.is_empty() || plan.subscribers.is_empty() {
         bail!("need at least one publisher and one subscriber");
@@ -856,6 +898,7 @@ async fn run_plan(name: &str, load: &Load, plan: Plan) -> anyhow::Result<Value> 
             topic.clone(),
             qos,
             load.payload,
+            load.json,
             run,
             schedule,
             stop.clone(),
@@ -945,6 +988,7 @@ async fn run_plan(name: &str, load: &Load, plan: Plan) -> anyhow::Result<Value> 
         "label": load.target.label,
         "qos": load.qos,
         "payload": load.payload,
+        "json": load.json,
         "params": plan.params,
         "duration": load.duration,
         "warmup": load.warmup,
@@ -1548,6 +1592,11 @@ mod tests {
         assert_eq!(Header::parse(&p), Some(h));
         assert_eq!(Header::parse(&p[..HEADER - 1]), None);
         assert_eq!(Header::parse(b"not ours, not ours, not ours, not ours"), None);
+        let j = h.json_payload(256);
+        assert_eq!(j.len(), 256);
+        let doc: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        assert_eq!(doc["temp"], -20.5);
+        assert_eq!(Header::parse(&j), Some(h));
     }
 
     #[test]

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Broker throughput with a WebAssembly plugin on every message, against the same load with no
+# rule at all (issue #5's target: >= 80 %).
+#
+#   tests/bench/plugin.sh                  # fan-in and p2p QoS 0, 10 s windows, 3 repetitions
+#   tests/bench/plugin.sh --quick          # smoke run: 2 s windows, 1 repetition
+#
+# Modes (a fresh `shoal serve --store memory --mqtts-listen off` per run, JSON payloads of
+# 200 bytes from `shoal-loadgen --json`, e.g. {"shlg":"<header>","temp":-20.5,...}):
+#   none     no rule: the broker only routes
+#   plugin   rule `SELECT * FROM 'bench/#'` with one action, the plugin plugins/dist/
+#            threshold-alert.wasm (field temp, max -15: it parses every document and returns no
+#            action), so every published message is matched, evaluated and handed to the plugin
+#            on the rules workers while the broker routes it to the subscribers
+# Scenarios: fan-in-qos0 (8 publishers -> 1 subscriber), p2p-qos0 (50 pairs).
+#
+# Each run records the load generator's JSON, the broker's CPU, and from /metrics the plugin
+# invocations and the rules engine's drops: a plugin run only counts when the plugin saw every
+# published message (drops 0, invocations >= messages published), otherwise the verdict is
+# MISS whatever the throughput. Modes alternate order each repetition; the table shows medians.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TOOLCHAIN=${TOOLCHAIN:-+1.97.0}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}
+
+SCENARIOS="fan-in-qos0,p2p-qos0"
+REPEAT=3
+DURATION=10
+WARMUP=2
+REBUILD=0
+MAX_OTHER=25
+QUIET_WAIT=60
+RESULTS=""
+WASM=$ROOT/plugins/dist/threshold-alert.wasm
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) DURATION=2; WARMUP=1; REPEAT=1 ;;
+        --scenarios) SCENARIOS=$2; shift ;;
+        --repeat) REPEAT=$2; shift ;;
+        --duration) DURATION=$2; shift ;;
+        --rebuild) REBUILD=1 ;;
+        --results) RESULTS=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "plugin.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+. "$HERE/lib.sh"
+
+[ -r "$WASM" ] || { echo "plugin.sh: $WASM is missing: run plugins/build.sh first" >&2; exit 2; }
+BIN=$CARGO_TARGET_DIR/release
+if [ "$REBUILD" = 1 ] || [ ! -x "$BIN/shoal" ] || [ ! -x "$BIN/shoal-loadgen" ]; then
+    echo "== building release binaries" >&2
+    (cd "$ROOT" && cargo "$TOOLCHAIN" build --release -p shoal-server -p shoal-tests)
+fi
+WORK=$(mktemp -d /tmp/shoal-plugin-bench.XXXXXX)
+cp "$BIN/shoal" "$BIN/shoal-loadgen" "$WORK/"
+if [ -z "$RESULTS" ]; then
+    mkdir -p "$HERE/results"
+    RESULTS=$HERE/results/plugin-$(date +%Y%m%d-%H%M%S).jsonl
+fi
+: >"$RESULTS"
+trap '[ -n "$BROKER_PID" ] && kill -KILL "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+echo '{"sql":"SELECT * FROM '"'bench/#'"'","actions":[{"plugin":{"name":"threshold"}}]}' >"$WORK/rule.json"
+CONFIG=$(python3 -c 'import urllib.parse; print(urllib.parse.quote("{\"settings\":[[\"field\",\"temp\"],[\"max\",\"-15\"]]}"))')
+
+run_one() {
+    local key=$1 mode=$2 rep=$3 dir port http args
+    dir="$WORK/$key-$mode-$rep"
+    mkdir -p "$dir"
+    port=$(free_port)
+    wait_quiet
+    echo "== [$rep/$REPEAT] $key, $mode" >&2
+    "$WORK/shoal" serve --data-dir "$dir/data" --store memory --mqtt-listen "127.0.0.1:$port" \
+        --mqtts-listen off --http-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_listen "$port" && http=$(shoal_addr "$dir/data" http) || { tail "$dir/broker.log" >&2; exit 1; }
+    if [ "$mode" = plugin ]; then
+        curl -sf -X POST -H 'content-type: application/wasm' --data-binary "@$WASM" \
+            "http://$http/api/v1/plugins/threshold/versions?activate=true&config=$CONFIG" >/dev/null
+        shoal_post "$http" /api/v1/rules/bench "$WORK/rule.json" >/dev/null
+    fi
+    sleep 0.5
+    case "$key" in
+        fan-in-qos0) args=(fan-in --publishers 8) ;;
+        p2p-qos0) args=(p2p --pairs 50) ;;
+    esac
+    measured "$dir" $((DURATION + WARMUP + 120)) "$WORK/shoal-loadgen" "${args[@]}" --port "$port" \
+        --label "$mode" --duration "$DURATION" --warmup "$WARMUP" --payload 200 --json --qos 0
+    sleep 1
+    shoal_metrics_json "$http" >"$dir/metrics.json" || echo '{}' >"$dir/metrics.json"
+    stop_broker
+    python3 - "$dir" "$RESULTS" "$key" "$mode" "$rep" "$MAX_OTHER" <<'PY'
+import json, sys
+d, results, key, mode, rep, max_other = sys.argv[1:]
+line = next((json.loads(l) for l in open(f"{d}/out") if l.startswith("{")), {"error": "no output"})
+m = json.load(open(f"{d}/metrics.json"))
+b = json.load(open(f"{d}/stats.json"))
+inv = sum(v for k, v in m.items() if k.startswith('shoal_plugin_invocations_total{plugin="threshold"'))
+line.update({"key": key, "mode": mode, "rep": int(rep), "broker_stats": b,
+             "plugin_invocations": inv,
+             "rules_dropped": m.get("shoal_rules_dropped_total", 0),
+             "disturbed": b.get("other_cpu_pct", 0) > float(max_other)})
+open(results, "a").write(json.dumps(line) + "\n")
+print(f"   {line.get('msgs_per_sec', 0):,.0f} deliveries/s, sent {line.get('sent', 0):,}, plugin calls {inv:,.0f}, "
+      f"rules dropped {line['rules_dropped']:,.0f}, broker CPU {b.get('cpu_pct', 0):.0f}%", file=sys.stderr)
+PY
+}
+
+IFS=, read -r -a selected <<<"$SCENARIOS"
+for rep in $(seq 1 "$REPEAT"); do
+    for key in "${selected[@]}"; do
+        if [ $((rep % 2)) = 1 ]; then modes=(none plugin); else modes=(plugin none); fi
+        for mode in "${modes[@]}"; do run_one "$key" "$mode" "$rep"; done
+    done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print("| scenario | none: deliveries/s | plugin: deliveries/s | ratio | plugin calls / sent | rules dropped | broker CPU % none / plugin | verdict |")
+print("|---|--:|--:|--:|--:|--:|--:|---|")
+for key in dict.fromkeys(r["key"] for r in rows):
+    n = [r for r in rows if r["key"] == key and r["mode"] == "none"]
+    p = [r for r in rows if r["key"] == key and r["mode"] == "plugin"]
+    med = lambda rs, f: statistics.median([f(r) for r in rs]) if rs else 0
+    nv, pv = med(n, lambda r: r.get("msgs_per_sec", 0)), med(p, lambda r: r.get("msgs_per_sec", 0))
+    seen = min((r["plugin_invocations"] / max(r.get("sent", 1), 1) for r in p), default=0)
+    dropped = sum(r["rules_dropped"] for r in p)
+    ratio = pv / nv if nv else 0
+    ok = ratio >= 0.8 and dropped == 0 and seen >= 0.999
+    print(f"| {key} | {nv:,.0f} | {pv:,.0f} | {ratio:.3f} | {seen:.4f} | {dropped:,.0f} | "
+          f"{med(n, lambda r: r['broker_stats'].get('cpu_pct', 0)):.0f} / {med(p, lambda r: r['broker_stats'].get('cpu_pct', 0)):.0f} | "
+          f"{'PASS' if ok else 'MISS'} |")
+print(f"\nmedians of {len(rows) // max(len(set((r['key'], r['mode']) for r in rows)), 1)} run(s); "
+      f"disturbed runs: {sum(1 for r in rows if r.get('disturbed'))}; raw: {sys.argv[1]}")
+PY

@@ -1,0 +1,727 @@
+"""Rules on a running shoal: AWS IoT SQL over real MQTT traffic, the management API under
+`/api/v1/rules` and the operator verbs `shoal rule ...`.
+
+Republish with substitution templates, WHERE filtering, `SELECT *` of non-JSON payloads, nested
+fields and aliases, QoS 1 republishes; the shadow action; the plugin action (threshold-alert's
+alerts on `$shoal/alerts/{thing}` and its publishes); the error action with AWS's error document;
+Basic Ingest; enable/disable, replace, delete and the refused definitions (409, 400 with the SQL
+error's position, 404); rules across a restart; `/metrics`; a looping plugin in a rule; the CLI.
+
+Every test gets its own broker. A rule's actions run on worker threads after the publish is
+acknowledged, so tests wait for what the actions produce (a message, a shadow, a counter) with a
+bound, and prove an absence by a later message of the same publisher (one publisher's messages
+are handled in order) followed by a short quiet period.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import Shoal
+from mqtt_helpers import Client, metric, unique, wait_until
+from plugin_helpers import DIST, cli, http, ok, settings, upload
+
+RULES = "/api/v1/rules"
+QUIET = 0.4  # seconds of silence that prove a message was not produced (after an ordering proof)
+
+needs_plugins = pytest.mark.skipif(not DIST.is_dir(), reason=f"no {DIST}: run plugins/build.sh")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def republish(topic: str, qos: int = 0) -> dict:
+    return {"republish": {"topic": topic, "qos": qos}}
+
+
+def shadow_action(thing: str, shadow: str | None = None) -> dict:
+    spec = {"thingName": thing}
+    if shadow is not None:
+        spec["shadowName"] = shadow
+    return {"shadow": spec}
+
+
+def plugin_action(name: str) -> dict:
+    return {"plugin": {"name": name}}
+
+
+def payload(sql: str, *actions: dict, error: dict | None = None, **extra: object) -> dict:
+    body: dict = {"sql": sql, "actions": list(actions), **extra}
+    if error is not None:
+        body["errorAction"] = error
+    return body
+
+
+def create(s: Shoal, name: str, sql: str, *actions: dict, error: dict | None = None, **extra: object) -> dict:
+    return ok(http(s, "POST", f"{RULES}/{name}", payload(sql, *actions, error=error, **extra)), 201)
+
+
+def stats(s: Shoal, name: str) -> dict:
+    return ok(http(s, "GET", f"{RULES}/{name}"))["stats"]
+
+
+def wait_stats(s: Shoal, name: str, timeout: float = 10.0, **want: int) -> dict:
+    """Waits until the rule's counters named in `want` (camelCase) have exactly these values."""
+    seen: dict = {}
+
+    def reached() -> bool:
+        nonlocal seen
+        seen = stats(s, name)
+        return all(seen.get(k) == v for k, v in want.items())
+
+    try:
+        wait_until(reached, timeout=timeout, interval=0.05, what=f"rule {name} stats {want}")
+    except AssertionError:
+        raise AssertionError(f"rule {name}: stats {seen}, wanted {want}") from None
+    return seen
+
+
+def subscriber(s: Shoal, *filters: str, qos: int = 1, **kw) -> Client:
+    c = s.client(**kw)
+    for f in filters:
+        assert c.subscribe(f, qos=qos)[0] < 0x80, f
+    return c
+
+
+def body(m) -> object:
+    return json.loads(m.payload)
+
+
+def pairs(messages) -> list[tuple[str, object]]:
+    """(topic, JSON body) of each message, sorted."""
+    return sorted(((m.topic, body(m)) for m in messages), key=lambda p: (p[0], json.dumps(p[1], sort_keys=True)))
+
+
+def by_topic(messages) -> dict[str, object]:
+    out = {}
+    for m in messages:
+        assert m.topic not in out, f"two messages on {m.topic}: {messages}"
+        out[m.topic] = body(m)
+    return out
+
+
+def shadow_doc(s: Shoal, thing: str, name: str | None = None) -> dict:
+    q = f"?name={name}" if name else ""
+    return ok(http(s, "GET", f"/things/{thing}/shadow{q}"))
+
+
+# -- republish, WHERE, templates -------------------------------------------------------------------
+
+def test_republish_renders_templates_and_where_filters(shoal: Shoal):
+    """Templates see the incoming message (payload fields, topic(), clientid()), not the SELECT's
+    aliases; a message WHERE does not select (false, non-JSON, missing field) is not republished;
+    the original message still reaches its subscribers."""
+    create(shoal, "fleet_temp", "SELECT temp, topic(2) AS truck FROM 'fleet/+/telemetry' WHERE temp > -15",
+           republish("alerts/${topic(2)}/${clientid()}"), republish("readings/${truck}/${temp}"))
+    alerts = subscriber(shoal, "alerts/#", "readings/#")
+    raw = subscriber(shoal, "fleet/#")
+    pub = shoal.client(client_id=unique("truck"))
+
+    for p in [b'{"temp": -20}', b"not json", b'{"humidity": 40}', b'{"temp": "warm"}', b'{"temp": -10}']:
+        pub.publish("fleet/truck1/telemetry", p, qos=1)
+    got = by_topic(alerts.wait_messages(2))
+    assert got == {
+        f"alerts/truck1/{pub.client_id}": {"temp": -10, "truck": "truck1"},
+        # `truck` is an alias of the SELECT: a template cannot see it (AWS), so it renders empty.
+        "readings//-10": {"temp": -10, "truck": "truck1"},
+    }, got
+    alerts.expect_no_message(QUIET)
+    assert len(raw.wait_messages(5)) == 5, "rules do not take messages from subscribers"
+    st = wait_stats(shoal, "fleet_temp", matched=5, selected=1, actionsOk=2)
+    assert st["actionsFailed"] == 0 and st["sqlErrors"] == 0, st
+
+
+def test_select_star_passes_payloads_through(shoal: Shoal):
+    """`SELECT *` of a non-JSON payload forwards its bytes unchanged; of a JSON object, the same
+    document. `SELECT *, expr` over binary data outputs the other items only."""
+    create(shoal, "copy", "SELECT * FROM 'raw/+'", republish("copy/${topic(2)}", qos=1))
+    create(shoal, "tagged", "SELECT *, topic(2) AS src FROM 'raw/+'", republish("tagged/${topic(2)}"))
+    sub = subscriber(shoal, "copy/#", "tagged/#")
+    pub = shoal.client()
+    blobs = {"bin": bytes(range(256)), "text": b"plain text, not JSON", "json": b'{"a":[1,2,{"b":null}]}'}
+    for k, p in blobs.items():
+        pub.publish(f"raw/{k}", p, qos=1)
+    got = {m.topic: m.payload for m in sub.wait_messages(6)}
+    assert got["copy/bin"] == blobs["bin"] and got["copy/text"] == blobs["text"], got
+    assert json.loads(got["copy/json"]) == {"a": [1, 2, {"b": None}]}
+    assert json.loads(got["tagged/bin"]) == {"src": "bin"}
+    assert json.loads(got["tagged/text"]) == {"src": "text"}
+    assert json.loads(got["tagged/json"]) == {"a": [1, 2, {"b": None}], "src": "json"}
+    sub.expect_no_message(QUIET)
+
+
+def test_nested_fields_aliases_and_functions(shoal: Shoal):
+    create(shoal, "nested",
+           "SELECT state.reported.temp AS t, upper(state.reported.door) AS door.state, "
+           "get(meta, 'fw-version') AS fw, readings[1] AS second, readings[9] AS missing, "
+           "state.reported.temp * 2 + 1 AS calc, timestamp() AS ts, "
+           "CASE state.reported.door WHEN 'open' THEN 'alarm' ELSE 'ok' END AS status "
+           "FROM 'nest/+' WHERE state.reported.temp < 0 AND NOT isUndefined(meta)",
+           republish("nested/out"))
+    create(shoal, "value_only", "SELECT VALUE state.reported FROM 'nest/+'", republish("nested/value"))
+    sub = subscriber(shoal, "nested/#")
+    pub = shoal.client()
+    doc = {"state": {"reported": {"temp": -3.5, "door": "open"}}, "meta": {"fw-version": "1.2.3"},
+           "readings": [1, 2, 3]}
+    before_ms = int(time.time() * 1000)
+    pub.publish("nest/d1", json.dumps(doc), qos=1)
+    got = by_topic(sub.wait_messages(2))
+    out = got["nested/out"]
+    ts = out.pop("ts")
+    assert out == {"t": -3.5, "door": {"state": "OPEN"}, "fw": "1.2.3", "second": 2, "calc": -6,
+                   "status": "alarm"}, out
+    assert before_ms - 1000 <= ts <= time.time() * 1000 + 1000, ts
+    assert got["nested/value"] == {"temp": -3.5, "door": "open"}
+
+    warm = dict(doc, state={"reported": {"temp": 4, "door": "shut"}})
+    pub.publish("nest/d1", json.dumps(warm), qos=1)
+    assert body(sub.wait_message()) == {"temp": 4, "door": "shut"}, "only the VALUE rule: WHERE is false"
+    sub.expect_no_message(QUIET)
+
+
+def test_qos1_republish_reaches_a_qos1_subscriber(shoal: Shoal):
+    """A QoS 1 republish is delivered at QoS 1, also to a persistent session that was offline;
+    a QoS 0 republish at QoS 0."""
+    create(shoal, "q1", "SELECT * FROM 'q/in'", republish("q/out1", qos=1), republish("q/out0", qos=0))
+    online = subscriber(shoal, "q/out1", "q/out0", qos=1)
+    offline = shoal.client(client_id=unique("persist"), clean=False, session_expiry=300)
+    assert offline.subscribe("q/out1", qos=1)[0] == 1
+    offline.disconnect()
+
+    pub = shoal.client()
+    pub.publish("q/in", b'{"n":1}', qos=0)
+    got = {m.topic: m for m in online.wait_messages(2)}
+    assert got["q/out1"].qos == 1 and got["q/out0"].qos == 0, got
+    assert body(got["q/out1"]) == {"n": 1}
+    wait_stats(shoal, "q1", actionsOk=2)
+
+    back = shoal.client(client_id=offline.client_id, clean=False, session_expiry=300)
+    assert back.connack.session_present
+    m = back.wait_message()
+    assert (m.topic, m.qos, body(m)) == ("q/out1", 1, {"n": 1})
+
+
+def test_republished_messages_do_not_enter_the_rules_again(shoal: Shoal):
+    """A rule whose output matches its own FROM fires once per client message (no loop)."""
+    create(shoal, "echoer", "SELECT *, topic() AS seen FROM 'loop/#'", republish("loop/${topic(2)}/again"))
+    sub = subscriber(shoal, "loop/#")
+    pub = shoal.client()
+    pub.publish("loop/a", b'{"n":1}', qos=1)
+    msgs = sub.wait_messages(2)
+    assert sorted(m.topic for m in msgs) == ["loop/a", "loop/a/again"], msgs
+    sub.expect_no_message(0.8)
+    assert wait_stats(shoal, "echoer", matched=1, actionsOk=1)["selected"] == 1
+
+
+# -- shadow action ---------------------------------------------------------------------------------
+
+def test_shadow_action_updates_the_things_shadow(shoal: Shoal):
+    create(shoal, "to_shadow",
+           "SELECT temp AS state.reported.temp, battery AS state.reported.battery "
+           "FROM 'dev/+/telemetry' WHERE NOT isUndefined(temp)",
+           shadow_action("${topic(2)}"), shadow_action("${topic(2)}", "env"))
+    thing = unique("dev")
+    accepted = subscriber(shoal, f"$aws/things/{thing}/shadow/update/accepted",
+                          f"$aws/things/{thing}/shadow/name/env/update/accepted")
+    pub = shoal.client()
+    pub.publish(f"dev/{thing}/telemetry", json.dumps({"temp": 21.5, "battery": 88, "noise": 1}), qos=1)
+    topics = sorted(m.topic for m in accepted.wait_messages(2))
+    assert topics == [f"$aws/things/{thing}/shadow/name/env/update/accepted",
+                      f"$aws/things/{thing}/shadow/update/accepted"], topics
+    classic = shadow_doc(shoal, thing)
+    assert classic["state"] == {"reported": {"temp": 21.5, "battery": 88}}, classic
+    assert classic["version"] == 1
+    assert shadow_doc(shoal, thing, "env")["state"] == {"reported": {"temp": 21.5, "battery": 88}}
+
+    pub.publish(f"dev/{thing}/telemetry", json.dumps({"temp": 22}), qos=1)
+    wait_stats(shoal, "to_shadow", selected=2, actionsOk=4)
+    classic = shadow_doc(shoal, thing)
+    assert classic["state"] == {"reported": {"temp": 22, "battery": 88}}, "merged like any update"
+    assert classic["version"] == 2
+
+
+def test_a_device_shadow_update_reaches_a_rule_on_the_shadow_topic(shoal: Shoal):
+    """AWS rules commonly select from `$aws/things/+/shadow/update`: a device's publish there is a
+    client publish, which rules see."""
+    create(shoal, "shadow_watch", "SELECT state.reported.temp AS temp, topic(3) AS thing "
+           "FROM '$aws/things/+/shadow/update'", republish("watched/${topic(3)}"))
+    sub = subscriber(shoal, "watched/#")
+    dev = shoal.client()
+    dev.publish("$aws/things/w1/shadow/update", json.dumps({"state": {"reported": {"temp": 5}}}), qos=1)
+    assert body(sub.wait_message(3)) == {"temp": 5, "thing": "w1"}
+
+
+def test_a_republish_to_a_shadow_topic_updates_the_shadow(shoal: Shoal):
+    """AWS's republish action documents `$$aws/things/MyThing/shadow/update` as a target: the
+    shadow service serves it like a device's request."""
+    create(shoal, "via_topic", "SELECT temp AS state.reported.temp FROM 'rs/+'",
+           republish("$$aws/things/${topic(2)}/shadow/update", qos=1))
+    accepted = subscriber(shoal, "$aws/things/rs1/shadow/update/accepted")
+    shoal.client().publish("rs/rs1", b'{"temp": 5}', qos=1)
+    wait_stats(shoal, "via_topic", actionsOk=1)
+    assert body(accepted.wait_message(3))["state"] == {"reported": {"temp": 5}}
+    assert shadow_doc(shoal, "rs1")["state"] == {"reported": {"temp": 5}}
+
+
+# -- plugin action ---------------------------------------------------------------------------------
+
+@needs_plugins
+def test_plugin_action_raises_alerts_and_publishes(shoal: Shoal):
+    """threshold-alert gets the SELECT's document; its alert goes to `$shoal/alerts/{thing}` (the
+    thing is the topic level without a registry thing, the connection's registry thing with one)
+    and its publish action is delivered."""
+    upload(shoal, "cold", "threshold-alert",
+           {"settings": settings(field="temp", max=-15, republish="fleet/{thing}/alerts")})
+    create(shoal, "cold_chain", "SELECT sensors.t AS temp FROM 'fleet/+/telemetry'", plugin_action("cold"))
+    sub = subscriber(shoal, "$shoal/alerts/#", "fleet/+/alerts")
+    pub = shoal.client()
+
+    pub.publish("fleet/t7/telemetry", json.dumps({"sensors": {"t": -20}}), qos=1)  # within limits
+    pub.publish("fleet/t7/telemetry", json.dumps({"sensors": {"t": -10}}), qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    alert = body(got["$shoal/alerts/t7"])
+    assert alert["severity"] == "warning" and alert["thing"] == "t7" and alert["plugin"] == "cold", alert
+    assert alert["title"] == "t7: temp -10 above -15", alert
+    assert "fleet/t7/telemetry" in alert["body"], alert
+    assert abs(alert["at"] - time.time() * 1000) < 10_000, alert
+    violation = got["fleet/t7/alerts"]
+    assert violation.qos == 1
+    assert body(violation)["value"] == -10 and body(violation)["thing"] == "t7", body(violation)
+    sub.expect_no_message(QUIET)
+
+    # A thing-bound connection: mutual TLS with a certificate attached to `truck-42`, client id
+    # `truck-42` (AWS's `iot:Connection.Thing.ThingName`).
+    device = shoal.client(tls=True, client_cert=shoal.device_cert("truck-42"), client_id="truck-42")
+    device.publish("fleet/t8/telemetry", json.dumps({"sensors": {"t": 3}}), qos=1)
+    got = {m.topic: body(m) for m in sub.wait_messages(2)}
+    assert got["$shoal/alerts/truck-42"]["thing"] == "truck-42", got
+    assert got["$shoal/alerts/truck-42"]["title"] == "truck-42: temp 3 above -15", got
+    assert got["fleet/truck-42/alerts"]["value"] == 3, got
+    wait_stats(shoal, "cold_chain", matched=3, selected=3, actionsOk=3, actionsFailed=0)
+    assert metric(shoal, "shoal_rules_alerts_total") == 2
+
+
+@needs_plugins
+def test_a_plugins_publishes_keep_their_qos_and_retain_flag(shoal: Shoal):
+    """content-router's publish actions are delivered with the QoS and retain flag it chose."""
+    routes = [{"field": "type", "equals": "door", "topic": "routed/{thing}/door", "qos": 1},
+              {"field": "alarm", "exists": True, "topic": "routed/alarms/{thing}", "retain": True, "qos": 0}]
+    upload(shoal, "router", "content-router", {"settings": [["rules", json.dumps(routes)]]})
+    create(shoal, "route", "SELECT * FROM 'site/+/events'", plugin_action("router"))
+    sub = subscriber(shoal, "routed/#")
+    pub = shoal.client()
+    pub.publish("site/s1/events", json.dumps({"type": "door", "alarm": 1}), qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    assert got["routed/s1/door"].qos == 1 and body(got["routed/s1/door"]) == {"type": "door", "alarm": 1}
+    assert got["routed/alarms/s1"].qos == 0
+    late = subscriber(shoal, "routed/alarms/#")
+    m = late.wait_message()
+    assert m.retain and m.topic == "routed/alarms/s1", "the plugin's retain flag is kept"
+    wait_stats(shoal, "route", actionsOk=1)
+
+
+# -- error action ----------------------------------------------------------------------------------
+
+def test_error_action_gets_the_aws_error_document(shoal: Shoal):
+    """Failed actions (a missing plugin, a document that is no shadow request) go to the error
+    action with AWS's error document, listing each failure; the other actions still run."""
+    create(shoal, "faulty", "SELECT * FROM 'bad/+'",
+           plugin_action("nope"), shadow_action("${topic(2)}"), republish("bad_copy/${topic(2)}"),
+           error=republish("errors/${topic(2)}", qos=1))
+    sub = subscriber(shoal, "errors/#", "bad_copy/#")
+    pub = shoal.client(client_id=unique("sensor"))
+    original = b'{"a": 1}'
+    pub.publish("bad/thingA", original, qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    assert body(got["bad_copy/thingA"]) == {"a": 1}
+    err = got["errors/thingA"]
+    assert err.qos == 1
+    doc = body(err)
+    assert set(doc) == {"ruleName", "topic", "cloudwatchTraceId", "clientId", "base64OriginalPayload",
+                        "failures"}, doc
+    assert doc["ruleName"] == "faulty" and doc["topic"] == "bad/thingA" and doc["clientId"] == pub.client_id
+    assert base64.b64decode(doc["base64OriginalPayload"]) == original
+    uuid.UUID(doc["cloudwatchTraceId"])
+    plugin_failure, shadow_failure = doc["failures"]
+    assert plugin_failure["failedAction"] == "PluginAction" and plugin_failure["failedResource"] == "nope"
+    assert "nope" in plugin_failure["errorMessage"], plugin_failure
+    assert shadow_failure["failedAction"] == "ShadowAction" and shadow_failure["failedResource"] == "thingA"
+    assert "state" in shadow_failure["errorMessage"], shadow_failure
+    st = wait_stats(shoal, "faulty", actionsOk=1, actionsFailed=2, errorActions=1)
+    assert st["errorActionFailures"] == 0, st
+    assert http(shoal, "GET", "/things/thingA/shadow").status == 404, "the refused update wrote nothing"
+
+
+@needs_plugins
+def test_a_plugin_rejection_and_a_failing_error_action(shoal: Shoal):
+    upload(shoal, "strict", "threshold-alert", {"settings": settings(field="temp", max=0)})
+    create(shoal, "rejecting", "SELECT * FROM 'strict/+'", plugin_action("strict"),
+           error=republish("errors/strict"))
+    # The error action's topic renders to a filter, which cannot be published to.
+    create(shoal, "double_fault", "SELECT * FROM 'strict/+'", plugin_action("missing"),
+           error=republish("errors/${'#'}"))
+    sub = subscriber(shoal, "errors/#")
+    pub = shoal.client()
+    pub.publish("strict/s1", b"hot", qos=1)
+    doc = body(sub.wait_message())
+    assert doc["ruleName"] == "rejecting" and base64.b64decode(doc["base64OriginalPayload"]) == b"hot"
+    (failure,) = doc["failures"]
+    assert failure["failedAction"] == "PluginAction" and failure["failedResource"] == "strict", failure
+    assert "reject" in failure["errorMessage"], failure
+    wait_stats(shoal, "double_fault", actionsFailed=1, errorActions=1, errorActionFailures=1)
+    sub.expect_no_message(QUIET)
+    assert http(shoal, "GET", "/health").status == 200
+
+
+# -- Basic Ingest ----------------------------------------------------------------------------------
+
+def test_basic_ingest_goes_to_the_named_rule_only(shoal: Shoal):
+    create(shoal, "ingest", "SELECT *, topic() AS t, topic(1) AS first FROM 'sensors/#'",
+           republish("ingested/${topic(2)}"))
+    create(shoal, "other", "SELECT * FROM 'sensors/#'", republish("other/${topic(2)}"))
+    out = subscriber(shoal, "ingested/#", "other/#")
+    spy = subscriber(shoal, "$aws/rules/#", "sensors/#")
+    pub = shoal.client()
+
+    ack = pub.publish("$aws/rules/ingest/sensors/s1", b'{"v": 1}', qos=1)
+    assert ack.reason_code < 0x80, ack
+    m = out.wait_message()
+    assert (m.topic, body(m)) == ("ingested/s1", {"v": 1, "t": "sensors/s1", "first": "sensors"})
+
+    pub.publish("sensors/s2", b'{"v": 2}', qos=1)  # an ordinary publish: both rules, and the spy
+    assert sorted(m.topic for m in out.wait_messages(2)) == ["ingested/s2", "other/s2"]
+    assert [m.topic for m in spy.wait_messages(1)] == ["sensors/s2"], "Basic Ingest is not routed"
+    out.expect_no_message(QUIET)
+    spy.expect_no_message(0.1)
+
+    # The HTTP data plane's publish is a client publish too.
+    a = http(shoal, "POST", "/topics/%24aws/rules/ingest/sensors/s5?qos=1", data=b'{"v": 5}',
+             content_type="application/json")
+    assert a.status == 200, a
+    m = out.wait_message()
+    assert (m.topic, body(m)) == ("ingested/s5", {"v": 5, "t": "sensors/s5", "first": "sensors"})
+
+    before = metric(shoal, "shoal_rules_basic_ingest_unknown_total")
+    pub.publish("$aws/rules/no_such_rule/sensors/s3", b"{}", qos=1)
+    ok(http(shoal, "POST", f"{RULES}/ingest/disable"))
+    pub.publish("$aws/rules/ingest/sensors/s4", b"{}", qos=1)
+    wait_until(lambda: metric(shoal, "shoal_rules_basic_ingest_unknown_total") == before + 2,
+               what="two Basic Ingest publishes without an enabled rule")
+    out.expect_no_message(QUIET)
+    spy.expect_no_message(0.1)
+    assert stats(shoal, "other")["matched"] == 1
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+def test_disable_enable_replace_and_delete(shoal: Shoal):
+    created = create(shoal, "life", "SELECT * FROM 'life/in'", republish("life/v1"), ruleDisabled=True,
+                     description="first")
+    assert created["topicRulePayload"]["ruleDisabled"] is True
+    assert created["topicRulePayload"]["description"] == "first"
+    sub = subscriber(shoal, "life/+")
+    pub = shoal.client()
+
+    def send(n: int) -> None:
+        pub.publish("life/in", json.dumps({"n": n}), qos=1)
+
+    def outputs(n: int) -> list[tuple[str, object]]:
+        return pairs(sub.wait_messages(n))
+
+    send(1)
+    assert outputs(1) == [("life/in", {"n": 1})], "disabled: only the original"
+    assert stats(shoal, "life")["matched"] == 0
+
+    enabled = ok(http(shoal, "POST", f"{RULES}/life/enable"))
+    assert enabled["topicRulePayload"]["ruleDisabled"] is False
+    send(2)
+    assert outputs(2) == [("life/in", {"n": 2}), ("life/v1", {"n": 2})]
+
+    assert ok(http(shoal, "POST", f"{RULES}/life/disable"))["topicRulePayload"]["ruleDisabled"] is True
+    send(3)
+    assert outputs(1) == [("life/in", {"n": 3})]
+    ok(http(shoal, "POST", f"{RULES}/life/enable"))
+
+    replaced = ok(http(shoal, "PUT", f"{RULES}/life",
+                       payload("SELECT n * 10 AS n FROM 'life/in' WHERE n > 4", republish("life/v2"))))
+    assert replaced["createdAtMs"] == created["createdAtMs"], "replacing keeps the creation time"
+    assert replaced["stats"]["matched"] == 0, "counters start over"
+    assert replaced["topicRulePayload"]["actions"] == [republish("life/v2")]
+    assert "description" not in replaced["topicRulePayload"]
+    send(4)
+    send(5)
+    assert outputs(3) == [("life/in", {"n": 4}), ("life/in", {"n": 5}), ("life/v2", {"n": 50})]
+
+    bad = http(shoal, "PUT", f"{RULES}/life", payload("SELECT FROM 'life/in'", republish("life/v3")))
+    assert bad.status == 400 and bad.error_type == "SqlParseException", bad
+    send(6)
+    assert outputs(2) == [("life/in", {"n": 6}), ("life/v2", {"n": 60})], "a refused replace changes nothing"
+
+    d = http(shoal, "DELETE", f"{RULES}/life")
+    assert d.status == 204 and d.raw == b"", d
+    send(7)
+    assert outputs(1) == [("life/in", {"n": 7})]
+    sub.expect_no_message(QUIET)
+    assert http(shoal, "GET", f"{RULES}/life").status == 404
+    assert http(shoal, "DELETE", f"{RULES}/life").status == 404
+    assert ok(http(shoal, "GET", RULES)) == {"rules": []}
+
+
+def test_list_and_get(shoal: Shoal):
+    assert ok(http(shoal, "GET", RULES)) == {"rules": []}
+    definition = {"sql": "SELECT * FROM 'a/#'", "description": "d", "actions": [republish("b", qos=1)],
+                  "ruleDisabled": False, "awsIotSqlVersion": "2016-03-23",
+                  "errorAction": republish("e/${topic()}")}
+    made = ok(http(shoal, "POST", f"{RULES}/zeta", definition), 201)
+    create(shoal, "alpha", "SELECT * FROM 'x'")
+    rules = ok(http(shoal, "GET", RULES))["rules"]
+    assert [r["ruleName"] for r in rules] == ["alpha", "zeta"], "sorted by name"
+    zeta = ok(http(shoal, "GET", f"{RULES}/zeta"))
+    assert zeta == made == rules[1]
+    assert zeta["topicRulePayload"] == definition, "the definition as given"
+    assert abs(zeta["createdAtMs"] - time.time() * 1000) < 10_000
+    assert zeta["stats"] == {"matched": 0, "selected": 0, "sqlErrors": 0, "actionsOk": 0, "actionsFailed": 0,
+                             "errorActions": 0, "errorActionFailures": 0}
+
+
+def test_refused_definitions_and_unknown_rules(shoal: Shoal):
+    create(shoal, "taken", "SELECT * FROM 'a'")
+    a = http(shoal, "POST", f"{RULES}/taken", payload("SELECT * FROM 'b'"))
+    assert a.status == 409 and a.error_type == "ResourceAlreadyExistsException" and "taken" in a.message, a
+    assert ok(http(shoal, "GET", f"{RULES}/taken"))["topicRulePayload"]["sql"] == "SELECT * FROM 'a'"
+
+    # SQL errors carry line:column.
+    a = http(shoal, "POST", f"{RULES}/r1", payload("SELECT temp FROM 'fleet/+/t' WHER temp > 1"))
+    assert a.status == 400 and a.error_type == "SqlParseException", a
+    assert "1:30" in a.message and "WHER" in a.message, a
+    a = http(shoal, "POST", f"{RULES}/r1", payload("SELECT temp\nFROM 'fleet/+/t'\nWHERE temp > > 1"))
+    assert a.status == 400 and a.error_type == "SqlParseException" and "3:14" in a.message, a
+    for sql in ["SELECT nosuchfunction(x) FROM 'a'", "SELECT * FROM 'a/#/b'", "SELECT aws_lambda('f', *) FROM 'a'",
+                "SELECT 1", ""]:
+        a = http(shoal, "POST", f"{RULES}/r1", payload(sql))
+        assert a.status == 400 and a.error_type == "SqlParseException" and a.message, (sql, a)
+
+    invalid = [
+        ("bad-name", payload("SELECT * FROM 'a'")),
+        ("x" * 129, payload("SELECT * FROM 'a'")),
+        ("r1", {"sql": "SELECT * FROM 'a'", "bogus": 1}),
+        ("r1", {"actions": []}),
+        ("r1", payload("SELECT * FROM 'a'", {"lambda": {"functionArn": "arn:aws:lambda:x"}})),
+        ("r1", payload("SELECT * FROM 'a'", republish("x", qos=2))),
+        ("r1", payload("SELECT * FROM 'a'", republish("x/#"))),
+        ("r1", payload("SELECT * FROM 'a'", republish(""))),
+        ("r1", payload("SELECT * FROM 'a'", republish("x/${"))),
+        ("r1", payload("SELECT * FROM 'a'", plugin_action("bad name"))),
+        ("r1", payload("SELECT * FROM 'a'", *[republish("x")] * 11)),
+        ("r1", payload("SELECT * FROM 'a'", error=republish("x", qos=5))),
+        ("r1", payload("SELECT * FROM 'a'", awsIotSqlVersion="2099-01-01")),
+        ("r1", payload("SELECT * FROM 'a'", description="d" * 2029)),
+    ]
+    for name, definition in invalid:
+        a = http(shoal, "POST", f"{RULES}/{name}", definition)
+        assert a.status == 400 and a.error_type in ("InvalidRequestException", "SqlParseException"), (definition, a)
+        assert a.message, a
+    a = http(shoal, "POST", f"{RULES}/r1", data=b"{not json", content_type="application/json")
+    assert a.status == 400 and a.error_type == "InvalidRequestException", a
+    assert "actions[0]" in http(shoal, "POST", f"{RULES}/r1",
+                                payload("SELECT * FROM 'a'", republish("x/${"))).message
+
+    for method, path in [("GET", "nope"), ("DELETE", "nope"), ("POST", "nope/enable"), ("POST", "nope/disable")]:
+        a = http(shoal, method, f"{RULES}/{path}")
+        assert a.status == 404 and a.error_type == "ResourceNotFoundException", (method, path, a)
+    a = http(shoal, "PUT", f"{RULES}/nope", payload("SELECT * FROM 'a'"))
+    assert a.status == 404 and a.error_type == "ResourceNotFoundException", a
+    assert [r["ruleName"] for r in ok(http(shoal, "GET", RULES))["rules"]] == ["taken"], \
+        "refused definitions leave nothing behind"
+
+
+def test_rules_survive_a_restart(shoal: Shoal):
+    create(shoal, "durable", "SELECT n FROM 'dur/in'", republish("dur/out", qos=1), description="kept")
+    create(shoal, "sleeping", "SELECT n FROM 'dur/in'", republish("dur/sleeping"), ruleDisabled=True)
+    pub = shoal.client()
+    pub.publish("dur/in", b'{"n": 0}', qos=1)
+    wait_stats(shoal, "durable", actionsOk=1)
+    before = ok(http(shoal, "GET", RULES))["rules"]
+    assert (shoal.data_dir / "rules" / "rules.json").is_file()
+
+    shoal.restart()
+    after = ok(http(shoal, "GET", RULES))["rules"]
+    strip = [{k: v for k, v in r.items() if k != "stats"} for r in before]
+    assert [{k: v for k, v in r.items() if k != "stats"} for r in after] == strip
+    assert after[0]["stats"]["matched"] == 0, "counters are since the server started"
+    sub = subscriber(shoal, "dur/#")
+    shoal.client().publish("dur/in", b'{"n": 1, "x": 2}', qos=1)
+    msgs = sub.wait_messages(2)
+    assert pairs(msgs) == [("dur/in", {"n": 1, "x": 2}), ("dur/out", {"n": 1})]
+    sub.expect_no_message(QUIET)
+
+    # Changes after the restart persist too.
+    ok(http(shoal, "DELETE", f"{RULES}/sleeping"), 204)
+    shoal.restart()
+    assert [r["ruleName"] for r in ok(http(shoal, "GET", RULES))["rules"]] == ["durable"]
+
+
+def test_metrics_have_a_series_per_rule(shoal: Shoal):
+    create(shoal, "m_ok", "SELECT * FROM 'm/+' WHERE v > 0", republish("m_out/${topic(2)}"))
+    create(shoal, "m_bad", "SELECT * FROM 'm/+'", shadow_action("${topic(2)}"), error=republish("m_err"))
+    pub = shoal.client()
+    for v in (1, -1, 2):
+        pub.publish(f"m/d{v}", json.dumps({"v": v}), qos=1)
+    wait_stats(shoal, "m_ok", matched=3, selected=2, actionsOk=2)
+    wait_stats(shoal, "m_bad", matched=3, actionsFailed=3, errorActions=3)
+    text = http(shoal, "GET", "/metrics").raw.decode()
+    expected = {
+        ("shoal_rules_matched_total", "m_ok"): 3, ("shoal_rules_selected_total", "m_ok"): 2,
+        ("shoal_rules_actions_ok_total", "m_ok"): 2, ("shoal_rules_actions_failed_total", "m_ok"): 0,
+        ("shoal_rules_sql_errors_total", "m_ok"): 0,
+        ("shoal_rules_matched_total", "m_bad"): 3, ("shoal_rules_actions_failed_total", "m_bad"): 3,
+        ("shoal_rules_error_actions_total", "m_bad"): 3, ("shoal_rules_error_action_failures_total", "m_bad"): 0,
+    }
+    for (name, rule), value in expected.items():
+        assert metric(shoal, name, f'rule="{rule}"') == value, (name, rule)
+    assert metric(shoal, "shoal_rules_enqueued_total") == 3
+    assert metric(shoal, "shoal_rules_dropped_total") == 0
+    for family in ["shoal_rules_matched_total", "shoal_rules_error_actions_total"]:
+        assert f"# TYPE {family} counter" in text
+    ok(http(shoal, "DELETE", f"{RULES}/m_bad"), 204)
+    text = http(shoal, "GET", "/metrics").raw.decode()
+    assert 'rule="m_bad"' not in text and 'rule="m_ok"' in text
+
+
+# -- a hostile plugin ------------------------------------------------------------------------------
+
+@needs_plugins
+def test_a_looping_plugin_in_a_rule_does_not_stop_other_traffic(shoal: Shoal):
+    """infinite-loop spins until its deadline on a rules worker: publishes and deliveries to other
+    subscribers go on meanwhile, every spin reaches the error action, and the plugin serves the
+    next ordinary message."""
+    deadline_ms = 300
+    upload(shoal, "spin", "infinite-loop",
+           {"deadline_ms": deadline_ms, "max_consecutive_failures": 1000, "settings": settings(trigger="spin")})
+    create(shoal, "spinner", "SELECT * FROM 'spin/+'", plugin_action("spin"), error=republish("errors/spin"))
+    errors = subscriber(shoal, "errors/#", "fixture/ok")
+    chat_in = subscriber(shoal, "chat/#")
+    chat_out = shoal.client()
+    device = shoal.client()
+
+    spins = 5
+    started = time.monotonic()
+    for _ in range(spins):
+        device.publish("spin/1", b"spin", qos=1)
+    latencies = []
+    while time.monotonic() - started < spins * deadline_ms / 1000:
+        sent = time.monotonic()
+        chat_out.publish("chat/room", b"hello", qos=1)
+        m = chat_in.wait_message(2)
+        latencies.append(m.at - sent)
+        time.sleep(0.05)
+    assert len(latencies) >= 5 and max(latencies) < 0.5, f"delivery latencies while spinning: {latencies}"
+    assert http(shoal, "GET", "/health", timeout=2).status == 200
+
+    docs = [body(m) for m in errors.wait_messages(spins, timeout=spins * deadline_ms / 1000 + 10)]
+    for d in docs:
+        (failure,) = d["failures"]
+        assert failure["failedAction"] == "PluginAction" and failure["failedResource"] == "spin", failure
+        assert "deadline" in failure["errorMessage"], failure
+    device.publish("spin/1", b"fine", qos=1)
+    m = errors.wait_message(5)
+    assert (m.topic, m.payload) == ("fixture/ok", b"fine")
+    wait_stats(shoal, "spinner", actionsFailed=spins, errorActions=spins, actionsOk=1)
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+def rule_cli(s: Shoal, *args: str, check: bool = True, stdin: str = ""):
+    return cli(s, "rule", *args, check=check, stdin=stdin)
+
+
+def rule_json(s: Shoal, *args: str, stdin: str = "") -> dict:
+    return json.loads(rule_cli(s, *args, stdin=stdin).stdout)
+
+
+def test_cli_creates_and_manages_rules(shoal: Shoal, tmp_path):
+    made = rule_json(shoal, "create", "cli_rule", "--sql", "SELECT temp FROM 'cli/+' WHERE temp > 0",
+                     "--republish", "cli_out/${topic(2)}:1", "--republish", "cli_all", "--description", "from flags",
+                     "--error-republish", "cli_err")
+    assert made["ruleName"] == "cli_rule"
+    assert made["topicRulePayload"] == {
+        "sql": "SELECT temp FROM 'cli/+' WHERE temp > 0", "description": "from flags",
+        "actions": [republish("cli_out/${topic(2)}", qos=1), republish("cli_all")],
+        "ruleDisabled": False, "errorAction": republish("cli_err")}
+    sub = subscriber(shoal, "cli_out/#", "cli_all")
+    pub = shoal.client()
+    pub.publish("cli/d1", b'{"temp": 3}', qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    assert got["cli_out/d1"].qos == 1 and body(got["cli_out/d1"]) == {"temp": 3} and "cli_all" in got
+
+    assert [r["ruleName"] for r in rule_json(shoal, "list")["rules"]] == ["cli_rule"]
+    wait_stats(shoal, "cli_rule", actionsOk=2)
+    shown = rule_json(shoal, "get", "cli_rule")
+    assert shown["stats"]["selected"] == 1 and shown["topicRulePayload"] == made["topicRulePayload"]
+    assert rule_json(shoal, "disable", "cli_rule")["topicRulePayload"]["ruleDisabled"] is True
+    assert rule_json(shoal, "enable", "cli_rule")["topicRulePayload"]["ruleDisabled"] is False
+
+    # Replace from what `get` printed, edited; and from standard input.
+    shown["topicRulePayload"]["actions"] = [republish("cli_all")]
+    f = tmp_path / "rule.json"
+    f.write_text(json.dumps(shown))
+    assert rule_json(shoal, "replace", "cli_rule", "--file", str(f))["topicRulePayload"]["actions"] == [
+        republish("cli_all")]
+    pub.publish("cli/d2", b'{"temp": 4}', qos=1)
+    assert [(m.topic, body(m)) for m in sub.wait_messages(1)] == [("cli_all", {"temp": 4})]
+    sub.expect_no_message(QUIET)
+    aws = {"sql": "SELECT * FROM 'cli/+'", "ruleDisabled": True, "awsIotSqlVersion": "2016-03-23",
+           "actions": [{"republish": {"topic": "cli_all", "qos": 0, "roleArn": "arn:aws:iam::1:role/r"}}]}
+    replaced = rule_json(shoal, "replace", "cli_rule", "--file", "-", stdin=json.dumps(aws))
+    assert replaced["topicRulePayload"] == aws, "an AWS definition carries over"
+
+    # Actions of several kinds, in command-line order; created disabled.
+    mixed = rule_json(shoal, "create", "cli_mixed", "--sql", "SELECT * FROM 'mx'", "--plugin", "p1",
+                      "--shadow", "${topic(1)}", "--republish", "mx_out", "--plugin", "p2", "--disabled")
+    assert mixed["topicRulePayload"]["actions"] == [
+        plugin_action("p1"), shadow_action("${topic(1)}"), republish("mx_out"), plugin_action("p2")]
+    assert mixed["topicRulePayload"]["ruleDisabled"] is True
+
+    p = rule_cli(shoal, "delete", "cli_mixed")
+    assert p.stdout == ""
+    assert [r["ruleName"] for r in rule_json(shoal, "list")["rules"]] == ["cli_rule"]
+
+
+def test_cli_errors_exit_non_zero_with_the_servers_message(shoal: Shoal, tmp_path):
+    rule_cli(shoal, "create", "dup", "--sql", "SELECT * FROM 'a'")
+    p = rule_cli(shoal, "create", "dup", "--sql", "SELECT * FROM 'a'", check=False)
+    assert p.returncode != 0 and p.stdout == ""
+    assert "409" in p.stderr and "ResourceAlreadyExistsException" in p.stderr, p.stderr
+
+    p = rule_cli(shoal, "create", "badsql", "--sql", "SELECT * FORM 'a'", check=False)
+    assert p.returncode != 0 and "SqlParseException" in p.stderr and "1:10" in p.stderr, p.stderr
+    for args, words in [(["get", "nope"], ["404", "ResourceNotFoundException"]),
+                        (["replace", "nope", "--sql", "SELECT * FROM 'a'"], ["404"]),
+                        (["enable", "nope"], ["404"]),
+                        (["delete", "nope"], ["404"]),
+                        (["create", "bad-name", "--sql", "SELECT * FROM 'a'"], ["400", "invalid rule name"]),
+                        (["create", "r", "--sql", "SELECT * FROM 'a'", "--plugin", "bad name"], ["400", "plugin"]),
+                        (["create", "r", "--file", str(tmp_path / "missing.json")], ["missing.json"])]:
+        p = rule_cli(shoal, *args, check=False)
+        assert p.returncode != 0 and all(w in p.stderr for w in words), (args, p.stderr)
+    f = tmp_path / "aws-only.json"
+    f.write_text(json.dumps({"sql": "SELECT * FROM 'a'", "actions": [{"lambda": {"functionArn": "x"}}]}))
+    p = rule_cli(shoal, "create", "r", "--file", str(f), check=False)
+    assert p.returncode != 0 and "400" in p.stderr and "lambda" in p.stderr, p.stderr
+
+    # Refused by the CLI itself, before any request.
+    for args in [["create", "r", "--sql", "SELECT * FROM 'a'", "--republish", "x:2"],
+                 ["create", "r", "--republish", "x"],
+                 ["create", "r", "--file", "x.json", "--sql", "SELECT * FROM 'a'"]]:
+        p = rule_cli(shoal, *args, check=False)
+        assert p.returncode == 2 and p.stderr, (args, p.stderr)
+    assert [r["ruleName"] for r in ok(http(shoal, "GET", RULES))["rules"]] == ["dup"]
+    # Nothing listens here: a transport error, not a hang.
+    p = subprocess.run([shoal.binary, "rule", "list", "--endpoint", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "cannot reach" in p.stderr, p.stderr
