@@ -385,6 +385,23 @@ def test_versions_and_the_active_one_survive_a_restart(shoal: Shoal):
     assert back["version"] == 1, "the rollback history is kept too"
 
 
+def test_key_value_state_survives_a_restart(shoal: Shoal):
+    """debounce-alert keeps each thing's window of readings in the key-value store: two breaches
+    before a restart and one after make three of the last five, so the third alerts."""
+    upload(shoal, "debounce", "debounce-alert", {"settings": settings(field="temp", max=0, n=3, m=5)})
+    for _ in range(2):
+        out = invoke(shoal, "debounce", "fleet/truck-1/telemetry", {"temp": 5})
+        assert out["outcome"] == "ok" and out["actions"] == [], out
+    health = ok(http(shoal, "GET", "/api/v1/plugins/debounce"))["health"]
+    assert health["kv_usage_bytes"] > 0, health
+    shoal.restart()
+    out = invoke(shoal, "debounce", "fleet/truck-1/telemetry", {"temp": 6})
+    alerts = [a for a in out["actions"] if a["type"] == "alert"]
+    assert len(alerts) == 1 and alerts[0]["thing"] == "truck-1", out
+    # Another thing's window started empty.
+    assert invoke(shoal, "debounce", "fleet/truck-2/telemetry", {"temp": 6})["actions"] == []
+
+
 # -- the watched directory -------------------------------------------------------------------------
 
 def deploy_log_lines(s: Shoal, plugin: str) -> list[str]:

@@ -132,8 +132,8 @@ impl Space {
 }
 
 /// An in-memory [`PluginKv`]: one mutex over all plugins' spaces, expiry checked on read and
-/// purged when a write would exceed the quota. Lost on restart; for tests and single-node use
-/// until the store backends arrive.
+/// purged when a write would exceed the quota. Lost on restart: the server puts it in front of
+/// a store with [`crate::DurableKv`]; alone it serves tests and `--store memory`.
 pub struct MemoryKv {
     clock: Arc<dyn Clock>,
     spaces: Mutex<HashMap<String, Space>>,

@@ -21,7 +21,8 @@
 //! - `catalog` / `host`: names, versions, activation, rollback, health; [`PluginHost`].
 //! - [`store`]: persistence of the catalog ([`CatalogStore`], [`FileCatalogStore`]).
 //! - `replay`: dry runs of a version over recorded messages ([`PluginHost::replay`]).
-//! - [`kv`]: the [`PluginKv`] seam and [`MemoryKv`]; [`services`]: [`Clock`], [`ShadowReader`].
+//! - [`kv`]: the [`PluginKv`] seam and [`MemoryKv`]; [`durable_kv`]: [`DurableKv`], memory in
+//!   front of a [`KvBackend`] (the embedded store or Redis) written behind; [`services`]: [`Clock`], [`ShadowReader`].
 //!
 //! # What is bounded, and how
 //!
@@ -96,6 +97,7 @@ mod artifact;
 mod bindings;
 mod catalog;
 mod config;
+pub mod durable_kv;
 mod engine;
 mod error;
 mod host;
@@ -113,6 +115,7 @@ mod version;
 pub use artifact::ArtifactSource;
 pub use catalog::{HealthStatus, LoadInfo, PluginHealth, PluginName, VersionInfo};
 pub use config::{FsGrant, HostConfig, PluginConfig};
+pub use durable_kv::{DurableKv, KvBackend, KvChange, KvEntry};
 pub use error::{CatalogError, HostError, StoreError};
 pub use host::{HostServices, PluginHandle, PluginHost};
 pub use kv::{KvFailure, KvKey, KvScope, MemoryKv, PluginKv};

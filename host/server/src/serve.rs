@@ -15,7 +15,10 @@ use shoal_auth::tls::ClientAuth;
 use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
 use shoal_broker::{Broker, BrokerConfig};
-use shoal_plugin_host::{Clock, HostConfig, HostServices, MemoryKv, PluginHost, ShadowReader, SystemClock};
+use shoal_plugin_host::{
+    Clock, DurableKv, HostConfig, HostServices, KvBackend, MemoryKv, PluginHost, PluginKv, ShadowReader,
+    SystemClock,
+};
 use shoal_rules::{EngineConfig, EngineDeps, FileRuleStore, RulesEngine};
 use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLimits};
 use shoal_things::shadow::{ShadowConfig, ShadowKey, ShadowName, ShadowService, ThingName};
@@ -86,7 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("loading broker state from the store")?;
     identity.set_broker(&broker);
     let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
-    let plugins = start_plugins(&cfg, &shadows, &rt).await?;
+    let (plugins, plugin_kv) = start_plugins(&cfg, stores.plugin_kv.clone(), &shadows, &rt).await?;
     let rules = RulesEngine::start(
         EngineConfig {
             workers: cfg.rules_workers,
@@ -178,6 +181,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !broker.flush(Duration::from_millis(1500)).await {
         tracing::warn!("the store did not confirm every write before exit");
     }
+    if let Some(kv) = plugin_kv {
+        let flushed = tokio::task::spawn_blocking(move || kv.flush(Duration::from_millis(1000))).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("plugin key-value changes were not all written before exit");
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_millis(300), http_task).await;
     tracing::info!("stopped");
     Ok(())
@@ -187,26 +196,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// which is CPU work: on the blocking pool).
 async fn start_plugins(
     cfg: &Config,
+    kv_backend: Option<Arc<dyn KvBackend>>,
     shadows: &Arc<ShadowService>,
     rt: &tokio::runtime::Handle,
-) -> anyhow::Result<PluginHost> {
+) -> anyhow::Result<(PluginHost, Option<Arc<DurableKv>>)> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::new(clock.clone())),
-        shadows: Arc::new(PluginShadows {
-            shadows: shadows.clone(),
-            rt: rt.clone(),
-        }),
-        clock,
-        catalog_store: None,
-    };
+    let shadows: Arc<dyn ShadowReader> = Arc::new(PluginShadows {
+        shadows: shadows.clone(),
+        rt: rt.clone(),
+    });
     let config = HostConfig::new(&cfg.data_dir);
-    let host = tokio::task::spawn_blocking(move || PluginHost::new(config, services))
-        .await
-        .context("starting the plugin host")?
-        .context("starting the plugin host")?;
+    // Loading the key-value state and the catalog blocks (the store, compiling active
+    // versions): on the blocking pool.
+    let (host, durable) = tokio::task::spawn_blocking(move || {
+        let durable = match kv_backend {
+            Some(backend) => Some(Arc::new(
+                DurableKv::open(backend, clock.clone())
+                    .map_err(|e| anyhow::anyhow!("loading plugin key-value state: {e}"))?,
+            )),
+            None => None,
+        };
+        let kv: Arc<dyn PluginKv> = match &durable {
+            Some(d) => d.clone(),
+            None => Arc::new(MemoryKv::new(clock.clone())),
+        };
+        let services = HostServices {
+            kv,
+            shadows,
+            clock,
+            catalog_store: None,
+        };
+        let host = PluginHost::new(config, services).context("starting the plugin host")?;
+        Ok::<_, anyhow::Error>((host, durable))
+    })
+    .await
+    .context("starting the plugin host")??;
     tracing::info!(plugins = host.plugins().len(), "plugin host started");
-    Ok(host)
+    Ok((host, durable))
 }
 
 /// Plugins' read-only view of shadows (`get-shadow`). Plugin calls run on blocking threads,

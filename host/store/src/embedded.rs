@@ -93,6 +93,11 @@ impl EmbeddedStore {
         EmbeddedRegistryStore::new(Arc::clone(&self.db), Arc::clone(&self.path))
     }
 
+    /// Plugins' key-value state in the same file (see [`crate::plugin_kv`]).
+    pub fn plugin_kv(&self) -> crate::plugin_kv::EmbeddedPluginKv {
+        crate::plugin_kv::EmbeddedPluginKv::new(Arc::clone(&self.db), Arc::clone(&self.path))
+    }
+
     /// Identities in the same file (see [`crate::embedded_auth`]).
     pub fn auth_store(
         &self,

@@ -34,6 +34,7 @@ pub mod embedded;
 pub mod embedded_auth;
 pub mod embedded_registry;
 pub mod embedded_shadows;
+pub mod plugin_kv;
 pub mod redis_auth;
 pub mod redis_registry;
 pub mod redis_shadows;
@@ -66,6 +67,8 @@ pub struct Stores {
     pub registry: Arc<dyn RegistryStore>,
     /// Identities: certificates, CA certificates, policies, attachments.
     pub auth: Arc<dyn AuthStore>,
+    /// Plugins' key-value state (`None` on the memory store: kept in memory only).
+    pub plugin_kv: Option<Arc<dyn shoal_plugin_host::KvBackend>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Stores {
             .field("shadows", &self.shadows.kind())
             .field("registry", &self.registry.kind())
             .field("auth", &self.auth.kind())
+            .field("plugin_kv", &self.plugin_kv.as_ref().map(|k| k.kind()))
             .finish()
     }
 }
@@ -112,6 +116,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                         .auth_store()
                         .map_err(|e| StoreError::Unavailable(e.to_string()))?,
                 ),
+                plugin_kv: Some(Arc::new(store.plugin_kv())),
                 broker: Arc::new(store),
             })
         }
@@ -124,6 +129,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 shadows: Arc::new(MemoryShadowStore::default()),
                 registry: Arc::new(MemoryRegistryStore::default()),
                 auth: Arc::new(shoal_auth::store::MemoryAuthStore::default()),
+                plugin_kv: None,
             })
         }
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
@@ -132,6 +138,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 shadows: Arc::new(store.shadow_store()),
                 registry: Arc::new(store.registry_store()),
                 auth: Arc::new(store.auth_store()),
+                plugin_kv: Some(Arc::new(store.plugin_kv(tokio::runtime::Handle::current()))),
                 broker: Arc::new(store),
             })
         }

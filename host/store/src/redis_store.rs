@@ -186,6 +186,12 @@ impl RedisStore {
         RedisRegistryStore::with_connection(self.conn.clone(), &self.prefix)
     }
 
+    /// Plugins' key-value state in the same Redis (see [`crate::plugin_kv`]); its calls block
+    /// the calling thread on `rt`.
+    pub fn plugin_kv(&self, rt: tokio::runtime::Handle) -> crate::plugin_kv::RedisPluginKv {
+        crate::plugin_kv::RedisPluginKv::with_connection(self.conn.clone(), &self.prefix, rt)
+    }
+
     /// Identities in the same Redis (see [`crate::redis_auth`]).
     pub fn auth_store(&self) -> crate::redis_auth::RedisAuthStore {
         crate::redis_auth::RedisAuthStore::with_connection(self.conn.clone(), &self.prefix)
