@@ -380,6 +380,38 @@ def test_a_plugin_rejection_and_a_failing_error_action(shoal: Shoal):
 
 # -- Basic Ingest ----------------------------------------------------------------------------------
 
+def test_archive_action_writes_json_lines_per_rule_and_day(shoal: Shoal):
+    """Every selected document becomes one line of DATA/archive/{rule}/{UTC day}.jsonl, in order;
+    a binary output is archived as base64; the CLI's --archive makes the same action."""
+    made = rule_json(shoal, "create", "cold_archive", "--sql",
+                     "SELECT temp, topic(2) AS truck, timestamp() AS at FROM 'arch/+' WHERE temp <> 99",
+                     "--archive", "--republish", "arch_out")
+    assert made["topicRulePayload"]["actions"] == [{"archive": {}}, republish("arch_out")]
+    create(shoal, "raw_archive", "SELECT * FROM 'raw/#'", {"archive": {}})
+    pub = shoal.client()
+    for i, temp in enumerate([-20, -19.5, 99, -18]):
+        pub.publish(f"arch/t{i}", json.dumps({"temp": temp}), qos=1)
+    pub.publish("raw/bin", bytes([0, 159, 255]), qos=1)
+    wait_stats(shoal, "cold_archive", actionsOk=6)
+    wait_stats(shoal, "raw_archive", actionsOk=1)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    path = shoal.data_dir / "archive" / "cold_archive" / f"{day}.jsonl"
+    deadline = time.time() + 10
+    while time.time() < deadline and (not path.exists() or path.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["temp"], r["truck"]) for r in lines] == [(-20, "t0"), (-19.5, "t1"), (-18, "t3")], lines
+    assert all(abs(r["at"] - time.time() * 1000) < 60_000 for r in lines)
+    raw = shoal.data_dir / "archive" / "raw_archive" / f"{day}.jsonl"
+    deadline = time.time() + 10
+    while time.time() < deadline and (not raw.exists() or not raw.read_text()):
+        time.sleep(0.05)
+    assert [json.loads(line) for line in raw.read_text().splitlines()] == [{"payloadBase64": "AJ//"}]
+    metrics = http(shoal, "GET", "/metrics").raw.decode()
+    assert "shoal_rules_archive_written_total 4" in metrics, metrics
+    assert "shoal_rules_archive_dropped_total 0" in metrics
+
+
 def test_basic_ingest_goes_to_the_named_rule_only(shoal: Shoal):
     create(shoal, "ingest", "SELECT *, topic() AS t, topic(1) AS first FROM 'sensors/#'",
            republish("ingested/${topic(2)}"))

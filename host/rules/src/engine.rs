@@ -40,6 +40,7 @@ use shoal_broker::topic::Topic;
 use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcome, PluginHost};
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
 
+use crate::archive::{Archive, Record};
 use crate::rule::{Compiled, Rule, RuleError, RuleName, TopicRulePayload};
 use crate::sql::{Ctx, Output, ShadowRequest};
 use crate::store::{RuleStore, StoredRule};
@@ -59,6 +60,10 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Messages each worker's queue holds before new ones are dropped.
     pub queue_capacity: usize,
+    /// Where `archive` actions write (`DATA/archive`); without one they fail.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// Records the archive writer may have waiting before new ones are dropped.
+    pub archive_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +71,8 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 2,
             queue_capacity: 10_000,
+            archive_dir: None,
+            archive_queue: 100_000,
         }
     }
 }
@@ -200,6 +207,7 @@ struct Inner {
     /// hook skips it, so rules never loop on their output.
     own_id: ClientId,
     own_principal: Principal,
+    archive: Option<Archive>,
 }
 
 /// The rules engine. Cheap to clone.
@@ -246,8 +254,16 @@ impl RulesEngine {
             queues.push(tx);
             receivers.push(rx);
         }
+        let archive = match &config.archive_dir {
+            Some(dir) => Some(
+                Archive::start(dir.clone(), config.archive_queue)
+                    .map_err(|e| RuleError::Store(format!("cannot start the archive writer: {e}")))?,
+            ),
+            None => None,
+        };
         let engine = RulesEngine {
             inner: Arc::new(Inner {
+                archive,
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
                 store,
@@ -385,6 +401,7 @@ impl RulesEngine {
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
         let c = &self.inner.counters;
+        let archive = self.inner.archive.as_ref().map(|a| &*a.counters);
         let _ = writeln!(
             out,
             "# HELP shoal_rules_enqueued_total Messages handed to the rules workers.\n\
@@ -394,11 +411,20 @@ impl RulesEngine {
              # HELP shoal_rules_basic_ingest_unknown_total Basic Ingest publishes naming no enabled rule.\n\
              # TYPE shoal_rules_basic_ingest_unknown_total counter\nshoal_rules_basic_ingest_unknown_total {}\n\
              # HELP shoal_rules_alerts_total Alerts raised by plugin actions.\n\
-             # TYPE shoal_rules_alerts_total counter\nshoal_rules_alerts_total {}",
+             # TYPE shoal_rules_alerts_total counter\nshoal_rules_alerts_total {}\n\
+             # HELP shoal_rules_archive_written_total Lines the archive action wrote.\n\
+             # TYPE shoal_rules_archive_written_total counter\nshoal_rules_archive_written_total {}\n\
+             # HELP shoal_rules_archive_dropped_total Archive records dropped because the writer was behind.\n\
+             # TYPE shoal_rules_archive_dropped_total counter\nshoal_rules_archive_dropped_total {}\n\
+             # HELP shoal_rules_archive_errors_total Archive files that could not be opened or written.\n\
+             # TYPE shoal_rules_archive_errors_total counter\nshoal_rules_archive_errors_total {}",
             c.enqueued.load(Relaxed),
             c.dropped.load(Relaxed),
             c.ingest_unknown.load(Relaxed),
             c.alerts.load(Relaxed),
+            archive.map_or(0, |a| a.written.load(Relaxed)),
+            archive.map_or(0, |a| a.dropped.load(Relaxed)),
+            archive.map_or(0, |a| a.errors.load(Relaxed)),
         );
         let rules = self.inner.rules.load();
         let families: [Family; 7] = [
@@ -603,7 +629,7 @@ fn run_rule(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>) {
     c.selected.fetch_add(1, Relaxed);
     let mut failures = Vec::new();
     for (spec, action) in &live.rule.actions {
-        match run_action(inner, action, job, ctx, &output) {
+        match run_action(inner, live, action, job, ctx, &output) {
             Ok(()) => {
                 c.actions_ok.fetch_add(1, Relaxed);
             }
@@ -647,7 +673,7 @@ fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failur
     });
     live.counters.error_actions.fetch_add(1, Relaxed);
     let output = Output::Json(doc.to_string());
-    if let Err((resource, message)) = run_action(inner, action, job, ctx, &output) {
+    if let Err((resource, message)) = run_action(inner, live, action, job, ctx, &output) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
         tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
     }
@@ -655,7 +681,14 @@ fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failur
 
 type ActionResult = Result<(), (String, String)>;
 
-fn run_action(inner: &Inner, action: &Compiled, job: &Job, ctx: &Ctx<'_>, output: &Output) -> ActionResult {
+fn run_action(
+    inner: &Inner,
+    live: &Live,
+    action: &Compiled,
+    job: &Job,
+    ctx: &Ctx<'_>,
+    output: &Output,
+) -> ActionResult {
     match action {
         Compiled::Republish { topic, qos } => {
             let topic = topic
@@ -677,6 +710,26 @@ fn run_action(inner: &Inner, action: &Compiled, job: &Job, ctx: &Ctx<'_>, output
             update_shadow(inner, &thing, shadow.as_deref(), output.as_bytes()).map_err(|e| (thing, e))
         }
         Compiled::Plugin { name } => run_plugin(inner, name, job, output).map_err(|e| (name.clone(), e)),
+        Compiled::Archive => {
+            let rule = live.rule.name.as_str();
+            let Some(archive) = &inner.archive else {
+                return Err((rule.to_string(), "no archive directory is configured".into()));
+            };
+            let line = match output {
+                Output::Json(text) => text.clone(),
+                Output::Binary(bytes) => {
+                    json!({ "payloadBase64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+                        .to_string()
+                }
+            };
+            archive
+                .append(Record {
+                    rule: rule.to_string(),
+                    at_ms: job.msg.received_ms,
+                    line,
+                })
+                .map_err(|e| (format!("archive/{rule}"), e))
+        }
     }
 }
 

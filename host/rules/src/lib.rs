@@ -13,9 +13,11 @@
 //!
 //! The engine itself: [`rule`] (definitions in AWS's `TopicRulePayload` shape, compiled and
 //! checked), [`engine`] ([`RulesEngine`]: the broker hook, the worker threads, the actions
-//! `republish`, `shadow` and `plugin`, the error action) and [`store`] (persistence).
+//! `republish`, `shadow`, `plugin` and `archive` (its writer thread in `archive`), the error
+//! action) and [`store`] (persistence).
 #![deny(missing_docs)]
 
+mod archive;
 pub mod engine;
 pub mod rule;
 pub mod sql;

@@ -90,6 +90,9 @@ pub enum ActionSpec {
     Shadow(ShadowSpec),
     /// Hand the selected document to a WebAssembly plugin and run the actions it returns.
     Plugin(PluginSpec),
+    /// Append the selected document to the rule's archive: JSON lines, one file per rule and
+    /// UTC day (`DATA/archive/{rule}/{YYYY-MM-DD}.jsonl`), readable by DuckDB or pandas.
+    Archive(ArchiveSpec),
 }
 
 impl ActionSpec {
@@ -99,6 +102,7 @@ impl ActionSpec {
             ActionSpec::Republish(_) => "republish",
             ActionSpec::Shadow(_) => "shadow",
             ActionSpec::Plugin(_) => "plugin",
+            ActionSpec::Archive(_) => "archive",
         }
     }
 }
@@ -137,6 +141,15 @@ pub struct PluginSpec {
     pub name: String,
 }
 
+/// `archive`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveSpec {
+    /// `jsonl` (the default and, for now, the only format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
 /// An action ready to run.
 #[derive(Clone, Debug)]
 pub(crate) enum Compiled {
@@ -151,6 +164,7 @@ pub(crate) enum Compiled {
     Plugin {
         name: String,
     },
+    Archive,
 }
 
 /// A rule ready to run.
@@ -214,6 +228,15 @@ fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
                 )));
             }
             Compiled::Plugin { name: p.name.clone() }
+        }
+        ActionSpec::Archive(a) => {
+            if a.format.as_deref().is_some_and(|f| f != "jsonl") {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.archive.format {:?} is not supported: use \"jsonl\"",
+                    a.format.as_deref().unwrap_or_default()
+                )));
+            }
+            Compiled::Archive
         }
     })
 }

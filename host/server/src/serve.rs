@@ -94,6 +94,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         EngineConfig {
             workers: cfg.rules_workers,
             queue_capacity: cfg.rules_queue,
+            archive_dir: Some(cfg.data_dir.join("archive")),
+            ..EngineConfig::default()
         },
         Arc::new(FileRuleStore::new(cfg.data_dir.join("rules").join("rules.json"))),
         EngineDeps {
