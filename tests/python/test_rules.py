@@ -412,6 +412,133 @@ def test_archive_action_writes_json_lines_per_rule_and_day(shoal: Shoal):
     assert "shoal_rules_archive_dropped_total 0" in metrics
 
 
+class Receiver:
+    """A local HTTP server recording POSTs: `/ok` answers 200, `/flaky` 500 twice then 200,
+    `/hang` sleeps 5 s, `/gone` answers 404."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.flaky_left = 2
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with outer.lock:
+                    outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    flaky = self.path == "/flaky" and outer.flaky_left > 0
+                    if flaky:
+                        outer.flaky_left -= 1
+                if self.path == "/hang":
+                    time.sleep(5)
+                code = 500 if flaky else 404 if self.path == "/gone" else 200
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str) -> list[bytes]:
+        with self.lock:
+            return [b for p, _, b in self.requests if p == path]
+
+    def wait(self, path: str, n: int, timeout: float = 10.0) -> list[bytes]:
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(self.bodies(path)) < n:
+            time.sleep(0.02)
+        return self.bodies(path)
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def webhook(url: str, **extra: object) -> dict:
+    return {"webhook": {"url": url, **extra}}
+
+
+def test_webhook_action_posts_with_headers_templates_and_retries(shoal: Shoal, receiver: Receiver):
+    create(shoal, "hook", "SELECT temp, topic(2) AS truck FROM 'hook/+'",
+           webhook(receiver.url + "/ok", headers={"x-fleet": "north"}),
+           webhook(receiver.url + "/ok", body="truck ${topic(2)} at ${temp}", headers={"content-type": "text/plain"}),
+           webhook(receiver.url + "/flaky", retries=3))
+    pub = shoal.client()
+    pub.publish("hook/t1", b'{"temp": -3}', qos=1)
+    got = receiver.wait("/ok", 2)
+    assert sorted(got) == sorted([b'{"temp":-3,"truck":"t1"}', b"truck t1 at -3"]), got
+    headers = [h for p, h, _ in receiver.requests if p == "/ok"]
+    assert any(h.get("x-fleet") == "north" and h.get("content-type") == "application/json" for h in headers), headers
+    assert any(h.get("content-type") == "text/plain" for h in headers), headers
+    # Two 500s, then 200: three attempts, delivered, no error.
+    assert len(receiver.wait("/flaky", 3)) == 3
+    text = http(shoal, "GET", "/metrics").raw.decode()
+    deadline = time.time() + 5
+    while 'shoal_rules_webhooks_total{result="sent"} 3' not in text and time.time() < deadline:
+        time.sleep(0.05)
+        text = http(shoal, "GET", "/metrics").raw.decode()
+    assert 'shoal_rules_webhooks_total{result="sent"} 3' in text, text
+    assert 'shoal_rules_webhooks_total{result="retried"} 2' in text
+    assert 'shoal_rules_webhooks_total{result="failed"} 0' in text
+
+
+def test_a_hanging_or_refusing_webhook_runs_the_error_action_and_slows_nothing(shoal: Shoal, receiver: Receiver):
+    create(shoal, "slow_hook", "SELECT * FROM 'slow/+'", webhook(receiver.url + "/hang", timeoutMs=300, retries=1),
+           error=republish("hook_errors/${topic(2)}"))
+    create(shoal, "gone_hook", "SELECT * FROM 'gone/+'", webhook(receiver.url + "/gone"),
+           error=republish("hook_errors/gone"))
+    create(shoal, "fast", "SELECT * FROM 'fast/+'", republish("fast_out"))
+    errors = subscriber(shoal, "hook_errors/#")
+    fast = subscriber(shoal, "fast_out")
+    pub = shoal.client()
+    for i in range(40):
+        pub.publish(f"slow/s{i}", json.dumps({"i": i}), qos=1)
+    # Meanwhile other traffic and other rules flow at once.
+    started = time.time()
+    pub.publish("fast/x", b'{"ok": 1}', qos=1)
+    assert body(fast.wait_message(3)) == {"ok": 1}
+    assert time.time() - started < 1.0
+    pub.publish("gone/g", b'{"g": 1}', qos=1)
+    # 404 is not retried; the hanging target times out twice (300 ms each, 200 ms apart).
+    docs = [body(m) for m in errors.wait_messages(41, timeout=20)]
+    gone = [d for d in docs if d["topic"] == "gone/g"]
+    assert len(gone) == 1 and "404" in gone[0]["failures"][0]["errorMessage"], gone
+    assert "after 1 attempt" in gone[0]["failures"][0]["errorMessage"]
+    slow = [d for d in docs if d["topic"].startswith("slow/")]
+    assert len(slow) == 40
+    f = slow[0]["failures"][0]
+    assert f["failedAction"] == "WebhookAction" and f["failedResource"] == receiver.url + "/hang", f
+    assert "no answer within 300 ms" in f["errorMessage"] and "after 2 attempt" in f["errorMessage"], f
+    assert slow[0]["ruleName"] == "slow_hook" and base64.b64decode(slow[0]["base64OriginalPayload"])
+
+
+def test_webhook_definitions_are_checked(shoal: Shoal):
+    for bad, want in [
+        (webhook("https://example.com/x"), "https"),
+        (webhook("ftp://x"), "not an http://"),
+        (webhook("http://h/x", timeoutMs=0), "timeoutMs"),
+        (webhook("http://h/x", retries=11), "retries"),
+        (webhook("http://h/x", body="${"), "body"),
+    ]:
+        a = http(shoal, "POST", "/api/v1/rules/bad_hook", payload("SELECT * FROM 'x'", bad))
+        assert a.status == 400 and want in a.message, (bad, a.message)
+
+
 def test_basic_ingest_goes_to_the_named_rule_only(shoal: Shoal):
     create(shoal, "ingest", "SELECT *, topic() AS t, topic(1) AS first FROM 'sensors/#'",
            republish("ingested/${topic(2)}"))

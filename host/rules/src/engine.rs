@@ -44,6 +44,7 @@ use crate::archive::{Archive, Record};
 use crate::rule::{Compiled, Rule, RuleError, RuleName, TopicRulePayload};
 use crate::sql::{Ctx, Output, ShadowRequest};
 use crate::store::{RuleStore, StoredRule};
+use crate::webhook::{Request as WebhookRequest, Webhooks};
 
 /// Basic Ingest's topic prefix.
 const BASIC_INGEST: &str = "$aws/rules/";
@@ -64,6 +65,8 @@ pub struct EngineConfig {
     pub archive_dir: Option<std::path::PathBuf>,
     /// Records the archive writer may have waiting before new ones are dropped.
     pub archive_queue: usize,
+    /// Webhook requests that may wait for a free slot before new ones are dropped.
+    pub webhook_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
             queue_capacity: 10_000,
             archive_dir: None,
             archive_queue: 100_000,
+            webhook_queue: 10_000,
         }
     }
 }
@@ -208,6 +212,7 @@ struct Inner {
     own_id: ClientId,
     own_principal: Principal,
     archive: Option<Archive>,
+    webhooks: Webhooks,
 }
 
 /// The rules engine. Cheap to clone.
@@ -264,6 +269,7 @@ impl RulesEngine {
         let engine = RulesEngine {
             inner: Arc::new(Inner {
                 archive,
+                webhooks: Webhooks::start(&deps.rt, config.webhook_queue),
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
                 store,
@@ -402,6 +408,7 @@ impl RulesEngine {
         use std::fmt::Write as _;
         let c = &self.inner.counters;
         let archive = self.inner.archive.as_ref().map(|a| &*a.counters);
+        let w = &self.inner.webhooks.counters;
         let _ = writeln!(
             out,
             "# HELP shoal_rules_enqueued_total Messages handed to the rules workers.\n\
@@ -417,7 +424,13 @@ impl RulesEngine {
              # HELP shoal_rules_archive_dropped_total Archive records dropped because the writer was behind.\n\
              # TYPE shoal_rules_archive_dropped_total counter\nshoal_rules_archive_dropped_total {}\n\
              # HELP shoal_rules_archive_errors_total Archive files that could not be opened or written.\n\
-             # TYPE shoal_rules_archive_errors_total counter\nshoal_rules_archive_errors_total {}",
+             # TYPE shoal_rules_archive_errors_total counter\nshoal_rules_archive_errors_total {}\n\
+             # HELP shoal_rules_webhooks_total Webhook requests by result (retries count each further attempt).\n\
+             # TYPE shoal_rules_webhooks_total counter\n\
+             shoal_rules_webhooks_total{{result=\"sent\"}} {}\n\
+             shoal_rules_webhooks_total{{result=\"failed\"}} {}\n\
+             shoal_rules_webhooks_total{{result=\"retried\"}} {}\n\
+             shoal_rules_webhooks_total{{result=\"dropped\"}} {}",
             c.enqueued.load(Relaxed),
             c.dropped.load(Relaxed),
             c.ingest_unknown.load(Relaxed),
@@ -425,6 +438,10 @@ impl RulesEngine {
             archive.map_or(0, |a| a.written.load(Relaxed)),
             archive.map_or(0, |a| a.dropped.load(Relaxed)),
             archive.map_or(0, |a| a.errors.load(Relaxed)),
+            w.sent.load(Relaxed),
+            w.failed.load(Relaxed),
+            w.retried.load(Relaxed),
+            w.dropped.load(Relaxed),
         );
         let rules = self.inner.rules.load();
         let families: [Family; 7] = [
@@ -604,11 +621,13 @@ fn aws_action_name(kind: &str) -> &'static str {
         "republish" => "RepublishAction",
         "shadow" => "ShadowAction",
         "plugin" => "PluginAction",
+        "archive" => "ArchiveAction",
+        "webhook" => "WebhookAction",
         _ => "Action",
     }
 }
 
-fn run_rule(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>) {
+fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     let c = &live.counters;
     c.matched.fetch_add(1, Relaxed);
     let output = match live.rule.sql.evaluate(ctx) {
@@ -649,7 +668,7 @@ fn run_rule(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>) {
     }
 }
 
-fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failures: &[Failure]) {
+fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>, failures: &[Failure]) {
     let Some((spec, action)) = &live.rule.error_action else {
         tracing::warn!(
             rule = %live.rule.name,
@@ -682,8 +701,8 @@ fn run_error_action(inner: &Inner, live: &Live, job: &Job, ctx: &Ctx<'_>, failur
 type ActionResult = Result<(), (String, String)>;
 
 fn run_action(
-    inner: &Inner,
-    live: &Live,
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
     action: &Compiled,
     job: &Job,
     ctx: &Ctx<'_>,
@@ -729,6 +748,60 @@ fn run_action(
                     line,
                 })
                 .map_err(|e| (format!("archive/{rule}"), e))
+        }
+        Compiled::Webhook {
+            url,
+            headers,
+            body,
+            timeout,
+            retries,
+        } => {
+            let body = match body {
+                Some(t) => t
+                    .render(ctx)
+                    .map_err(|e| (url.clone(), format!("body template: {e}")))?
+                    .into_bytes(),
+                None => output.as_bytes().to_vec(),
+            };
+            let (inner2, live2) = (inner.clone(), live.clone());
+            let later = Job {
+                msg: job.msg.clone(),
+                skip: job.skip,
+                client_id: job.client_id.clone(),
+                principal: job.principal.clone(),
+                thing: job.thing.clone(),
+                rules: Vec::new(),
+            };
+            let target = url.clone();
+            let on_failure = Box::new(move |error: String| {
+                live2.counters.actions_failed.fetch_add(1, Relaxed);
+                // The error action may wait on the runtime (shadows): not on its threads.
+                tokio::task::spawn_blocking(move || {
+                    let services = SqlServices { deps: &inner2.deps };
+                    let ctx = Ctx::new(later.topic(), &later.msg.payload)
+                        .with_client_id(later.client_id.as_str())
+                        .with_principal(&later.principal)
+                        .with_timestamp(i64::try_from(later.msg.received_ms).unwrap_or(i64::MAX))
+                        .with_services(&services);
+                    let failure = Failure {
+                        action: "WebhookAction",
+                        resource: target,
+                        message: error,
+                    };
+                    run_error_action(&inner2, &live2, &later, &ctx, &[failure]);
+                });
+            });
+            inner
+                .webhooks
+                .post(WebhookRequest {
+                    url: url.clone(),
+                    headers: headers.clone(),
+                    body,
+                    timeout: *timeout,
+                    retries: *retries,
+                    on_failure,
+                })
+                .map_err(|e| (url.clone(), e))
         }
     }
 }

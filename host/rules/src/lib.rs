@@ -13,8 +13,8 @@
 //!
 //! The engine itself: [`rule`] (definitions in AWS's `TopicRulePayload` shape, compiled and
 //! checked), [`engine`] ([`RulesEngine`]: the broker hook, the worker threads, the actions
-//! `republish`, `shadow`, `plugin` and `archive` (its writer thread in `archive`), the error
-//! action) and [`store`] (persistence).
+//! `republish`, `shadow`, `plugin`, `archive` (its writer thread in `archive`) and `webhook`
+//! (its sender in `webhook`), the error action) and [`store`] (persistence).
 #![deny(missing_docs)]
 
 mod archive;
@@ -22,6 +22,7 @@ pub mod engine;
 pub mod rule;
 pub mod sql;
 pub mod store;
+mod webhook;
 
 pub use engine::{EngineConfig, EngineDeps, RuleInfo, RuleStats, RulesEngine};
 pub use rule::{ActionSpec, Rule, RuleError, RuleName, TopicRulePayload};

@@ -93,6 +93,9 @@ pub enum ActionSpec {
     /// Append the selected document to the rule's archive: JSON lines, one file per rule and
     /// UTC day (`DATA/archive/{rule}/{YYYY-MM-DD}.jsonl`), readable by DuckDB or pandas.
     Archive(ArchiveSpec),
+    /// POST the selected document (or a body template) to an HTTP endpoint, off the message
+    /// path, with a timeout and retries; a request that still fails runs the error action.
+    Webhook(WebhookSpec),
 }
 
 impl ActionSpec {
@@ -103,6 +106,7 @@ impl ActionSpec {
             ActionSpec::Shadow(_) => "shadow",
             ActionSpec::Plugin(_) => "plugin",
             ActionSpec::Archive(_) => "archive",
+            ActionSpec::Webhook(_) => "webhook",
         }
     }
 }
@@ -150,6 +154,26 @@ pub struct ArchiveSpec {
     pub format: Option<String>,
 }
 
+/// `webhook`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://host[:port]/path` (TLS targets are not supported yet).
+    pub url: String,
+    /// Extra request headers (`content-type` defaults to `application/json`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Body template (`${...}` substitutions); the selected document when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Per attempt, in milliseconds (default 5000, at most 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Further attempts after a connection error, a timeout or a 5xx (default 3, at most 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
 /// An action ready to run.
 #[derive(Clone, Debug)]
 pub(crate) enum Compiled {
@@ -165,6 +189,13 @@ pub(crate) enum Compiled {
         name: String,
     },
     Archive,
+    Webhook {
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<Template>,
+        timeout: std::time::Duration,
+        retries: u32,
+    },
 }
 
 /// A rule ready to run.
@@ -237,6 +268,46 @@ fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
                 )));
             }
             Compiled::Archive
+        }
+        ActionSpec::Webhook(w) => {
+            let bad = |m: String| Err(RuleError::Invalid(format!("{at}.webhook.{m}")));
+            if w.url.starts_with("https://") {
+                return bad(format!("url {:?}: https targets are not supported yet", w.url));
+            }
+            let host_ok = w
+                .url
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !host_ok {
+                return bad(format!("url {:?} is not an http://host[:port]/path URL", w.url));
+            }
+            let timeout_ms = w.timeout_ms.unwrap_or(5000);
+            if !(1..=60_000).contains(&timeout_ms) {
+                return bad(format!("timeoutMs must be 1..=60000, not {timeout_ms}"));
+            }
+            let retries = w.retries.unwrap_or(3);
+            if retries > 10 {
+                return bad(format!("retries must be at most 10, not {retries}"));
+            }
+            let mut headers: Vec<(String, String)> =
+                w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            Compiled::Webhook {
+                url: w.url.clone(),
+                headers,
+                body: w
+                    .body
+                    .as_deref()
+                    .map(|b| template(&format!("{at}.webhook.body"), b))
+                    .transpose()?,
+                timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
+                retries,
+            }
         }
     })
 }

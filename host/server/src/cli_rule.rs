@@ -4,7 +4,7 @@
 //! its JSON answer. `create` and `replace` take the definition either whole, as AWS's
 //! `TopicRulePayload` JSON in a file (so an AWS rule carries over, and so does what `shoal rule
 //! get` printed, after editing), or built from flags for the common cases: `--sql` plus
-//! `--republish`, `--shadow`, `--plugin` and `--archive` actions. The flags are parsed into the
+//! `--republish`, `--shadow`, `--plugin`, `--archive` and `--webhook` actions. The flags are parsed into the
 //! `shoal_rules` types here, at the edge, so a mistake such as `--republish alerts:2` is
 //! refused before anything is sent; everything the types cannot see (the SQL, templates, names)
 //! is checked by the server, whose message is printed as is.
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 use serde_json::Value;
-use shoal_rules::rule::{ArchiveSpec, PluginSpec, RepublishSpec, ShadowSpec};
+use shoal_rules::rule::{ArchiveSpec, PluginSpec, RepublishSpec, ShadowSpec, WebhookSpec};
 use shoal_rules::{ActionSpec, TopicRulePayload};
 
 use crate::cli::{Endpoint, encode, finish, read_arg, runtime, send};
@@ -72,7 +72,7 @@ struct DefinitionFlags {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["sql", "republish", "shadow", "plugin", "archive", "error_republish", "description", "disabled"]
+        conflicts_with_all = ["sql", "republish", "shadow", "plugin", "archive", "webhook", "error_republish", "description", "disabled"]
     )]
     file: Option<PathBuf>,
     /// The statement: `SELECT ... FROM '<topic filter>' [WHERE ...]`.
@@ -93,6 +93,9 @@ struct DefinitionFlags {
     /// Append the selected document to the rule's archive (`DATA/archive/{rule}/{day}.jsonl`).
     #[arg(long)]
     archive: bool,
+    /// POST the selected document to this http:// URL (5 s timeout, 3 retries; repeatable).
+    #[arg(long, value_name = "URL")]
+    webhook: Vec<String>,
     /// When an action fails, republish AWS's error document to TOPIC (`:1` for QoS 1).
     #[arg(long, value_name = "TOPIC[:QOS]", value_parser = parse_republish)]
     error_republish: Option<RepublishSpec>,
@@ -111,6 +114,7 @@ enum Kind {
     Shadow,
     Plugin,
     Archive,
+    Webhook,
 }
 
 /// A rule definition from the command line: the flags, plus the order in which the action flags
@@ -130,6 +134,7 @@ impl FromArgMatches for Definition {
             ("shadow", Kind::Shadow),
             ("plugin", Kind::Plugin),
             ("archive", Kind::Archive),
+            ("webhook", Kind::Webhook),
         ] {
             if let Some(positions) = m.indices_of(id) {
                 positioned.extend(positions.enumerate().map(|(i, at)| (at, kind, i)));
@@ -202,6 +207,15 @@ fn build_payload(flags: &DefinitionFlags, order: &[(Kind, usize)]) -> Result<Val
                 .get(i)
                 .map(|name| ActionSpec::Plugin(PluginSpec { name: name.clone() })),
             Kind::Archive => flags.archive.then(|| ActionSpec::Archive(ArchiveSpec::default())),
+            Kind::Webhook => flags.webhook.get(i).map(|url| {
+                ActionSpec::Webhook(WebhookSpec {
+                    url: url.clone(),
+                    headers: Default::default(),
+                    body: None,
+                    timeout_ms: None,
+                    retries: None,
+                })
+            }),
         })
         .collect();
     let payload = TopicRulePayload {
