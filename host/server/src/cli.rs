@@ -170,6 +170,59 @@ pub(crate) fn print_json(v: &Value) {
     }
 }
 
+/// Shoal's `/api/v1` on one server, as the operator verbs call it: JSON in and out through
+/// [`send`], paths relative to `/api/v1`, queries already encoded.
+pub(crate) struct Api {
+    base: String,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Api {
+    pub(crate) fn new(ep: &Endpoint) -> Api {
+        Api {
+            base: format!("{}/api/v1", ep.endpoint.trim_end_matches('/')),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str, query: &[String]) -> String {
+        if query.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{}", self.base, query.join("&"))
+        }
+    }
+
+    pub(crate) async fn get(&self, path: &str, query: &[String]) -> Result<Value, String> {
+        send(self.http.get(self.url(path, query))).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str, query: &[String]) -> Result<Value, String> {
+        send(self.http.delete(self.url(path, query))).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        self.post_query(path, &[], &body).await
+    }
+
+    pub(crate) async fn post_query(
+        &self,
+        path: &str,
+        query: &[String],
+        body: &Value,
+    ) -> Result<Value, String> {
+        send(self.http.post(self.url(path, query)).json(body)).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Result<Value, String> {
+        send(self.http.put(self.url(path, &[])).json(&body)).await
+    }
+
+    pub(crate) async fn patch(&self, path: &str, body: Value) -> Result<Value, String> {
+        send(self.http.patch(self.url(path, &[])).json(&body)).await
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

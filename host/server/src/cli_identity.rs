@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use crate::cli::{Endpoint, encode, finish, read_arg, runtime, send};
+use crate::cli::{Api, Endpoint, encode, finish, read_arg, runtime};
 
 /// `KEY=VALUE` on the command line.
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -406,48 +406,6 @@ pub enum PolicyCmd {
         /// Policy name.
         name: String,
     },
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(ep: &Endpoint) -> Api {
-        Api {
-            base: format!("{}/api/v1", ep.endpoint.trim_end_matches('/')),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str, query: &[String]) -> String {
-        if query.is_empty() {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{path}?{}", self.base, query.join("&"))
-        }
-    }
-
-    async fn get(&self, path: &str, query: &[String]) -> Result<Value, String> {
-        send(self.http.get(self.url(path, query))).await
-    }
-
-    async fn delete(&self, path: &str, query: &[String]) -> Result<Value, String> {
-        send(self.http.delete(self.url(path, query))).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
-        send(self.http.post(self.url(path, &[])).json(&body)).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Result<Value, String> {
-        send(self.http.put(self.url(path, &[])).json(&body)).await
-    }
-
-    async fn patch(&self, path: &str, body: Value) -> Result<Value, String> {
-        send(self.http.patch(self.url(path, &[])).json(&body)).await
-    }
 }
 
 fn run(fut: impl Future<Output = Result<Value, String>>) -> ExitCode {

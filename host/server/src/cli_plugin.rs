@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{Endpoint, encode, print_json, read_arg, runtime, send};
+use crate::cli::{Api, Endpoint, encode, print_json, read_arg, runtime, send};
 
 /// `KEY=VALUE` on the command line.
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -138,45 +138,9 @@ enum Output {
     Text(String),
 }
 
-/// The plugin API of one server.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(ep: &Endpoint) -> Api {
-        Api {
-            base: format!("{}/api/v1/plugins", ep.endpoint.trim_end_matches('/')),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// `path` is relative to `/api/v1/plugins` ("" or "/NAME/..."); `query` is already encoded.
-    fn url(&self, path: &str, query: &[String]) -> String {
-        if query.is_empty() {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{path}?{}", self.base, query.join("&"))
-        }
-    }
-
-    async fn get(&self, path: &str, query: &[String]) -> Result<Value, String> {
-        send(self.http.get(self.url(path, query))).await
-    }
-
-    async fn delete(&self, path: &str) -> Result<Value, String> {
-        send(self.http.delete(self.url(path, &[]))).await
-    }
-
-    async fn post(&self, path: &str, query: &[String], body: &Value) -> Result<Value, String> {
-        send(self.http.post(self.url(path, query)).json(body)).await
-    }
-}
-
-/// `/NAME` plus `rest`.
+/// `/plugins/NAME` plus `rest`.
 fn plugin_path(name: &str, rest: &str) -> String {
-    format!("/{}{rest}", encode(name))
+    format!("/plugins/{}{rest}", encode(name))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -252,17 +216,8 @@ fn invoke_message(topic: &str, payload: Vec<u8>, client_id: Option<&str>, thing:
 /// CLI needs no date crate for one format.
 fn format_ms(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = shoal_rules::sql::civil_from_days((secs / 86_400) as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
@@ -374,21 +329,22 @@ async fn call(api: &Api, cmd: PluginCmd) -> Result<Output, String> {
             activate,
         } => {
             let body = deploy_body(&read_file(&file)?, config.as_deref(), &settings, activate)?;
-            api.post(&plugin_path(&name, "/versions"), &[], &body).await?
+            api.post_query(&plugin_path(&name, "/versions"), &[], &body)
+                .await?
         }
-        PluginCmd::List => api.get("", &[]).await?,
+        PluginCmd::List => api.get("/plugins", &[]).await?,
         PluginCmd::Show { name } => api.get(&plugin_path(&name, ""), &[]).await?,
         PluginCmd::Versions { name } => api.get(&plugin_path(&name, "/versions"), &[]).await?,
         PluginCmd::Activate { name, version } => {
             let path = plugin_path(&name, &format!("/versions/{version}/activate"));
-            api.post(&path, &[], &json!({})).await?
+            api.post_query(&path, &[], &json!({})).await?
         }
         PluginCmd::Rollback { name } => {
-            api.post(&plugin_path(&name, "/rollback"), &[], &json!({}))
+            api.post_query(&plugin_path(&name, "/rollback"), &[], &json!({}))
                 .await?
         }
         PluginCmd::Delete { name, version } => {
-            api.delete(&plugin_path(&name, &format!("/versions/{version}")))
+            api.delete(&plugin_path(&name, &format!("/versions/{version}")), &[])
                 .await?
         }
         PluginCmd::Logs { name, limit, json } => {
@@ -416,7 +372,8 @@ async fn call(api: &Api, cmd: PluginCmd) -> Result<Output, String> {
             };
             let msg = invoke_message(&topic, bytes, client_id.as_deref(), thing.as_deref());
             let query: Vec<String> = version.map(|v| format!("version={v}")).into_iter().collect();
-            api.post(&plugin_path(&name, "/invoke"), &query, &msg).await?
+            api.post_query(&plugin_path(&name, "/invoke"), &query, &msg)
+                .await?
         }
         PluginCmd::Replay {
             name,

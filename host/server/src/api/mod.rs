@@ -66,6 +66,24 @@ impl AppState {
     }
 }
 
+/// Runs management work that blocks (compiling a plugin, writing and syncing a file) on the
+/// blocking pool, off the executor threads that serve HTTP and MQTT; its error becomes the
+/// answer.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, error::ApiError>
+where
+    T: Send + 'static,
+    E: Into<error::ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(error::ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error_type: "InternalFailureException",
+            body: json!({ "message": format!("the operation did not complete: {e}") }),
+        }),
+    }
+}
+
 /// The HTTP application.
 pub fn router(state: AppState) -> Router {
     Router::new()

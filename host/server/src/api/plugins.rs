@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_plugin_host::{Action, CatalogError, Message, Outcome, PluginConfig, PluginHost};
 
-use super::AppState;
 use super::error::ApiError;
 use super::registry::AwsQuery;
+use super::{AppState, blocking};
 
 /// Largest accepted upload body (a component, or its base64 inside JSON).
 const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -79,17 +79,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Runs catalog work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        error_type: "InternalFailureException",
-        body: json!({ "message": format!("the plugin operation did not complete: {e}") }),
-    })?
-}
-
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or_else(|e| json!({ "message": format!("cannot encode: {e}") }))
 }
@@ -107,7 +96,7 @@ fn parse_version(v: &str) -> Result<u32, ApiError> {
 
 async fn list_plugins(State(s): State<AppState>) -> Result<Response, ApiError> {
     let host = s.plugins.clone();
-    let plugins = blocking(move || {
+    let plugins = blocking::<_, ApiError>(move || {
         Ok(host
             .plugins()
             .iter()
@@ -121,7 +110,7 @@ async fn list_plugins(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 async fn describe_plugin(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let host = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         let health = host.health(&name)?;
         let versions = host.versions(&name)?;
         Ok(ok(
@@ -133,7 +122,7 @@ async fn describe_plugin(State(s): State<AppState>, Path(name): Path<String>) ->
 
 async fn list_versions(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let host = s.plugins.clone();
-    blocking(move || Ok(ok(json!({ "versions": to_json(&host.versions(&name)?) })))).await
+    blocking::<_, ApiError>(move || Ok(ok(json!({ "versions": to_json(&host.versions(&name)?) })))).await
 }
 
 async fn describe_version(
@@ -142,7 +131,7 @@ async fn describe_version(
 ) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
     let host = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         let info = host
             .versions(&name)?
             .into_iter()
@@ -210,7 +199,7 @@ async fn upload_version(
         ));
     }
     let host = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         let mut info = host.upload(&name, &wasm, config)?;
         if activate {
             info = host.activate(&name, info.version)?;
@@ -228,12 +217,12 @@ async fn activate_version(
 ) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
     let host = s.plugins.clone();
-    blocking(move || Ok(ok(to_json(&host.activate(&name, version)?)))).await
+    blocking::<_, ApiError>(move || Ok(ok(to_json(&host.activate(&name, version)?)))).await
 }
 
 async fn rollback(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let host = s.plugins.clone();
-    blocking(move || Ok(ok(to_json(&host.rollback(&name)?)))).await
+    blocking::<_, ApiError>(move || Ok(ok(to_json(&host.rollback(&name)?)))).await
 }
 
 async fn delete_version(
@@ -242,7 +231,7 @@ async fn delete_version(
 ) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
     let host = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         host.delete(&name, version)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     })
@@ -401,7 +390,7 @@ async fn invoke(
         .map_err(|e| ApiError::bad_request(format!("the request body is not a valid message: {e}")))?;
     let msg = msg.into_message().map_err(ApiError::bad_request)?;
     let host = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         let outcome = match q.version {
             Some(v) => host.invoke_version(&name, v, &msg)?,
             None => {
@@ -451,7 +440,7 @@ async fn replay(
 ) -> Result<Response, ApiError> {
     let recording = parse_recording(&body)?;
     let host: PluginHost = s.plugins.clone();
-    blocking(move || {
+    blocking::<_, ApiError>(move || {
         let active = host.health(&name)?.active_version;
         let candidate = match q.version.or(active) {
             Some(v) => v,

@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use serde_json::json;
 use shoal_rules::{RuleError, TopicRulePayload};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, blocking};
 
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
@@ -52,16 +52,6 @@ fn payload(body: &[u8]) -> Result<TopicRulePayload, ApiError> {
             "the body is not a valid rule definition (a TopicRulePayload: sql, actions, ...): {e}"
         ))
     })
-}
-
-/// Rule changes write a small file and fsync it: off the executor.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RuleError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(RuleError::Store(format!("the rule operation did not complete: {e}")).into()),
-    }
 }
 
 async fn list_rules(State(s): State<AppState>) -> Response {
