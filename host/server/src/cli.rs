@@ -163,11 +163,22 @@ pub(crate) fn finish(
     }
 }
 
-#[allow(clippy::print_stdout)] // printing the result is the command's job
+/// Prints the answer (nothing for `null`). A closed standard output (`shoal ... | head`) is not
+/// an error worth a panic: the rest is simply not printed.
 pub(crate) fn print_json(v: &Value) {
     if !v.is_null() {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        print_text(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ));
     }
+}
+
+/// Writes `text` to standard output, ignoring a closed pipe.
+pub(crate) fn print_text(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Shoal's `/api/v1` on one server, as the operator verbs call it: JSON in and out through

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{Api, Endpoint, encode, print_json, read_arg, runtime, send};
+use crate::cli::{Api, Endpoint, encode, print_json, print_text, read_arg, runtime, send};
 
 /// `KEY=VALUE` on the command line.
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -289,11 +289,6 @@ fn render_replay(v: &Value) -> String {
         count("different")
     );
     out
-}
-
-#[allow(clippy::print_stdout)] // printing the result is the command's job
-fn print_text(text: &str) {
-    print!("{text}");
 }
 
 /// Runs `shoal plugin ...`.
