@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -253,3 +254,34 @@ def test_fixture_ports_and_health(shoal):
         assert c.connack.reason_code == 0
     finally:
         c.close()
+
+
+def test_an_http_only_node_starts_and_stops_cleanly(tmp_path):
+    """Both MQTT listeners off: the HTTP API serves, ports.json lists only it, SIGTERM stops it."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from conftest import find_binary
+
+    data = tmp_path / "data"
+    log = open(tmp_path / "stderr.log", "w")
+    proc = subprocess.Popen([find_binary(), "serve", "--data-dir", str(data), "--mqtt-listen", "off",
+                             "--mqtts-listen", "off", "--http-listen", "127.0.0.1:0"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        ports_file = data / "ports.json"
+        deadline = time.time() + 20
+        while not ports_file.exists() and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
+            time.sleep(0.05)
+        ports = json.loads(ports_file.read_text())
+        assert list(ports) == ["http"], ports
+        with urllib.request.urlopen(f"http://{ports['http']}/health", timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

@@ -138,9 +138,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
 
-    let mut mqtt =
-        shoal_broker::mqtt::start(broker.clone(), listeners, cfg.workers).context("starting MQTT")?;
-    let mut ports: BTreeMap<&str, String> = mqtt.addrs().iter().map(|(n, a)| (*n, a.to_string())).collect();
+    // With both MQTT listeners off (an HTTP-only node), there is no MQTT server to start.
+    let mut mqtt = if listeners.is_empty() {
+        tracing::warn!("both MQTT listeners are off: serving HTTP only");
+        None
+    } else {
+        Some(shoal_broker::mqtt::start(broker.clone(), listeners, cfg.workers).context("starting MQTT")?)
+    };
+    let mut ports: BTreeMap<&str, String> = mqtt
+        .as_ref()
+        .map(|m| m.addrs().iter().map(|(n, a)| (*n, a.to_string())).collect())
+        .unwrap_or_default();
     ports.insert("http", http_addr.to_string());
     for (name, addr) in &ports {
         tracing::info!(listener = name, %addr, "listening");
@@ -174,9 +182,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     broker.kick_all(KickReason::ServerShuttingDown);
-    if tokio::time::timeout(Duration::from_secs(3), mqtt.stop(true))
-        .await
-        .is_err()
+    if let Some(mqtt) = mqtt.as_mut()
+        && tokio::time::timeout(Duration::from_secs(3), mqtt.stop(true))
+            .await
+            .is_err()
     {
         tracing::warn!("MQTT connections did not close in time");
     }
