@@ -169,6 +169,48 @@ impl Live {
 
 type RuleSet = BTreeMap<RuleName, Arc<Live>>;
 
+/// The enabled rules by the first level of their FROM filter, so a message is matched only
+/// against the rules that can match its topic's first level (plus those whose filter starts
+/// with a wildcard), not against every rule.
+#[derive(Default)]
+struct Index {
+    by_first: std::collections::HashMap<String, Vec<Arc<Live>>>,
+    wildcard_first: Vec<Arc<Live>>,
+}
+
+impl Index {
+    fn build(set: &RuleSet) -> Index {
+        let mut index = Index::default();
+        for live in set.values().filter(|l| l.rule.enabled()) {
+            let filter = live.rule.sql.topic_filter().map_or("", |f| f.filter());
+            let first = filter.split('/').next().unwrap_or_default();
+            if first == "+" || first == "#" {
+                index.wildcard_first.push(live.clone());
+            } else {
+                index
+                    .by_first
+                    .entry(first.to_string())
+                    .or_default()
+                    .push(live.clone());
+            }
+        }
+        index
+    }
+
+    /// The enabled rules whose FROM filter matches `topic`.
+    fn matching(&self, topic: &Topic) -> Vec<Arc<Live>> {
+        let first = topic.as_str().split('/').next().unwrap_or_default();
+        self.by_first
+            .get(first)
+            .into_iter()
+            .flatten()
+            .chain(&self.wildcard_first)
+            .filter(|l| l.rule.sql.matches(topic))
+            .cloned()
+            .collect()
+    }
+}
+
 /// A per-rule metric family: name, help, and the counter it reads.
 type Family = (&'static str, &'static str, fn(&RuleStats) -> u64);
 
@@ -200,6 +242,8 @@ struct EngineCounters {
 
 struct Inner {
     rules: ArcSwap<RuleSet>,
+    /// Rebuilt with every change of `rules`.
+    index: ArcSwap<Index>,
     /// Serializes definition changes (and their saves).
     write: Mutex<()>,
     store: Arc<dyn RuleStore>,
@@ -270,6 +314,7 @@ impl RulesEngine {
             inner: Arc::new(Inner {
                 archive,
                 webhooks: Webhooks::start(&deps.rt, config.webhook_queue),
+                index: ArcSwap::from_pointee(Index::build(&set)),
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
                 store,
@@ -391,6 +436,7 @@ impl RulesEngine {
             })
             .collect();
         self.inner.store.save(&stored)?;
+        self.inner.index.store(Arc::new(Index::build(&next)));
         self.inner.rules.store(Arc::new(next));
         match &result {
             Some(info) => tracing::info!(
@@ -518,12 +564,7 @@ impl MessageHook for Hook {
                     }
                 }
             } else {
-                let matched: Vec<Arc<Live>> = rules
-                    .values()
-                    .filter(|l| l.rule.enabled() && l.rule.sql.matches(&msg.topic))
-                    .cloned()
-                    .collect();
-                (0, matched, HookOutcome::Continue)
+                (0, inner.index.load().matching(&msg.topic), HookOutcome::Continue)
             };
         if matched.is_empty() {
             return outcome;
@@ -915,5 +956,120 @@ fn run_plugin_action(inner: &Inner, plugin: &str, action: PluginAction) -> Resul
             "webhook to {:?}: webhook targets are not available on this server yet",
             w.target
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(name: &str, from: &str, disabled: bool) -> Arc<Live> {
+        let payload = TopicRulePayload {
+            sql: format!("SELECT * FROM '{from}'"),
+            description: None,
+            actions: Vec::new(),
+            rule_disabled: disabled,
+            aws_iot_sql_version: None,
+            error_action: None,
+        };
+        Arc::new(Live {
+            rule: Rule::compile(name, payload, 0).unwrap(),
+            counters: RuleCounters::default(),
+        })
+    }
+
+    /// 1,000 site rules, a few wildcard ones, a disabled one.
+    fn thousand() -> RuleSet {
+        let mut set = RuleSet::new();
+        for i in 0..1000 {
+            let l = live(&format!("site{i}"), &format!("site{i}/+/telemetry"), false);
+            set.insert(l.rule.name.clone(), l);
+        }
+        for (name, from, disabled) in [
+            ("everything", "#", false),
+            ("alerts", "+/+/alerts", false),
+            ("off", "site7/#", true),
+            ("shadows", "$aws/things/+/shadow/update", false),
+        ] {
+            let l = live(name, from, disabled);
+            set.insert(l.rule.name.clone(), l);
+        }
+        set
+    }
+
+    fn topic(t: &str) -> Topic {
+        Topic::parse(t.to_string(), &shoal_broker::topic::TopicLimits::default()).unwrap()
+    }
+
+    fn names(v: Vec<Arc<Live>>) -> Vec<String> {
+        let mut n: Vec<String> = v.iter().map(|l| l.rule.name.to_string()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn the_index_finds_exactly_the_enabled_rules_a_linear_scan_finds() {
+        let set = thousand();
+        let index = Index::build(&set);
+        for t in [
+            "site7/a/telemetry",
+            "site999/b/telemetry",
+            "site7/a/alerts",
+            "site7",
+            "other/x",
+            "$aws/things/t1/shadow/update",
+            "$aws/things/t1/shadow/get",
+        ] {
+            let t = topic(t);
+            let linear: Vec<Arc<Live>> = set
+                .values()
+                .filter(|l| l.rule.enabled() && l.rule.sql.matches(&t))
+                .cloned()
+                .collect();
+            assert_eq!(names(index.matching(&t)), names(linear), "{}", t.as_str());
+        }
+        assert_eq!(
+            names(index.matching(&topic("site7/a/telemetry"))),
+            ["everything", "site7"]
+        );
+        assert_eq!(
+            names(index.matching(&topic("$aws/things/t1/shadow/update"))),
+            ["shadows"]
+        );
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo +1.97.0 test -p shoal-rules --release --lib -- --ignored --nocapture"]
+    fn topic_matching_with_a_thousand_rules() {
+        let set = thousand();
+        let index = Index::build(&set);
+        let topics: Vec<Topic> = (0..1000)
+            .map(|i| topic(&format!("site{i}/truck/telemetry")))
+            .collect();
+        let rounds = 200;
+        let timed = |f: &dyn Fn(&Topic) -> usize| {
+            let start = std::time::Instant::now();
+            let mut found = 0;
+            for _ in 0..rounds {
+                for t in &topics {
+                    found += f(t);
+                }
+            }
+            (
+                start.elapsed().as_nanos() as f64 / (rounds * topics.len()) as f64,
+                found,
+            )
+        };
+        let (indexed, a) = timed(&|t| index.matching(t).len());
+        let (linear, b) = timed(&|t| {
+            set.values()
+                .filter(|l| l.rule.enabled() && l.rule.sql.matches(t))
+                .count()
+        });
+        assert_eq!(a, b);
+        eprintln!(
+            "1,004 rules, matching one topic: indexed {indexed:.0} ns, linear scan {linear:.0} ns ({:.0}x)",
+            linear / indexed
+        );
     }
 }
