@@ -208,8 +208,9 @@ impl PluginHost {
         }
     }
 
-    /// Calls a given version, active or not (replay of recorded messages before activation).
-    /// A suspended version is refused; failures count against its health as usual.
+    /// Calls a given version, active or not, for real (the API's `invoke?version=`; a dry run
+    /// is [`PluginHost::replay`]). A suspended version is refused; failures count against its
+    /// health as usual.
     pub fn invoke_version(&self, name: &str, version: u32, msg: &Message) -> Result<Outcome, CatalogError> {
         let entry = self.inner.entry(name)?;
         let loaded = {

@@ -230,6 +230,27 @@ impl Job {
     fn topic(&self) -> &str {
         self.msg.topic.as_str().get(self.skip..).unwrap_or_default()
     }
+
+    /// The evaluation context of this message (SQL and templates).
+    fn ctx<'j>(&'j self, services: &'j SqlServices<'j>) -> Ctx<'j> {
+        Ctx::new(self.topic(), &self.msg.payload)
+            .with_client_id(self.client_id.as_str())
+            .with_principal(&self.principal)
+            .with_timestamp(i64::try_from(self.msg.received_ms).unwrap_or(i64::MAX))
+            .with_services(services)
+    }
+
+    /// The same message without its rules, for work finished later (a webhook's error action).
+    fn detached(&self) -> Job {
+        Job {
+            msg: self.msg.clone(),
+            skip: self.skip,
+            client_id: self.client_id.clone(),
+            principal: self.principal.clone(),
+            thing: self.thing.clone(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -547,13 +568,12 @@ impl MessageHook for Hook {
             return HookOutcome::Continue;
         }
         let topic = msg.topic.as_str();
-        let rules = inner.rules.load();
         let (skip, matched, outcome): (usize, Vec<Arc<Live>>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
                 let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
                 let live = RuleName::parse(rule)
                     .ok()
-                    .and_then(|n| rules.get(&n).cloned())
+                    .and_then(|n| inner.rules.load().get(&n).cloned())
                     .filter(|l| l.rule.enabled());
                 match live {
                     Some(l) => (topic.len() - sub.len(), vec![l], HookOutcome::Consumed),
@@ -639,11 +659,7 @@ fn shadow_key(thing: &str, shadow: Option<&str>) -> Result<ShadowKey, String> {
 fn worker(inner: Arc<Inner>, rx: Receiver<Job>) {
     while let Ok(job) = rx.recv() {
         let services = SqlServices { deps: &inner.deps };
-        let ctx = Ctx::new(job.topic(), &job.msg.payload)
-            .with_client_id(job.client_id.as_str())
-            .with_principal(&job.principal)
-            .with_timestamp(i64::try_from(job.msg.received_ms).unwrap_or(i64::MAX))
-            .with_services(&services);
+        let ctx = job.ctx(&services);
         for live in &job.rules {
             run_rule(&inner, live, &job, &ctx);
         }
@@ -805,25 +821,14 @@ fn run_action(
                 None => output.as_bytes().to_vec(),
             };
             let (inner2, live2) = (inner.clone(), live.clone());
-            let later = Job {
-                msg: job.msg.clone(),
-                skip: job.skip,
-                client_id: job.client_id.clone(),
-                principal: job.principal.clone(),
-                thing: job.thing.clone(),
-                rules: Vec::new(),
-            };
+            let later = job.detached();
             let target = url.clone();
             let on_failure = Box::new(move |error: String| {
                 live2.counters.actions_failed.fetch_add(1, Relaxed);
                 // The error action may wait on the runtime (shadows): not on its threads.
                 tokio::task::spawn_blocking(move || {
                     let services = SqlServices { deps: &inner2.deps };
-                    let ctx = Ctx::new(later.topic(), &later.msg.payload)
-                        .with_client_id(later.client_id.as_str())
-                        .with_principal(&later.principal)
-                        .with_timestamp(i64::try_from(later.msg.received_ms).unwrap_or(i64::MAX))
-                        .with_services(&services);
+                    let ctx = later.ctx(&services);
                     let failure = Failure {
                         action: "WebhookAction",
                         resource: target,
