@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Broker throughput with a WebAssembly plugin on every message, against the same load with no
-# rule at all (issue #5's target: >= 80 %).
+# Broker throughput with a WebAssembly plugin on every message (issue #5) or with ten rules
+# (issue #6), against the same load with no rule at all (both targets: >= 80 %).
 #
 #   tests/bench/plugin.sh                  # fan-in and p2p QoS 0, 10 s windows, 3 repetitions
 #   tests/bench/plugin.sh --quick          # smoke run: 2 s windows, 1 repetition
+#   tests/bench/plugin.sh --with rules10   # ten rules instead of the plugin
 #
 # Modes (a fresh `shoal serve --store memory --mqtts-listen off` per run, JSON payloads of
 # 200 bytes from `shoal-loadgen --json`, e.g. {"shlg":"<header>","temp":-20.5,...}):
@@ -12,12 +13,17 @@
 #            threshold-alert.wasm (field temp, max -15: it parses every document and returns no
 #            action), so every published message is matched, evaluated and handed to the plugin
 #            on the rules workers while the broker routes it to the subscribers
+#   rules10  ten rules on 'bench/#', each evaluated on every message: nine alerting rules
+#            (`SELECT temp, topic(2) AS dev ... WHERE temp > N`, N = 0, 10, ..., and one
+#            `WHERE temp < -100`, each with a republish to alerts/${topic(2)}) that never fire on
+#            the load's temp of -20.5, and one (`SELECT temp, clientid() AS c ... WHERE temp < 0`)
+#            that selects every message and republishes it to rollup/${topic(2)} (no subscriber)
 # Scenarios: fan-in-qos0 (8 publishers -> 1 subscriber), p2p-qos0 (50 pairs).
 #
 # Each run records the load generator's JSON, the broker's CPU, and from /metrics the plugin
-# invocations and the rules engine's drops: a plugin run only counts when the plugin saw every
-# published message (drops 0, invocations >= messages published), otherwise the verdict is
-# MISS whatever the throughput. Modes alternate order each repetition; the table shows medians.
+# invocations (rules10: the rule evaluations / 10) and the rules engine's drops: a run only
+# counts when every published message was handled (drops 0, calls >= messages published),
+# otherwise the verdict is MISS whatever the throughput. Modes alternate order each repetition; the table shows medians.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +40,7 @@ MAX_OTHER=25
 QUIET_WAIT=60
 RESULTS=""
 WASM=$ROOT/plugins/dist/threshold-alert.wasm
+WITH=plugin
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -43,6 +50,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift ;;
         --rebuild) REBUILD=1 ;;
         --results) RESULTS=$2; shift ;;
+        --with) WITH=$2; shift ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "plugin.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -51,7 +59,8 @@ done
 
 . "$HERE/lib.sh"
 
-[ -r "$WASM" ] || { echo "plugin.sh: $WASM is missing: run plugins/build.sh first" >&2; exit 2; }
+case "$WITH" in plugin|rules10) ;; *) echo "plugin.sh: --with plugin|rules10" >&2; exit 2 ;; esac
+[ "$WITH" = rules10 ] || [ -r "$WASM" ] || { echo "plugin.sh: $WASM is missing: run plugins/build.sh first" >&2; exit 2; }
 BIN=$CARGO_TARGET_DIR/release
 if [ "$REBUILD" = 1 ] || [ ! -x "$BIN/shoal" ] || [ ! -x "$BIN/shoal-loadgen" ]; then
     echo "== building release binaries" >&2
@@ -61,12 +70,17 @@ WORK=$(mktemp -d /tmp/shoal-plugin-bench.XXXXXX)
 cp "$BIN/shoal" "$BIN/shoal-loadgen" "$WORK/"
 if [ -z "$RESULTS" ]; then
     mkdir -p "$HERE/results"
-    RESULTS=$HERE/results/plugin-$(date +%Y%m%d-%H%M%S).jsonl
+    RESULTS=$HERE/results/$WITH-$(date +%Y%m%d-%H%M%S).jsonl
 fi
 : >"$RESULTS"
 trap '[ -n "$BROKER_PID" ] && kill -KILL "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 echo '{"sql":"SELECT * FROM '"'bench/#'"'","actions":[{"plugin":{"name":"threshold"}}]}' >"$WORK/rule.json"
+for i in 0 1 2 3 4 5 6 7 8; do
+    if [ "$i" = 8 ]; then where="temp < -100"; else where="temp > $((i * 10))"; fi
+    echo '{"sql":"SELECT temp, topic(2) AS dev FROM '"'bench/#'"' WHERE '"$where"'","actions":[{"republish":{"topic":"alerts/${topic(2)}"}}]}' >"$WORK/rule$i.json"
+done
+echo '{"sql":"SELECT temp, clientid() AS c FROM '"'bench/#'"' WHERE temp < 0","actions":[{"republish":{"topic":"rollup/${topic(2)}"}}]}' >"$WORK/rule9.json"
 CONFIG=$(python3 -c 'import urllib.parse; print(urllib.parse.quote("{\"settings\":[[\"field\",\"temp\"],[\"max\",\"-15\"]]}"))')
 
 run_one() {
@@ -80,6 +94,9 @@ run_one() {
         --mqtts-listen off --http-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     wait_listen "$port" && http=$(shoal_addr "$dir/data" http) || { tail "$dir/broker.log" >&2; exit 1; }
+    if [ "$mode" = rules10 ]; then
+        for i in 0 1 2 3 4 5 6 7 8 9; do shoal_post "$http" "/api/v1/rules/bench$i" "$WORK/rule$i.json" >/dev/null; done
+    fi
     if [ "$mode" = plugin ]; then
         curl -sf -X POST -H 'content-type: application/wasm' --data-binary "@$WASM" \
             "http://$http/api/v1/plugins/threshold/versions?activate=true&config=$CONFIG" >/dev/null
@@ -102,6 +119,8 @@ line = next((json.loads(l) for l in open(f"{d}/out") if l.startswith("{")), {"er
 m = json.load(open(f"{d}/metrics.json"))
 b = json.load(open(f"{d}/stats.json"))
 inv = sum(v for k, v in m.items() if k.startswith('shoal_plugin_invocations_total{plugin="threshold"'))
+if mode == "rules10":
+    inv = sum(v for k, v in m.items() if k.startswith('shoal_rules_matched_total{')) / 10
 line.update({"key": key, "mode": mode, "rep": int(rep), "broker_stats": b,
              "plugin_invocations": inv,
              "rules_dropped": m.get("shoal_rules_dropped_total", 0),
@@ -115,19 +134,21 @@ PY
 IFS=, read -r -a selected <<<"$SCENARIOS"
 for rep in $(seq 1 "$REPEAT"); do
     for key in "${selected[@]}"; do
-        if [ $((rep % 2)) = 1 ]; then modes=(none plugin); else modes=(plugin none); fi
+        if [ $((rep % 2)) = 1 ]; then modes=(none "$WITH"); else modes=("$WITH" none); fi
         for mode in "${modes[@]}"; do run_one "$key" "$mode" "$rep"; done
     done
 done
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$WITH" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print("| scenario | none: deliveries/s | plugin: deliveries/s | ratio | plugin calls / sent | rules dropped | broker CPU % none / plugin | verdict |")
+w = sys.argv[2]
+calls = "plugin calls / sent" if w == "plugin" else "rule evaluations / 10 / sent"
+print(f"| scenario | none: deliveries/s | {w}: deliveries/s | ratio | {calls} | rules dropped | broker CPU % none / {w} | verdict |")
 print("|---|--:|--:|--:|--:|--:|--:|---|")
 for key in dict.fromkeys(r["key"] for r in rows):
     n = [r for r in rows if r["key"] == key and r["mode"] == "none"]
-    p = [r for r in rows if r["key"] == key and r["mode"] == "plugin"]
+    p = [r for r in rows if r["key"] == key and r["mode"] == w]
     med = lambda rs, f: statistics.median([f(r) for r in rs]) if rs else 0
     nv, pv = med(n, lambda r: r.get("msgs_per_sec", 0)), med(p, lambda r: r.get("msgs_per_sec", 0))
     seen = min((r["plugin_invocations"] / max(r.get("sent", 1), 1) for r in p), default=0)

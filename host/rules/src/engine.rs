@@ -41,9 +41,12 @@ use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcom
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::archive::{Archive, Record};
+use crate::email::{Email, Mailer, SmtpConfig};
 use crate::rule::{Compiled, Rule, RuleError, RuleName, TopicRulePayload};
 use crate::sql::{Ctx, Output, ShadowRequest};
 use crate::store::{RuleStore, StoredRule};
+use crate::stream::{NewRecord, StreamStore, check_name};
+use crate::stream_sink::{OnFailure, StreamSink};
 use crate::webhook::{Request as WebhookRequest, Webhooks};
 
 /// Basic Ingest's topic prefix.
@@ -67,6 +70,51 @@ pub struct EngineConfig {
     pub archive_queue: usize,
     /// Webhook requests that may wait for a free slot before new ones are dropped.
     pub webhook_queue: usize,
+    /// Stream records that may wait for the writer before new ones are dropped.
+    pub stream_queue: usize,
+    /// Records each stream keeps (older ones are trimmed).
+    pub stream_max_len: u64,
+    /// Webhook targets plugins may call by name (a plugin never sees the URL).
+    pub webhook_targets: BTreeMap<String, WebhookTarget>,
+    /// The SMTP relay `email` actions use; without one they fail.
+    pub smtp: Option<SmtpConfig>,
+    /// Emails that may wait for the sender before new ones are dropped.
+    pub email_queue: usize,
+}
+
+/// A webhook target an operator configured for plugins' `webhook` actions.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// Extra request headers (`content-type` defaults to `application/json`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per attempt, in milliseconds (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+    /// Further attempts after a connection error, a timeout or a 5xx (default 3).
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+impl WebhookTarget {
+    /// Checks the target as a rule's webhook action would be checked.
+    pub fn check(&self, name: &str) -> Result<(), RuleError> {
+        self.compile(name).map(|_| ())
+    }
+
+    fn compile(&self, name: &str) -> Result<Compiled, RuleError> {
+        let spec = crate::rule::ActionSpec::Webhook(crate::rule::WebhookSpec {
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body: None,
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+        });
+        crate::rule::compile_action(&format!("webhook target {name:?}"), &spec)
+    }
 }
 
 impl Default for EngineConfig {
@@ -77,6 +125,11 @@ impl Default for EngineConfig {
             archive_dir: None,
             archive_queue: 100_000,
             webhook_queue: 10_000,
+            stream_queue: 100_000,
+            stream_max_len: 1_000_000,
+            webhook_targets: BTreeMap::new(),
+            smtp: None,
+            email_queue: 10_000,
         }
     }
 }
@@ -90,6 +143,8 @@ pub struct EngineDeps {
     pub shadows: Arc<ShadowService>,
     /// Plugin actions.
     pub plugins: PluginHost,
+    /// Where `stream` actions append.
+    pub streams: Arc<dyn StreamStore>,
     /// The runtime shadow calls run on.
     pub rt: tokio::runtime::Handle,
 }
@@ -278,6 +333,11 @@ struct Inner {
     own_principal: Principal,
     archive: Option<Archive>,
     webhooks: Webhooks,
+    /// Plugins' webhook targets, checked at start.
+    webhook_targets: BTreeMap<String, Compiled>,
+    streams: StreamSink,
+    stream_max_len: u64,
+    mailer: Option<Mailer>,
 }
 
 /// The rules engine. Cheap to clone.
@@ -317,6 +377,17 @@ impl RulesEngine {
                 Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a saved rule"),
             }
         }
+        let webhook_targets = config
+            .webhook_targets
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), t.compile(name)?)))
+            .collect::<Result<BTreeMap<_, _>, RuleError>>()?;
+        let mailer = config
+            .smtp
+            .clone()
+            .map(|smtp| Mailer::start(&deps.rt, smtp, config.email_queue))
+            .transpose()
+            .map_err(|e| RuleError::Invalid(format!("the SMTP relay settings: {e}")))?;
         let mut queues = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.workers.max(1) {
@@ -335,6 +406,15 @@ impl RulesEngine {
             inner: Arc::new(Inner {
                 archive,
                 webhooks: Webhooks::start(&deps.rt, config.webhook_queue),
+                webhook_targets,
+                streams: StreamSink::start(
+                    &deps.rt,
+                    deps.streams.clone(),
+                    config.stream_queue,
+                    config.stream_max_len,
+                ),
+                stream_max_len: config.stream_max_len.max(1),
+                mailer,
                 index: ArcSwap::from_pointee(Index::build(&set)),
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
@@ -364,6 +444,36 @@ impl RulesEngine {
             .add_hook(Arc::new(Hook(engine.inner.clone())));
         tracing::info!(rules = engine.inner.rules.load().len(), "rules engine started");
         Ok(engine)
+    }
+
+    /// The store `stream` actions append to.
+    pub fn streams(&self) -> &Arc<dyn StreamStore> {
+        &self.inner.deps.streams
+    }
+
+    /// Records each stream keeps.
+    pub fn stream_max_len(&self) -> u64 {
+        self.inner.stream_max_len
+    }
+
+    /// Creates or replaces the rules an operator's configuration file defines (left alone
+    /// when unchanged, so their counters and creation times survive a restart). Rules the file
+    /// does not name are not touched.
+    pub fn apply_configured(&self, rules: &BTreeMap<String, TopicRulePayload>) -> Result<(), RuleError> {
+        for (name, payload) in rules {
+            self.apply_one(name, payload)
+                .map_err(|e| RuleError::Invalid(format!("rule {name:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&self, name: &str, payload: &TopicRulePayload) -> Result<(), RuleError> {
+        match self.get(name) {
+            Ok(info) if &info.topic_rule_payload == payload => Ok(()),
+            Ok(_) => self.replace(name, payload.clone()).map(|_| ()),
+            Err(RuleError::NotFound(_)) => self.create(name, payload.clone()).map(|_| ()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every rule, by name.
@@ -476,6 +586,8 @@ impl RulesEngine {
         let c = &self.inner.counters;
         let archive = self.inner.archive.as_ref().map(|a| &*a.counters);
         let w = &self.inner.webhooks.counters;
+        let st = &self.inner.streams.counters;
+        let mail = self.inner.mailer.as_ref().map(|m| &*m.counters);
         let _ = writeln!(
             out,
             "# HELP shoal_rules_enqueued_total Messages handed to the rules workers.\n\
@@ -497,7 +609,18 @@ impl RulesEngine {
              shoal_rules_webhooks_total{{result=\"sent\"}} {}\n\
              shoal_rules_webhooks_total{{result=\"failed\"}} {}\n\
              shoal_rules_webhooks_total{{result=\"retried\"}} {}\n\
-             shoal_rules_webhooks_total{{result=\"dropped\"}} {}",
+             shoal_rules_webhooks_total{{result=\"dropped\"}} {}\n\
+             # HELP shoal_rules_stream_records_total Stream records by result.\n\
+             # TYPE shoal_rules_stream_records_total counter\n\
+             shoal_rules_stream_records_total{{result=\"appended\"}} {}\n\
+             shoal_rules_stream_records_total{{result=\"failed\"}} {}\n\
+             shoal_rules_stream_records_total{{result=\"dropped\"}} {}\n\
+             # HELP shoal_rules_emails_total Emails of email actions by result (retries count each further attempt).\n\
+             # TYPE shoal_rules_emails_total counter\n\
+             shoal_rules_emails_total{{result=\"sent\"}} {}\n\
+             shoal_rules_emails_total{{result=\"failed\"}} {}\n\
+             shoal_rules_emails_total{{result=\"retried\"}} {}\n\
+             shoal_rules_emails_total{{result=\"dropped\"}} {}",
             c.enqueued.load(Relaxed),
             c.dropped.load(Relaxed),
             c.ingest_unknown.load(Relaxed),
@@ -509,6 +632,13 @@ impl RulesEngine {
             w.failed.load(Relaxed),
             w.retried.load(Relaxed),
             w.dropped.load(Relaxed),
+            st.appended.load(Relaxed),
+            st.failed.load(Relaxed),
+            st.dropped.load(Relaxed),
+            mail.map_or(0, |m| m.sent.load(Relaxed)),
+            mail.map_or(0, |m| m.failed.load(Relaxed)),
+            mail.map_or(0, |m| m.retried.load(Relaxed)),
+            mail.map_or(0, |m| m.dropped.load(Relaxed)),
         );
         let rules = self.inner.rules.load();
         let families: [Family; 7] = [
@@ -680,6 +810,8 @@ fn aws_action_name(kind: &str) -> &'static str {
         "plugin" => "PluginAction",
         "archive" => "ArchiveAction",
         "webhook" => "WebhookAction",
+        "stream" => "StreamAction",
+        "email" => "EmailAction",
         _ => "Action",
     }
 }
@@ -705,7 +837,7 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     c.selected.fetch_add(1, Relaxed);
     let mut failures = Vec::new();
     for (spec, action) in &live.rule.actions {
-        match run_action(inner, live, action, job, ctx, &output) {
+        match run_action(inner, live, action, job, ctx, &output, false) {
             Ok(()) => {
                 c.actions_ok.fetch_add(1, Relaxed);
             }
@@ -749,7 +881,7 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
     });
     live.counters.error_actions.fetch_add(1, Relaxed);
     let output = Output::Json(doc.to_string());
-    if let Err((resource, message)) = run_action(inner, live, action, job, ctx, &output) {
+    if let Err((resource, message)) = run_action(inner, live, action, job, ctx, &output, true) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
         tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
     }
@@ -757,6 +889,8 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
 
 type ActionResult = Result<(), (String, String)>;
 
+/// Runs one action. `error_path` is set when the action is the rule's error action: its later
+/// failures are counted and logged, never sent to the error action again.
 fn run_action(
     inner: &Arc<Inner>,
     live: &Arc<Live>,
@@ -764,6 +898,7 @@ fn run_action(
     job: &Job,
     ctx: &Ctx<'_>,
     output: &Output,
+    error_path: bool,
 ) -> ActionResult {
     match action {
         Compiled::Republish { topic, qos } => {
@@ -785,7 +920,9 @@ fn run_action(
                 .transpose()?;
             update_shadow(inner, &thing, shadow.as_deref(), output.as_bytes()).map_err(|e| (thing, e))
         }
-        Compiled::Plugin { name } => run_plugin(inner, name, job, output).map_err(|e| (name.clone(), e)),
+        Compiled::Plugin { name } => {
+            run_plugin(inner, live, name, job, output, error_path).map_err(|e| (name.clone(), e))
+        }
         Compiled::Archive => {
             let rule = live.rule.name.as_str();
             let Some(archive) = &inner.archive else {
@@ -820,23 +957,7 @@ fn run_action(
                     .into_bytes(),
                 None => output.as_bytes().to_vec(),
             };
-            let (inner2, live2) = (inner.clone(), live.clone());
-            let later = job.detached();
-            let target = url.clone();
-            let on_failure = Box::new(move |error: String| {
-                live2.counters.actions_failed.fetch_add(1, Relaxed);
-                // The error action may wait on the runtime (shadows): not on its threads.
-                tokio::task::spawn_blocking(move || {
-                    let services = SqlServices { deps: &inner2.deps };
-                    let ctx = later.ctx(&services);
-                    let failure = Failure {
-                        action: "WebhookAction",
-                        resource: target,
-                        message: error,
-                    };
-                    run_error_action(&inner2, &live2, &later, &ctx, &[failure]);
-                });
-            });
+            let on_failure = later_failure(inner, live, job, "WebhookAction", url.clone(), error_path);
             inner
                 .webhooks
                 .post(WebhookRequest {
@@ -849,7 +970,96 @@ fn run_action(
                 })
                 .map_err(|e| (url.clone(), e))
         }
+        Compiled::Stream { stream, key } => {
+            let stream = stream
+                .render(ctx)
+                .map_err(|e| (stream.source().to_string(), format!("streamName template: {e}")))?;
+            check_name("stream", &stream).map_err(|e| (stream.clone(), e.to_string()))?;
+            let key = match key {
+                Some(k) => k
+                    .render(ctx)
+                    .map_err(|e| (stream.clone(), format!("partitionKey template: {e}")))?,
+                None => String::new(),
+            };
+            let on_failure = later_failure(inner, live, job, "StreamAction", stream.clone(), error_path);
+            let record = NewRecord {
+                stream: stream.clone(),
+                key,
+                data: output.as_bytes().to_vec(),
+            };
+            inner.streams.append(record, on_failure).map_err(|e| (stream, e))
+        }
+        Compiled::Email {
+            to,
+            subject,
+            body,
+            retries,
+        } => {
+            let to = to
+                .iter()
+                .map(|t| {
+                    t.render(ctx)
+                        .map_err(|e| (t.source().to_string(), format!("recipient template: {e}")))
+                })
+                .collect::<Result<Vec<String>, _>>()?;
+            let resource = to.join(", ");
+            let Some(mailer) = &inner.mailer else {
+                return Err((resource, "no SMTP relay is configured (smtp_relay)".into()));
+            };
+            let subject = subject
+                .render(ctx)
+                .map_err(|e| (resource.clone(), format!("subject template: {e}")))?;
+            let body = match body {
+                Some(t) => t
+                    .render(ctx)
+                    .map_err(|e| (resource.clone(), format!("body template: {e}")))?,
+                None => String::from_utf8_lossy(output.as_bytes()).into_owned(),
+            };
+            let on_failure = later_failure(inner, live, job, "EmailAction", resource.clone(), error_path);
+            mailer
+                .send(Email {
+                    to,
+                    subject,
+                    body,
+                    retries: *retries,
+                    on_failure,
+                })
+                .map_err(|e| (resource, e))
+        }
     }
+}
+
+/// The callback for an action that fails after `run_action` returned (a webhook's last retry,
+/// a stream batch the store refused): counts the failure and runs the rule's error action.
+fn later_failure(
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
+    job: &Job,
+    action: &'static str,
+    resource: String,
+    error_path: bool,
+) -> OnFailure {
+    let (inner, live) = (inner.clone(), live.clone());
+    let later = job.detached();
+    Box::new(move |error: String| {
+        if error_path {
+            live.counters.error_action_failures.fetch_add(1, Relaxed);
+            tracing::warn!(rule = %live.rule.name, action, %resource, %error, "the rule's error action failed too");
+            return;
+        }
+        live.counters.actions_failed.fetch_add(1, Relaxed);
+        // The error action may wait on the runtime (shadows): not on its threads.
+        tokio::task::spawn_blocking(move || {
+            let services = SqlServices { deps: &inner.deps };
+            let ctx = later.ctx(&services);
+            let failure = Failure {
+                action,
+                resource,
+                message: error,
+            };
+            run_error_action(&inner, &live, &later, &ctx, &[failure]);
+        });
+    })
 }
 
 fn publish(inner: &Inner, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) -> Result<(), String> {
@@ -886,7 +1096,14 @@ fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) 
     }
 }
 
-fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(), String> {
+fn run_plugin(
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
+    name: &str,
+    job: &Job,
+    output: &Output,
+    error_path: bool,
+) -> Result<(), String> {
     let msg = PluginMessage {
         topic: job.topic().to_string(),
         payload: output.as_bytes().to_vec().into(),
@@ -913,7 +1130,7 @@ fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(
     };
     let mut errors = Vec::new();
     for action in actions {
-        if let Err(e) = run_plugin_action(inner, name, action) {
+        if let Err(e) = run_plugin_action(inner, live, name, job, action, error_path) {
             errors.push(e);
         }
     }
@@ -927,7 +1144,14 @@ fn run_plugin(inner: &Inner, name: &str, job: &Job, output: &Output) -> Result<(
     }
 }
 
-fn run_plugin_action(inner: &Inner, plugin: &str, action: PluginAction) -> Result<(), String> {
+fn run_plugin_action(
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
+    plugin: &str,
+    job: &Job,
+    action: PluginAction,
+    error_path: bool,
+) -> Result<(), String> {
     match action {
         PluginAction::Publish(p) => publish(inner, &p.topic, p.payload.to_vec(), p.qos, p.retain),
         PluginAction::ShadowUpdate(u) => {
@@ -953,14 +1177,64 @@ fn run_plugin_action(inner: &Inner, plugin: &str, action: PluginAction) -> Resul
                 false,
             )
         }
-        PluginAction::StreamAppend(s) => Err(format!(
-            "stream-append to {:?}: streams are not available on this server yet",
-            s.stream
-        )),
-        PluginAction::Webhook(w) => Err(format!(
-            "webhook to {:?}: webhook targets are not available on this server yet",
-            w.target
-        )),
+        PluginAction::StreamAppend(s) => {
+            check_name("stream", &s.stream).map_err(|e| format!("stream-append: {e}"))?;
+            let key = job
+                .thing
+                .clone()
+                .unwrap_or_else(|| job.client_id.as_str().to_string());
+            let on_failure = later_failure(
+                inner,
+                live,
+                job,
+                "PluginAction",
+                format!("{plugin} stream-append {}", s.stream),
+                error_path,
+            );
+            let record = NewRecord {
+                stream: s.stream.clone(),
+                key,
+                data: s.payload.to_vec(),
+            };
+            inner
+                .streams
+                .append(record, on_failure)
+                .map_err(|e| format!("stream-append to {:?}: {e}", s.stream))
+        }
+        PluginAction::Webhook(w) => {
+            let Some(Compiled::Webhook {
+                url,
+                headers,
+                timeout,
+                retries,
+                ..
+            }) = inner.webhook_targets.get(&w.target)
+            else {
+                return Err(format!(
+                    "webhook: no webhook target named {:?} is configured (webhook_targets)",
+                    w.target
+                ));
+            };
+            let on_failure = later_failure(
+                inner,
+                live,
+                job,
+                "PluginAction",
+                format!("{plugin} webhook {}", w.target),
+                error_path,
+            );
+            inner
+                .webhooks
+                .post(WebhookRequest {
+                    url: url.clone(),
+                    headers: headers.clone(),
+                    body: w.body.to_vec(),
+                    timeout: *timeout,
+                    retries: *retries,
+                    on_failure,
+                })
+                .map_err(|e| format!("webhook to target {:?}: {e}", w.target))
+        }
     }
 }
 

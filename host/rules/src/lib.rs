@@ -13,17 +13,23 @@
 //!
 //! The engine itself: [`rule`] (definitions in AWS's `TopicRulePayload` shape, compiled and
 //! checked), [`engine`] ([`RulesEngine`]: the broker hook, the worker threads, the actions
-//! `republish`, `shadow`, `plugin`, `archive` (its writer thread in `archive`) and `webhook`
-//! (its sender in `webhook`), the error action) and [`store`] (persistence).
+//! `republish`, `shadow`, `plugin`, `archive` (its writer thread in `archive`), `webhook` (its
+//! sender in `webhook`), `stream` (the [`stream::StreamStore`] seam and its writer in
+//! `stream_sink`) and `email` (the SMTP sender in [`email`]), the error action) and [`store`]
+//! (persistence).
 #![deny(missing_docs)]
 
 mod archive;
+pub mod email;
 pub mod engine;
 pub mod rule;
 pub mod sql;
 pub mod store;
+pub mod stream;
+mod stream_sink;
 mod webhook;
 
-pub use engine::{EngineConfig, EngineDeps, RuleInfo, RuleStats, RulesEngine};
+pub use email::{SmtpConfig, SmtpTls};
+pub use engine::{EngineConfig, EngineDeps, RuleInfo, RuleStats, RulesEngine, WebhookTarget};
 pub use rule::{ActionSpec, Rule, RuleError, RuleName, TopicRulePayload};
 pub use store::{FileRuleStore, RuleStore, StoredRule};

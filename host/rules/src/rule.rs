@@ -96,6 +96,15 @@ pub enum ActionSpec {
     /// POST the selected document (or a body template) to an HTTP endpoint, off the message
     /// path, with a timeout and retries; a request that still fails runs the error action.
     Webhook(WebhookSpec),
+    /// Append the selected document to a named stream (Kinesis's role; `kinesis` is accepted
+    /// as another name, so AWS definitions carry over): a Redis Stream on the Redis store, an
+    /// append-only log in the embedded file, read back by offset or by consumer groups through
+    /// `/api/v1/streams`.
+    #[serde(alias = "kinesis")]
+    Stream(StreamSpec),
+    /// Send an email through the SMTP relay the operator configured (SNS's email role), off
+    /// the message path, with retries; an email that still fails runs the error action.
+    Email(EmailSpec),
 }
 
 impl ActionSpec {
@@ -107,6 +116,8 @@ impl ActionSpec {
             ActionSpec::Plugin(_) => "plugin",
             ActionSpec::Archive(_) => "archive",
             ActionSpec::Webhook(_) => "webhook",
+            ActionSpec::Stream(_) => "stream",
+            ActionSpec::Email(_) => "email",
         }
     }
 }
@@ -174,6 +185,38 @@ pub struct WebhookSpec {
     pub retries: Option<u32>,
 }
 
+/// `stream` (AWS's `kinesis` shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSpec {
+    /// The stream, with substitution templates; 1-128 characters from `[A-Za-z0-9_.-]` once
+    /// rendered.
+    pub stream_name: String,
+    /// Kept with each record for consumers (templates allowed); empty when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// Accepted for AWS compatibility; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// `email`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmailSpec {
+    /// Recipients (1 to 50), each with substitution templates.
+    pub to: Vec<String>,
+    /// Subject template.
+    pub subject: String,
+    /// Body template (plain text); the selected document when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Further attempts after a connection error, a timeout or a 4xx reply (default 3, at
+    /// most 10); a 5xx reply is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
 /// An action ready to run.
 #[derive(Clone, Debug)]
 pub(crate) enum Compiled {
@@ -196,6 +239,16 @@ pub(crate) enum Compiled {
         timeout: std::time::Duration,
         retries: u32,
     },
+    Stream {
+        stream: Template,
+        key: Option<Template>,
+    },
+    Email {
+        to: Vec<Template>,
+        subject: Template,
+        body: Option<Template>,
+        retries: u32,
+    },
 }
 
 /// A rule ready to run.
@@ -216,7 +269,7 @@ fn template(field: &str, text: &str) -> Result<Template, RuleError> {
     Template::parse(text).map_err(|e| RuleError::Invalid(format!("{field}: {e}")))
 }
 
-fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
+pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
     Ok(match spec {
         ActionSpec::Republish(r) => {
             if r.qos > 1 {
@@ -309,6 +362,50 @@ fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, RuleError> {
                 retries,
             }
         }
+        ActionSpec::Stream(st) => {
+            let stream = template(&format!("{at}.stream.streamName"), &st.stream_name)?;
+            if stream.is_static() {
+                crate::stream::check_name("stream", &st.stream_name)
+                    .map_err(|e| RuleError::Invalid(format!("{at}.stream.streamName: {e}")))?;
+            }
+            Compiled::Stream {
+                stream,
+                key: st
+                    .partition_key
+                    .as_deref()
+                    .map(|k| template(&format!("{at}.stream.partitionKey"), k))
+                    .transpose()?,
+            }
+        }
+        ActionSpec::Email(e) => {
+            if !(1..=50).contains(&e.to.len()) {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.email.to needs 1 to 50 recipients, not {}",
+                    e.to.len()
+                )));
+            }
+            let retries = e.retries.unwrap_or(3);
+            if retries > 10 {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.email.retries must be at most 10, not {retries}"
+                )));
+            }
+            Compiled::Email {
+                to: e
+                    .to
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| template(&format!("{at}.email.to[{i}]"), t))
+                    .collect::<Result<_, _>>()?,
+                subject: template(&format!("{at}.email.subject"), &e.subject)?,
+                body: e
+                    .body
+                    .as_deref()
+                    .map(|b| template(&format!("{at}.email.body"), b))
+                    .transpose()?,
+                retries,
+            }
+        }
     })
 }
 
@@ -382,11 +479,14 @@ mod tests {
                 "awsIotSqlVersion":"2016-03-23",
                 "actions":[{"republish":{"topic":"alerts/${topic(2)}","qos":1,"roleArn":"arn:x"}},
                            {"plugin":{"name":"threshold-alert"}},
-                           {"shadow":{"thingName":"${topic(2)}"}}],
+                           {"shadow":{"thingName":"${topic(2)}"}},
+                           {"kinesis":{"streamName":"telemetry","partitionKey":"${topic(2)}","roleArn":"arn:y"}},
+                           {"stream":{"streamName":"t-${topic(2)}"}}],
                 "errorAction":{"republish":{"topic":"errors"}}}"#,
         );
         let rule = Rule::compile("cold_chain", p, 0).unwrap();
-        assert_eq!(rule.actions.len(), 3);
+        assert_eq!(rule.actions.len(), 5);
+        assert_eq!(rule.actions[3].0.kind(), "stream");
         assert!(rule.error_action.is_some());
         assert!(rule.enabled());
     }
@@ -421,6 +521,11 @@ mod tests {
                 "r",
                 r#"{"sql":"SELECT * FROM 'a'","actions":[{"plugin":{"name":"a b"}}]}"#,
                 "plugin name",
+            ),
+            (
+                "r",
+                r#"{"sql":"SELECT * FROM 'a'","actions":[{"stream":{"streamName":"a/b"}}]}"#,
+                "invalid stream name",
             ),
         ];
         for (name, json, want) in cases {

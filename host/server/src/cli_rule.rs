@@ -4,7 +4,7 @@
 //! its JSON answer. `create` and `replace` take the definition either whole, as AWS's
 //! `TopicRulePayload` JSON in a file (so an AWS rule carries over, and so does what `shoal rule
 //! get` printed, after editing), or built from flags for the common cases: `--sql` plus
-//! `--republish`, `--shadow`, `--plugin`, `--archive` and `--webhook` actions. The flags are parsed into the
+//! `--republish`, `--shadow`, `--plugin`, `--archive`, `--webhook`, `--stream` and `--email` actions. The flags are parsed into the
 //! `shoal_rules` types here, at the edge, so a mistake such as `--republish alerts:2` is
 //! refused before anything is sent; everything the types cannot see (the SQL, templates, names)
 //! is checked by the server, whose message is printed as is.
@@ -18,7 +18,9 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};
 use serde_json::Value;
-use shoal_rules::rule::{ArchiveSpec, PluginSpec, RepublishSpec, ShadowSpec, WebhookSpec};
+use shoal_rules::rule::{
+    ArchiveSpec, EmailSpec, PluginSpec, RepublishSpec, ShadowSpec, StreamSpec, WebhookSpec,
+};
 use shoal_rules::{ActionSpec, TopicRulePayload};
 
 use crate::cli::{Endpoint, encode, finish, read_arg, runtime, send};
@@ -72,7 +74,7 @@ struct DefinitionFlags {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["sql", "republish", "shadow", "plugin", "archive", "webhook", "error_republish", "description", "disabled"]
+        conflicts_with_all = ["sql", "republish", "shadow", "plugin", "archive", "webhook", "stream", "email", "error_republish", "description", "disabled"]
     )]
     file: Option<PathBuf>,
     /// The statement: `SELECT ... FROM '<topic filter>' [WHERE ...]`.
@@ -96,6 +98,17 @@ struct DefinitionFlags {
     /// POST the selected document to this http:// URL (5 s timeout, 3 retries; repeatable).
     #[arg(long, value_name = "URL")]
     webhook: Vec<String>,
+    /// Append the selected document to this stream (`${...}` templates allowed; the partition
+    /// key is the publisher's client id; repeatable).
+    #[arg(long, value_name = "STREAM")]
+    stream: Vec<String>,
+    /// Email the selected document to these comma-separated addresses through the configured
+    /// SMTP relay, with the subject `--email-subject` (repeatable).
+    #[arg(long, value_name = "ADDRESSES")]
+    email: Vec<String>,
+    /// Subject of the `--email` actions (`${...}` templates allowed).
+    #[arg(long, default_value = "Shoal rule ${topic()}")]
+    email_subject: String,
     /// When an action fails, republish AWS's error document to TOPIC (`:1` for QoS 1).
     #[arg(long, value_name = "TOPIC[:QOS]", value_parser = parse_republish)]
     error_republish: Option<RepublishSpec>,
@@ -115,6 +128,8 @@ enum Kind {
     Plugin,
     Archive,
     Webhook,
+    Stream,
+    Email,
 }
 
 /// A rule definition from the command line: the flags, plus the order in which the action flags
@@ -135,6 +150,8 @@ impl FromArgMatches for Definition {
             ("plugin", Kind::Plugin),
             ("archive", Kind::Archive),
             ("webhook", Kind::Webhook),
+            ("stream", Kind::Stream),
+            ("email", Kind::Email),
         ] {
             if let Some(positions) = m.indices_of(id) {
                 positioned.extend(positions.enumerate().map(|(i, at)| (at, kind, i)));
@@ -213,6 +230,21 @@ fn build_payload(flags: &DefinitionFlags, order: &[(Kind, usize)]) -> Result<Val
                     headers: Default::default(),
                     body: None,
                     timeout_ms: None,
+                    retries: None,
+                })
+            }),
+            Kind::Stream => flags.stream.get(i).map(|name| {
+                ActionSpec::Stream(StreamSpec {
+                    stream_name: name.clone(),
+                    partition_key: Some("${clientid()}".into()),
+                    role_arn: None,
+                })
+            }),
+            Kind::Email => flags.email.get(i).map(|to| {
+                ActionSpec::Email(EmailSpec {
+                    to: to.split(',').map(|a| a.trim().to_string()).collect(),
+                    subject: flags.email_subject.clone(),
+                    body: None,
                     retries: None,
                 })
             }),

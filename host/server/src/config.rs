@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use clap::Args;
 use serde::Deserialize;
 use shoal_broker::Limits;
+use shoal_rules::{SmtpConfig, SmtpTls, TopicRulePayload, WebhookTarget};
 
 /// Flags of `shoal serve` (each also `SHOAL_<NAME>` and a TOML key).
 #[derive(Debug, Clone, Default, Args)]
@@ -70,6 +73,34 @@ pub struct ServeArgs {
     /// rules (still routed to subscribers) and `shoal_rules_dropped_total` counts them.
     #[arg(long, env = "SHOAL_RULES_QUEUE")]
     pub rules_queue: Option<usize>,
+    /// Records each stream keeps; older ones are trimmed (default 1000000).
+    #[arg(long, env = "SHOAL_STREAM_MAX_LEN")]
+    pub stream_max_len: Option<u64>,
+    /// Stream records that may wait for the writer before new ones are dropped (default 100000).
+    #[arg(long, env = "SHOAL_STREAM_QUEUE")]
+    pub stream_queue: Option<usize>,
+    /// A webhook target plugins may call by name, `NAME=http://host:port/path` (repeatable;
+    /// `[webhook_targets.NAME]` in the file takes headers, timeout_ms and retries too).
+    #[arg(long = "webhook-target", env = "SHOAL_WEBHOOK_TARGETS", value_delimiter = ',')]
+    pub webhook_targets: Vec<String>,
+    /// SMTP relay for `email` actions, `host:port`.
+    #[arg(long, env = "SHOAL_SMTP_RELAY")]
+    pub smtp_relay: Option<String>,
+    /// Sender of `email` actions (`alerts@example.com` or `Name <alerts@example.com>`).
+    #[arg(long, env = "SHOAL_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// `none` (default), `starttls` or `tls` (implicit TLS).
+    #[arg(long, env = "SHOAL_SMTP_TLS")]
+    pub smtp_tls: Option<String>,
+    /// User for SMTP AUTH PLAIN (only sent over TLS).
+    #[arg(long, env = "SHOAL_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// Password for SMTP AUTH (prefer the environment variable to the flag).
+    #[arg(long, env = "SHOAL_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// PEM file of the CAs the relay's certificate is checked against (default: the system's).
+    #[arg(long, env = "SHOAL_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -138,7 +169,27 @@ struct FileConfig {
     thing_type_delete_delay_secs: Option<u64>,
     rules_workers: Option<usize>,
     rules_queue: Option<usize>,
+    stream_max_len: Option<u64>,
+    stream_queue: Option<usize>,
+    webhook_targets: BTreeMap<String, WebhookTarget>,
+    smtp: Option<SmtpFile>,
+    /// Rules the file defines (created or replaced at start).
+    rules: BTreeMap<String, TopicRulePayload>,
     limits: Option<Limits>,
+}
+
+/// `[smtp]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SmtpFile {
+    relay: Option<String>,
+    from: Option<String>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+    hello_name: Option<String>,
 }
 
 /// The resolved configuration.
@@ -176,6 +227,16 @@ pub struct Config {
     pub rules_workers: usize,
     /// Queue capacity of each rules worker.
     pub rules_queue: usize,
+    /// Records each stream keeps.
+    pub stream_max_len: u64,
+    /// Stream writer queue.
+    pub stream_queue: usize,
+    /// Webhook targets plugins call by name.
+    pub webhook_targets: BTreeMap<String, WebhookTarget>,
+    /// The relay for `email` actions, when configured.
+    pub smtp: Option<SmtpConfig>,
+    /// Rules from the configuration file, created or replaced at start.
+    pub rules: BTreeMap<String, TopicRulePayload>,
 }
 
 /// What clients without a certificate may do.
@@ -328,7 +389,66 @@ impl Config {
                 });
             }
         };
+        let mut webhook_targets = file.webhook_targets;
+        for t in &args.webhook_targets {
+            let Some((name, url)) = t.split_once('=') else {
+                return Err(ConfigError::Invalid {
+                    key: "webhook_targets",
+                    message: format!("{t:?} is not NAME=URL"),
+                });
+            };
+            webhook_targets.insert(
+                name.trim().to_string(),
+                WebhookTarget {
+                    url: url.trim().to_string(),
+                    headers: BTreeMap::new(),
+                    timeout_ms: None,
+                    retries: None,
+                },
+            );
+        }
+        for (name, t) in &webhook_targets {
+            t.check(name).map_err(|e| ConfigError::Invalid {
+                key: "webhook_targets",
+                message: e.to_string(),
+            })?;
+        }
+        let sf = file.smtp.unwrap_or_default();
+        let smtp_relay = args.smtp_relay.clone().or(sf.relay);
+        let smtp = match smtp_relay {
+            None => None,
+            Some(relay) => {
+                let from = args.smtp_from.clone().or(sf.from).ok_or(ConfigError::Invalid {
+                    key: "smtp_from",
+                    message: "an SMTP relay needs a sender (smtp_from)".into(),
+                })?;
+                let tls = args.smtp_tls.clone().or(sf.tls).unwrap_or_else(|| "none".into());
+                let tls: SmtpTls = tls.parse().map_err(|_| ConfigError::Invalid {
+                    key: "smtp_tls",
+                    message: format!("{tls:?} must be none, starttls or tls"),
+                })?;
+                Some(SmtpConfig {
+                    relay,
+                    from,
+                    tls,
+                    username: args.smtp_username.clone().or(sf.username),
+                    password: args.smtp_password.clone().or(sf.password),
+                    ca_file: args.smtp_ca_file.clone().or(sf.ca_file),
+                    timeout: Duration::from_millis(sf.timeout_ms.unwrap_or(10_000).clamp(100, 300_000)),
+                    hello_name: sf.hello_name.unwrap_or_else(|| "shoal".into()),
+                })
+            }
+        };
         Ok(Config {
+            stream_max_len: args
+                .stream_max_len
+                .or(file.stream_max_len)
+                .unwrap_or(1_000_000)
+                .max(1),
+            stream_queue: args.stream_queue.or(file.stream_queue).unwrap_or(100_000).max(1),
+            webhook_targets,
+            smtp,
+            rules: file.rules,
             anonymous_access,
             mqtts_client_auth_required,
             region: args
@@ -439,5 +559,64 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no_such_key"), "{e}");
+    }
+
+    #[test]
+    fn rules_webhook_targets_and_smtp_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(
+            &p,
+            r#"
+stream_max_len = 5000
+[webhook_targets.ops]
+url = "http://127.0.0.1:9/hook"
+headers = { x-team = "a" }
+retries = 1
+
+[smtp]
+relay = "127.0.0.1:2525"
+from = "alerts@example.com"
+tls = "starttls"
+
+[rules.r1]
+sql = "SELECT * FROM 'a/#'"
+[[rules.r1.actions]]
+stream = { streamName = "s", partitionKey = "${topic(2)}" }
+"#,
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(p.clone()),
+            webhook_targets: vec!["cli=http://127.0.0.1:9/x".into()],
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.stream_max_len, 5000);
+        assert_eq!(c.webhook_targets.len(), 2);
+        assert_eq!(c.webhook_targets["ops"].retries, Some(1));
+        let smtp = c.smtp.unwrap();
+        assert_eq!(smtp.tls, SmtpTls::StartTls);
+        assert_eq!(smtp.from, "alerts@example.com");
+        assert_eq!(c.rules["r1"].actions.len(), 1);
+        // Mistakes name their key.
+        args.webhook_targets = vec!["no-equals-sign".into()];
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("webhook_targets"), "{e}");
+        args.webhook_targets = vec!["x=https://example.com/".into()];
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("https"), "{e}");
+        args.webhook_targets = Vec::new();
+        args.smtp_tls = Some("ssl".into());
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("smtp_tls"), "{e}");
+        std::fs::write(&p, "[smtp]\nrelay = \"h:25\"\n").unwrap();
+        let e = Config::resolve(&ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("smtp_from"), "{e}");
     }
 }

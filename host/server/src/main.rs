@@ -5,6 +5,7 @@ mod cli;
 mod cli_identity;
 mod cli_plugin;
 mod cli_rule;
+mod cli_stream;
 mod config;
 mod plugin_watch;
 mod serve;
@@ -21,6 +22,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (MQTT on TCP and TLS, HTTP for health, metrics and the API).
@@ -88,6 +91,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_rule::RuleCmd,
     },
+    /// Streams written by `stream` rule actions: read by offset or through consumer groups.
+    Stream {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_stream::StreamCmd,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -110,6 +120,7 @@ fn main() -> ExitCode {
         Command::Policy { endpoint, cmd } => cli_identity::policy(&endpoint, cmd),
         Command::Plugin { endpoint, cmd } => cli_plugin::plugin(&endpoint, cmd),
         Command::Rule { endpoint, cmd } => cli_rule::rule(&endpoint, cmd),
+        Command::Stream { endpoint, cmd } => cli_stream::stream(&endpoint, cmd),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,

@@ -95,6 +95,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             workers: cfg.rules_workers,
             queue_capacity: cfg.rules_queue,
             archive_dir: Some(cfg.data_dir.join("archive")),
+            stream_max_len: cfg.stream_max_len,
+            stream_queue: cfg.stream_queue,
+            webhook_targets: cfg.webhook_targets.clone(),
+            smtp: cfg.smtp.clone(),
             ..EngineConfig::default()
         },
         Arc::new(FileRuleStore::new(cfg.data_dir.join("rules").join("rules.json"))),
@@ -102,10 +106,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             broker: broker.clone(),
             shadows: shadows.clone(),
             plugins: plugins.clone(),
+            streams: stores.streams.clone(),
             rt: rt.clone(),
         },
     )
     .context("starting the rules engine")?;
+    if !cfg.rules.is_empty() {
+        let (engine, configured) = (rules.clone(), cfg.rules.clone());
+        tokio::task::spawn_blocking(move || engine.apply_configured(&configured))
+            .await
+            .context("applying the configured rules")?
+            .context("a rule in the configuration file")?;
+        tracing::info!(
+            rules = cfg.rules.len(),
+            "rules from the configuration file applied"
+        );
+    }
 
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.mqtt_listen {

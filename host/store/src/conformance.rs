@@ -1,7 +1,7 @@
 //! The [`BrokerStore`] and [`ShadowStore`] contracts as executable checks: [`run_all`] for
 //! the broker store, [`run_shadow_suite`] (and [`shadow_concurrency`] for several nodes on one
 //! backend) for shadows, [`run_registry_suite`] (and [`registry_concurrency`]) for the thing
-//! registry.
+//! registry, [`run_stream_suite`] for streams.
 //!
 //! Every backend must behave exactly like [`MemoryStore`]; [`run_all`] drives a store through the
 //! cases that matter to the broker and, after every step, also compares the store's full
@@ -18,6 +18,7 @@ use shoal_things::shadow::ShadowStore;
 
 mod registry;
 mod shadows;
+mod streams;
 
 pub use registry::{
     RegistryConcurrencyStats, assert_memberships_consistent, registry_concurrency, run_registry_suite,
@@ -27,6 +28,7 @@ pub use shadows::{
     CONCURRENT_MUTATIONS, ConcurrencyStats, counter, delete, increment, key, run_shadow_suite,
     shadow_concurrency, update,
 };
+pub use streams::run_stream_suite;
 
 /// Runs every conformance check against `store`, which must start empty. Leaves it empty.
 ///

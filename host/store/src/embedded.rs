@@ -11,6 +11,8 @@
 //! * `retained`: `topic -> data`
 //! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`].
 //! * `registry_records`, `registry_index`: the thing registry, see [`crate::embedded_registry`].
+//! * `stream_entries`, `stream_meta`, `stream_groups`, `stream_pending`, `stream_consumers`:
+//!   streams, see [`crate::embedded_streams`].
 //!
 //! redb is blocking (file I/O, `fsync` on commit), so every call runs on tokio's blocking pool.
 
@@ -71,6 +73,7 @@ impl EmbeddedStore {
             txn.open_table(NAMED_SHADOWS)
                 .map_err(|e| redb_err("creating tables", e))?;
             embedded_registry::create_tables(&txn).map_err(|e| redb_err("creating tables", e))?;
+            crate::embedded_streams::create_tables(&txn).map_err(|e| redb_err("creating tables", e))?;
         }
         txn.commit().map_err(|e| redb_err("creating tables", e))?;
         let db = Arc::new(db);
@@ -96,6 +99,11 @@ impl EmbeddedStore {
     /// Plugins' key-value state in the same file (see [`crate::plugin_kv`]).
     pub fn plugin_kv(&self) -> crate::plugin_kv::EmbeddedPluginKv {
         crate::plugin_kv::EmbeddedPluginKv::new(Arc::clone(&self.db), Arc::clone(&self.path))
+    }
+
+    /// Streams in the same file (see [`crate::embedded_streams`]).
+    pub fn stream_store(&self) -> crate::embedded_streams::EmbeddedStreamStore {
+        crate::embedded_streams::EmbeddedStreamStore::new(Arc::clone(&self.db), Arc::clone(&self.path))
     }
 
     /// Identities in the same file (see [`crate::embedded_auth`]).

@@ -12,11 +12,14 @@
 //!   compare-and-set on a revision, see [`redis_shadows`]).
 //!
 //! The registry has the same two backends, [`EmbeddedRegistryStore`] and [`RedisRegistryStore`]
-//! (see [`embedded_registry`] and [`redis_registry`]).
+//! (see [`embedded_registry`] and [`redis_registry`]), and so do the rules' streams
+//! ([`StreamStore`]): [`EmbeddedStreamStore`] and [`RedisStreamStore`] (a Redis Stream per
+//! stream), with [`shoal_rules::stream::MemoryStreamStore`] as the reference.
 //!
-//! [`open`] picks a backend from the `--store` URL and returns all three stores on it.
-//! [`conformance::run_all`] and [`conformance::run_shadow_suite`] are the executable form of the
-//! contracts; the crate's tests run them against every backend.
+//! [`open`] picks a backend from the `--store` URL and returns all the stores on it.
+//! [`conformance::run_all`], [`conformance::run_shadow_suite`] and
+//! [`conformance::run_stream_suite`] are the executable form of the contracts; the crate's tests
+//! run them against every backend.
 #![deny(missing_docs)]
 
 use std::path::Path;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 
 pub use shoal_auth::store::AuthStore;
 pub use shoal_broker::store::{BrokerStore, StoreError};
+pub use shoal_rules::stream::StreamStore;
 use shoal_things::registry::MemoryRegistryStore;
 pub use shoal_things::registry::RegistryStore;
 use shoal_things::shadow::MemoryShadowStore;
@@ -34,18 +38,22 @@ pub mod embedded;
 pub mod embedded_auth;
 pub mod embedded_registry;
 pub mod embedded_shadows;
+pub mod embedded_streams;
 pub mod plugin_kv;
 pub mod redis_auth;
 pub mod redis_registry;
 pub mod redis_shadows;
 pub mod redis_store;
+pub mod redis_streams;
 
 pub use embedded::EmbeddedStore;
 pub use embedded_registry::EmbeddedRegistryStore;
 pub use embedded_shadows::EmbeddedShadowStore;
+pub use embedded_streams::EmbeddedStreamStore;
 pub use redis_registry::RedisRegistryStore;
 pub use redis_shadows::RedisShadowStore;
 pub use redis_store::RedisStore;
+pub use redis_streams::RedisStreamStore;
 
 /// File name of the embedded database inside the data directory, so operators know what to back
 /// up.
@@ -55,8 +63,8 @@ pub const EMBEDDED_FILE: &str = "shoal.redb";
 /// share one Redis by using different prefixes via [`RedisStore::connect`].
 pub const DEFAULT_REDIS_PREFIX: &str = "shoal";
 
-/// The stores [`open`] returns: the broker's, the shadows' and the registry's, on the same
-/// backend.
+/// The stores [`open`] returns: the broker's, the shadows', the registry's, identities, plugin
+/// state and streams, on the same backend.
 #[derive(Clone)]
 pub struct Stores {
     /// Sessions, queued messages and retained messages.
@@ -69,6 +77,8 @@ pub struct Stores {
     pub auth: Arc<dyn AuthStore>,
     /// Plugins' key-value state (`None` on the memory store: kept in memory only).
     pub plugin_kv: Option<Arc<dyn shoal_plugin_host::KvBackend>>,
+    /// Streams (the `stream` rule action's logs and their consumer groups).
+    pub streams: Arc<dyn StreamStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -79,6 +89,7 @@ impl std::fmt::Debug for Stores {
             .field("registry", &self.registry.kind())
             .field("auth", &self.auth.kind())
             .field("plugin_kv", &self.plugin_kv.as_ref().map(|k| k.kind()))
+            .field("streams", &self.streams.kind())
             .finish()
     }
 }
@@ -87,11 +98,11 @@ impl std::fmt::Debug for Stores {
 ///
 /// Accepted forms:
 /// * `embedded`: an [`EmbeddedStore`] at `data_dir/shoal.redb` (the directory is created) and
-///   its [`EmbeddedShadowStore`] in the same file.
-/// * `memory`: a [`shoal_broker::store::MemoryStore`] and a [`MemoryShadowStore`]; nothing
-///   survives a restart.
+///   its [`EmbeddedShadowStore`], [`EmbeddedStreamStore`], ... in the same file.
+/// * `memory`: a [`shoal_broker::store::MemoryStore`], a [`MemoryShadowStore`], a
+///   [`shoal_rules::stream::MemoryStreamStore`], ...; nothing survives a restart.
 /// * `redis://...` or `rediss://...`: a [`RedisStore`] with the prefix `shoal` and its
-///   [`RedisShadowStore`], on one connection.
+///   [`RedisShadowStore`], [`RedisStreamStore`], ..., on one connection.
 ///
 /// Anything else is rejected up front with the list of accepted forms, so a typo fails at start-up
 /// rather than silently selecting some default.
@@ -117,6 +128,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                         .map_err(|e| StoreError::Unavailable(e.to_string()))?,
                 ),
                 plugin_kv: Some(Arc::new(store.plugin_kv())),
+                streams: Arc::new(store.stream_store()),
                 broker: Arc::new(store),
             })
         }
@@ -130,6 +142,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 registry: Arc::new(MemoryRegistryStore::default()),
                 auth: Arc::new(shoal_auth::store::MemoryAuthStore::default()),
                 plugin_kv: None,
+                streams: Arc::new(shoal_rules::stream::MemoryStreamStore::new()),
             })
         }
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
@@ -139,6 +152,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 registry: Arc::new(store.registry_store()),
                 auth: Arc::new(store.auth_store()),
                 plugin_kv: Some(Arc::new(store.plugin_kv(tokio::runtime::Handle::current()))),
+                streams: Arc::new(store.stream_store()),
                 broker: Arc::new(store),
             })
         }

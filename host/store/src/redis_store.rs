@@ -9,6 +9,7 @@
 //! * `{prefix}:shadow:…`, `{prefix}:shadows:…`: device shadows, see [`crate::redis_shadows`].
 //! * `{prefix}:reg:…`, `{prefix}:regidx:…`, `{prefix}:reg-rev`: the thing registry, see
 //!   [`crate::redis_registry`].
+//! * `{prefix}:stream:{name}`, `{prefix}:streams`: streams, see [`crate::redis_streams`].
 //!
 //! A batch is one `MULTI`/`EXEC` pipeline: one round trip, applied atomically. Durability is
 //! whatever the Redis server is configured for (AOF `fsync` policy); `Ok` means Redis executed
@@ -190,6 +191,12 @@ impl RedisStore {
     /// the calling thread on `rt`.
     pub fn plugin_kv(&self, rt: tokio::runtime::Handle) -> crate::plugin_kv::RedisPluginKv {
         crate::plugin_kv::RedisPluginKv::with_connection(self.conn.clone(), &self.prefix, rt)
+    }
+
+    /// Streams in the same Redis, under the same prefix and on the same connection (see
+    /// [`crate::redis_streams`]).
+    pub fn stream_store(&self) -> crate::redis_streams::RedisStreamStore {
+        crate::redis_streams::RedisStreamStore::with_connection(self.conn.clone(), &self.prefix)
     }
 
     /// Identities in the same Redis (see [`crate::redis_auth`]).

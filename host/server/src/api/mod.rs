@@ -1,5 +1,5 @@
 //! The HTTP surface (axum): health, Prometheus metrics, the AWS IoT data plane, and the
-//! management API under `/api/v1` (identities, the thing registry, plugins, rules; the registry also answers on
+//! management API under `/api/v1` (identities, the thing registry, plugins, rules, streams; the registry also answers on
 //! AWS's control-plane paths).
 
 mod dataplane;
@@ -8,6 +8,7 @@ mod identity;
 mod plugins;
 mod registry;
 mod rules;
+mod streams;
 
 use std::sync::Arc;
 
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .merge(registry::routes())
         .merge(plugins::routes())
         .merge(rules::routes())
+        .merge(streams::routes())
         .with_state(state)
 }
 

@@ -577,6 +577,7 @@ mod tests {
                 broker: broker.clone(),
                 shadows: shadows.clone(),
                 plugins: plugins.clone(),
+                streams: stores.streams.clone(),
                 rt: rt.clone(),
             },
         )
