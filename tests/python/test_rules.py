@@ -884,3 +884,18 @@ def test_cli_errors_exit_non_zero_with_the_servers_message(shoal: Shoal, tmp_pat
     p = subprocess.run([shoal.binary, "rule", "list", "--endpoint", "http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and "cannot reach" in p.stderr, p.stderr
+
+
+def test_rules_live_in_redis_on_the_redis_store(make_shoal, redis_url: str):
+    """On the Redis store the rule set is kept in Redis: a node with a fresh data directory on the
+    same Redis starts with the rules another node saved, and runs them."""
+    first = make_shoal("--store", redis_url)
+    create(first, "shared", "SELECT * FROM 'shared/+'", republish("shared_out/${topic(2)}"))
+    first.close()
+    second = make_shoal("--store", redis_url)
+    assert second.data_dir != first.data_dir
+    assert ok(http(second, "GET", f"{RULES}/shared"))["topicRulePayload"]["sql"] == "SELECT * FROM 'shared/+'"
+    assert not (second.data_dir / "rules" / "rules.json").exists()
+    sub = subscriber(second, "shared_out/#")
+    second.client().publish("shared/x", b'{"a": 1}', qos=1)
+    assert sub.wait_message(10).topic == "shared_out/x"

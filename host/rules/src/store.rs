@@ -1,5 +1,6 @@
 //! Where rule definitions persist: the [`RuleStore`] seam and a JSON file in the data
-//! directory, replaced atomically on every change (rules are few and small).
+//! directory, replaced atomically on every change (rules are few and small). `shoal-store` has
+//! the Redis one (the same document under one key).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -48,6 +49,28 @@ impl FileRuleStore {
     }
 }
 
+/// The saved form of a rule set (`{"format": 1, "rules": [...]}`), shared by every store.
+pub fn encode_rules(rules: &[StoredRule]) -> Result<Vec<u8>, RuleError> {
+    serde_json::to_vec_pretty(&File {
+        format: 1,
+        rules: rules.to_vec(),
+    })
+    .map_err(|e| RuleError::Store(e.to_string()))
+}
+
+/// Reads what [`encode_rules`] wrote; `place` names where it came from in errors.
+pub fn decode_rules(bytes: &[u8], place: &str) -> Result<Vec<StoredRule>, RuleError> {
+    let file: File = serde_json::from_slice(bytes)
+        .map_err(|e| RuleError::Store(format!("{place}: not a valid rules document: {e}")))?;
+    if file.format != 1 {
+        return Err(RuleError::Store(format!(
+            "{place}: unknown format {}",
+            file.format
+        )));
+    }
+    Ok(file.rules)
+}
+
 impl RuleStore for FileRuleStore {
     fn load(&self) -> Result<Vec<StoredRule>, RuleError> {
         let bytes = match std::fs::read(&self.path) {
@@ -55,25 +78,12 @@ impl RuleStore for FileRuleStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(RuleError::Store(format!("{}: {e}", self.path.display()))),
         };
-        let file: File = serde_json::from_slice(&bytes)
-            .map_err(|e| RuleError::Store(format!("{}: not a valid rules file: {e}", self.path.display())))?;
-        if file.format != 1 {
-            return Err(RuleError::Store(format!(
-                "{}: unknown format {}",
-                self.path.display(),
-                file.format
-            )));
-        }
-        Ok(file.rules)
+        decode_rules(&bytes, &self.path.display().to_string())
     }
 
     fn save(&self, rules: &[StoredRule]) -> Result<(), RuleError> {
         let err = |e: std::io::Error| RuleError::Store(format!("{}: {e}", self.path.display()));
-        let json = serde_json::to_vec_pretty(&File {
-            format: 1,
-            rules: rules.to_vec(),
-        })
-        .map_err(|e| RuleError::Store(e.to_string()))?;
+        let json = encode_rules(rules)?;
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");

@@ -19,7 +19,7 @@ use shoal_plugin_host::{
     Clock, DurableKv, HostConfig, HostServices, KvBackend, MemoryKv, PluginHost, PluginKv, ShadowReader,
     SystemClock,
 };
-use shoal_rules::{EngineConfig, EngineDeps, FileRuleStore, RulesEngine};
+use shoal_rules::{EngineConfig, EngineDeps, RulesEngine};
 use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLimits};
 use shoal_things::shadow::{ShadowConfig, ShadowKey, ShadowName, ShadowService, ThingName};
 
@@ -90,27 +90,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     identity.set_broker(&broker);
     let shadows = ShadowService::start(stores.shadows, broker.clone(), ShadowConfig::default(), &rt);
     let (plugins, plugin_kv) = start_plugins(&cfg, stores.plugin_kv.clone(), &shadows, &rt).await?;
-    let rules = RulesEngine::start(
-        EngineConfig {
-            workers: cfg.rules_workers,
-            queue_capacity: cfg.rules_queue,
-            archive_dir: Some(cfg.data_dir.join("archive")),
-            stream_max_len: cfg.stream_max_len,
-            stream_queue: cfg.stream_queue,
-            webhook_targets: cfg.webhook_targets.clone(),
-            smtp: cfg.smtp.clone(),
-            ..EngineConfig::default()
-        },
-        Arc::new(FileRuleStore::new(cfg.data_dir.join("rules").join("rules.json"))),
-        EngineDeps {
-            broker: broker.clone(),
-            shadows: shadows.clone(),
-            plugins: plugins.clone(),
-            streams: stores.streams.clone(),
-            rt: rt.clone(),
-        },
-    )
-    .context("starting the rules engine")?;
+    let engine_cfg = EngineConfig {
+        workers: cfg.rules_workers,
+        queue_capacity: cfg.rules_queue,
+        archive_dir: Some(cfg.data_dir.join("archive")),
+        stream_max_len: cfg.stream_max_len,
+        stream_queue: cfg.stream_queue,
+        webhook_targets: cfg.webhook_targets.clone(),
+        smtp: cfg.smtp.clone(),
+        ..EngineConfig::default()
+    };
+    let engine_deps = EngineDeps {
+        broker: broker.clone(),
+        shadows: shadows.clone(),
+        plugins: plugins.clone(),
+        streams: stores.streams.clone(),
+        rt: rt.clone(),
+    };
+    // Loading the rules may wait on the store (Redis): off the executor threads.
+    let rule_store = stores.rules.clone();
+    let rules = tokio::task::spawn_blocking(move || RulesEngine::start(engine_cfg, rule_store, engine_deps))
+        .await
+        .context("starting the rules engine")?
+        .context("starting the rules engine")?;
     if !cfg.rules.is_empty() {
         let (engine, configured) = (rules.clone(), cfg.rules.clone());
         tokio::task::spawn_blocking(move || engine.apply_configured(&configured))

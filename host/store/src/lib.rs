@@ -42,6 +42,7 @@ pub mod embedded_streams;
 pub mod plugin_kv;
 pub mod redis_auth;
 pub mod redis_registry;
+pub mod redis_rules;
 pub mod redis_shadows;
 pub mod redis_store;
 pub mod redis_streams;
@@ -79,6 +80,9 @@ pub struct Stores {
     pub plugin_kv: Option<Arc<dyn shoal_plugin_host::KvBackend>>,
     /// Streams (the `stream` rule action's logs and their consumer groups).
     pub streams: Arc<dyn StreamStore>,
+    /// Rule definitions: in Redis on the Redis store, else a JSON file in the data directory
+    /// (`DATA/rules/rules.json`, kept on the memory store too).
+    pub rules: Arc<dyn shoal_rules::RuleStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -129,6 +133,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 ),
                 plugin_kv: Some(Arc::new(store.plugin_kv())),
                 streams: Arc::new(store.stream_store()),
+                rules: file_rules(data_dir),
                 broker: Arc::new(store),
             })
         }
@@ -143,6 +148,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 auth: Arc::new(shoal_auth::store::MemoryAuthStore::default()),
                 plugin_kv: None,
                 streams: Arc::new(shoal_rules::stream::MemoryStreamStore::new()),
+                rules: file_rules(data_dir),
             })
         }
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
@@ -153,6 +159,7 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
                 auth: Arc::new(store.auth_store()),
                 plugin_kv: Some(Arc::new(store.plugin_kv(tokio::runtime::Handle::current()))),
                 streams: Arc::new(store.stream_store()),
+                rules: Arc::new(store.rule_store(tokio::runtime::Handle::current())),
                 broker: Arc::new(store),
             })
         }
@@ -162,6 +169,12 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Stores, StoreError> {
             redact_url(other)
         ))),
     }
+}
+
+fn file_rules(data_dir: &Path) -> Arc<dyn shoal_rules::RuleStore> {
+    Arc::new(shoal_rules::FileRuleStore::new(
+        data_dir.join("rules").join("rules.json"),
+    ))
 }
 
 /// Hides the user-info part (`user:password@`) of a URL, so connection strings can go into logs

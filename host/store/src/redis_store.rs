@@ -10,6 +10,7 @@
 //! * `{prefix}:reg:…`, `{prefix}:regidx:…`, `{prefix}:reg-rev`: the thing registry, see
 //!   [`crate::redis_registry`].
 //! * `{prefix}:stream:{name}`, `{prefix}:streams`: streams, see [`crate::redis_streams`].
+//! * `{prefix}:rules`: the rule definitions (one JSON document), see [`crate::redis_rules`].
 //!
 //! A batch is one `MULTI`/`EXEC` pipeline: one round trip, applied atomically. Durability is
 //! whatever the Redis server is configured for (AOF `fsync` policy); `Ok` means Redis executed
@@ -191,6 +192,12 @@ impl RedisStore {
     /// the calling thread on `rt`.
     pub fn plugin_kv(&self, rt: tokio::runtime::Handle) -> crate::plugin_kv::RedisPluginKv {
         crate::plugin_kv::RedisPluginKv::with_connection(self.conn.clone(), &self.prefix, rt)
+    }
+
+    /// Rule definitions in the same Redis, under the same prefix and on the same connection
+    /// (see [`crate::redis_rules`]); its calls wait on `rt` and must come from outside it.
+    pub fn rule_store(&self, rt: tokio::runtime::Handle) -> crate::redis_rules::RedisRuleStore {
+        crate::redis_rules::RedisRuleStore::with_connection(self.conn.clone(), &self.prefix, rt)
     }
 
     /// Streams in the same Redis, under the same prefix and on the same connection (see
