@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -529,8 +530,8 @@ def test_a_hanging_or_refusing_webhook_runs_the_error_action_and_slows_nothing(s
 
 def test_webhook_definitions_are_checked(shoal: Shoal):
     for bad, want in [
-        (webhook("https://example.com/x"), "https"),
-        (webhook("ftp://x"), "not an http://"),
+        (webhook("https:///x"), "not an http(s)://"),
+        (webhook("ftp://x"), "not an http(s)://"),
         (webhook("http://h/x", timeoutMs=0), "timeoutMs"),
         (webhook("http://h/x", retries=11), "retries"),
         (webhook("http://h/x", body="${"), "body"),
@@ -899,3 +900,86 @@ def test_rules_live_in_redis_on_the_redis_store(make_shoal, redis_url: str):
     sub = subscriber(second, "shared_out/#")
     second.client().publish("shared/x", b'{"a": 1}', qos=1)
     assert sub.wait_message(10).topic == "shared_out/x"
+
+
+def test_rules_see_shadow_responses_but_not_the_answers_to_their_own_updates(shoal: Shoal):
+    """As on AWS, a rule may watch `/update/delta` and `/update/documents`. A rule that answers an
+    accepted update with a shadow update of its own does not see that update's answers (no loop)."""
+    create(shoal, "on_delta", "SELECT state, topic(3) AS thing, clientid() AS who FROM '$aws/things/+/shadow/update/delta'",
+           republish("deltas/${topic(3)}"))
+    create(shoal, "echo_back", "SELECT VALUE {'state': {'reported': {'mirrored': state.reported.temp}}} "
+           "FROM '$aws/things/+/shadow/update/accepted' WHERE NOT isUndefined(state.reported.temp)",
+           {"shadow": {"thingName": "${topic(3)}"}})
+    deltas = subscriber(shoal, "deltas/#")
+    dev = shoal.client(client_id="truck-9")
+    dev.publish("$aws/things/truck9/shadow/update", json.dumps({"state": {"desired": {"setpoint": -20}}}), qos=1)
+    doc = body(deltas.wait_message(10))
+    assert doc["state"] == {"setpoint": -20} and doc["thing"] == "truck9" and doc["who"] == "truck-9", doc
+    # The accepted report is mirrored into the same shadow once: the answer to the rule's own
+    # update is not seen by the rule (matched stays 2: the desired update and the report).
+    dev.publish("$aws/things/truck9/shadow/update", json.dumps({"state": {"reported": {"temp": -18}}}), qos=1)
+    wait_stats(shoal, "echo_back", selected=1, actionsOk=1)
+    time.sleep(QUIET)
+    assert stats(shoal, "echo_back")["matched"] == 2, stats(shoal, "echo_back")
+    doc = ok(http(shoal, "GET", "/things/truck9/shadow"))
+    assert doc["state"]["reported"] == {"temp": -18, "mirrored": -18} and doc["version"] == 3, doc
+
+
+def _tls_receiver(tmp_path):
+    """An HTTPS receiver with a certificate for 127.0.0.1 signed by a throw-away CA (openssl)."""
+    import http.server
+    import ssl
+    import threading
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr")
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext.cnf", "-out", "srv.pem")
+    got: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            got.append(self.rfile.read(int(self.headers.get("content-length", 0))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"https://127.0.0.1:{server.server_address[1]}", tmp_path / "ca.pem", got
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+def test_https_webhooks_check_the_target_certificate(make_shoal, tmp_path):
+    server, url, ca, got = _tls_receiver(tmp_path)
+    try:
+        trusted = make_shoal("--webhook-ca-file", str(ca))
+        create(trusted, "tls_hook", "SELECT * FROM 'tls/+'", webhook(url + "/ok"))
+        trusted.client().publish("tls/a", b'{"n": 1}', qos=1)
+        deadline = time.time() + 10
+        while not got and time.time() < deadline:
+            time.sleep(0.05)
+        assert got == [b'{"n":1}'], got
+        # A server that does not trust the CA refuses the target at once (no retries) and says why.
+        strict = make_shoal()
+        create(strict, "tls_hook", "SELECT * FROM 'tls/+'", webhook(url + "/ok", retries=3),
+               error=republish("tls_errors"))
+        errors = subscriber(strict, "tls_errors")
+        strict.client().publish("tls/b", b'{"n": 2}', qos=1)
+        f = body(errors.wait_message(10))["failures"][0]
+        assert "certificate" in f["errorMessage"].lower() and "1 attempt" in f["errorMessage"], f
+        assert got == [b'{"n":1}']
+    finally:
+        server.shutdown()

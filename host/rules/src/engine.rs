@@ -18,9 +18,12 @@
 //! What the engine publishes (republish, plugin publishes, alerts) passes through the other
 //! hooks (so a republish to a shadow topic updates the shadow) but not the rules again, so a
 //! rule cannot loop on its own output; this departs from AWS, where republished messages are
-//! matched again. Shadow responses (`/accepted`, `/documents`, `/delta`) are published by the
-//! shadow service without an origin and are not seen by rules either. A publish to `$aws/rules/{rule}/...` (Basic Ingest) goes to that rule only,
-//! with `topic()` seeing the part after the prefix, and is not delivered to subscribers.
+//! matched again. Shadow responses (`/accepted`, `/rejected`, `/documents`, `/delta`) are seen
+//! as on AWS, with `clientid()` the requester's, except the answers to the engine's own shadow
+//! updates (shadow actions, plugin shadow-updates, republishes to shadow topics), so a rule
+//! cannot loop through a shadow either. A publish to `$aws/rules/{rule}/...` (Basic Ingest)
+//! goes to that rule only, with `topic()` seeing the part after the prefix, and is not
+//! delivered to subscribers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,6 +73,8 @@ pub struct EngineConfig {
     pub archive_queue: usize,
     /// Webhook requests that may wait for a free slot before new ones are dropped.
     pub webhook_queue: usize,
+    /// PEM roots https webhook targets are checked against (default: the system's bundle).
+    pub webhook_ca_file: Option<std::path::PathBuf>,
     /// Stream records that may wait for the writer before new ones are dropped.
     pub stream_queue: usize,
     /// Records each stream keeps (older ones are trimmed).
@@ -86,7 +91,7 @@ pub struct EngineConfig {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookTarget {
-    /// `http://host[:port]/path`.
+    /// `http://host[:port]/path` or `https://...`.
     pub url: String,
     /// Extra request headers (`content-type` defaults to `application/json`).
     #[serde(default)]
@@ -125,6 +130,7 @@ impl Default for EngineConfig {
             archive_dir: None,
             archive_queue: 100_000,
             webhook_queue: 10_000,
+            webhook_ca_file: None,
             stream_queue: 100_000,
             stream_max_len: 1_000_000,
             webhook_targets: BTreeMap::new(),
@@ -224,45 +230,123 @@ impl Live {
 
 type RuleSet = BTreeMap<RuleName, Arc<Live>>;
 
-/// The enabled rules by the first level of their FROM filter, so a message is matched only
-/// against the rules that can match its topic's first level (plus those whose filter starts
-/// with a wildcard), not against every rule.
+/// FNV-1a, for the index's short keys (the first topic level): a message's lookup costs less
+/// than with SipHash, and the keys are the operator's filters, not attacker-chosen at will.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Enabled rules that share one FROM filter: the filter is matched once for all of them, and
+/// a message they take carries one reference to the whole group.
+struct Group {
+    filter: shoal_broker::topic::TopicFilter,
+    rules: Arc<[Arc<Live>]>,
+}
+
+/// The enabled rules by the first level of their FROM filter, grouped by filter, so a message
+/// is matched only against the filters that can match its topic's first level (plus those that
+/// start with a wildcard), once per distinct filter, not once per rule.
 #[derive(Default)]
 struct Index {
-    by_first: std::collections::HashMap<String, Vec<Arc<Live>>>,
-    wildcard_first: Vec<Arc<Live>>,
+    by_first: std::collections::HashMap<Box<str>, Vec<Group>, std::hash::BuildHasherDefault<Fnv>>,
+    wildcard_first: Vec<Group>,
+}
+
+/// The rules a message goes to: usually one group, shared; several groups are flattened.
+#[derive(Clone)]
+enum Matched {
+    One(Arc<[Arc<Live>]>),
+    Many(Vec<Arc<Live>>),
+}
+
+impl Matched {
+    fn rules(&self) -> &[Arc<Live>] {
+        match self {
+            Matched::One(g) => g,
+            Matched::Many(v) => v,
+        }
+    }
+}
+
+/// The first level of a topic or filter.
+fn first_level(s: &str) -> &str {
+    match s.bytes().position(|b| b == b'/') {
+        Some(i) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
 }
 
 impl Index {
     fn build(set: &RuleSet) -> Index {
-        let mut index = Index::default();
+        let mut by_filter: BTreeMap<&str, (shoal_broker::topic::TopicFilter, Vec<Arc<Live>>)> =
+            BTreeMap::new();
         for live in set.values().filter(|l| l.rule.enabled()) {
-            let filter = live.rule.sql.topic_filter().map_or("", |f| f.filter());
-            let first = filter.split('/').next().unwrap_or_default();
+            let Some(filter) = live.rule.sql.topic_filter() else {
+                continue;
+            };
+            by_filter
+                .entry(filter.filter())
+                .or_insert_with(|| (filter.clone(), Vec::new()))
+                .1
+                .push(live.clone());
+        }
+        let mut index = Index::default();
+        for (text, (filter, rules)) in by_filter {
+            let group = Group {
+                filter,
+                rules: rules.into(),
+            };
+            let first = first_level(text);
             if first == "+" || first == "#" {
-                index.wildcard_first.push(live.clone());
+                index.wildcard_first.push(group);
             } else {
-                index
-                    .by_first
-                    .entry(first.to_string())
-                    .or_default()
-                    .push(live.clone());
+                index.by_first.entry(first.into()).or_default().push(group);
             }
         }
         index
     }
 
-    /// The enabled rules whose FROM filter matches `topic`.
-    fn matching(&self, topic: &Topic) -> Vec<Arc<Live>> {
-        let first = topic.as_str().split('/').next().unwrap_or_default();
-        self.by_first
-            .get(first)
+    /// The enabled rules whose FROM filter matches `topic`, `None` when there are none.
+    fn matching(&self, topic: &Topic) -> Option<Matched> {
+        let groups = self
+            .by_first
+            .get(first_level(topic.as_str()))
             .into_iter()
             .flatten()
             .chain(&self.wildcard_first)
-            .filter(|l| l.rule.sql.matches(topic))
-            .cloned()
-            .collect()
+            .filter(|g| g.filter.matches(topic));
+        let mut found: Option<Matched> = None;
+        for g in groups {
+            found = Some(match found {
+                None => Matched::One(g.rules.clone()),
+                Some(Matched::One(first)) => {
+                    Matched::Many(first.iter().chain(g.rules.iter()).cloned().collect())
+                }
+                Some(Matched::Many(mut v)) => {
+                    v.extend(g.rules.iter().cloned());
+                    Matched::Many(v)
+                }
+            });
+        }
+        found
     }
 }
 
@@ -277,7 +361,7 @@ struct Job {
     client_id: ClientId,
     principal: Arc<str>,
     thing: Option<String>,
-    rules: Vec<Arc<Live>>,
+    rules: Matched,
 }
 
 impl Job {
@@ -303,7 +387,7 @@ impl Job {
             client_id: self.client_id.clone(),
             principal: self.principal.clone(),
             thing: self.thing.clone(),
-            rules: Vec::new(),
+            rules: Matched::Many(Vec::new()),
         }
     }
 }
@@ -405,7 +489,8 @@ impl RulesEngine {
         let engine = RulesEngine {
             inner: Arc::new(Inner {
                 archive,
-                webhooks: Webhooks::start(&deps.rt, config.webhook_queue),
+                webhooks: Webhooks::start(&deps.rt, config.webhook_queue, config.webhook_ca_file.as_deref())
+                    .map_err(RuleError::Invalid)?,
                 webhook_targets,
                 streams: StreamSink::start(
                     &deps.rt,
@@ -698,7 +783,7 @@ impl MessageHook for Hook {
             return HookOutcome::Continue;
         }
         let topic = msg.topic.as_str();
-        let (skip, matched, outcome): (usize, Vec<Arc<Live>>, HookOutcome) =
+        let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
                 let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
                 let live = RuleName::parse(rule)
@@ -706,7 +791,11 @@ impl MessageHook for Hook {
                     .and_then(|n| inner.rules.load().get(&n).cloned())
                     .filter(|l| l.rule.enabled());
                 match live {
-                    Some(l) => (topic.len() - sub.len(), vec![l], HookOutcome::Consumed),
+                    Some(l) => (
+                        topic.len() - sub.len(),
+                        Some(Matched::Many(vec![l])),
+                        HookOutcome::Consumed,
+                    ),
                     None => {
                         inner.counters.ingest_unknown.fetch_add(1, Relaxed);
                         tracing::debug!(%topic, "Basic Ingest publish names no enabled rule; dropped");
@@ -716,9 +805,9 @@ impl MessageHook for Hook {
             } else {
                 (0, inner.index.load().matching(&msg.topic), HookOutcome::Continue)
             };
-        if matched.is_empty() {
+        let Some(matched) = matched else {
             return outcome;
-        }
+        };
         let job = Job {
             msg: msg.clone(),
             skip,
@@ -790,7 +879,7 @@ fn worker(inner: Arc<Inner>, rx: Receiver<Job>) {
     while let Ok(job) = rx.recv() {
         let services = SqlServices { deps: &inner.deps };
         let ctx = job.ctx(&services);
-        for live in &job.rules {
+        for live in job.rules.rules() {
             run_rule(&inner, live, &job, &ctx);
         }
     }
@@ -1085,10 +1174,12 @@ fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) 
     let key = shadow_key(thing, shadow)?;
     let shadows = inner.deps.shadows.clone();
     let body = body.to_vec();
-    let result = inner
-        .deps
-        .rt
-        .block_on(async move { tokio::time::timeout(SHADOW_TIMEOUT, shadows.update(&key, &body)).await });
+    // The responses carry the engine's origin, so rules do not see the answers to their own
+    // updates (no loop through a shadow).
+    let requester = inner.own_id.clone();
+    let result = inner.deps.rt.block_on(async move {
+        tokio::time::timeout(SHADOW_TIMEOUT, shadows.update_as(&key, &body, Some(&requester))).await
+    });
     match result {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(r)) => Err(format!("shadow update rejected: {}", r.error)),
@@ -1269,6 +1360,9 @@ mod tests {
             ("alerts", "+/+/alerts", false),
             ("off", "site7/#", true),
             ("shadows", "$aws/things/+/shadow/update", false),
+            // Rules sharing a filter are matched as one group.
+            ("twin", "site7/+/telemetry", false),
+            ("twin_off", "site7/+/telemetry", true),
         ] {
             let l = live(name, from, disabled);
             set.insert(l.rule.name.clone(), l);
@@ -1280,8 +1374,9 @@ mod tests {
         Topic::parse(t.to_string(), &shoal_broker::topic::TopicLimits::default()).unwrap()
     }
 
-    fn names(v: Vec<Arc<Live>>) -> Vec<String> {
-        let mut n: Vec<String> = v.iter().map(|l| l.rule.name.to_string()).collect();
+    fn names(v: Option<Matched>) -> Vec<String> {
+        let rules = v.map(|m| m.rules().to_vec()).unwrap_or_default();
+        let mut n: Vec<String> = rules.iter().map(|l| l.rule.name.to_string()).collect();
         n.sort();
         n
     }
@@ -1305,11 +1400,12 @@ mod tests {
                 .filter(|l| l.rule.enabled() && l.rule.sql.matches(&t))
                 .cloned()
                 .collect();
+            let linear = (!linear.is_empty()).then_some(Matched::Many(linear));
             assert_eq!(names(index.matching(&t)), names(linear), "{}", t.as_str());
         }
         assert_eq!(
             names(index.matching(&topic("site7/a/telemetry"))),
-            ["everything", "site7"]
+            ["everything", "site7", "twin"]
         );
         assert_eq!(
             names(index.matching(&topic("$aws/things/t1/shadow/update"))),
@@ -1339,7 +1435,7 @@ mod tests {
                 found,
             )
         };
-        let (indexed, a) = timed(&|t| index.matching(t).len());
+        let (indexed, a) = timed(&|t| index.matching(t).map_or(0, |m| m.rules().len()));
         let (linear, b) = timed(&|t| {
             set.values()
                 .filter(|l| l.rule.enabled() && l.rule.sql.matches(t))

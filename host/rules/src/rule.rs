@@ -169,7 +169,7 @@ pub struct ArchiveSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// `http://host[:port]/path` (TLS targets are not supported yet).
+    /// `http://host[:port]/path` or `https://...` (checked against the webhook CA roots).
     pub url: String,
     /// Extra request headers (`content-type` defaults to `application/json`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -324,15 +324,16 @@ pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, Ru
         }
         ActionSpec::Webhook(w) => {
             let bad = |m: String| Err(RuleError::Invalid(format!("{at}.webhook.{m}")));
-            if w.url.starts_with("https://") {
-                return bad(format!("url {:?}: https targets are not supported yet", w.url));
-            }
             let host_ok = w
                 .url
                 .strip_prefix("http://")
+                .or_else(|| w.url.strip_prefix("https://"))
                 .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
             if !host_ok {
-                return bad(format!("url {:?} is not an http://host[:port]/path URL", w.url));
+                return bad(format!(
+                    "url {:?} is not an http(s)://host[:port]/path URL",
+                    w.url
+                ));
             }
             let timeout_ms = w.timeout_ms.unwrap_or(5000);
             if !(1..=60_000).contains(&timeout_ms) {

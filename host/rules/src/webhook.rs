@@ -39,13 +39,48 @@ pub(crate) struct Webhooks {
     pub counters: Arc<WebhookCounters>,
 }
 
+/// The client: https targets are checked against the roots in `ca_file` (PEM), else the
+/// system's bundle ([`crate::email::DEFAULT_CA_FILE`]) when it exists.
+fn client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    let default = std::path::Path::new(crate::email::DEFAULT_CA_FILE);
+    let path = match ca_file {
+        Some(p) => Some(p),
+        None => default.exists().then_some(default),
+    };
+    if let Some(path) = path {
+        let pem = std::fs::read(path).map_err(|e| format!("webhook CA file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("webhook CA file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "webhook CA file {}: no certificate in it",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the webhook client: {e}"))
+}
+
 impl Webhooks {
-    pub(crate) fn start(rt: &tokio::runtime::Handle, capacity: usize) -> Webhooks {
+    /// Starts the sender; `ca_file` holds the roots https targets are checked against.
+    pub(crate) fn start(
+        rt: &tokio::runtime::Handle,
+        capacity: usize,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Webhooks, String> {
+        let client = client(ca_file)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Request>(capacity.max(1));
         let counters = Arc::new(WebhookCounters::default());
         let c = counters.clone();
         rt.spawn(async move {
-            let client = reqwest::Client::new();
             let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
             while let Some(req) = rx.recv().await {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -58,7 +93,7 @@ impl Webhooks {
                 });
             }
         });
-        Webhooks { tx, counters }
+        Ok(Webhooks { tx, counters })
     }
 
     /// Queues a request; `Err` when the queue is full (dropped and counted).
@@ -98,7 +133,9 @@ async fn send(client: &reqwest::Client, req: Request, c: &WebhookCounters) {
             Err(e) if e.is_timeout() => {
                 format!("{}: no answer within {} ms", req.url, req.timeout.as_millis())
             }
-            Err(e) => format!("{}: {e}", req.url),
+            // A certificate the roots do not vouch for will not improve by asking again.
+            Err(e) if is_tls_error(&e) => break format!("{}: {}", req.url, chain(&e)),
+            Err(e) => format!("{}: {}", req.url, chain(&e)),
         };
         if attempt >= req.retries {
             break error;
@@ -111,4 +148,21 @@ async fn send(client: &reqwest::Client, req: Request, c: &WebhookCounters) {
     c.failed.fetch_add(1, Relaxed);
     let attempts = attempt + 1;
     (req.on_failure)(format!("{error} (after {attempts} attempt(s))"));
+}
+
+/// The error and its causes, so a TLS failure says which certificate check failed.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+fn is_tls_error(e: &reqwest::Error) -> bool {
+    let text = chain(e).to_lowercase();
+    text.contains("certificate") || text.contains("tls handshake") || text.contains("invalid peer")
 }

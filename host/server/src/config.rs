@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// `[webhook_targets.NAME]` in the file takes headers, timeout_ms and retries too).
     #[arg(long = "webhook-target", env = "SHOAL_WEBHOOK_TARGETS", value_delimiter = ',')]
     pub webhook_targets: Vec<String>,
+    /// PEM file of the CAs https webhook targets are checked against (default: the system's).
+    #[arg(long, env = "SHOAL_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// SMTP relay for `email` actions, `host:port`.
     #[arg(long, env = "SHOAL_SMTP_RELAY")]
     pub smtp_relay: Option<String>,
@@ -172,6 +175,7 @@ struct FileConfig {
     stream_max_len: Option<u64>,
     stream_queue: Option<usize>,
     webhook_targets: BTreeMap<String, WebhookTarget>,
+    webhook_ca_file: Option<PathBuf>,
     smtp: Option<SmtpFile>,
     /// Rules the file defines (created or replaced at start).
     rules: BTreeMap<String, TopicRulePayload>,
@@ -233,6 +237,8 @@ pub struct Config {
     pub stream_queue: usize,
     /// Webhook targets plugins call by name.
     pub webhook_targets: BTreeMap<String, WebhookTarget>,
+    /// Roots for https webhooks.
+    pub webhook_ca_file: Option<PathBuf>,
     /// The relay for `email` actions, when configured.
     pub smtp: Option<SmtpConfig>,
     /// Rules from the configuration file, created or replaced at start.
@@ -447,6 +453,7 @@ impl Config {
                 .max(1),
             stream_queue: args.stream_queue.or(file.stream_queue).unwrap_or(100_000).max(1),
             webhook_targets,
+            webhook_ca_file: args.webhook_ca_file.clone().or(file.webhook_ca_file),
             smtp,
             rules: file.rules,
             anonymous_access,
@@ -603,9 +610,9 @@ stream = { streamName = "s", partitionKey = "${topic(2)}" }
         args.webhook_targets = vec!["no-equals-sign".into()];
         let e = Config::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("webhook_targets"), "{e}");
-        args.webhook_targets = vec!["x=https://example.com/".into()];
+        args.webhook_targets = vec!["x=ftp://example.com/".into()];
         let e = Config::resolve(&args).unwrap_err().to_string();
-        assert!(e.contains("https"), "{e}");
+        assert!(e.contains("http(s)://"), "{e}");
         args.webhook_targets = Vec::new();
         args.smtp_tls = Some("ssl".into());
         let e = Config::resolve(&args).unwrap_err().to_string();

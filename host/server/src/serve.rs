@@ -97,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stream_max_len: cfg.stream_max_len,
         stream_queue: cfg.stream_queue,
         webhook_targets: cfg.webhook_targets.clone(),
+        webhook_ca_file: cfg.webhook_ca_file.clone(),
         smtp: cfg.smtp.clone(),
         ..EngineConfig::default()
     };

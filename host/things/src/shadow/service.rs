@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use shoal_broker::Broker;
+use shoal_broker::auth::Principal;
 use shoal_broker::hook::{HookOutcome, MessageHook, Origin};
 use shoal_broker::message::{ClientId, Message, QoS};
 use shoal_broker::topic::{Topic, TopicLimits};
@@ -110,6 +111,10 @@ pub struct ShadowService {
     cfg: ShadowConfig,
     shards: Vec<mpsc::Sender<Job>>,
     inflight: Mutex<HashMap<ClientId, usize>>,
+    /// The origin of responses to requests with no requester (HTTP): hooks (the rules engine)
+    /// see every response, attributed to the requester's client id when there is one.
+    service_id: ClientId,
+    principal: Principal,
 }
 
 impl std::fmt::Debug for ShadowService {
@@ -141,6 +146,12 @@ impl ShadowService {
             cfg,
             shards: senders,
             inflight: Mutex::new(HashMap::new()),
+            service_id: ClientId::generate(),
+            principal: Principal {
+                id: Arc::from("shadow-service"),
+                attributes: Default::default(),
+                grants: None,
+            },
         });
         for rx in receivers {
             rt.spawn(worker(Arc::downgrade(&svc), rx));
@@ -156,8 +167,17 @@ impl ShadowService {
         self.store.kind()
     }
 
-    /// Publishes a service message (responses go out at QoS 1, downgraded per subscription).
+    /// Publishes a service message (responses go out at QoS 1, downgraded per subscription)
+    /// with the service as its origin.
     fn publish(&self, topic: &str, payload: &Value) {
+        self.publish_as(topic, payload, None);
+    }
+
+    /// Publishes a service message in answer to `requester` (the service itself when `None`).
+    /// Hooks see it with that client id as its origin: rules may watch `/update/accepted`,
+    /// `/update/delta` and `/update/documents` as on AWS, and the rules engine skips the
+    /// answers to its own requests, so a rule cannot loop through a shadow.
+    fn publish_as(&self, topic: &str, payload: &Value, requester: Option<&ClientId>) {
         let unlimited = TopicLimits {
             max_length: usize::MAX,
             max_levels: usize::MAX,
@@ -165,8 +185,14 @@ impl ShadowService {
         match Topic::parse(topic.to_owned(), &unlimited) {
             Ok(t) => {
                 let body = serde_json::to_vec(payload).unwrap_or_default();
-                self.broker
-                    .publish(Message::new(t, body.into(), QoS::AtLeastOnce, false), None);
+                let origin = Origin {
+                    client_id: requester.unwrap_or(&self.service_id),
+                    principal: &self.principal,
+                };
+                self.broker.publish(
+                    Message::new(t, body.into(), QoS::AtLeastOnce, false),
+                    Some(origin),
+                );
             }
             Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a shadow response"),
         }
@@ -175,6 +201,17 @@ impl ShadowService {
     /// Update (`POST /things/{thing}/shadow`, `…/update`): the `/update/accepted` payload.
     /// Accepted, delta and documents messages are published for every caller.
     pub async fn update(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
+        self.update_as(key, body, None).await
+    }
+
+    /// [`ShadowService::update`] on behalf of `requester`, whose client id the published
+    /// responses carry as their origin (see [`ShadowService::publish_as`]).
+    pub async fn update_as(
+        &self,
+        key: &ShadowKey,
+        body: &[u8],
+        requester: Option<&ClientId>,
+    ) -> Result<Value, Rejection> {
         let limits = self.cfg.limits;
         let req = UpdateRequest::parse(body, &limits).map_err(|r| Rejection::new(r.error, r.client_token))?;
         let token = req.client_token().map(str::to_owned);
@@ -194,16 +231,22 @@ impl ShadowService {
                     return Err(Rejection::new(ShadowError::internal(), token));
                 };
                 let (thing, shadow) = (&key.thing, key.shadow.as_ref());
-                self.publish(
+                self.publish_as(
                     &response_topic(thing, shadow, ShadowResponse::UpdateAccepted),
                     &o.accepted,
+                    requester,
                 );
                 if let Some(delta) = &o.delta {
-                    self.publish(&response_topic(thing, shadow, ShadowResponse::UpdateDelta), delta);
+                    self.publish_as(
+                        &response_topic(thing, shadow, ShadowResponse::UpdateDelta),
+                        delta,
+                        requester,
+                    );
                 }
-                self.publish(
+                self.publish_as(
                     &response_topic(thing, shadow, ShadowResponse::UpdateDocuments),
                     &o.documents,
+                    requester,
                 );
                 Ok(o.accepted)
             }
@@ -230,6 +273,16 @@ impl ShadowService {
 
     /// Delete (`DELETE /things/{thing}/shadow`, `…/delete`): `{"version","timestamp"}`.
     pub async fn delete(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
+        self.delete_as(key, body, None).await
+    }
+
+    /// [`ShadowService::delete`] on behalf of `requester` (see [`ShadowService::update_as`]).
+    pub async fn delete_as(
+        &self,
+        key: &ShadowKey,
+        body: &[u8],
+        requester: Option<&ClientId>,
+    ) -> Result<Value, Rejection> {
         let token = request_client_token(body, &self.cfg.limits);
         let now = now_secs();
         let (thing, shadow) = (key.thing.clone(), key.shadow.clone());
@@ -245,7 +298,7 @@ impl ShadowService {
             Ok(Mutated::Applied { .. }) => {
                 let accepted = slot.lock().take().unwrap_or(Value::Null);
                 let topic = response_topic(&key.thing, key.shadow.as_ref(), ShadowResponse::DeleteAccepted);
-                self.publish(&topic, &accepted);
+                self.publish_as(&topic, &accepted, requester);
                 Ok(accepted)
             }
             Ok(Mutated::Rejected(e)) => Err(Rejection::new(e, token)),
@@ -285,18 +338,25 @@ impl ShadowService {
         let result = match job.topic.op {
             ShadowOp::Get => self.get(&key, &job.payload).await.map(Some),
             // Update and delete publish their own accepted messages.
-            ShadowOp::Update => self.update(&key, &job.payload).await.map(|_| None),
-            ShadowOp::Delete => self.delete(&key, &job.payload).await.map(|_| None),
+            ShadowOp::Update => self
+                .update_as(&key, &job.payload, Some(&job.client_id))
+                .await
+                .map(|_| None),
+            ShadowOp::Delete => self
+                .delete_as(&key, &job.payload, Some(&job.client_id))
+                .await
+                .map(|_| None),
         };
         match result {
             Ok(Some(doc)) => {
-                self.publish(
+                self.publish_as(
                     &response_topic(&key.thing, key.shadow.as_ref(), job.topic.op.accepted()),
                     &doc,
+                    Some(&job.client_id),
                 );
             }
             Ok(None) => {}
-            Err(r) => self.publish(&job.topic.rejected_topic(), &r.payload()),
+            Err(r) => self.publish_as(&job.topic.rejected_topic(), &r.payload(), Some(&job.client_id)),
         }
         self.done(&job.client_id);
     }
