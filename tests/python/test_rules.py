@@ -983,3 +983,81 @@ def test_https_webhooks_check_the_target_certificate(make_shoal, tmp_path):
         assert got == [b'{"n":1}']
     finally:
         server.shutdown()
+
+
+def test_boto3_iot_topic_rules(shoal: Shoal):
+    """AWS's control-plane paths for topic rules, through boto3's `iot` client (the botocore
+    model's paths, verbs and shapes): create, get, list (with its filters and paging), replace,
+    disable/enable, delete; AWS's `kinesis` and `http` action shapes run as Shoal's stream and
+    webhook; errors as AWS names them."""
+    boto3 = pytest.importorskip("boto3")
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    iot = boto3.client("iot", endpoint_url=f"http://{shoal.host}:{shoal.http_port}", region_name="us-east-1",
+                       aws_access_key_id="x", aws_secret_access_key="y",
+                       config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15))
+    iot.create_topic_rule(ruleName="aws_alerts", topicRulePayload={
+        "sql": "SELECT temp, topic(2) AS truck FROM 'fleet/+/telemetry' WHERE temp > -15",
+        "description": "too warm",
+        "awsIotSqlVersion": "2016-03-23",
+        "ruleDisabled": False,
+        "actions": [{"republish": {"topic": "alerts/${topic(2)}", "qos": 1, "roleArn": "arn:aws:iam::1:role/r"}},
+                    {"kinesis": {"streamName": "warm", "partitionKey": "${topic(2)}", "roleArn": "arn:aws:iam::1:role/r"}}],
+        "errorAction": {"republish": {"topic": "rule_errors", "roleArn": "arn:aws:iam::1:role/r"}},
+    })
+    iot.create_topic_rule(ruleName="aws_http", topicRulePayload={
+        "sql": "SELECT * FROM 'door/#'", "ruleDisabled": True,
+        "actions": [{"http": {"url": "http://127.0.0.1:9/hook", "headers": [{"key": "x-a", "value": "1"}]}}]})
+    got = iot.get_topic_rule(ruleName="aws_alerts")
+    assert got["ruleArn"] == "arn:aws:iot:us-east-1:000000000000:rule/aws_alerts"
+    rule = got["rule"]
+    assert rule["ruleName"] == "aws_alerts" and rule["description"] == "too warm" and not rule["ruleDisabled"]
+    assert rule["actions"][0]["republish"]["topic"] == "alerts/${topic(2)}"
+    assert rule["actions"][1] == {"kinesis": {"streamName": "warm", "partitionKey": "${topic(2)}",
+                                              "roleArn": "arn:aws:iam::1:role/r"}}, rule["actions"]
+    assert abs(rule["createdAt"].timestamp() - time.time()) < 60
+    listed = iot.list_topic_rules()["rules"]
+    assert [(r["ruleName"], r["topicPattern"], r["ruleDisabled"]) for r in listed] == [
+        ("aws_alerts", "fleet/+/telemetry", False), ("aws_http", "door/#", True)]
+    assert [r["ruleName"] for r in iot.list_topic_rules(topic="fleet/t1/telemetry")["rules"]] == ["aws_alerts"]
+    assert [r["ruleName"] for r in iot.list_topic_rules(ruleDisabled=True)["rules"]] == ["aws_http"]
+    page = iot.list_topic_rules(maxResults=1)
+    assert [r["ruleName"] for r in page["rules"]] == ["aws_alerts"] and page["nextToken"] == "aws_alerts"
+    assert [r["ruleName"] for r in iot.list_topic_rules(maxResults=1, nextToken=page["nextToken"])["rules"]] == ["aws_http"]
+
+    # The rule runs: a warm reading is republished and appended to the stream.
+    out = subscriber(shoal, "alerts/#")
+    shoal.client().publish("fleet/t1/telemetry", b'{"temp": -3}', qos=1)
+    assert body(out.wait_message(10)) == {"temp": -3, "truck": "t1"}
+    deadline = time.time() + 10
+    while time.time() < deadline and http(shoal, "GET", "/api/v1/streams/warm").status != 200:
+        time.sleep(0.05)
+    assert ok(http(shoal, "GET", "/api/v1/streams/warm"))["length"] == 1
+
+    iot.replace_topic_rule(ruleName="aws_alerts", topicRulePayload={
+        "sql": "SELECT * FROM 'fleet/+/telemetry' WHERE temp > 100", "actions": []})
+    assert iot.get_topic_rule(ruleName="aws_alerts")["rule"]["sql"].endswith("temp > 100")
+    iot.enable_topic_rule(ruleName="aws_http")
+    assert not iot.get_topic_rule(ruleName="aws_http")["rule"]["ruleDisabled"]
+    iot.disable_topic_rule(ruleName="aws_http")
+    assert iot.get_topic_rule(ruleName="aws_http")["rule"]["ruleDisabled"]
+
+    def error(call, **kw) -> str:
+        with pytest.raises(ClientError) as e:
+            call(**kw)
+        return e.value.response["Error"]["Code"]
+
+    assert error(iot.create_topic_rule, ruleName="aws_http",
+                 topicRulePayload={"sql": "SELECT * FROM 'a'", "actions": []}) == "ResourceAlreadyExistsException"
+    assert error(iot.create_topic_rule, ruleName="bad_sql",
+                 topicRulePayload={"sql": "SELECT * FROM 'a' WHER", "actions": []}) == "SqlParseException"
+    assert error(iot.create_topic_rule, ruleName="bad_http", topicRulePayload={
+        "sql": "SELECT * FROM 'a'", "actions": [{"http": {"url": "http://h/x", "auth": {"sigv4": {
+            "signingRegion": "us-east-1", "serviceName": "x", "roleArn": "arn:aws:iam::1:role/r"}}}}]}) \
+        == "InvalidRequestException"
+    assert error(iot.get_topic_rule, ruleName="missing") == "UnauthorizedException"
+    assert error(iot.delete_topic_rule, ruleName="missing") == "UnauthorizedException"
+    iot.delete_topic_rule(ruleName="aws_alerts")
+    iot.delete_topic_rule(ruleName="aws_http")
+    assert iot.list_topic_rules()["rules"] == []

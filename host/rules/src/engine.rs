@@ -901,6 +901,7 @@ fn aws_action_name(kind: &str) -> &'static str {
         "webhook" => "WebhookAction",
         "stream" => "StreamAction",
         "email" => "EmailAction",
+        "http" => "HttpAction",
         _ => "Action",
     }
 }

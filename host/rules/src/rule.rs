@@ -105,6 +105,9 @@ pub enum ActionSpec {
     /// Send an email through the SMTP relay the operator configured (SNS's email role), off
     /// the message path, with retries; an email that still fails runs the error action.
     Email(EmailSpec),
+    /// AWS's `http` action: runs as `webhook` (POST of the selected document to `url`, with
+    /// AWS's list of headers; no batching, no SigV4 signing of the request).
+    Http(HttpSpec),
 }
 
 impl ActionSpec {
@@ -118,6 +121,7 @@ impl ActionSpec {
             ActionSpec::Webhook(_) => "webhook",
             ActionSpec::Stream(_) => "stream",
             ActionSpec::Email(_) => "email",
+            ActionSpec::Http(_) => "http",
         }
     }
 }
@@ -215,6 +219,36 @@ pub struct EmailSpec {
     /// most 10); a 5xx reply is final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+}
+
+/// AWS's `http` action shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `http(s)://host[:port]/path`.
+    pub url: String,
+    /// Accepted for AWS compatibility (AWS's destination confirmation); not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation_url: Option<String>,
+    /// Request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+    /// AWS's SigV4 signing of the outgoing request: refused (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<serde_json::Value>,
+    /// AWS's batching: `false` or absent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_batching: Option<bool>,
+}
+
+/// One header of an [`HttpSpec`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    /// Name.
+    pub key: String,
+    /// Value (substitution templates are not evaluated in headers).
+    pub value: String,
 }
 
 /// An action ready to run.
@@ -377,6 +411,30 @@ pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, Ru
                     .map(|k| template(&format!("{at}.stream.partitionKey"), k))
                     .transpose()?,
             }
+        }
+        ActionSpec::Http(h) => {
+            if h.auth.is_some() {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.http.auth: signing outgoing requests is not supported"
+                )));
+            }
+            if h.enable_batching == Some(true) {
+                return Err(RuleError::Invalid(format!(
+                    "{at}.http.enableBatching: batching is not supported"
+                )));
+            }
+            let webhook = ActionSpec::Webhook(WebhookSpec {
+                url: h.url.clone(),
+                headers: h
+                    .headers
+                    .iter()
+                    .map(|x| (x.key.clone(), x.value.clone()))
+                    .collect(),
+                body: None,
+                timeout_ms: None,
+                retries: None,
+            });
+            compile_action(at, &webhook)?
         }
         ActionSpec::Email(e) => {
             if !(1..=50).contains(&e.to.len()) {

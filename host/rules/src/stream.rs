@@ -260,12 +260,19 @@ impl MemoryStreamStore {
     }
 }
 
-fn not_found_stream(stream: &str) -> StreamError {
+/// The error every backend gives for a stream that does not exist.
+pub fn not_found_stream(stream: &str) -> StreamError {
     StreamError::NotFound(format!("no stream named {stream:?}"))
 }
 
-fn not_found_group(stream: &str, group: &str) -> StreamError {
+/// The error every backend gives for a consumer group that does not exist.
+pub fn not_found_group(stream: &str, group: &str) -> StreamError {
     StreamError::NotFound(format!("stream {stream:?} has no consumer group {group:?}"))
+}
+
+/// Checks the stream names of a batch to append (one bad name refuses the whole batch).
+pub fn check_records(records: &[NewRecord]) -> Result<(), StreamError> {
+    records.iter().try_for_each(|r| check_name("stream", &r.stream))
 }
 
 #[async_trait]
@@ -275,9 +282,7 @@ impl StreamStore for MemoryStreamStore {
     }
 
     async fn append(&self, records: &[NewRecord], max_len: u64) -> Result<Vec<StreamId>, StreamError> {
-        for r in records {
-            check_name("stream", &r.stream)?;
-        }
+        check_records(records)?;
         let now = shoal_broker::message::now_ms();
         let mut streams = self.streams.lock();
         let mut ids = Vec::with_capacity(records.len());

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use shoal_rules::stream::{
     GroupInfo, GroupStart, NewRecord, Record, StreamError, StreamId, StreamInfo, StreamStore, check_name,
+    check_records, not_found_group, not_found_stream,
 };
 
 /// `(stream, ms, seq) -> key length ++ key ++ data`.
@@ -94,14 +95,6 @@ impl EmbeddedStreamStore {
 
 fn redb_err(what: &str, e: impl Into<redb::Error>) -> StreamError {
     StreamError::Unavailable(format!("redb {what}: {}", e.into()))
-}
-
-fn not_found_stream(stream: &str) -> StreamError {
-    StreamError::NotFound(format!("no stream named {stream:?}"))
-}
-
-fn not_found_group(stream: &str, group: &str) -> StreamError {
-    StreamError::NotFound(format!("stream {stream:?} has no consumer group {group:?}"))
 }
 
 fn begin_write(db: &Database) -> Result<WriteTransaction, StreamError> {
@@ -634,9 +627,7 @@ impl StreamStore for EmbeddedStreamStore {
     }
 
     async fn append(&self, records: &[NewRecord], max_len: u64) -> Result<Vec<StreamId>, StreamError> {
-        for r in records {
-            check_name("stream", &r.stream)?;
-        }
+        check_records(records)?;
         if records.is_empty() {
             return Ok(Vec::new());
         }

@@ -21,6 +21,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use shoal_rules::stream::{
     GroupInfo, GroupStart, NewRecord, Record, StreamError, StreamId, StreamInfo, StreamStore, check_name,
+    check_records, not_found_group, not_found_stream,
 };
 
 use crate::embedded_streams::successor;
@@ -44,14 +45,6 @@ impl std::fmt::Debug for RedisStreamStore {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-fn not_found_stream(stream: &str) -> StreamError {
-    StreamError::NotFound(format!("no stream named {stream:?}"))
-}
-
-fn not_found_group(stream: &str, group: &str) -> StreamError {
-    StreamError::NotFound(format!("stream {stream:?} has no consumer group {group:?}"))
 }
 
 /// A reply that does not have the shape the command returns.
@@ -300,9 +293,7 @@ impl StreamStore for RedisStreamStore {
     /// `SADD` of the names, then one `XADD key MAXLEN max_len * k key d data` per record, in one
     /// pipeline.
     async fn append(&self, records: &[NewRecord], max_len: u64) -> Result<Vec<StreamId>, StreamError> {
-        for r in records {
-            check_name("stream", &r.stream)?;
-        }
+        check_records(records)?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
