@@ -10,7 +10,7 @@ import time
 import pytest
 
 import raw_mqtt as raw
-from mqtt_helpers import V3, V5, VERSION_IDS, VERSIONS, Client, unique
+from mqtt_helpers import V3, V5, VERSION_IDS, VERSIONS, Client, metric, unique, wait_until
 
 versions = pytest.mark.parametrize("version", VERSIONS, ids=lambda v: VERSION_IDS[v])
 
@@ -228,6 +228,10 @@ def test_v5_session_expiry_zero_ends_session_at_disconnect(shoal):
     c = shoal.client(version=V5, client_id=cid)
     c.subscribe("expiry/zero", qos=1)
     c.disconnect()
+    # The DISCONNECT and the next CONNECT arrive on two sockets, read by different threads: wait
+    # until the server has closed the first connection, or the CONNECT may be a takeover of a
+    # still-open connection (which resumes the session, as MQTT 5 §3.1.4 says).
+    wait_until(lambda: metric(shoal, "shoal_connections") == 0, what="the connection closed")
     c.connect(clean=False)
     assert c.connack.session_present is False
 
