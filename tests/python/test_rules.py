@@ -1061,3 +1061,28 @@ def test_boto3_iot_topic_rules(shoal: Shoal):
     iot.delete_topic_rule(ruleName="aws_alerts")
     iot.delete_topic_rule(ruleName="aws_http")
     assert iot.list_topic_rules()["rules"] == []
+
+
+def test_two_nodes_on_one_redis_share_rule_changes(make_shoal, redis_url: str):
+    """Each node polls the shared rules' revision (every 2 s): a rule created on one node runs on
+    the other without a restart, a change made on the second is seen by the first, and a rule
+    that did not change keeps its counters across the reload."""
+    a = make_shoal("--store", redis_url)
+    b = make_shoal("--store", redis_url)
+    create(a, "kept", "SELECT * FROM 'kept/+'", republish("kept_out"))
+    a.client().publish("kept/1", b'{"n": 1}', qos=1)
+    wait_stats(a, "kept", matched=1)
+
+    def on(s: Shoal, name: str) -> bool:
+        return http(s, "GET", f"{RULES}/{name}").status == 200
+
+    wait_until(lambda: on(b, "kept"), timeout=10, what="node b to see rule kept")
+    create(b, "from_b", "SELECT * FROM 'nb/+'", republish("nb_out/${topic(2)}"))
+    wait_until(lambda: on(a, "from_b"), timeout=10, what="node a to see rule from_b")
+    out = subscriber(a, "nb_out/#")
+    a.client().publish("nb/x", b'{"v": 1}', qos=1)
+    assert out.wait_message(10).topic == "nb_out/x"
+    # The reload on node a kept the unchanged rule's counters.
+    assert stats(a, "kept")["matched"] == 1
+    ok(http(a, "DELETE", f"{RULES}/from_b"), 204)
+    wait_until(lambda: not on(b, "from_b"), timeout=10, what="node b to drop rule from_b")

@@ -81,6 +81,8 @@ pub struct EngineConfig {
     pub stream_max_len: u64,
     /// Webhook targets plugins may call by name (a plugin never sees the URL).
     pub webhook_targets: BTreeMap<String, WebhookTarget>,
+    /// How often a shared rule store (Redis) is checked for other nodes' changes.
+    pub sync_interval: Duration,
     /// The SMTP relay `email` actions use; without one they fail.
     pub smtp: Option<SmtpConfig>,
     /// Emails that may wait for the sender before new ones are dropped.
@@ -134,6 +136,7 @@ impl Default for EngineConfig {
             stream_queue: 100_000,
             stream_max_len: 1_000_000,
             webhook_targets: BTreeMap::new(),
+            sync_interval: Duration::from_secs(2),
             smtp: None,
             email_queue: 10_000,
         }
@@ -404,8 +407,11 @@ struct Inner {
     rules: ArcSwap<RuleSet>,
     /// Rebuilt with every change of `rules`.
     index: ArcSwap<Index>,
-    /// Serializes definition changes (and their saves).
+    /// Serializes definition changes (and their saves) and reloads.
     write: Mutex<()>,
+    /// The shared store's revision the rules in memory reflect (`NO_REVISION` when the store
+    /// is this node's own).
+    revision: AtomicU64,
     store: Arc<dyn RuleStore>,
     queues: Vec<SyncSender<Job>>,
     counters: EngineCounters,
@@ -446,6 +452,7 @@ impl RulesEngine {
         store: Arc<dyn RuleStore>,
         deps: EngineDeps,
     ) -> Result<RulesEngine, RuleError> {
+        let revision = store.revision()?;
         let mut set = RuleSet::new();
         for stored in store.load()? {
             match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
@@ -503,6 +510,7 @@ impl RulesEngine {
                 index: ArcSwap::from_pointee(Index::build(&set)),
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
+                revision: AtomicU64::new(revision.unwrap_or(NO_REVISION)),
                 store,
                 queues,
                 counters: EngineCounters::default(),
@@ -521,6 +529,13 @@ impl RulesEngine {
                 .name(format!("shoal-rules-{i}"))
                 .spawn(move || worker(inner, rx))
                 .map_err(|e| RuleError::Store(format!("cannot start a rules worker: {e}")))?;
+        }
+        if revision.is_some() {
+            let weak = Arc::downgrade(&engine.inner);
+            std::thread::Builder::new()
+                .name("shoal-rules-sync".into())
+                .spawn(move || poll_shared_rules(weak, config.sync_interval))
+                .map_err(|e| RuleError::Store(format!("cannot start the rules sync thread: {e}")))?;
         }
         engine
             .inner
@@ -626,6 +641,8 @@ impl RulesEngine {
     ) -> Result<Option<RuleInfo>, RuleError> {
         let key = RuleName::parse(name)?;
         let _serial = self.inner.write.lock();
+        // Another node may have changed the shared rules since the last poll: start from them.
+        sync_locked(&self.inner)?;
         let current = self.inner.rules.load_full();
         let mut next: RuleSet = (*current).clone();
         let result = match f(current.get(&key))? {
@@ -651,7 +668,9 @@ impl RulesEngine {
                 payload: l.rule.payload.clone(),
             })
             .collect();
-        self.inner.store.save(&stored)?;
+        if let Some(rev) = self.inner.store.save(&stored)? {
+            self.inner.revision.store(rev, Relaxed);
+        }
         self.inner.index.store(Arc::new(Index::build(&next)));
         self.inner.rules.store(Arc::new(next));
         match &result {
@@ -769,6 +788,75 @@ impl RulesEngine {
             for info in &infos {
                 let _ = writeln!(out, "{name}{{rule=\"{}\"}} {}", info.rule_name, get(&info.stats));
             }
+        }
+    }
+}
+
+/// `Inner::revision` when the store is not shared.
+const NO_REVISION: u64 = u64::MAX;
+
+/// Reloads the rules if the shared store's revision moved since they were read. The caller
+/// holds `inner.write`. A rule whose saved definition is unchanged keeps its counters.
+fn sync_locked(inner: &Inner) -> Result<(), RuleError> {
+    let seen = inner.revision.load(Relaxed);
+    if seen == NO_REVISION {
+        return Ok(());
+    }
+    let Some(now) = inner.store.revision()? else {
+        return Ok(());
+    };
+    if now == seen {
+        return Ok(());
+    }
+    let current = inner.rules.load_full();
+    let mut next = RuleSet::new();
+    for stored in inner.store.load()? {
+        let Ok(name) = RuleName::parse(&stored.name) else {
+            tracing::error!(rule = %stored.name, "skipping a shared rule with an invalid name");
+            continue;
+        };
+        match current.get(&name) {
+            Some(live)
+                if live.rule.payload == stored.payload && live.rule.created_ms == stored.created_ms =>
+            {
+                next.insert(name, live.clone());
+            }
+            _ => match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
+                Ok(rule) => {
+                    next.insert(
+                        name,
+                        Arc::new(Live {
+                            rule,
+                            counters: RuleCounters::default(),
+                        }),
+                    );
+                }
+                Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a shared rule"),
+            },
+        }
+    }
+    tracing::info!(
+        rules = next.len(),
+        revision = now,
+        "rules changed on another node; reloaded"
+    );
+    inner.index.store(Arc::new(Index::build(&next)));
+    inner.rules.store(Arc::new(next));
+    inner.revision.store(now, Relaxed);
+    Ok(())
+}
+
+/// The sync thread of a shared rule store: checks the revision every `interval` while the
+/// engine lives.
+fn poll_shared_rules(inner: std::sync::Weak<Inner>, interval: Duration) {
+    loop {
+        std::thread::park_timeout(interval);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let _serial = inner.write.lock();
+        if let Err(e) = sync_locked(&inner) {
+            tracing::warn!(error = %e, "cannot check the shared rules for changes");
         }
     }
 }

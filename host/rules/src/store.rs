@@ -22,11 +22,19 @@ pub struct StoredRule {
 }
 
 /// Persistence of the rule definitions.
+///
+/// A store several nodes share (Redis) keeps a revision that rises with every save, so each
+/// node's engine notices another node's changes ([`RuleStore::revision`]) and reloads.
 pub trait RuleStore: Send + Sync + 'static {
     /// Every saved rule (none when nothing was saved yet).
     fn load(&self) -> Result<Vec<StoredRule>, RuleError>;
-    /// Replaces the saved rules.
-    fn save(&self, rules: &[StoredRule]) -> Result<(), RuleError>;
+    /// Replaces the saved rules; returns the store's new revision when it is shared.
+    fn save(&self, rules: &[StoredRule]) -> Result<Option<u64>, RuleError>;
+    /// The current revision of a shared store (`None`: the store is this node's own and
+    /// nobody else changes it).
+    fn revision(&self) -> Result<Option<u64>, RuleError> {
+        Ok(None)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,7 +89,7 @@ impl RuleStore for FileRuleStore {
         decode_rules(&bytes, &self.path.display().to_string())
     }
 
-    fn save(&self, rules: &[StoredRule]) -> Result<(), RuleError> {
+    fn save(&self, rules: &[StoredRule]) -> Result<Option<u64>, RuleError> {
         let err = |e: std::io::Error| RuleError::Store(format!("{}: {e}", self.path.display()));
         let json = encode_rules(rules)?;
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
@@ -94,7 +102,7 @@ impl RuleStore for FileRuleStore {
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Rule definitions in Redis ([`RuleStore`] of `shoal-rules`): the whole rule set as one JSON
 //! document (the same one `FileRuleStore` writes) under `{prefix}:rules`, replaced with one
-//! `SET` per change. Rules are few and change rarely, so one key keeps a change atomic.
+//! `SET` per change, and a revision `{prefix}:rules-rev` raised in the same `MULTI`, which the
+//! engines of other nodes poll to pick the change up. Rules are few and change rarely, so one
+//! key keeps a change atomic.
 //!
 //! The trait is synchronous (the rules engine calls it from the blocking pool, never from an
 //! executor thread), so calls wait on the runtime with `block_on`.
@@ -22,6 +24,7 @@ fn store_error(e: CallError) -> RuleError {
 pub struct RedisRuleStore {
     conn: ConnectionManager,
     key: String,
+    rev_key: String,
     rt: tokio::runtime::Handle,
 }
 
@@ -37,6 +40,7 @@ impl RedisRuleStore {
         RedisRuleStore {
             conn,
             key: format!("{prefix}:rules"),
+            rev_key: format!("{prefix}:rules-rev"),
             rt,
         }
     }
@@ -64,18 +68,43 @@ impl RuleStore for RedisRuleStore {
         }
     }
 
-    fn save(&self, rules: &[StoredRule]) -> Result<(), RuleError> {
+    fn save(&self, rules: &[StoredRule]) -> Result<Option<u64>, RuleError> {
         let doc = encode_rules(rules)?;
         let mut conn = self.conn.clone();
-        let key = self.key.clone();
-        self.rt
+        let (key, rev_key) = (self.key.clone(), self.rev_key.clone());
+        let ((), rev): ((), u64) = self
+            .rt
             .block_on(async move {
                 call(
                     "SET rules",
-                    redis::cmd("SET").arg(&key).arg(doc).query_async::<()>(&mut conn),
+                    redis::pipe()
+                        .atomic()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(doc)
+                        .cmd("INCR")
+                        .arg(&rev_key)
+                        .query_async(&mut conn),
                 )
                 .await
             })
-            .map_err(store_error)
+            .map_err(store_error)?;
+        Ok(Some(rev))
+    }
+
+    fn revision(&self) -> Result<Option<u64>, RuleError> {
+        let mut conn = self.conn.clone();
+        let rev_key = self.rev_key.clone();
+        let rev: Option<u64> = self
+            .rt
+            .block_on(async move {
+                call(
+                    "GET rules-rev",
+                    redis::cmd("GET").arg(&rev_key).query_async(&mut conn),
+                )
+                .await
+            })
+            .map_err(store_error)?;
+        Ok(Some(rev.unwrap_or(0)))
     }
 }

@@ -30,12 +30,14 @@ fn rules_round_trip_through_redis() {
     };
     let a = open("node");
     assert!(a.load().unwrap().is_empty());
+    assert_eq!(a.revision().unwrap(), Some(0));
     let rules = vec![rule("r1", "SELECT * FROM 'a/#'"), rule("r2", "SELECT x FROM 'b'")];
-    a.save(&rules).unwrap();
+    assert_eq!(a.save(&rules).unwrap(), Some(1));
+    assert_eq!(open("node").revision().unwrap(), Some(1));
     // Another store on the same Redis and prefix sees them; another prefix does not.
     assert_eq!(open("node").load().unwrap(), rules);
     assert!(open("other").load().unwrap().is_empty());
-    a.save(&rules[1..]).unwrap();
+    assert_eq!(a.save(&rules[1..]).unwrap(), Some(2));
     assert_eq!(open("node").load().unwrap(), rules[1..].to_vec());
     // A damaged document is an error naming the key, not an empty rule set.
     let port = redis.port.to_string();
