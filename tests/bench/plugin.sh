@@ -5,6 +5,7 @@
 #   tests/bench/plugin.sh                  # fan-in and p2p QoS 0, 10 s windows, 3 repetitions
 #   tests/bench/plugin.sh --quick          # smoke run: 2 s windows, 1 repetition
 #   tests/bench/plugin.sh --with rules10   # ten rules instead of the plugin
+#   tests/bench/plugin.sh --with rules10 --broker-arg --rules-inline=true   # extra serve flags
 #
 # Modes (a fresh `shoal serve --store memory --mqtts-listen off` per run, JSON payloads of
 # 200 bytes from `shoal-loadgen --json`, e.g. {"shlg":"<header>","temp":-20.5,...}):
@@ -41,6 +42,7 @@ QUIET_WAIT=60
 RESULTS=""
 WASM=$ROOT/plugins/dist/threshold-alert.wasm
 WITH=plugin
+BROKER_ARGS=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
         --rebuild) REBUILD=1 ;;
         --results) RESULTS=$2; shift ;;
         --with) WITH=$2; shift ;;
+        --broker-arg) BROKER_ARGS+=("$2"); shift ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "plugin.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -91,7 +94,7 @@ run_one() {
     wait_quiet
     echo "== [$rep/$REPEAT] $key, $mode" >&2
     "$WORK/shoal" serve --data-dir "$dir/data" --store memory --mqtt-listen "127.0.0.1:$port" \
-        --mqtts-listen off --http-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
+        --mqtts-listen off --http-listen 127.0.0.1:0 ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     wait_listen "$port" && http=$(shoal_addr "$dir/data" http) || { tail "$dir/broker.log" >&2; exit 1; }
     if [ "$mode" = rules10 ]; then

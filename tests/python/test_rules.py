@@ -1086,3 +1086,25 @@ def test_two_nodes_on_one_redis_share_rule_changes(make_shoal, redis_url: str):
     assert stats(a, "kept")["matched"] == 1
     ok(http(a, "DELETE", f"{RULES}/from_b"), 204)
     wait_until(lambda: not on(b, "from_b"), timeout=10, what="node b to drop rule from_b")
+
+
+def test_inline_rules_run_on_the_io_thread_in_order(make_shoal):
+    """With --rules-inline true, rules that never wait run in the broker's hook: republishes keep
+    the publisher's order, failures still reach the error action, and rules that may wait (a
+    shadow action) still go to the workers."""
+    s = make_shoal("--rules-inline", "true")
+    create(s, "fast", "SELECT n FROM 'in/+' WHERE n >= 0", republish("out/${topic(2)}", qos=1),
+           {"republish": {"topic": "bad/${topic(2)}/#"}}, error=republish("inline_errors"))
+    create(s, "waits", "SELECT VALUE {'state': {'reported': {'n': n}}} FROM 'in/+'",
+           {"shadow": {"thingName": "${topic(2)}"}})
+    out = subscriber(s, "out/#")
+    errors = subscriber(s, "inline_errors")
+    pub = s.client()
+    for i in range(200):
+        pub.publish("in/dev1", json.dumps({"n": i}), qos=1)
+    got = [body(m)["n"] for m in out.wait_messages(200, timeout=20)]
+    assert got == list(range(200)), got[:20]
+    doc = body(errors.wait_message(10))
+    assert doc["ruleName"] == "fast" and doc["failures"][0]["failedAction"] == "RepublishAction", doc
+    wait_stats(s, "waits", matched=200, actionsOk=200, timeout=20)
+    assert ok(http(s, "GET", "/things/dev1/shadow"))["state"]["reported"]["n"] == 199

@@ -125,7 +125,9 @@ pub struct Broker {
     retained: RwLock<RetainedTree>,
     persist: Persister,
     authorizer: Arc<dyn Authorizer>,
-    hooks: RwLock<Vec<Arc<dyn MessageHook>>>,
+    /// Swapped whole when a hook is added (at start-up); read without a lock, so a hook may
+    /// publish from inside `on_publish` (the rules engine's inline republish).
+    hooks: arc_swap::ArcSwap<Vec<Arc<dyn MessageHook>>>,
     /// Telemetry.
     pub metrics: Arc<BrokerMetrics>,
     ids: AtomicU64,
@@ -164,7 +166,7 @@ impl Broker {
             retained: RwLock::new(RetainedTree::default()),
             persist,
             authorizer,
-            hooks: RwLock::new(Vec::new()),
+            hooks: arc_swap::ArcSwap::from_pointee(Vec::new()),
             metrics,
             ids: AtomicU64::new(1),
             timers: Mutex::new(Timers::default()),
@@ -191,7 +193,11 @@ impl Broker {
 
     /// Adds a hook that sees every client PUBLISH before routing.
     pub fn add_hook(&self, hook: Arc<dyn MessageHook>) {
-        self.hooks.write().push(hook);
+        self.hooks.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(hook.clone());
+            next
+        });
     }
 
     /// The store backend's name.
@@ -677,7 +683,7 @@ impl Broker {
             // Every hook sees the message (a rule may watch shadow requests the shadow service
             // consumes); it is routed only if none consumed it.
             let mut consumed = false;
-            for h in self.hooks.read().iter() {
+            for h in self.hooks.load().iter() {
                 consumed |= h.on_publish(&msg, o) == HookOutcome::Consumed;
             }
             if consumed {

@@ -4,8 +4,14 @@
 //!
 //! # Threads and back-pressure
 //!
-//! The hook runs on the broker's I/O threads, so it only matches topics and enqueues (never
-//! blocks): each worker thread owns a bounded queue, and a message goes to the worker chosen
+//! The hook runs on the broker's I/O threads, so it never blocks there. With
+//! [`EngineConfig::inline`] (`--rules-inline`), a rule that cannot wait (no plugin or shadow
+//! action, no `get_thing_shadow()`: republish, archive, webhook, stream, email only queue work
+//! or route at once) is evaluated and run right in the hook, in the publisher's order, without
+//! a hand-off; that saves CPU when many publishers each send a little, and costs throughput
+//! when the I/O threads are the bottleneck (docs/BENCHMARKS.md). Otherwise, and always for
+//! the rules that may wait, the hook matches and enqueues: each worker thread owns a bounded
+//! queue, and a message goes to the worker chosen
 //! by its publisher's client id, so one device's messages are handled in the order it sent
 //! them (a debouncing plugin sees readings in order). A full queue drops the message for the
 //! rules (it is still routed to subscribers) and counts it in `shoal_rules_dropped_total`.
@@ -83,6 +89,9 @@ pub struct EngineConfig {
     pub webhook_targets: BTreeMap<String, WebhookTarget>,
     /// How often a shared rule store (Redis) is checked for other nodes' changes.
     pub sync_interval: Duration,
+    /// Run the rules that never wait on the broker's I/O thread instead of a worker (see the
+    /// module docs; off by default).
+    pub inline: bool,
     /// The SMTP relay `email` actions use; without one they fail.
     pub smtp: Option<SmtpConfig>,
     /// Emails that may wait for the sender before new ones are dropped.
@@ -137,6 +146,7 @@ impl Default for EngineConfig {
             stream_max_len: 1_000_000,
             webhook_targets: BTreeMap::new(),
             sync_interval: Duration::from_secs(2),
+            inline: false,
             smtp: None,
             email_queue: 10_000,
         }
@@ -407,6 +417,8 @@ struct Inner {
     rules: ArcSwap<RuleSet>,
     /// Rebuilt with every change of `rules`.
     index: ArcSwap<Index>,
+    /// Whether rules that never wait run in the hook.
+    inline: bool,
     /// Serializes definition changes (and their saves) and reloads.
     write: Mutex<()>,
     /// The shared store's revision the rules in memory reflect (`NO_REVISION` when the store
@@ -510,6 +522,7 @@ impl RulesEngine {
                 index: ArcSwap::from_pointee(Index::build(&set)),
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
+                inline: config.inline,
                 revision: AtomicU64::new(revision.unwrap_or(NO_REVISION)),
                 store,
                 queues,
@@ -896,7 +909,7 @@ impl MessageHook for Hook {
         let Some(matched) = matched else {
             return outcome;
         };
-        let job = Job {
+        let mut job = Job {
             msg: msg.clone(),
             skip,
             client_id: origin.client_id.clone(),
@@ -904,6 +917,37 @@ impl MessageHook for Hook {
             thing: origin.principal.attributes.get("thingName").cloned(),
             rules: matched,
         };
+        // Rules that never wait run here, on the I/O thread, in the publisher's order: no
+        // hand-off, no worker wake-up. The others go to a worker.
+        let (inline, deferred) = {
+            let rules = job.rules.rules();
+            let inline = if inner.inline {
+                rules.iter().filter(|l| l.rule.inline).count()
+            } else {
+                0
+            };
+            (inline, rules.len() - inline)
+        };
+        if inline > 0 {
+            let services = SqlServices { deps: &inner.deps };
+            let ctx = job.ctx(&services);
+            for live in job.rules.rules().iter().filter(|l| l.rule.inline) {
+                run_rule(inner, live, &job, &ctx);
+            }
+        }
+        if deferred == 0 {
+            return outcome;
+        }
+        if inline > 0 {
+            job.rules = Matched::Many(
+                job.rules
+                    .rules()
+                    .iter()
+                    .filter(|l| !l.rule.inline)
+                    .cloned()
+                    .collect(),
+            );
+        }
         let shard = shard(origin.client_id.as_str(), inner.queues.len());
         match inner.queues[shard].try_send(job) {
             Ok(()) => {

@@ -297,6 +297,10 @@ pub struct Rule {
     pub(crate) sql: Sql,
     pub(crate) actions: Vec<(ActionSpec, Compiled)>,
     pub(crate) error_action: Option<(ActionSpec, Compiled)>,
+    /// Whether the rule may run on the broker's I/O thread, where the message arrives: nothing
+    /// in it waits (no plugin or shadow action, no `get_thing_shadow()`); its republishes are
+    /// routed at once and its other actions only queue work.
+    pub(crate) inline: bool,
 }
 
 fn template(field: &str, text: &str) -> Result<Template, RuleError> {
@@ -507,6 +511,10 @@ impl Rule {
             .as_ref()
             .map(|a| Ok::<_, RuleError>((a.clone(), compile_action("errorAction", a)?)))
             .transpose()?;
+        let waits = |c: &Compiled| matches!(c, Compiled::Plugin { .. } | Compiled::Shadow { .. });
+        let inline = !sql.uses_thing_shadow()
+            && !actions.iter().any(|(_, c)| waits(c))
+            && !error_action.as_ref().is_some_and(|(_, c)| waits(c));
         Ok(Rule {
             name,
             created_ms,
@@ -514,6 +522,7 @@ impl Rule {
             actions,
             error_action,
             payload,
+            inline,
         })
     }
 

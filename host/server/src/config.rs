@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// rules (still routed to subscribers) and `shoal_rules_dropped_total` counts them.
     #[arg(long, env = "SHOAL_RULES_QUEUE")]
     pub rules_queue: Option<usize>,
+    /// Run rules that never wait (no plugin or shadow action) on the broker's I/O threads
+    /// instead of the rules workers (default false; see docs/BENCHMARKS.md for the trade-off).
+    #[arg(long, env = "SHOAL_RULES_INLINE")]
+    pub rules_inline: Option<bool>,
     /// Records each stream keeps; older ones are trimmed (default 1000000).
     #[arg(long, env = "SHOAL_STREAM_MAX_LEN")]
     pub stream_max_len: Option<u64>,
@@ -172,6 +176,7 @@ struct FileConfig {
     thing_type_delete_delay_secs: Option<u64>,
     rules_workers: Option<usize>,
     rules_queue: Option<usize>,
+    rules_inline: Option<bool>,
     stream_max_len: Option<u64>,
     stream_queue: Option<usize>,
     webhook_targets: BTreeMap<String, WebhookTarget>,
@@ -231,6 +236,8 @@ pub struct Config {
     pub rules_workers: usize,
     /// Queue capacity of each rules worker.
     pub rules_queue: usize,
+    /// Whether rules that never wait run on the I/O threads.
+    pub rules_inline: bool,
     /// Records each stream keeps.
     pub stream_max_len: u64,
     /// Stream writer queue.
@@ -446,6 +453,7 @@ impl Config {
             }
         };
         Ok(Config {
+            rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(false),
             stream_max_len: args
                 .stream_max_len
                 .or(file.stream_max_len)
