@@ -1108,3 +1108,15 @@ def test_inline_rules_run_on_the_io_thread_in_order(make_shoal):
     assert doc["ruleName"] == "fast" and doc["failures"][0]["failedAction"] == "RepublishAction", doc
     wait_stats(s, "waits", matched=200, actionsOk=200, timeout=20)
     assert ok(http(s, "GET", "/things/dev1/shadow"))["state"]["reported"]["n"] == 199
+
+
+def test_aws_http_action_failures_are_named_http_action(shoal: Shoal, receiver: Receiver):
+    create(shoal, "aws_http_gone", "SELECT * FROM 'hg/+'",
+           {"http": {"url": receiver.url + "/gone", "headers": [{"key": "x-fleet", "value": "north"}]}},
+           error=republish("http_errors"))
+    errors = subscriber(shoal, "http_errors")
+    shoal.client().publish("hg/1", b'{"a": 1}', qos=1)
+    f = body(errors.wait_message(10))["failures"][0]
+    assert f["failedAction"] == "HttpAction" and "404" in f["errorMessage"], f
+    _, headers, sent = next(r for r in receiver.requests if r[0] == "/gone")
+    assert headers.get("x-fleet") == "north" and json.loads(sent) == {"a": 1}

@@ -1171,6 +1171,7 @@ fn run_action(
             body,
             timeout,
             retries,
+            aws_name,
         } => {
             let body = match body {
                 Some(t) => t
@@ -1179,7 +1180,7 @@ fn run_action(
                     .into_bytes(),
                 None => output.as_bytes().to_vec(),
             };
-            let on_failure = later_failure(inner, live, job, "WebhookAction", url.clone(), error_path);
+            let on_failure = later_failure(inner, live, job, aws_name, url.clone(), error_path);
             inner
                 .webhooks
                 .post(WebhookRequest {
