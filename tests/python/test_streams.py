@@ -250,10 +250,13 @@ webhook = {{ url = "{receiver.url}/ok" }}
         wait_length(s, "cf", 1)
         assert read_all(s, "cf", page=10)[0]["data"] == {"temp": 3}
         assert [json.loads(b) for b in receiver.wait("/ok", 1)] == [{"temp": 3}]
-        # A restart with the file unchanged keeps the rule (and its creation time).
+        # A restart with the file unchanged leaves the saved rule alone (no rewrite of rules.json).
         created = got["createdAtMs"]
+        saved = s.data_dir / "rules" / "rules.json"
+        before = saved.stat().st_mtime_ns
         s.restart()
         assert ok(http(s, "GET", "/api/v1/rules/from_file"))["createdAtMs"] == created
+        assert saved.stat().st_mtime_ns == before
         # A bad rule in the file stops the start with a message naming it.
         conf.write_text('[rules.broken]\nsql = "SELECT * FROM"\n')
         s.close()

@@ -51,7 +51,7 @@ use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::archive::{Archive, Record};
 use crate::email::{Email, Mailer, SmtpConfig};
-use crate::rule::{Compiled, Rule, RuleError, RuleName, TopicRulePayload};
+use crate::rule::{ActionSpec, Compiled, Rule, RuleError, RuleName, TopicRulePayload};
 use crate::sql::{Ctx, Output, ShadowRequest};
 use crate::store::{RuleStore, StoredRule};
 use crate::stream::{NewRecord, StreamStore, check_name};
@@ -199,6 +199,9 @@ pub struct RuleInfo {
     pub created_at_ms: u64,
     /// Counters since the rule was (re)defined or the server started.
     pub stats: RuleStats,
+    /// The FROM filter (AWS's `topicPattern`), from the compiled statement.
+    #[serde(skip)]
+    pub topic_pattern: String,
 }
 
 /// A rule's counters.
@@ -228,6 +231,11 @@ impl Live {
             rule_name: self.rule.name.to_string(),
             topic_rule_payload: self.rule.payload.clone(),
             created_at_ms: self.rule.created_ms,
+            topic_pattern: self
+                .rule
+                .sql
+                .topic_filter()
+                .map_or_else(String::new, |f| f.filter().to_string()),
             stats: RuleStats {
                 matched: c.matched.load(Relaxed),
                 selected: c.selected.load(Relaxed),
@@ -465,21 +473,7 @@ impl RulesEngine {
         deps: EngineDeps,
     ) -> Result<RulesEngine, RuleError> {
         let revision = store.revision()?;
-        let mut set = RuleSet::new();
-        for stored in store.load()? {
-            match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
-                Ok(rule) => {
-                    set.insert(
-                        rule.name.clone(),
-                        Arc::new(Live {
-                            rule,
-                            counters: RuleCounters::default(),
-                        }),
-                    );
-                }
-                Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a saved rule"),
-            }
-        }
+        let set = rule_set(store.load()?, &RuleSet::new());
         let webhook_targets = config
             .webhook_targets
             .iter()
@@ -805,6 +799,38 @@ impl RulesEngine {
     }
 }
 
+/// The rules of a saved set, compiled. A rule whose definition is the one `current` runs is
+/// kept as it is (with its counters); a saved rule that no longer compiles is skipped with an
+/// error in the log (never silently).
+fn rule_set(saved: Vec<StoredRule>, current: &RuleSet) -> RuleSet {
+    let mut set = RuleSet::new();
+    for stored in saved {
+        let kept = RuleName::parse(&stored.name).ok().and_then(|name| {
+            current
+                .get(&name)
+                .filter(|l| l.rule.payload == stored.payload && l.rule.created_ms == stored.created_ms)
+                .cloned()
+        });
+        if let Some(live) = kept {
+            set.insert(live.rule.name.clone(), live);
+            continue;
+        }
+        match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
+            Ok(rule) => {
+                set.insert(
+                    rule.name.clone(),
+                    Arc::new(Live {
+                        rule,
+                        counters: RuleCounters::default(),
+                    }),
+                );
+            }
+            Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a saved rule"),
+        }
+    }
+    set
+}
+
 /// `Inner::revision` when the store is not shared.
 const NO_REVISION: u64 = u64::MAX;
 
@@ -821,33 +847,7 @@ fn sync_locked(inner: &Inner) -> Result<(), RuleError> {
     if now == seen {
         return Ok(());
     }
-    let current = inner.rules.load_full();
-    let mut next = RuleSet::new();
-    for stored in inner.store.load()? {
-        let Ok(name) = RuleName::parse(&stored.name) else {
-            tracing::error!(rule = %stored.name, "skipping a shared rule with an invalid name");
-            continue;
-        };
-        match current.get(&name) {
-            Some(live)
-                if live.rule.payload == stored.payload && live.rule.created_ms == stored.created_ms =>
-            {
-                next.insert(name, live.clone());
-            }
-            _ => match Rule::compile(&stored.name, stored.payload, stored.created_ms) {
-                Ok(rule) => {
-                    next.insert(
-                        name,
-                        Arc::new(Live {
-                            rule,
-                            counters: RuleCounters::default(),
-                        }),
-                    );
-                }
-                Err(e) => tracing::error!(rule = %stored.name, error = %e, "skipping a shared rule"),
-            },
-        }
-    }
+    let next = rule_set(inner.store.load()?, &inner.rules.load_full());
     tracing::info!(
         rules = next.len(),
         revision = now,
@@ -969,12 +969,9 @@ impl MessageHook for Hook {
 
 fn shard(client_id: &str, n: usize) -> usize {
     // FNV-1a: stable and cheap.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in client_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    (h % n.max(1) as u64) as usize
+    let mut h = Fnv::default();
+    std::hash::Hasher::write(&mut h, client_id.as_bytes());
+    (std::hash::Hasher::finish(&h) % n.max(1) as u64) as usize
 }
 
 /// `get_thing_shadow()` and the clock for SQL evaluation on a worker.
@@ -1058,8 +1055,8 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     };
     c.selected.fetch_add(1, Relaxed);
     let mut failures = Vec::new();
-    for (spec, action) in &live.rule.actions {
-        match run_action(inner, live, action, job, ctx, &output, false) {
+    for entry @ (spec, _) in &live.rule.actions {
+        match run_action(inner, live, entry, job, ctx, &output, false) {
             Ok(()) => {
                 c.actions_ok.fetch_add(1, Relaxed);
             }
@@ -1080,7 +1077,7 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
 }
 
 fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>, failures: &[Failure]) {
-    let Some((spec, action)) = &live.rule.error_action else {
+    let Some(entry @ (spec, _)) = &live.rule.error_action else {
         tracing::warn!(
             rule = %live.rule.name,
             failures = failures.len(),
@@ -1103,7 +1100,7 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
     });
     live.counters.error_actions.fetch_add(1, Relaxed);
     let output = Output::Json(doc.to_string());
-    if let Err((resource, message)) = run_action(inner, live, action, job, ctx, &output, true) {
+    if let Err((resource, message)) = run_action(inner, live, entry, job, ctx, &output, true) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
         tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
     }
@@ -1116,12 +1113,14 @@ type ActionResult = Result<(), (String, String)>;
 fn run_action(
     inner: &Arc<Inner>,
     live: &Arc<Live>,
-    action: &Compiled,
+    (spec, action): &(ActionSpec, Compiled),
     job: &Job,
     ctx: &Ctx<'_>,
     output: &Output,
     error_path: bool,
 ) -> ActionResult {
+    // How AWS's error document names this action when it fails after returning.
+    let aws_name = aws_action_name(spec.kind());
     match action {
         Compiled::Republish { topic, qos } => {
             let topic = topic
@@ -1171,7 +1170,6 @@ fn run_action(
             body,
             timeout,
             retries,
-            aws_name,
         } => {
             let body = match body {
                 Some(t) => t
@@ -1204,7 +1202,7 @@ fn run_action(
                     .map_err(|e| (stream.clone(), format!("partitionKey template: {e}")))?,
                 None => String::new(),
             };
-            let on_failure = later_failure(inner, live, job, "StreamAction", stream.clone(), error_path);
+            let on_failure = later_failure(inner, live, job, aws_name, stream.clone(), error_path);
             let record = NewRecord {
                 stream: stream.clone(),
                 key,
@@ -1238,7 +1236,7 @@ fn run_action(
                     .map_err(|e| (resource.clone(), format!("body template: {e}")))?,
                 None => String::from_utf8_lossy(output.as_bytes()).into_owned(),
             };
-            let on_failure = later_failure(inner, live, job, "EmailAction", resource.clone(), error_path);
+            let on_failure = later_failure(inner, live, job, aws_name, resource.clone(), error_path);
             mailer
                 .send(Email {
                     to,
@@ -1262,14 +1260,23 @@ fn later_failure(
     resource: String,
     error_path: bool,
 ) -> OnFailure {
-    let (inner, live) = (inner.clone(), live.clone());
-    let later = job.detached();
-    Box::new(move |error: String| {
-        if error_path {
+    let live = live.clone();
+    if error_path {
+        return Box::new(move |error: String| {
             live.counters.error_action_failures.fetch_add(1, Relaxed);
             tracing::warn!(rule = %live.rule.name, action, %resource, %error, "the rule's error action failed too");
-            return;
-        }
+        });
+    }
+    if live.rule.error_action.is_none() {
+        // Nothing to run later: no copy of the message, no task.
+        return Box::new(move |error: String| {
+            live.counters.actions_failed.fetch_add(1, Relaxed);
+            tracing::warn!(rule = %live.rule.name, action, %resource, %error, "rule action failed and the rule has no error action");
+        });
+    }
+    let inner = inner.clone();
+    let later = job.detached();
+    Box::new(move |error: String| {
         live.counters.actions_failed.fetch_add(1, Relaxed);
         // The error action may wait on the runtime (shadows): not on its threads.
         tokio::task::spawn_blocking(move || {

@@ -272,8 +272,6 @@ pub(crate) enum Compiled {
         body: Option<Template>,
         timeout: std::time::Duration,
         retries: u32,
-        /// How AWS's error document names it: `WebhookAction`, or `HttpAction` for AWS's shape.
-        aws_name: &'static str,
     },
     Stream {
         stream: Template,
@@ -401,7 +399,6 @@ pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, Ru
                     .transpose()?,
                 timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
                 retries,
-                aws_name: "WebhookAction",
             }
         }
         ActionSpec::Stream(st) => {
@@ -441,24 +438,7 @@ pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, Ru
                 timeout_ms: None,
                 retries: None,
             });
-            match compile_action(at, &webhook)? {
-                Compiled::Webhook {
-                    url,
-                    headers,
-                    body,
-                    timeout,
-                    retries,
-                    ..
-                } => Compiled::Webhook {
-                    url,
-                    headers,
-                    body,
-                    timeout,
-                    retries,
-                    aws_name: "HttpAction",
-                },
-                other => other,
-            }
+            compile_action(at, &webhook)?
         }
         ActionSpec::Email(e) => {
             if !(1..=50).contains(&e.to.len()) {

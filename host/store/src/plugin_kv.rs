@@ -192,7 +192,7 @@ impl KvBackend for RedisPluginKv {
                         .query_async(&mut conn),
                 )
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| e.into_message())?;
                 for (f, v) in page {
                     let (plugin, thing, k) =
                         parse_field(&f).ok_or_else(|| "plugin-kv: a damaged field".to_string())?;
@@ -238,7 +238,7 @@ impl KvBackend for RedisPluginKv {
         self.rt.block_on(async move {
             call::<()>("MULTI plugin-kv", pipe.query_async(&mut conn))
                 .await
-                .map_err(|e| format!("{e:?}"))
+                .map_err(|e| e.into_message())
         })
     }
 }

@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use shoal_auth::store::{AuthStore, AuthStoreError, AuthTable};
 
-use crate::redis_store::{CallError, call};
+use crate::redis_store::call;
 
 /// Identity records in Redis.
 #[derive(Clone)]
@@ -43,9 +43,9 @@ impl RedisAuthStore {
         what: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, AuthStoreError> {
-        call(what, fut).await.map_err(|e| match e {
-            CallError::Corrupt(m) | CallError::Unavailable(m) => AuthStoreError::Unavailable(m),
-        })
+        call(what, fut)
+            .await
+            .map_err(|e| AuthStoreError::Unavailable(e.into_message()))
     }
 }
 

@@ -14,9 +14,7 @@ use shoal_rules::store::{RuleStore, StoredRule, decode_rules, encode_rules};
 use crate::redis_store::{CallError, call};
 
 fn store_error(e: CallError) -> RuleError {
-    match e {
-        CallError::Corrupt(m) | CallError::Unavailable(m) => RuleError::Store(m),
-    }
+    RuleError::Store(e.into_message())
 }
 
 /// Rule definitions in Redis.

@@ -99,6 +99,15 @@ pub(crate) enum CallError {
     Unavailable(String),
 }
 
+impl CallError {
+    /// The message, for stores whose error type does not tell the two kinds apart.
+    pub(crate) fn into_message(self) -> String {
+        match self {
+            CallError::Corrupt(m) | CallError::Unavailable(m) => m,
+        }
+    }
+}
+
 impl From<CallError> for StoreError {
     fn from(e: CallError) -> Self {
         match e {

@@ -25,7 +25,7 @@ use shoal_rules::stream::{
 };
 
 use crate::embedded_streams::successor;
-use crate::redis_store::{CallError, call};
+use crate::redis_store::call;
 
 /// How many streams [`StreamStore::list`] describes per pipelined round trip.
 const LIST_CHUNK: usize = 128;
@@ -232,9 +232,7 @@ impl RedisStreamStore {
         let mut conn = self.conn.clone();
         let reply: Value = call(what, pipe.query_async(&mut conn))
             .await
-            .map_err(|e| match e {
-                CallError::Corrupt(m) | CallError::Unavailable(m) => StreamError::Unavailable(m),
-            })?;
+            .map_err(|e| StreamError::Unavailable(e.into_message()))?;
         match reply {
             Value::Array(replies) if replies.len() == n => Ok(replies),
             other => Err(unexpected(what, &other)),

@@ -40,14 +40,21 @@ fn rules_round_trip_through_redis() {
     assert_eq!(a.save(&rules[1..]).unwrap(), Some(2));
     assert_eq!(open("node").load().unwrap(), rules[1..].to_vec());
     // A damaged document is an error naming the key, not an empty rule set.
-    let port = redis.port.to_string();
-    let status = std::process::Command::new("redis-cli")
-        .args(["-p", &port, "SET", "node:rules", "{oops"])
-        .status();
-    if status.is_ok_and(|s| s.success()) {
-        let e = a.load().unwrap_err().to_string();
-        assert!(e.contains("node:rules"), "{e}");
-    }
+    rt.block_on(async {
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg("node:rules")
+            .arg("{oops")
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+    });
+    let e = a.load().unwrap_err().to_string();
+    assert!(e.contains("node:rules"), "{e}");
     // Redis gone: an error within the call timeout.
     drop(redis);
     let started = std::time::Instant::now();

@@ -134,7 +134,7 @@ async fn aws_list(
             "maxResults must be 1..=10000, not {max}"
         )));
     }
-    let mut rules: Vec<(shoal_rules::RuleInfo, String)> = s
+    let mut rules: Vec<shoal_rules::RuleInfo> = s
         .rules
         .list()
         .into_iter()
@@ -147,29 +147,24 @@ async fn aws_list(
             q.rule_disabled
                 .is_none_or(|d| r.topic_rule_payload.rule_disabled == d)
         })
-        .filter_map(|r| {
-            let pattern = shoal_rules::sql::Sql::parse(&r.topic_rule_payload.sql)
-                .ok()
-                .and_then(|sql| sql.topic_filter().map(|f| f.filter().to_string()))?;
-            let keep = q
-                .topic
-                .as_ref()
-                .is_none_or(|t| *t == pattern || shoal_broker::topic::matches_filter(&pattern, t));
-            keep.then_some((r, pattern))
+        .filter(|r| {
+            q.topic.as_ref().is_none_or(|t| {
+                *t == r.topic_pattern || shoal_broker::topic::matches_filter(&r.topic_pattern, t)
+            })
         })
         .collect();
     let more = rules.len() > max;
     rules.truncate(max);
     let mut body = json!({
-        "rules": rules.iter().map(|(r, pattern)| json!({
+        "rules": rules.iter().map(|r| json!({
             "ruleArn": rule_arn(&s, &r.rule_name),
             "ruleName": r.rule_name,
-            "topicPattern": pattern,
+            "topicPattern": r.topic_pattern,
             "createdAt": created_at(r.created_at_ms),
             "ruleDisabled": r.topic_rule_payload.rule_disabled,
         })).collect::<Vec<_>>(),
     });
-    if more && let Some((last, _)) = rules.last() {
+    if more && let Some(last) = rules.last() {
         body["nextToken"] = json!(last.rule_name);
     }
     Ok((StatusCode::OK, axum::Json(body)).into_response())
