@@ -13,5 +13,6 @@
 pub mod pki;
 pub mod policy;
 pub mod service;
+pub mod sigv4;
 pub mod store;
 pub mod tls;
