@@ -32,6 +32,10 @@ use crate::policy::{
 use crate::store::{AuthStore, AuthStoreError, AuthTable};
 use crate::tls::{ClientAuth, DynamicClientVerifier};
 
+mod keys;
+
+pub use keys::{AccessKeyRecord, HttpCaller, KeyCipher, KeyStatus, is_key_id, write_private};
+
 /// Certificate status, as AWS IoT names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -265,6 +269,8 @@ pub struct IdentityConfig {
     pub client_auth: ClientAuth,
     /// Validity of issued device certificates.
     pub cert_validity_days: u32,
+    /// Seals access-key secrets in the store.
+    pub keys: Arc<KeyCipher>,
 }
 
 /// The per-connection authorization state carried in [`Principal::grants`].
@@ -337,6 +343,8 @@ struct Snapshot {
     /// principal ARN -> things; thing -> principals.
     principal_things: HashMap<String, BTreeSet<String>>,
     thing_principals: HashMap<String, BTreeSet<String>>,
+    /// Access keys by id.
+    keys: HashMap<String, keys::KeyEntry>,
 }
 
 fn now_ms() -> u64 {
@@ -429,12 +437,14 @@ impl IdentityService {
                     .insert(p.to_owned());
             }
         }
+        snap.keys = Self::load_keys(&cfg.keys, store.scan(AuthTable::AccessKeys).await?);
         let verifier = DynamicClientVerifier::new(&Self::trusted(&ca, &snap), cfg.client_auth)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
         tracing::info!(
             certificates = snap.certs.len(),
             cas = snap.cas.len(),
             policies = snap.policies.len(),
+            access_keys = snap.keys.len(),
             "identities loaded"
         );
         Ok(Arc::new(IdentityService {
@@ -1004,6 +1014,12 @@ impl IdentityService {
 
     fn resolve_target(&self, target: &str) -> Result<String, IdentityError> {
         let id = target.rsplit('/').next().unwrap_or(target);
+        if target.contains(":accesskey/") || is_key_id(target) {
+            if !self.state.read().keys.contains_key(id) {
+                return Err(IdentityError::NotFound(format!("access key {id} does not exist")));
+            }
+            return Ok(self.key_arn(id));
+        }
         if target.contains(":cert/") || self.state.read().certs.contains_key(id) {
             if !self.state.read().certs.contains_key(id) {
                 return Err(IdentityError::NotFound(format!(
@@ -1013,7 +1029,7 @@ impl IdentityService {
             return Ok(self.cert_arn(id));
         }
         Err(IdentityError::Invalid(format!(
-            "target {target:?} must be a certificate ARN or id"
+            "target {target:?} must be a certificate or access key (ARN or id)"
         )))
     }
 

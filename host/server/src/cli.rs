@@ -10,7 +10,12 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-/// Where the server is.
+/// Where the server is, and the access key requests are signed with (SigV4).
+///
+/// The key comes from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` when both are set, else
+/// from a credentials file (AWS's format): `--credentials-file`, else
+/// `$SHOAL_DATA_DIR/credentials`, else `./shoal-data/credentials` (where `shoal serve` writes
+/// its first admin key). Without one, requests go unsigned.
 #[derive(Debug, Clone, Args)]
 pub struct Endpoint {
     /// Base URL of Shoal's HTTP listener.
@@ -21,6 +26,126 @@ pub struct Endpoint {
         default_value = "http://127.0.0.1:8080"
     )]
     pub endpoint: String,
+    /// Credentials file (AWS format: `[profile]`, `aws_access_key_id`, `aws_secret_access_key`).
+    #[arg(long, global = true, env = "SHOAL_CREDENTIALS_FILE")]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// Profile in the credentials file.
+    #[arg(long, global = true, env = "AWS_PROFILE", default_value = "default")]
+    pub profile: String,
+    /// Region of the signature's scope.
+    #[arg(long, global = true, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+}
+
+/// The access key the CLI signs with.
+#[derive(Debug, Clone)]
+struct Credentials {
+    key_id: String,
+    secret: String,
+    region: String,
+}
+
+static CREDENTIALS: std::sync::OnceLock<Option<Credentials>> = std::sync::OnceLock::new();
+
+/// Reads `[profile]` of an AWS credentials file.
+fn read_profile(path: &std::path::Path, profile: &str) -> Result<Option<(String, String)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let (mut section, mut id, mut secret) = (String::new(), None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_owned();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_owned()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(i), Some(s)) => Ok(Some((i, s))),
+        _ => Err(format!(
+            "{} has no profile [{profile}] with aws_access_key_id and aws_secret_access_key",
+            path.display()
+        )),
+    }
+}
+
+/// Finds the access key (see [`Endpoint`]) once per process.
+pub fn init_credentials(ep: &Endpoint) -> Result<(), String> {
+    let found = if let (Ok(id), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        Some((id, secret))
+    } else if let Some(p) = &ep.credentials_file {
+        Some(read_profile(p, &ep.profile)?.ok_or_else(|| format!("{} does not exist", p.display()))?)
+    } else {
+        let dir = std::env::var_os("SHOAL_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from("./shoal-data"));
+        read_profile(&dir.join("credentials"), &ep.profile)?
+    };
+    let _ = CREDENTIALS.set(found.map(|(key_id, secret)| Credentials {
+        key_id,
+        secret,
+        region: ep.region.clone(),
+    }));
+    Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Signs `req` with the CLI's access key, if it has one.
+fn sign(req: &mut reqwest::Request) {
+    let Some(Some(c)) = CREDENTIALS.get() else {
+        return;
+    };
+    let url = req.url();
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return,
+    };
+    let body: &[u8] = req.body().and_then(reqwest::Body::as_bytes).unwrap_or_default();
+    let added = shoal_auth::sigv4::sign(
+        &shoal_auth::sigv4::Request {
+            method: req.method().as_str(),
+            path: url.path(),
+            query: url.query().unwrap_or(""),
+            headers: vec![("host", host.as_bytes())],
+        },
+        body,
+        &shoal_auth::sigv4::SigningKey {
+            key_id: &c.key_id,
+            secret: &c.secret,
+            region: &c.region,
+            service: "iot",
+        },
+        now_secs(),
+    );
+    for (name, value) in added {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            req.headers_mut().insert(name, v);
+        }
+    }
 }
 
 /// `shoal shadow ...`
@@ -120,7 +245,13 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> {
-    let resp = req.send().await.map_err(|e| format!("cannot reach Shoal: {e}"))?;
+    let (client, req) = req.build_split();
+    let mut req = req.map_err(|e| format!("cannot build the request: {e}"))?;
+    sign(&mut req);
+    let resp = client
+        .execute(req)
+        .await
+        .map_err(|e| format!("cannot reach Shoal: {e}"))?;
     let status = resp.status();
     let kind = resp
         .headers()
@@ -143,7 +274,14 @@ pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> 
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or("request failed");
-        Err(format!("{} {}: {msg}", status.as_u16(), kind.unwrap_or_default()))
+        let hint = match kind.as_deref() {
+            Some("MissingAuthenticationTokenException") => {
+                "\n(no access key found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass \
+                 --credentials-file DATA/credentials)"
+            }
+            _ => "",
+        };
+        Err(format!("{} {}: {msg}{hint}", status.as_u16(), kind.unwrap_or_default()))
     }
 }
 

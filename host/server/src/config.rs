@@ -108,6 +108,15 @@ pub struct ServeArgs {
     /// PEM file of the CAs the relay's certificate is checked against (default: the system's).
     #[arg(long, env = "SHOAL_SMTP_CA_FILE")]
     pub smtp_ca_file: Option<PathBuf>,
+    /// Authentication of HTTP requests: `sigv4` (default: every request but `/health` and
+    /// `/metrics` must be signed with an access key) or `none` (development only; refused
+    /// unless the HTTP listener is on loopback).
+    #[arg(long, env = "SHOAL_HTTP_AUTH")]
+    pub http_auth: Option<String>,
+    /// The 32-byte key (64 hex characters) that seals access-key secrets in the store;
+    /// default `DATA/access-keys.kek`, created when missing. Nodes sharing a Redis must share it.
+    #[arg(long, env = "SHOAL_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -182,6 +191,8 @@ struct FileConfig {
     webhook_targets: BTreeMap<String, WebhookTarget>,
     webhook_ca_file: Option<PathBuf>,
     smtp: Option<SmtpFile>,
+    http_auth: Option<String>,
+    key_encryption_key_file: Option<PathBuf>,
     /// Rules the file defines (created or replaced at start).
     rules: BTreeMap<String, TopicRulePayload>,
     limits: Option<Limits>,
@@ -250,6 +261,19 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Rules from the configuration file, created or replaced at start.
     pub rules: BTreeMap<String, TopicRulePayload>,
+    /// How HTTP requests authenticate.
+    pub http_auth: HttpAuth,
+    /// The key-encryption key of access-key secrets.
+    pub key_encryption_key_file: PathBuf,
+}
+
+/// How HTTP requests authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpAuth {
+    /// SigV4 with an access key on every request but `/health` and `/metrics`.
+    SigV4,
+    /// Nothing is checked (development on loopback only).
+    None,
 }
 
 /// What clients without a certificate may do.
@@ -319,6 +343,24 @@ impl Config {
             key: "http_listen",
             message: "the HTTP listener cannot be disabled".into(),
         })?;
+        let http_auth = match pick(&args.http_auth, &file.http_auth, "sigv4").to_ascii_lowercase().as_str() {
+            "sigv4" => HttpAuth::SigV4,
+            "none" if http_listen.ip().is_loopback() => HttpAuth::None,
+            "none" => {
+                return Err(ConfigError::Invalid {
+                    key: "http_auth",
+                    message: format!(
+                        "`none` is only allowed when the HTTP listener is on loopback, not {http_listen}"
+                    ),
+                });
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "http_auth",
+                    message: format!("{other:?} is not `sigv4` or `none`"),
+                });
+            }
+        };
         let mut limits = file.limits.unwrap_or_default();
         let l = &args.limits;
         macro_rules! over {
@@ -452,6 +494,11 @@ impl Config {
                 })
             }
         };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./shoal-data"));
         Ok(Config {
             rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(false),
             stream_max_len: args
@@ -464,6 +511,12 @@ impl Config {
             webhook_ca_file: args.webhook_ca_file.clone().or(file.webhook_ca_file),
             smtp,
             rules: file.rules,
+            http_auth,
+            key_encryption_key_file: args
+                .key_encryption_key_file
+                .clone()
+                .or(file.key_encryption_key_file)
+                .unwrap_or_else(|| data_dir.join("access-keys.kek")),
             anonymous_access,
             mqtts_client_auth_required,
             region: args
@@ -476,11 +529,7 @@ impl Config {
                 .clone()
                 .or(file.account)
                 .unwrap_or_else(|| "000000000000".into()),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./shoal-data")),
+            data_dir,
             mqtt_listen,
             mqtts_listen: addr("mqtts_listen", &mqtts)?,
             http_listen,

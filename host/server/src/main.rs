@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod cli_identity;
+mod cli_key;
 mod cli_plugin;
 mod cli_rule;
 mod cli_stream;
@@ -98,6 +99,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_stream::StreamCmd,
     },
+    /// Access keys that sign HTTP requests (SigV4): create, list, deactivate, delete.
+    Key {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_key::KeyCmd,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -107,9 +115,36 @@ enum Command {
     },
 }
 
+impl Command {
+    fn endpoint(&self) -> Option<&cli::Endpoint> {
+        match self {
+            Command::Serve(_) => None,
+            Command::Shadow { endpoint, .. }
+            | Command::Publish { endpoint, .. }
+            | Command::Thing { endpoint, .. }
+            | Command::ThingType { endpoint, .. }
+            | Command::ThingGroup { endpoint, .. }
+            | Command::Cert { endpoint, .. }
+            | Command::Ca { endpoint, .. }
+            | Command::Policy { endpoint, .. }
+            | Command::Plugin { endpoint, .. }
+            | Command::Rule { endpoint, .. }
+            | Command::Stream { endpoint, .. }
+            | Command::Key { endpoint, .. } => Some(endpoint),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ep) = cli.command.endpoint()
+        && let Err(e) = cli::init_credentials(ep)
+    {
+        eprintln!("shoal: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
+        Command::Key { endpoint, cmd } => cli_key::key(&endpoint, cmd),
         Command::Shadow { endpoint, cmd } => cli::shadow(&endpoint, cmd),
         Command::Publish { endpoint, args } => cli::publish(&endpoint, args),
         Command::Thing { endpoint, cmd } => cli_identity::thing(&endpoint, cmd),

@@ -10,7 +10,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use shoal_auth::pki::CertificateAuthority;
 use shoal_auth::policy::ArnConfig;
-use shoal_auth::service::{AnonymousAccess, IdentityConfig, IdentityError, IdentityService, ThingLookup};
+use shoal_auth::service::{
+    AnonymousAccess, IdentityConfig, IdentityError, IdentityService, KeyCipher, ThingLookup,
+};
 use shoal_auth::tls::ClientAuth;
 use shoal_broker::mqtt::{Listener, ListenerKind};
 use shoal_broker::session::KickReason;
@@ -24,7 +26,7 @@ use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLi
 use shoal_things::shadow::{ShadowConfig, ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::api::{AppState, router};
-use crate::config::{AnonymousSetting, Config};
+use crate::config::{AnonymousSetting, Config, HttpAuth};
 
 /// Runs the server until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -79,11 +81,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 ClientAuth::Optional
             },
             cert_validity_days: 3650,
+            keys: Arc::new(
+                KeyCipher::load_or_create(&cfg.key_encryption_key_file)
+                    .context("the key-encryption key of access keys")?,
+            ),
         },
         Arc::new(RegistryThings(registry.clone())),
     )
     .await
     .context("loading identities")?;
+    if cfg.http_auth == HttpAuth::SigV4 {
+        let credentials = cfg.data_dir.join("credentials");
+        if let Some(id) = identity
+            .bootstrap_admin_key(&credentials)
+            .await
+            .context("creating the first admin access key")?
+        {
+            tracing::info!(
+                access_key = %id,
+                path = %credentials.display(),
+                "created the first admin access key (HTTP requests must be signed with an access key)"
+            );
+        }
+    } else {
+        tracing::warn!("HTTP authentication is off (--http-auth none): anyone who reaches the HTTP listener can do anything");
+    }
     let broker = Broker::start(broker_cfg, stores.broker, identity.clone(), &rt)
         .await
         .context("loading broker state from the store")?;
@@ -175,14 +197,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = router(AppState::new(
+    let mut state = AppState::new(
         broker.clone(),
         shadows.clone(),
         identity.clone(),
         registry,
         plugins.clone(),
         rules,
-    ));
+    );
+    state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     crate::plugin_watch::spawn(
         plugins,
         cfg.data_dir.join("plugins").join("watch"),

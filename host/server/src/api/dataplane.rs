@@ -4,6 +4,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::json;
+use shoal_auth::policy::Action;
+use shoal_auth::service::HttpCaller;
 use shoal_broker::auth::Principal;
 use shoal_broker::hook::Origin;
 use shoal_broker::message::{ClientId, Message, MessageProps, qos_from_u8};
@@ -19,7 +22,18 @@ use shoal_broker::topic::Topic;
 use shoal_things::shadow::{ShadowKey, ShadowName, ThingName};
 
 use super::AppState;
+use super::auth::require;
 use super::error::ApiError;
+
+type Caller = Extension<std::sync::Arc<HttpCaller>>;
+
+/// The policy resource of a shadow: `thing` or `thing/shadowName`.
+fn shadow_resource(thing: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) if !n.is_empty() => format!("{thing}/{n}"),
+        _ => thing.to_owned(),
+    }
+}
 
 /// Routes of the data plane.
 pub fn routes() -> Router<AppState> {
@@ -56,29 +70,35 @@ fn json_ok(v: serde_json::Value) -> Response {
 
 async fn get_shadow(
     State(s): State<AppState>,
+    Extension(caller): Caller,
     Path(thing): Path<String>,
     Query(q): Query<NameQuery>,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
+    require(&caller, Action::GetThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
     Ok(json_ok(s.shadows.get(&key, b"").await?))
 }
 
 async fn update_shadow(
     State(s): State<AppState>,
+    Extension(caller): Caller,
     Path(thing): Path<String>,
     Query(q): Query<NameQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
+    require(&caller, Action::UpdateThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
     Ok(json_ok(s.shadows.update(&key, &body).await?))
 }
 
 async fn delete_shadow(
     State(s): State<AppState>,
+    Extension(caller): Caller,
     Path(thing): Path<String>,
     Query(q): Query<NameQuery>,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
+    require(&caller, Action::DeleteThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
     Ok(json_ok(s.shadows.delete(&key, b"").await?))
 }
 
@@ -91,10 +111,12 @@ struct ListQuery {
 
 async fn list_named(
     State(s): State<AppState>,
+    Extension(caller): Caller,
     Path(thing): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let thing = ThingName::parse(&thing).map_err(|e| ApiError::bad_request(format!("thingName: {e}")))?;
+    require(&caller, Action::ListNamedShadowsForThing, "*")?;
     if let Some(n) = q.page_size
         && !(1..=100).contains(&n)
     {
@@ -123,6 +145,7 @@ struct PublishQuery {
 /// `x-amz-mqtt5-correlation-data` (base64).
 async fn publish(
     State(s): State<AppState>,
+    Extension(caller): Caller,
     Path(topic): Path<String>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
@@ -131,6 +154,11 @@ async fn publish(
     let b = &s.broker;
     let topic =
         Topic::parse(topic, b.topic_limits()).map_err(|e| ApiError::bad_request(format!("topic: {e}")))?;
+    let retain = q.retain.unwrap_or(false);
+    require(&caller, Action::Publish, topic.as_str())?;
+    if retain {
+        require(&caller, Action::RetainPublish, topic.as_str())?;
+    }
     let qos = q.qos.unwrap_or(0);
     if qos > 1 {
         return Err(ApiError::bad_request("qos must be 0 or 1"));
@@ -166,12 +194,19 @@ async fn publish(
             .map_err(|_| ApiError::bad_request("x-amz-mqtt5-correlation-data is not base64"))?;
         props.correlation_data = Some(raw.into());
     }
-    let retain = q.retain.unwrap_or(false);
     let mut msg = Message::new(topic, body.to_vec().into(), qos_from_u8(qos), retain)
         .with_expiry_interval(q.message_expiry);
     msg.props = props;
     let client_id = s.http_client_id.clone();
-    let principal = Principal::anonymous();
+    let principal = if s.sigv4 {
+        Principal {
+            id: std::sync::Arc::from(caller.key_id.as_str()),
+            attributes: Default::default(),
+            grants: None,
+        }
+    } else {
+        Principal::anonymous()
+    };
     let routed = b.publish(
         msg,
         Some(Origin {
@@ -212,7 +247,12 @@ fn user_property_pairs(
 
 /// `GET /retainedMessage/{topic}`: `{"topic","payload"(base64),"qos","lastModifiedTime",
 /// "userProperties"?}` (user properties as base64 of `[{"name":"value"},...]`, as AWS returns).
-async fn retained(State(s): State<AppState>, Path(topic): Path<String>) -> Result<Response, ApiError> {
+async fn retained(
+    State(s): State<AppState>,
+    Extension(caller): Caller,
+    Path(topic): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Action::GetRetainedMessage, &topic)?;
     match s.broker.retained(&topic) {
         Some(m) => {
             let mut body = json!({

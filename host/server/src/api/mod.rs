@@ -2,9 +2,11 @@
 //! management API under `/api/v1` (identities, the thing registry, plugins, rules, streams; the registry also answers on
 //! AWS's control-plane paths).
 
+mod auth;
 mod dataplane;
 mod error;
 mod identity;
+mod keys;
 mod plugins;
 mod registry;
 mod rules;
@@ -43,6 +45,10 @@ pub struct AppState {
     pub rules: RulesEngine,
     /// The client id of HTTP publishes.
     pub http_client_id: ClientId,
+    /// Whether requests must be signed (SigV4).
+    pub sigv4: bool,
+    /// Authentication outcomes.
+    pub auth_metrics: Arc<auth::AuthMetrics>,
 }
 
 impl AppState {
@@ -63,6 +69,8 @@ impl AppState {
             plugins,
             rules,
             http_client_id: dataplane::http_client_id(),
+            sigv4: true,
+            auth_metrics: Arc::default(),
         }
     }
 }
@@ -92,10 +100,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(dataplane::routes())
         .merge(identity::routes())
+        .merge(keys::routes())
         .merge(registry::routes())
         .merge(plugins::routes())
         .merge(rules::routes())
         .merge(streams::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .with_state(state)
 }
 
@@ -134,6 +144,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             let mut text = s.broker.metrics.render();
             s.plugins.render_prometheus(&mut text);
             s.rules.render_prometheus(&mut text);
+            s.auth_metrics.render(&mut text);
             text
         },
     )

@@ -556,6 +556,7 @@ mod tests {
             anonymous: AnonymousAccess::AllowAll,
             client_auth: ClientAuth::Optional,
             cert_validity_days: 1,
+            keys: Arc::new(shoal_auth::service::KeyCipher::new(&[0; 32])),
         };
         // No registry behind the identity service: attachments are not checked here.
         let identity = IdentityService::start(stores.auth, ca, cfg, Arc::new(NoThings))
@@ -582,7 +583,9 @@ mod tests {
             },
         )
         .unwrap();
-        let app = super::super::router(AppState::new(broker, shadows, identity, registry, plugins, rules));
+        let mut state = AppState::new(broker, shadows, identity, registry, plugins, rules);
+        state.sigv4 = false;
+        let app = super::super::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });

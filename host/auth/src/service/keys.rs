@@ -1,0 +1,489 @@
+//! Access keys: the identities that sign HTTP requests (SigV4) and presigned WebSocket URLs.
+//!
+//! A key is an id (`AKIA` + 16 characters, AWS's shape) and a 40-character secret. SigV4 needs
+//! the secret itself to recompute a signature, so it cannot be stored as a hash: it is sealed
+//! with AES-256-GCM under the node's key-encryption key ([`KeyCipher`], a 32-byte file that
+//! never enters the store) and opened once at start. Nodes sharing a Redis must share that file.
+//!
+//! Two kinds of key:
+//! - **admin** keys may call everything, the management API included (the first one is
+//!   created at start when the store has none, and written to `DATA/credentials`);
+//! - **device** keys may call only the data plane (shadows, publish, retained messages), and
+//!   only what the policies attached to them allow, exactly as for a certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::{IdentityError, IdentityService, now_ms};
+use crate::policy::{Action, CompiledPolicies, VarContext};
+use crate::sigv4::SigV4Error;
+use crate::store::AuthTable;
+
+/// Seals and opens secrets with the key-encryption key.
+pub struct KeyCipher {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for KeyCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyCipher(..)")
+    }
+}
+
+impl KeyCipher {
+    /// A cipher over 32 raw key bytes.
+    pub fn new(bytes: &[u8; 32]) -> KeyCipher {
+        // AES-256 accepts any 32 bytes, so this cannot fail.
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!());
+        KeyCipher {
+            key: LessSafeKey::new(unbound),
+        }
+    }
+
+    /// Reads the key-encryption key at `path` (32 bytes as 64 hex characters), creating it
+    /// (mode 0600) if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<KeyCipher, IdentityError> {
+        let io = |e: std::io::Error| IdentityError::Invalid(format!("key-encryption key {}: {e}", path.display()));
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let t = text.trim();
+                let bytes: Option<Vec<u8>> = (t.len() == 64)
+                    .then(|| (0..32).map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok()).collect())
+                    .flatten();
+                let bytes: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                    IdentityError::Invalid(format!(
+                        "key-encryption key {}: expected 64 hexadecimal characters",
+                        path.display()
+                    ))
+                })?;
+                Ok(KeyCipher::new(&bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 32];
+                fill(&mut bytes)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                write_private(path, &crate::sigv4::hex(&bytes)).map_err(io)?;
+                tracing::info!(path = %path.display(), "created the key-encryption key of access-key secrets");
+                Ok(KeyCipher::new(&bytes))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn seal(&self, secret: &str) -> Result<String, IdentityError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill(&mut nonce)?;
+        let mut data = secret.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+            .map_err(|_| IdentityError::Invalid("cannot seal a secret".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(B64.encode(out))
+    }
+
+    fn open(&self, sealed: &str) -> Option<String> {
+        let raw = B64.decode(sealed).ok()?;
+        if raw.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = rest.to_vec();
+        let plain = self.key.open_in_place(nonce, Aad::empty(), &mut data).ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+}
+
+fn fill(buf: &mut [u8]) -> Result<(), IdentityError> {
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| IdentityError::Invalid("the system random source failed".into()))
+}
+
+/// Writes `text` to a new file readable by its owner only.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// A stored access key (the secret sealed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyRecord {
+    /// `AKIA...`.
+    pub access_key_id: String,
+    /// base64(nonce ‖ AES-256-GCM(secret)).
+    pub sealed_secret: String,
+    /// `Active` or `Inactive`.
+    pub status: KeyStatus,
+    /// May call the management API.
+    pub admin: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (ms since the epoch).
+    pub created_ms: u64,
+}
+
+impl AccessKeyRecord {
+    /// The record as the API shows it (never the secret).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accessKeyId": self.access_key_id,
+            "status": self.status,
+            "admin": self.admin,
+            "description": self.description,
+            "createDate": self.created_ms as f64 / 1000.0,
+        })
+    }
+}
+
+/// IAM's key statuses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Signs requests.
+    Active,
+    /// Refused, kept.
+    Inactive,
+}
+
+/// An access key and its opened secret, as the service keeps it in memory.
+#[derive(Debug, Clone)]
+pub(super) struct KeyEntry {
+    pub record: AccessKeyRecord,
+    /// `None` when the secret could not be opened with this node's key-encryption key.
+    pub secret: Option<Arc<str>>,
+}
+
+/// The caller of an HTTP request, once its signature verified.
+#[derive(Debug)]
+pub struct HttpCaller {
+    /// The access key id.
+    pub key_id: String,
+    /// May call the management API and everything else.
+    pub admin: bool,
+    /// The compiled policies of a device key.
+    compiled: Option<CompiledPolicies>,
+}
+
+impl HttpCaller {
+    /// The caller when HTTP authentication is off (`--http-auth none`): may do everything.
+    pub fn unauthenticated() -> HttpCaller {
+        HttpCaller {
+            key_id: "unauthenticated".into(),
+            admin: true,
+            compiled: None,
+        }
+    }
+
+    /// Whether the caller may do `action` on the resource named `resource` (as for
+    /// [`CompiledPolicies::check`]); admin keys may do everything. A refusal is logged with
+    /// the statement that decided.
+    pub fn allows(&self, action: Action, resource: &str) -> bool {
+        if self.admin {
+            return true;
+        }
+        let Some(c) = &self.compiled else {
+            return false;
+        };
+        let d = c.check(action, resource);
+        if !d.allowed {
+            tracing::info!(access_key = %self.key_id, "{action} {resource}: {d}");
+        }
+        d.allowed
+    }
+}
+
+const ID_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+fn new_key_id() -> Result<String, IdentityError> {
+    let mut b = [0u8; 16];
+    fill(&mut b)?;
+    let mut id = String::from("AKIA");
+    id.extend(b.iter().map(|x| ID_ALPHABET[(x & 31) as usize] as char));
+    Ok(id)
+}
+
+fn new_secret() -> Result<String, IdentityError> {
+    let mut b = [0u8; 30];
+    fill(&mut b)?;
+    Ok(B64.encode(b))
+}
+
+/// Whether `s` looks like an access key id (`AKIA` and 16 base-32 characters), so policy
+/// attachments can tell a key from a certificate.
+pub fn is_key_id(s: &str) -> bool {
+    s.len() == 20 && s.starts_with("AKIA") && s.bytes().all(|b| ID_ALPHABET.contains(&b))
+}
+
+impl IdentityService {
+    pub(super) fn key_arn(&self, id: &str) -> String {
+        format!("{}accesskey/{id}", self.cfg.arn.prefix())
+    }
+
+    pub(super) fn load_keys(
+        cipher: &KeyCipher,
+        rows: Vec<(String, Vec<u8>)>,
+    ) -> std::collections::HashMap<String, KeyEntry> {
+        let mut out = std::collections::HashMap::new();
+        for (id, v) in rows {
+            let Ok(record) = serde_json::from_slice::<AccessKeyRecord>(&v) else {
+                tracing::warn!(%id, "skipping an unreadable access key record");
+                continue;
+            };
+            let secret = cipher.open(&record.sealed_secret).map(Arc::from);
+            if secret.is_none() {
+                tracing::error!(
+                    access_key = %id,
+                    "cannot open this access key's secret with this node's key-encryption key: \
+                     nodes sharing a store must share the key file (--key-encryption-key-file)"
+                );
+            }
+            out.insert(id, KeyEntry { record, secret });
+        }
+        out
+    }
+
+    /// Creates an access key: returns its record and its secret (shown once, never again).
+    pub async fn create_access_key(
+        &self,
+        description: &str,
+        admin: bool,
+    ) -> Result<(AccessKeyRecord, String), IdentityError> {
+        if description.len() > 256 {
+            return Err(IdentityError::Invalid("description: at most 256 characters".into()));
+        }
+        let secret = new_secret()?;
+        let record = AccessKeyRecord {
+            access_key_id: new_key_id()?,
+            sealed_secret: self.cfg.keys.seal(&secret)?,
+            status: KeyStatus::Active,
+            admin,
+            description: description.to_owned(),
+            created_ms: now_ms(),
+        };
+        self.save_key(&record).await?;
+        self.state.write().keys.insert(
+            record.access_key_id.clone(),
+            KeyEntry {
+                record: record.clone(),
+                secret: Some(Arc::from(secret.as_str())),
+            },
+        );
+        tracing::info!(access_key = %record.access_key_id, admin, "access key created");
+        Ok((record, secret))
+    }
+
+    async fn save_key(&self, record: &AccessKeyRecord) -> Result<(), IdentityError> {
+        let data = serde_json::to_vec(record).map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        self.store
+            .put(AuthTable::AccessKeys, &record.access_key_id, data)
+            .await?;
+        Ok(())
+    }
+
+    /// Every access key, by id.
+    pub fn access_keys(&self) -> Vec<AccessKeyRecord> {
+        let mut v: Vec<AccessKeyRecord> = self
+            .state
+            .read()
+            .keys
+            .values()
+            .map(|k| k.record.clone())
+            .collect();
+        v.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+        v
+    }
+
+    /// One access key.
+    pub fn access_key(&self, id: &str) -> Result<AccessKeyRecord, IdentityError> {
+        self.state
+            .read()
+            .keys
+            .get(id)
+            .map(|k| k.record.clone())
+            .ok_or_else(|| IdentityError::NotFound(format!("access key {id} does not exist")))
+    }
+
+    /// Activates or deactivates a key: a deactivated key signs nothing from the next request.
+    pub async fn set_access_key_status(&self, id: &str, status: KeyStatus) -> Result<AccessKeyRecord, IdentityError> {
+        let mut record = self.access_key(id)?;
+        if record.admin && status == KeyStatus::Inactive && self.last_active_admin(id) {
+            return Err(IdentityError::Conflict(format!(
+                "{id} is the last active admin key; create another before deactivating it"
+            )));
+        }
+        record.status = status;
+        self.save_key(&record).await?;
+        if let Some(k) = self.state.write().keys.get_mut(id) {
+            k.record.status = status;
+        }
+        Ok(record)
+    }
+
+    fn last_active_admin(&self, id: &str) -> bool {
+        !self
+            .state
+            .read()
+            .keys
+            .values()
+            .any(|k| k.record.admin && k.record.status == KeyStatus::Active && k.record.access_key_id != id)
+    }
+
+    /// Deletes a key and its policy attachments.
+    pub async fn delete_access_key(&self, id: &str) -> Result<(), IdentityError> {
+        let record = self.access_key(id)?;
+        if record.admin && record.status == KeyStatus::Active && self.last_active_admin(id) {
+            return Err(IdentityError::Conflict(format!(
+                "{id} is the last active admin key; create another before deleting it"
+            )));
+        }
+        let arn = self.key_arn(id);
+        let attached: Vec<String> = self
+            .state
+            .read()
+            .targets
+            .get(&arn)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for p in attached {
+            self.detach_policy(&p, &arn).await?;
+        }
+        self.store.delete(AuthTable::AccessKeys, id).await?;
+        self.state.write().keys.remove(id);
+        Ok(())
+    }
+
+    /// At start: when the store has no active admin key and `credentials` does not exist,
+    /// creates one and writes it there as an AWS credentials file (profile `default`, mode
+    /// 0600) for the CLI, boto3 and the AWS CLI. Returns the key id when it created one.
+    pub async fn bootstrap_admin_key(&self, credentials: &Path) -> Result<Option<String>, IdentityError> {
+        let has_admin = self
+            .state
+            .read()
+            .keys
+            .values()
+            .any(|k| k.record.admin && k.record.status == KeyStatus::Active);
+        if has_admin || credentials.exists() {
+            return Ok(None);
+        }
+        let (record, secret) = self.create_access_key("bootstrap admin key", true).await?;
+        let text = format!(
+            "# Shoal's first admin access key (created at start because the store had none).\n\
+             # Use it with: shoal --credentials-file {path} ..., or\n\
+             # AWS_SHARED_CREDENTIALS_FILE={path} aws --endpoint-url http://HOST:PORT iot ...\n\
+             [default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n",
+            path = credentials.display(),
+            id = record.access_key_id
+        );
+        write_private(credentials, &text)
+            .map_err(|e| IdentityError::Invalid(format!("writing {}: {e}", credentials.display())))?;
+        Ok(Some(record.access_key_id))
+    }
+
+    /// The secret of an active key, for verifying a signature.
+    pub fn signing_secret(&self, id: &str) -> Result<Arc<str>, SigV4Error> {
+        let st = self.state.read();
+        match st.keys.get(id) {
+            Some(k) if k.record.status == KeyStatus::Active => k.secret.clone().ok_or(SigV4Error::UnknownKey),
+            _ => Err(SigV4Error::UnknownKey),
+        }
+    }
+
+    /// The caller behind a verified key: admin, or the key's attached policies compiled for
+    /// this request (`aws:SourceIp` is the peer address).
+    pub fn http_caller(&self, id: &str, source_ip: Option<std::net::IpAddr>) -> Result<HttpCaller, SigV4Error> {
+        let admin = {
+            let st = self.state.read();
+            let k = st.keys.get(id).ok_or(SigV4Error::UnknownKey)?;
+            k.record.admin
+        };
+        if admin {
+            return Ok(HttpCaller {
+                key_id: id.to_owned(),
+                admin: true,
+                compiled: None,
+            });
+        }
+        let policies: Vec<String> = self
+            .state
+            .read()
+            .targets
+            .get(&self.key_arn(id))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let ctx = VarContext {
+            source_ip,
+            ..VarContext::default()
+        };
+        let (compiled, _) = self.compile(&policies, &ctx);
+        Ok(HttpCaller {
+            key_id: id.to_owned(),
+            admin: false,
+            compiled: Some(compiled),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key() {
+        let a = KeyCipher::new(&[7; 32]);
+        let b = KeyCipher::new(&[8; 32]);
+        let sealed = a.seal("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
+        assert!(!sealed.contains("wJalr"));
+        assert_eq!(a.open(&sealed).as_deref(), Some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
+        assert_eq!(b.open(&sealed), None);
+        // Sealing twice gives two ciphertexts (fresh nonces).
+        assert_ne!(a.seal("x").unwrap(), a.seal("x").unwrap());
+        assert_eq!(a.open("not base64!"), None);
+        assert_eq!(a.open("AAAA"), None);
+    }
+
+    #[test]
+    fn ids_and_secrets_have_aws_shapes() {
+        let id = new_key_id().unwrap();
+        assert!(is_key_id(&id), "{id}");
+        assert_eq!(new_secret().unwrap().len(), 40);
+        assert!(!is_key_id("AKIA0000000000000000"));
+        assert!(!is_key_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn the_key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys").join("kek");
+        let a = KeyCipher::load_or_create(&p).unwrap();
+        let sealed = a.seal("s").unwrap();
+        let b = KeyCipher::load_or_create(&p).unwrap();
+        assert_eq!(b.open(&sealed).as_deref(), Some("s"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&p, "short").unwrap();
+        assert!(KeyCipher::load_or_create(&p).is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! SigV4 on every HTTP request (but `/health` and `/metrics`): a middleware verifies the
+//! signature with the access key's secret, then hands the handlers an [`HttpCaller`] in the
+//! request's extensions. Admin keys may call everything; other keys only the data plane, where
+//! each handler checks the key's policies (`iot:Publish`, `iot:GetThingShadow`, ...).
+//!
+//! Cheap checks run before the body is read (the signature's form, the date window, the key),
+//! so an unsigned or stale request never makes the server buffer its body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shoal_auth::policy::Action;
+use shoal_auth::service::HttpCaller;
+use shoal_auth::sigv4::{self, Authorization, SigV4Error};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// The largest body any route takes (a plugin upload); larger signed bodies get 413 before
+/// they are buffered in full.
+pub const MAX_SIGNED_BODY: usize = 64 << 20;
+
+/// Outcomes of HTTP authentication, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    outcomes: [AtomicU64; 9],
+}
+
+const OUTCOMES: [&str; 9] = [
+    "ok",
+    "missing",
+    "malformed",
+    "unknown_key",
+    "expired",
+    "mismatch",
+    "invalid",
+    "forbidden",
+    "too_large",
+];
+
+impl AuthMetrics {
+    fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP shoal_http_auth_total HTTP requests by authentication outcome.\n");
+        out.push_str("# TYPE shoal_http_auth_total counter\n");
+        for (o, n) in OUTCOMES.iter().zip(&self.outcomes) {
+            let _ = writeln!(out, "shoal_http_auth_total{{outcome=\"{o}\"}} {}", n.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Whether a path is the AWS IoT data plane (any active key may call it; policies decide).
+fn is_data_plane(path: &str) -> bool {
+    path.starts_with("/topics/")
+        || path.starts_with("/retainedMessage/")
+        || path.starts_with("/api/things/shadow/ListNamedShadowsForThing/")
+        || path
+            .strip_prefix("/things/")
+            .and_then(|r| r.strip_suffix("/shadow"))
+            .is_some_and(|t| !t.is_empty() && !t.contains('/'))
+}
+
+fn refusal(e: &SigV4Error) -> Response {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        error_type: e.aws_type(),
+        body: json!({ "message": e.to_string() }),
+    }
+    .into_response()
+}
+
+/// A 403 for a verified caller that may not do this.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        error_type: "ForbiddenException",
+        body: json!({ "message": message.into() }),
+    }
+}
+
+/// Checks `action` on `resource` for the caller, or answers 403.
+pub fn require(caller: &HttpCaller, action: Action, resource: &str) -> Result<(), ApiError> {
+    if caller.allows(action, resource) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "access key {} is not authorized to perform {action} on {resource}",
+            caller.key_id
+        )))
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The middleware.
+pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/health" || path == "/metrics" {
+        return next.run(req).await;
+    }
+    if !s.sigv4 {
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(Arc::new(HttpCaller::unauthenticated()));
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let (parts, body) = req.into_parts();
+    let refuse = |e: SigV4Error| {
+        s.auth_metrics.count(e.label());
+        tracing::info!(
+            peer = ?peer,
+            method = %parts.method,
+            path = %parts.uri.path(),
+            reason = e.label(),
+            "HTTP request refused: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        );
+        refusal(&e)
+    };
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let sreq = sigv4::Request {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers,
+    };
+    let auth = match Authorization::parse(&sreq) {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    if let Err(e) = auth.check_time(now_secs()) {
+        return refuse(e);
+    }
+    let secret = match s.identity.signing_secret(&auth.credential.key_id) {
+        Ok(k) => k,
+        Err(e) => return refuse(e),
+    };
+    let bytes = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            s.auth_metrics.count("too_large");
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                error_type: "RequestEntityTooLargeException",
+                body: json!({ "message": format!("cannot read the body (at most {MAX_SIGNED_BODY} bytes): {e}") }),
+            }
+            .into_response();
+        }
+    };
+    if let Err(e) = auth.verify(&sreq, &sigv4::sha256_hex(&bytes), &secret) {
+        return refuse(e);
+    }
+    let caller = match s.identity.http_caller(&auth.credential.key_id, peer.map(|p| p.ip())) {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
+    };
+    if !caller.admin && !is_data_plane(sreq.path) {
+        s.auth_metrics.count("forbidden");
+        tracing::info!(access_key = %caller.key_id, path = %sreq.path, "management call by a non-admin key refused");
+        return forbidden(format!(
+            "access key {} is not an admin key: it may call the data plane (shadows, topics, retained \
+             messages) only",
+            caller.key_id
+        ))
+        .into_response();
+    }
+    s.auth_metrics.count("ok");
+    drop(sreq);
+    let mut parts = parts;
+    parts.extensions.insert(Arc::new(caller));
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_plane;
+
+    #[test]
+    fn data_plane_paths() {
+        for p in [
+            "/topics/a%2Fb",
+            "/retainedMessage/x",
+            "/things/t1/shadow",
+            "/api/things/shadow/ListNamedShadowsForThing/t1",
+        ] {
+            assert!(is_data_plane(p), "{p}");
+        }
+        for p in [
+            "/things/t1",
+            "/things/t1/principals",
+            "/things/t1/x/shadow",
+            "/things/shadow",
+            "/api/v1/certificates",
+            "/rules/r",
+            "/policies/p",
+        ] {
+            assert!(!is_data_plane(p), "{p}");
+        }
+    }
+}
