@@ -306,7 +306,7 @@ run_attempt() {
     esac
     echo "== [$rep/$REPEAT] $key, $mode (port $port)" >&2
     "${BROKER_CPU[@]}" "$SHOAL" serve --data-dir "$dir/data" --store memory --anonymous-access "$access" \
-        --mqtt-listen "127.0.0.1:$port" --mqtts-listen off --http-listen 127.0.0.1:0 \
+        --mqtt-listen "127.0.0.1:$port" --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none \
         ${WORKERS:+--workers "$WORKERS"} >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     if ! wait_listen "$port" || ! http=$(shoal_addr "$dir/data" http) \

@@ -94,7 +94,7 @@ run_one() {
     wait_quiet
     echo "== [$rep/$REPEAT] $key, $mode" >&2
     "$WORK/shoal" serve --data-dir "$dir/data" --store memory --mqtt-listen "127.0.0.1:$port" \
-        --mqtts-listen off --http-listen 127.0.0.1:0 ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$dir/broker.log" 2>&1 &
+        --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     wait_listen "$port" && http=$(shoal_addr "$dir/data" http) || { tail "$dir/broker.log" >&2; exit 1; }
     if [ "$mode" = rules10 ]; then

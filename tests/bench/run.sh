@@ -418,7 +418,7 @@ EOF
             ;;
         shoal)
             "${BROKER_CPU[@]}" "$SHOAL" serve --data-dir "$dir/data" --store memory \
-                --mqtt-listen "127.0.0.1:$port" --mqtts-listen off --http-listen 127.0.0.1:0 \
+                --mqtt-listen "127.0.0.1:$port" --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none \
                 >"$dir/broker.log" 2>&1 &
             BROKER_PID=$!
             ;;

@@ -429,7 +429,7 @@ start_shoal() {
     local dir=$1 store=$2 i
     mkdir -p "$dir/data"
     "${REST_CPU[@]}" "$SHOAL" serve --data-dir "$dir/data" --store "$store" \
-        --mqtt-listen 127.0.0.1:0 --mqtts-listen off --http-listen 127.0.0.1:0 >"$dir/shoal.log" 2>&1 &
+        --mqtt-listen 127.0.0.1:0 --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none >"$dir/shoal.log" 2>&1 &
     SHOAL_PID=$!
     for i in $(seq 1 200); do
         [ -s "$dir/data/ports.json" ] && break

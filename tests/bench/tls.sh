@@ -263,7 +263,7 @@ fi
 start_shoal() {
     local dir=$1
     "${BROKER_CPU[@]}" "$SHOAL" serve --data-dir "$dir" --store memory --mqtt-listen off \
-        --mqtts-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 >"$dir.log" 2>&1 &
+        --mqtts-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --http-auth none >"$dir.log" 2>&1 &
     BROKER_PID=$!
 }
 

@@ -5,6 +5,13 @@ arguments (e.g. `make_shoal("--max-payload-size", "1024")`). Each broker lives i
 temporary data directory, removed at teardown; its stderr goes to a file whose tail is attached
 to the report of a failing test. Every test has a timeout (pytest-timeout when installed, a
 SIGALRM guard otherwise).
+
+HTTP requests need SigV4 (issue #7). Every broker started here shares one key-encryption key
+(like the nodes of one deployment), and `Shoal.credentials` is the first admin key the broker
+(or an earlier one on the same store) wrote to its data dir. `urllib.request.urlopen` is wrapped
+so that a request to a live broker's HTTP port is signed with those credentials, unless it
+carries the header `X-Test-Unsigned: 1` (removed before sending); the SigV4 tests use that, or
+`http.client`, to send unsigned and badly signed requests.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,6 +39,12 @@ DEFAULT_TEST_TIMEOUT = 60  # seconds, per test
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 _LIVE: list["Shoal"] = []
+_KEK_DIR = Path(tempfile.mkdtemp(prefix="shoal-test-kek-"))
+_KEK = _KEK_DIR / "access-keys.kek"
+_KEK.write_text("5ea1" * 16)
+# Admin credentials by store (`--store` argument): a second node on a shared Redis finds the
+# store's admin key already there and writes no credentials file of its own.
+_CREDS_BY_STORE: dict[str, tuple[str, str]] = {}
 
 
 def find_binary() -> str:
@@ -86,8 +101,48 @@ class Shoal:
             "--mqtt-listen", "127.0.0.1:0",
             "--mqtts-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
+            *([] if "--key-encryption-key-file" in self.extra_args else ["--key-encryption-key-file", str(_KEK)]),
             *self.extra_args,
         ]
+
+    def _store_key(self) -> str:
+        args = self.extra_args
+        if "--store" in args and args.index("--store") + 1 < len(args):
+            store = args[args.index("--store") + 1]
+            if store.startswith("redis"):
+                return store
+        return f"data:{self.data_dir}"
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """(access key id, secret) of an admin key of this broker's store."""
+        f = self.data_dir / "credentials"
+        if f.exists():
+            import configparser
+            c = configparser.ConfigParser()
+            c.read(f)
+            creds = (c["default"]["aws_access_key_id"], c["default"]["aws_secret_access_key"])
+            _CREDS_BY_STORE[self._store_key()] = creds
+            return creds
+        creds = _CREDS_BY_STORE.get(self._store_key())
+        if creds is None:
+            raise AssertionError(f"no admin credentials for {self.name} (no {f}, no earlier node on its store)")
+        return creds
+
+    def boto3(self, service: str, **config):
+        """A boto3 client (`iot` or `iot-data`) signing with the admin key."""
+        import boto3
+        from botocore.config import Config
+        key, secret = self.credentials
+        return boto3.client(service, endpoint_url=f"http://{self.host}:{self.http_port}", region_name="us-east-1",
+                            aws_access_key_id=key, aws_secret_access_key=secret,
+                            config=Config(**({"retries": {"total_max_attempts": 1}} | config)))
+
+    def cli_env(self) -> dict:
+        """Environment for `shoal` CLI subprocesses aimed at this broker."""
+        key, secret = self.credentials
+        return dict(os.environ, SHOAL_ENDPOINT=f"http://{self.host}:{self.http_port}",
+                    AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
 
     def start(self) -> None:
         ports_file = self.data_dir / "ports.json"
@@ -122,6 +177,8 @@ class Shoal:
         self.mqtt_port = int(mqtt_addr.rsplit(":", 1)[1])
         self.mqtts_port = int(mqtts_addr.rsplit(":", 1)[1])
         self.http_port = int(http_addr.rsplit(":", 1)[1])
+        if (self.data_dir / "credentials").exists():
+            _ = self.credentials  # remembered for later nodes on the same store
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM; returns the exit code (fails if it does not exit within the timeout)."""
@@ -215,6 +272,48 @@ class Shoal:
         except OSError:
             return "(no stderr log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def sign_request(req, key: str, secret: str, service: str = "iot") -> None:
+    """Adds SigV4 headers (botocore's signer) to a `urllib.request.Request`."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    headers = {k: v for k, v in req.header_items() if k.lower() != "host"}
+    aws = AWSRequest(method=req.get_method(), url=req.full_url, data=req.data or b"", headers=headers)
+    SigV4Auth(Credentials(key, secret), service, "us-east-1").add_auth(aws)
+    for k in ("Authorization", "X-Amz-Date"):
+        req.add_header(k, aws.headers[k])
+
+
+_urlopen = urllib.request.urlopen
+
+
+def _signing_urlopen(url, *args, **kwargs):
+    req = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)
+    if req.get_header("X-test-unsigned"):
+        req.remove_header("X-test-unsigned")
+        return _urlopen(req, *args, **kwargs)
+    target = urllib.parse.urlsplit(req.full_url)
+    for s in list(_LIVE):
+        if target.port == s.http_port and target.path not in ("/health", "/metrics"):
+            try:
+                key, secret = s.credentials
+            except AssertionError:
+                break
+            if target.query:
+                # botocore signs a query written into the URL as it is, while SigV4 servers
+                # (AWS's and Shoal's) re-encode it strictly: send it strictly encoded.
+                q = "&".join("=".join(urllib.parse.quote(urllib.parse.unquote(x), safe="-_.~")
+                                      for x in pair.split("=", 1))
+                             for pair in target.query.split("&") if pair)
+                req.full_url = urllib.parse.urlunsplit(target._replace(query=q))
+            sign_request(req, key, secret)
+            break
+    return _urlopen(req, *args, **kwargs)
+
+
+urllib.request.urlopen = _signing_urlopen
 
 
 @pytest.fixture(scope="session")
@@ -338,3 +437,4 @@ def pytest_runtest_call(item):
 def pytest_sessionfinish(session, exitstatus):
     for s in list(_LIVE):
         s.kill()
+    shutil.rmtree(_KEK_DIR, ignore_errors=True)

@@ -127,7 +127,7 @@ def versions(s: Shoal, plugin: str) -> dict[int, dict]:
 def cli(s: Shoal, *args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess:
     """`shoal ARGS... --endpoint <this server>`, e.g. cli(s, "plugin", "list")."""
     p = subprocess.run([s.binary, *args, "--endpoint", f"http://{s.host}:{s.http_port}"],
-                       input=stdin, capture_output=True, text=True, timeout=60)
+                       input=stdin, capture_output=True, text=True, timeout=60, env=s.cli_env())
     if check:
         assert p.returncode == 0, f"shoal {' '.join(args)} exited {p.returncode}: {p.stderr}"
     return p

@@ -252,8 +252,8 @@ def iot_data(broker: Any):
         "iot-data",
         endpoint_url=f"http://{broker.host}:{broker.http_port}",
         region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
+        aws_access_key_id=broker.credentials[0],
+        aws_secret_access_key=broker.credentials[1],
         config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15),
     )
 

@@ -20,7 +20,7 @@ ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action"
 
 
 def cli(s: Shoal, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SHOAL_ENDPOINT=f"http://{s.host}:{s.http_port}")
+    env = s.cli_env()
     p = subprocess.run([s.binary, *args], input=stdin, capture_output=True, text=True, env=env, timeout=30)
     if check:
         assert p.returncode == 0, f"shoal {' '.join(args)} exited {p.returncode}: {p.stderr}"

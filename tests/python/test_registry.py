@@ -492,7 +492,7 @@ def _iot(s: Shoal):
     from botocore.config import Config
 
     return boto3.client("iot", endpoint_url=f"http://{s.host}:{s.http_port}", region_name="us-east-1",
-                        aws_access_key_id="x", aws_secret_access_key="y",
+                        aws_access_key_id=s.credentials[0], aws_secret_access_key=s.credentials[1],
                         config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15))
 
 

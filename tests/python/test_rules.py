@@ -995,7 +995,7 @@ def test_boto3_iot_topic_rules(shoal: Shoal):
     from botocore.exceptions import ClientError
 
     iot = boto3.client("iot", endpoint_url=f"http://{shoal.host}:{shoal.http_port}", region_name="us-east-1",
-                       aws_access_key_id="x", aws_secret_access_key="y",
+                       aws_access_key_id=shoal.credentials[0], aws_secret_access_key=shoal.credentials[1],
                        config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=15))
     iot.create_topic_rule(ruleName="aws_alerts", topicRulePayload={
         "sql": "SELECT temp, topic(2) AS truck FROM 'fleet/+/telemetry' WHERE temp > -15",

@@ -185,14 +185,25 @@ impl TestHost {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// `GET path` on the HTTP listener: `(status, body)`.
-    pub fn http_get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
+    /// The first admin access key, which shoal wrote to `DATA/credentials`: `(id, secret)`.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        read_credentials(&self.data_dir.join("credentials"))
     }
 
-    /// `METHOD path` with a JSON body: `(status, body)`.
+    /// `GET path` on the HTTP listener, signed with the admin key: `(status, body)`.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_request_as(self.http, self.credentials().as_ref(), "GET", path, None)
+    }
+
+    /// `METHOD path` with a JSON body, signed with the admin key: `(status, body)`.
     pub fn http_json(&self, method: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
-        http_request(self.http, method, path, Some(body.to_string().as_bytes()))
+        http_request_as(
+            self.http,
+            self.credentials().as_ref(),
+            method,
+            path,
+            Some(body.to_string().as_bytes()),
+        )
     }
 
     /// A device certificate issued by this shoal (attached to thing `name`, with a policy
@@ -247,31 +258,77 @@ impl Drop for TestHost {
     }
 }
 
-/// A minimal HTTP/1.1 GET (no client library needed for health and metrics).
+/// `[default]` of an AWS credentials file: `(id, secret)`.
+pub fn read_credentials(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    Some((field("aws_access_key_id")?, field("aws_secret_access_key")?))
+}
+
+/// A minimal unsigned HTTP/1.1 GET (for health and metrics).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, None)
 }
 
-/// A minimal HTTP/1.1 request with an optional JSON body.
+/// A minimal unsigned HTTP/1.1 request with an optional JSON body.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    http_request_as(addr, None, method, path, body)
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body, SigV4-signed with `key` when given.
+pub fn http_request_as(
+    addr: SocketAddr,
+    key: Option<&(String, String)>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let host = addr.to_string();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some((id, secret)) = key {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let signed = shoal_auth::sigv4::sign(
+            &shoal_auth::sigv4::Request {
+                method,
+                path: p,
+                query: q,
+                headers: vec![("host", host.as_bytes())],
+            },
+            body.unwrap_or_default(),
+            &shoal_auth::sigv4::SigningKey {
+                key_id: id,
+                secret,
+                region: "us-east-1",
+                service: "iot",
+            },
+            now,
+        );
+        for (n, v) in signed {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
     match body {
         Some(b) => {
             write!(
                 s,
-                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "{head}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 b.len()
             )
             .expect("write");
             s.write_all(b).expect("write body");
         }
-        None => write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write"),
+        None => write!(s, "{head}\r\n").expect("write"),
     }
     let mut r = BufReader::new(s);
     let mut status = String::new();

@@ -76,6 +76,7 @@ fn fifty_plugin_swaps_under_ten_thousand_messages_per_second_lose_and_duplicate_
         .build()
         .unwrap();
     let port = host.mqtt_port();
+    let key = host.credentials();
     let (received, errors, sent, rate) = rt.block_on(async move {
         // The subscriber: every republished message, and the error action's output.
         let mut opts = MqttOptions::new("swap-sub", "127.0.0.1", port);
@@ -159,8 +160,9 @@ fn fifty_plugin_swaps_under_ten_thousand_messages_per_second_lose_and_duplicate_
             for i in 0..SWAPS {
                 std::thread::sleep(gap);
                 let v = (i + 1) % 3 + 1;
-                let (code, body) = shoal_tests::http_request(
+                let (code, body) = shoal_tests::http_request_as(
                     http,
+                    key.as_ref(),
                     "POST",
                     &format!("/api/v1/plugins/echo/versions/{v}/activate"),
                     Some(b"{}"),

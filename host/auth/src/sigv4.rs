@@ -407,7 +407,14 @@ impl Authorization {
             for host_override in &hosts {
                 let headers = canonical_headers(req, &self.signed_headers, *host_override)?;
                 for payload in &payloads {
-                    let canonical = canonical_request(req.method, req.path, query, &headers, &self.signed_headers, payload);
+                    let canonical = canonical_request(
+                        req.method,
+                        req.path,
+                        query,
+                        &headers,
+                        &self.signed_headers,
+                        payload,
+                    );
                     let sts = string_to_sign(&self.amz_date, &self.credential, &canonical);
                     if hmac::verify(&key, sts.as_bytes(), &self.signature).is_ok() {
                         return Ok(());
@@ -515,17 +522,18 @@ fn decoded_query(raw: &str) -> Vec<(String, String)> {
 
 /// The canonical URI of a raw path (see the module documentation).
 pub fn canonical_uri(raw_path: &str) -> String {
-    let segments: Vec<&str> = raw_path.split('/').filter(|s| !s.is_empty() && *s != ".").fold(
-        Vec::new(),
-        |mut acc, s| {
-            if s == ".." {
-                acc.pop();
-            } else {
-                acc.push(s);
-            }
-            acc
-        },
-    );
+    let segments: Vec<&str> =
+        raw_path
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .fold(Vec::new(), |mut acc, s| {
+                if s == ".." {
+                    acc.pop();
+                } else {
+                    acc.push(s);
+                }
+                acc
+            });
     let mut normalized = String::with_capacity(raw_path.len() + 1);
     normalized.push('/');
     normalized.push_str(&segments.join("/"));
@@ -656,7 +664,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// `YYYYMMDDTHHMMSSZ` to Unix seconds.
@@ -792,7 +808,14 @@ pub fn presign(path: &str, query: &str, host: &str, key: &SigningKey<'_>, now: i
     };
     let signed = vec!["host".to_owned()];
     let headers = canonical_headers(&req, &signed, None).unwrap_or_default();
-    let canonical = canonical_request("GET", path, &canonical_query(&q, &[]), &headers, &signed, EMPTY_SHA256);
+    let canonical = canonical_request(
+        "GET",
+        path,
+        &canonical_query(&q, &[]),
+        &headers,
+        &signed,
+        EMPTY_SHA256,
+    );
     let sts = string_to_sign(&amz_date, &cred, &canonical);
     let sig = hmac::sign(&signing_key(key.secret, &cred), sts.as_bytes());
     q.push_str("&X-Amz-Signature=");

@@ -281,7 +281,11 @@ pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Value, String> 
             }
             _ => "",
         };
-        Err(format!("{} {}: {msg}{hint}", status.as_u16(), kind.unwrap_or_default()))
+        Err(format!(
+            "{} {}: {msg}{hint}",
+            status.as_u16(),
+            kind.unwrap_or_default()
+        ))
     }
 }
 

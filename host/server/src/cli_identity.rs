@@ -387,7 +387,7 @@ pub enum PolicyCmd {
         /// Version id.
         version: String,
     },
-    /// Attach a policy to a certificate (id or ARN).
+    /// Attach a policy to a certificate (id or ARN) or an access key (AKIA...).
     Attach {
         /// Policy name.
         name: String,

@@ -70,9 +70,8 @@ pub fn key(ep: &Endpoint, cmd: KeyCmd) -> ExitCode {
                     else {
                         return Err("the server's answer has no key".into());
                     };
-                    let text = format!(
-                        "[{profile}]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"
-                    );
+                    let text =
+                        format!("[{profile}]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n");
                     shoal_auth::service::write_private(&path, &text)
                         .map_err(|e| format!("writing {}: {e}", path.display()))?;
                 }
@@ -80,12 +79,24 @@ pub fn key(ep: &Endpoint, cmd: KeyCmd) -> ExitCode {
             }
             KeyCmd::List => api.get("/keys", &[]).await,
             KeyCmd::Show { id } => api.get(&format!("/keys/{}", crate::cli::encode(&id)), &[]).await,
-            KeyCmd::Activate { id } => api.put(&format!("/keys/{}/status", crate::cli::encode(&id)), json!({"status": "Active"})).await,
+            KeyCmd::Activate { id } => {
+                api.put(
+                    &format!("/keys/{}/status", crate::cli::encode(&id)),
+                    json!({"status": "Active"}),
+                )
+                .await
+            }
             KeyCmd::Deactivate { id } => {
-                api.put(&format!("/keys/{}/status", crate::cli::encode(&id)), json!({"status": "Inactive"}))
+                api.put(
+                    &format!("/keys/{}/status", crate::cli::encode(&id)),
+                    json!({"status": "Inactive"}),
+                )
+                .await
+            }
+            KeyCmd::Delete { id } => {
+                api.delete(&format!("/keys/{}", crate::cli::encode(&id)), &[])
                     .await
             }
-            KeyCmd::Delete { id } => api.delete(&format!("/keys/{}", crate::cli::encode(&id)), &[]).await,
         }
     })
 }

@@ -343,7 +343,10 @@ impl Config {
             key: "http_listen",
             message: "the HTTP listener cannot be disabled".into(),
         })?;
-        let http_auth = match pick(&args.http_auth, &file.http_auth, "sigv4").to_ascii_lowercase().as_str() {
+        let http_auth = match pick(&args.http_auth, &file.http_auth, "sigv4")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "sigv4" => HttpAuth::SigV4,
             "none" if http_listen.ip().is_loopback() => HttpAuth::None,
             "none" => {

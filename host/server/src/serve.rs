@@ -104,7 +104,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             );
         }
     } else {
-        tracing::warn!("HTTP authentication is off (--http-auth none): anyone who reaches the HTTP listener can do anything");
+        tracing::warn!(
+            "HTTP authentication is off (--http-auth none): anyone who reaches the HTTP listener can do anything"
+        );
     }
     let broker = Broker::start(broker_cfg, stores.broker, identity.clone(), &rt)
         .await

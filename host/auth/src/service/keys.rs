@@ -49,12 +49,17 @@ impl KeyCipher {
     /// Reads the key-encryption key at `path` (32 bytes as 64 hex characters), creating it
     /// (mode 0600) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<KeyCipher, IdentityError> {
-        let io = |e: std::io::Error| IdentityError::Invalid(format!("key-encryption key {}: {e}", path.display()));
+        let io =
+            |e: std::io::Error| IdentityError::Invalid(format!("key-encryption key {}: {e}", path.display()));
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let t = text.trim();
                 let bytes: Option<Vec<u8>> = (t.len() == 64)
-                    .then(|| (0..32).map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok()).collect())
+                    .then(|| {
+                        (0..32)
+                            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
+                            .collect()
+                    })
                     .flatten();
                 let bytes: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
                     IdentityError::Invalid(format!(
@@ -269,7 +274,9 @@ impl IdentityService {
         admin: bool,
     ) -> Result<(AccessKeyRecord, String), IdentityError> {
         if description.len() > 256 {
-            return Err(IdentityError::Invalid("description: at most 256 characters".into()));
+            return Err(IdentityError::Invalid(
+                "description: at most 256 characters".into(),
+            ));
         }
         let secret = new_secret()?;
         let record = AccessKeyRecord {
@@ -324,7 +331,11 @@ impl IdentityService {
     }
 
     /// Activates or deactivates a key: a deactivated key signs nothing from the next request.
-    pub async fn set_access_key_status(&self, id: &str, status: KeyStatus) -> Result<AccessKeyRecord, IdentityError> {
+    pub async fn set_access_key_status(
+        &self,
+        id: &str,
+        status: KeyStatus,
+    ) -> Result<AccessKeyRecord, IdentityError> {
         let mut record = self.access_key(id)?;
         if record.admin && status == KeyStatus::Inactive && self.last_active_admin(id) {
             return Err(IdentityError::Conflict(format!(
@@ -372,9 +383,10 @@ impl IdentityService {
         Ok(())
     }
 
-    /// At start: when the store has no active admin key and `credentials` does not exist,
-    /// creates one and writes it there as an AWS credentials file (profile `default`, mode
-    /// 0600) for the CLI, boto3 and the AWS CLI. Returns the key id when it created one.
+    /// At start: when the store has no active admin key, creates one and writes it to
+    /// `credentials` as an AWS credentials file (profile `default`, mode 0600) for the CLI,
+    /// boto3 and the AWS CLI, replacing a file whose key the store no longer has (a memory
+    /// store after a restart). Returns the key id when it created one.
     pub async fn bootstrap_admin_key(&self, credentials: &Path) -> Result<Option<String>, IdentityError> {
         let has_admin = self
             .state
@@ -382,13 +394,19 @@ impl IdentityService {
             .keys
             .values()
             .any(|k| k.record.admin && k.record.status == KeyStatus::Active);
-        if has_admin || credentials.exists() {
+        if has_admin {
             return Ok(None);
+        }
+        if credentials.exists() {
+            tracing::warn!(
+                path = %credentials.display(),
+                "the store has no active admin key: replacing the credentials file with a new one"
+            );
         }
         let (record, secret) = self.create_access_key("bootstrap admin key", true).await?;
         let text = format!(
             "# Shoal's first admin access key (created at start because the store had none).\n\
-             # Use it with: shoal --credentials-file {path} ..., or\n\
+             # Use it with: shoal thing list --credentials-file {path} (or SHOAL_CREDENTIALS_FILE), or\n\
              # AWS_SHARED_CREDENTIALS_FILE={path} aws --endpoint-url http://HOST:PORT iot ...\n\
              [default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n",
             path = credentials.display(),
@@ -410,7 +428,11 @@ impl IdentityService {
 
     /// The caller behind a verified key: admin, or the key's attached policies compiled for
     /// this request (`aws:SourceIp` is the peer address).
-    pub fn http_caller(&self, id: &str, source_ip: Option<std::net::IpAddr>) -> Result<HttpCaller, SigV4Error> {
+    pub fn http_caller(
+        &self,
+        id: &str,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<HttpCaller, SigV4Error> {
         let admin = {
             let st = self.state.read();
             let k = st.keys.get(id).ok_or(SigV4Error::UnknownKey)?;
@@ -453,7 +475,10 @@ mod tests {
         let b = KeyCipher::new(&[8; 32]);
         let sealed = a.seal("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
         assert!(!sealed.contains("wJalr"));
-        assert_eq!(a.open(&sealed).as_deref(), Some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
+        assert_eq!(
+            a.open(&sealed).as_deref(),
+            Some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+        );
         assert_eq!(b.open(&sealed), None);
         // Sealing twice gives two ciphertexts (fresh nonces).
         assert_ne!(a.seal("x").unwrap(), a.seal("x").unwrap());

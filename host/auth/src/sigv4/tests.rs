@@ -31,7 +31,11 @@ fn publish<'a>(path: &'a str, query: &'a str, auth: &'a str, date: &'a str) -> R
         "POST",
         path,
         query,
-        &[("Host", "localhost:8080"), ("X-Amz-Date", date), ("Authorization", auth)],
+        &[
+            ("Host", "localhost:8080"),
+            ("X-Amz-Date", date),
+            ("Authorization", auth),
+        ],
     )
 }
 
@@ -49,7 +53,10 @@ fn aws_test_suite_get_vanilla() {
         "GET",
         "/",
         "",
-        &[("Host", "example.amazonaws.com"), ("X-Amz-Date", "20150830T123600Z")],
+        &[
+            ("Host", "example.amazonaws.com"),
+            ("X-Amz-Date", "20150830T123600Z"),
+        ],
     );
     let signed = vec!["host".to_owned(), "x-amz-date".to_owned()];
     let headers = canonical_headers(&r, &signed, None).unwrap();
@@ -102,22 +109,55 @@ fn anything_signed_changed_is_refused() {
         assert_eq!(e.aws_type(), "InvalidSignatureException");
     };
     // Another body, path, query, method, secret.
-    mismatch(&publish(path, "qos=1&retain=true", PUBLISH_AUTH, date), b"hellO", SECRET);
-    mismatch(&publish("/topics/a%2Fb%2F%24aws%20d", "qos=1&retain=true", PUBLISH_AUTH, date), b"hello", SECRET);
-    mismatch(&publish(path, "qos=0&retain=true", PUBLISH_AUTH, date), b"hello", SECRET);
-    mismatch(&publish(path, "qos=1&retain=true&x=1", PUBLISH_AUTH, date), b"hello", SECRET);
+    mismatch(
+        &publish(path, "qos=1&retain=true", PUBLISH_AUTH, date),
+        b"hellO",
+        SECRET,
+    );
+    mismatch(
+        &publish(
+            "/topics/a%2Fb%2F%24aws%20d",
+            "qos=1&retain=true",
+            PUBLISH_AUTH,
+            date,
+        ),
+        b"hello",
+        SECRET,
+    );
+    mismatch(
+        &publish(path, "qos=0&retain=true", PUBLISH_AUTH, date),
+        b"hello",
+        SECRET,
+    );
+    mismatch(
+        &publish(path, "qos=1&retain=true&x=1", PUBLISH_AUTH, date),
+        b"hello",
+        SECRET,
+    );
     let mut r = publish(path, "qos=1&retain=true", PUBLISH_AUTH, date);
     r.method = "PUT";
     mismatch(&r, b"hello", SECRET);
-    mismatch(&publish(path, "qos=1&retain=true", PUBLISH_AUTH, date), b"hello", "another secret");
+    mismatch(
+        &publish(path, "qos=1&retain=true", PUBLISH_AUTH, date),
+        b"hello",
+        "another secret",
+    );
     // The decoded path (a/b/$aws c as one topic written differently) is another request.
-    mismatch(&publish("/topics/a/b/%24aws%20c", "qos=1&retain=true", PUBLISH_AUTH, date), b"hello", SECRET);
+    mismatch(
+        &publish("/topics/a/b/%24aws%20c", "qos=1&retain=true", PUBLISH_AUTH, date),
+        b"hello",
+        SECRET,
+    );
     // Another host.
     let r = req(
         "POST",
         path,
         "qos=1&retain=true",
-        &[("Host", "evil:8080"), ("X-Amz-Date", date), ("Authorization", PUBLISH_AUTH)],
+        &[
+            ("Host", "evil:8080"),
+            ("X-Amz-Date", date),
+            ("Authorization", PUBLISH_AUTH),
+        ],
     );
     mismatch(&r, b"hello", SECRET);
 }
@@ -140,14 +180,20 @@ fn dates_outside_the_window_are_refused() {
         SigV4Error::Invalid(_)
     ));
     let r = publish(path, "qos=1&retain=true", PUBLISH_AUTH, "2015-08-30T12:36:00Z");
-    assert!(matches!(check(&r, b"hello", SECRET, NOW).unwrap_err(), SigV4Error::Incomplete(_)));
+    assert!(matches!(
+        check(&r, b"hello", SECRET, NOW).unwrap_err(),
+        SigV4Error::Incomplete(_)
+    ));
 }
 
 #[test]
 fn malformed_authorizations_say_what_is_wrong() {
     let date = "20150830T123600Z";
     let cases = [
-        ("AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-date, Signature=00", "'Credential'"),
+        (
+            "AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-date, Signature=00",
+            "'Credential'",
+        ),
         (
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iotdata/aws4_request, Signature=00",
             "'SignedHeaders'",
@@ -195,7 +241,12 @@ fn host_must_be_signed_and_signed_headers_present() {
     let e = check(&r, b"", SECRET, NOW).unwrap_err();
     assert!(e.to_string().contains("'Host'"), "{e}");
     // A signed header the request no longer carries.
-    let mut r3 = req("POST", "/topics/x", "", &[("Host", "localhost:8080"), ("x-custom", "1")]);
+    let mut r3 = req(
+        "POST",
+        "/topics/x",
+        "",
+        &[("Host", "localhost:8080"), ("x-custom", "1")],
+    );
     let h = sign(&r3, b"", &signing(), NOW);
     r3.headers.retain(|(n, _)| *n != "x-custom");
     for (n, v) in &h {
@@ -240,7 +291,12 @@ fn botocore_presigned_websocket_url() {
              iotdevicegateway%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-Expires=300&\
              X-Amz-SignedHeaders=host&X-Amz-Signature=\
              82bc46b590c10ee9ea4809ac77eb3ee89228dd9b4c33926bb129feddddd5c195";
-    let r = req("GET", "/mqtt", q, &[("Host", "localhost:8080"), ("Upgrade", "websocket")]);
+    let r = req(
+        "GET",
+        "/mqtt",
+        q,
+        &[("Host", "localhost:8080"), ("Upgrade", "websocket")],
+    );
     let a = Authorization::parse(&r).unwrap();
     assert_eq!(a.placement, Placement::Query { expires: 300 });
     check(&r, b"", SECRET, NOW + 299).unwrap();
@@ -252,7 +308,10 @@ fn botocore_presigned_websocket_url() {
     check(&r, b"", SECRET, NOW).unwrap();
     // Another path does.
     let r = req("GET", "/mqtt2", q, &[("Host", "localhost:8080")]);
-    assert!(matches!(check(&r, b"", SECRET, NOW).unwrap_err(), SigV4Error::Mismatch { .. }));
+    assert!(matches!(
+        check(&r, b"", SECRET, NOW).unwrap_err(),
+        SigV4Error::Mismatch { .. }
+    ));
 }
 
 #[test]
@@ -282,7 +341,12 @@ fn amz_dates() {
     assert_eq!(format_amz_date(NOW), "20150830T123600Z");
     assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
     assert_eq!(format_amz_date(951_782_400), "20000229T000000Z");
-    for bad in ["20151330T123600Z", "2015083T1236000Z", "20150830T123600", "20150830T2A3600Z"] {
+    for bad in [
+        "20151330T123600Z",
+        "2015083T1236000Z",
+        "20150830T123600",
+        "20150830T2A3600Z",
+    ] {
         assert_eq!(parse_amz_date(bad), None, "{bad}");
     }
 }

@@ -58,7 +58,11 @@ impl AuthMetrics {
         out.push_str("# HELP shoal_http_auth_total HTTP requests by authentication outcome.\n");
         out.push_str("# TYPE shoal_http_auth_total counter\n");
         for (o, n) in OUTCOMES.iter().zip(&self.outcomes) {
-            let _ = writeln!(out, "shoal_http_auth_total{{outcome=\"{o}\"}} {}", n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "shoal_http_auth_total{{outcome=\"{o}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -173,7 +177,10 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
     if let Err(e) = auth.verify(&sreq, &sigv4::sha256_hex(&bytes), &secret) {
         return refuse(e);
     }
-    let caller = match s.identity.http_caller(&auth.credential.key_id, peer.map(|p| p.ip())) {
+    let caller = match s
+        .identity
+        .http_caller(&auth.credential.key_id, peer.map(|p| p.ip()))
+    {
         Ok(c) => c,
         Err(e) => return refuse(e),
     };

@@ -2,9 +2,9 @@
 //! retained messages. Paths, verbs and JSON shapes follow botocore's model so
 //! `boto3.client("iot-data", endpoint_url=...)` works unchanged.
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,7 +75,11 @@ async fn get_shadow(
     Query(q): Query<NameQuery>,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
-    require(&caller, Action::GetThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
+    require(
+        &caller,
+        Action::GetThingShadow,
+        &shadow_resource(&thing, q.name.as_deref()),
+    )?;
     Ok(json_ok(s.shadows.get(&key, b"").await?))
 }
 
@@ -87,7 +91,11 @@ async fn update_shadow(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
-    require(&caller, Action::UpdateThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
+    require(
+        &caller,
+        Action::UpdateThingShadow,
+        &shadow_resource(&thing, q.name.as_deref()),
+    )?;
     Ok(json_ok(s.shadows.update(&key, &body).await?))
 }
 
@@ -98,7 +106,11 @@ async fn delete_shadow(
     Query(q): Query<NameQuery>,
 ) -> Result<Response, ApiError> {
     let key = key(&thing, q.name.as_deref())?;
-    require(&caller, Action::DeleteThingShadow, &shadow_resource(&thing, q.name.as_deref()))?;
+    require(
+        &caller,
+        Action::DeleteThingShadow,
+        &shadow_resource(&thing, q.name.as_deref()),
+    )?;
     Ok(json_ok(s.shadows.delete(&key, b"").await?))
 }
 

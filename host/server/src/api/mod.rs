@@ -105,7 +105,10 @@ pub fn router(state: AppState) -> Router {
         .merge(plugins::routes())
         .merge(rules::routes())
         .merge(streams::routes())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
