@@ -358,6 +358,22 @@ impl Authorization {
     /// Verifies the signature over `req` with `secret`, given the hex SHA-256 of the body.
     /// Call [`Authorization::check_time`] first.
     pub fn verify(&self, req: &Request<'_>, body_sha256: &str, secret: &str) -> Result<(), SigV4Error> {
+        self.verify_with(req, body_sha256, &signing_key(secret, &self.credential))
+    }
+
+    /// [`Authorization::verify`] with the signing key from `cache` (derived once per key, day,
+    /// region and service instead of four HMACs per request).
+    pub fn verify_cached(
+        &self,
+        req: &Request<'_>,
+        body_sha256: &str,
+        secret: &str,
+        cache: &KeyCache,
+    ) -> Result<(), SigV4Error> {
+        self.verify_with(req, body_sha256, &cache.get(&self.credential, secret))
+    }
+
+    fn verify_with(&self, req: &Request<'_>, body_sha256: &str, key: &hmac::Key) -> Result<(), SigV4Error> {
         if !self.signed_headers.iter().any(|h| h == "host") {
             return Err(SigV4Error::Incomplete(
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
@@ -378,7 +394,6 @@ impl Authorization {
             }
             Placement::Query { .. } => payloads.push("UNSIGNED-PAYLOAD".to_owned()),
         }
-        let key = signing_key(secret, &self.credential);
         let host = req.header("host").unwrap_or_default().trim();
         let mut hosts = vec![None];
         if let Some((name, port)) = host.rsplit_once(':')
@@ -416,7 +431,7 @@ impl Authorization {
                         payload,
                     );
                     let sts = string_to_sign(&self.amz_date, &self.credential, &canonical);
-                    if hmac::verify(&key, sts.as_bytes(), &self.signature).is_ok() {
+                    if hmac::verify(key, sts.as_bytes(), &self.signature).is_ok() {
                         return Ok(());
                     }
                     first.get_or_insert((canonical, sts));
@@ -642,6 +657,40 @@ fn signing_key(secret: &str, cred: &Credential) -> hmac::Key {
     let k_service = step(k_region.as_ref(), &cred.service);
     let k_signing = step(k_service.as_ref(), "aws4_request");
     hmac::Key::new(hmac::HMAC_SHA256, k_signing.as_ref())
+}
+
+/// Derived signing keys by (key id, date, region, service), with the secret they came from so
+/// a hit is only taken for the same secret. Bounded: cleared past 10,000 entries (a day's keys
+/// are re-derived once).
+#[derive(Default)]
+pub struct KeyCache {
+    map: parking_lot::Mutex<std::collections::HashMap<String, (String, hmac::Key)>>,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyCache({} keys)", self.map.lock().len())
+    }
+}
+
+impl KeyCache {
+    const MAX: usize = 10_000;
+
+    fn get(&self, cred: &Credential, secret: &str) -> hmac::Key {
+        let id = format!("{}/{}", cred.key_id, cred.scope());
+        if let Some((s, k)) = self.map.lock().get(&id)
+            && s == secret
+        {
+            return k.clone();
+        }
+        let key = signing_key(secret, cred);
+        let mut map = self.map.lock();
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(id, (secret.to_owned(), key.clone()));
+        key
+    }
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).

@@ -244,7 +244,7 @@ fn bench_check_full_broker_policy() {
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn bench_sigv4_verify() {
-    use shoal_auth::sigv4::{Authorization, Request, SigningKey, sha256_hex, sign};
+    use shoal_auth::sigv4::{Authorization, KeyCache, Request, SigningKey, sha256_hex, sign};
     let key = SigningKey {
         key_id: "AKIAIOSFODNN7EXAMPLE",
         secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
@@ -286,18 +286,26 @@ fn bench_sigv4_verify() {
         for (n, v) in &added {
             req.headers.push((n, v.as_bytes()));
         }
-        let verify = |req: &Request<'_>| {
-            let a = Authorization::parse(req).expect("parse");
-            a.check_time(now).expect("time");
-            a.verify(req, &sha256_hex(black_box(&body)), key.secret)
-                .expect("verify");
-        };
-        verify(&req);
-        let start = Instant::now();
-        for _ in 0..iters {
-            verify(black_box(&req));
+        let cache = KeyCache::default();
+        for cached in [false, true] {
+            let verify = |req: &Request<'_>| {
+                let a = Authorization::parse(req).expect("parse");
+                a.check_time(now).expect("time");
+                let hash = sha256_hex(black_box(&body));
+                if cached {
+                    a.verify_cached(req, &hash, key.secret, &cache).expect("verify");
+                } else {
+                    a.verify(req, &hash, key.secret).expect("verify");
+                }
+            };
+            verify(&req);
+            let start = Instant::now();
+            for _ in 0..iters {
+                verify(black_box(&req));
+            }
+            let us = start.elapsed().as_nanos() as f64 / f64::from(iters) / 1000.0;
+            let how = if cached { "cached key" } else { "derived key" };
+            println!("sigv4: verify {name:<22} {how:<12} {us:>6.2} µs/request");
         }
-        let us = start.elapsed().as_nanos() as f64 / f64::from(iters) / 1000.0;
-        println!("sigv4: verify {name:<22} {us:>6.2} µs/request");
     }
 }

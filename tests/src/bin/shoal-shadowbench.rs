@@ -30,6 +30,13 @@
 //!   response body. Non-200 answers are counted as `http_{status}`; connection failures as
 //!   `connect` / `io` (the connection is re-opened after 100 ms).
 //!
+//! With `--publish`, both modes send plain publishes instead of shadow updates (the same JSON
+//! bodies, to `bench/{c}/{k}`), for comparing the HTTP data plane with MQTT: `mqtt` publishes at
+//! QoS 1 and a request is complete at its PUBACK (nothing is subscribed); `http` POSTs
+//! `/topics/bench%2F{c}%2F{k}?qos=1` and a request is complete at its 200.
+//! `http --credentials-file FILE` signs every request with SigV4 (the `[default]` key of an AWS
+//! credentials file, e.g. `DATA/credentials`), as a real client would, per request.
+//!
 //! # Measurement
 //!
 //! Load starts for every client at once at `t0` (after setup). The number of accepted updates
@@ -113,6 +120,9 @@ struct Common {
     /// Clock ticks per second of /proc (`getconf CLK_TCK`).
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
+    /// Plain publishes to `bench/{c}/{k}` instead of shadow updates (see the module doc).
+    #[arg(long)]
+    publish: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +147,9 @@ struct HttpArgs {
     /// Concurrent HTTP/1.1 keep-alive connections (one request in flight on each).
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Sign every request (SigV4) with the `[default]` key of this AWS credentials file.
+    #[arg(long)]
+    credentials_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -501,6 +514,9 @@ async fn mqtt_setup(
         Ok(Err(e)) => bail!("{id}: connect failed: {e}"),
         Err(_) => bail!("{id}: no CONNACK within {SETUP_TIMEOUT:?}"),
     }
+    if a.common.publish {
+        return Ok((client, el));
+    }
     let filters: Vec<SubscribeFilter> = things
         .iter()
         .flat_map(|t| {
@@ -547,6 +563,13 @@ struct MqttClient {
     seq: u64,
     /// Outstanding requests: sequence number -> send time.
     pending: HashMap<u64, Instant>,
+    /// `--publish`: a request completes at its PUBACK.
+    publish: bool,
+    /// `--publish`: sequence numbers handed to rumqttc that have no packet id yet (rumqttc
+    /// reports the id of each outgoing PUBLISH in the order they were handed over).
+    unassigned: std::collections::VecDeque<u64>,
+    /// `--publish`: packet id -> sequence number.
+    by_pkid: HashMap<u16, u64>,
     hist: Histogram<u64>,
     w: Window,
     counters: Arc<Counters>,
@@ -563,6 +586,9 @@ impl MqttClient {
         match self.client.try_publish(topic, self.qos, false, body) {
             Ok(()) => {
                 self.pending.insert(seq, now);
+                if self.publish {
+                    self.unassigned.push_back(seq);
+                }
                 self.counters.sent.fetch_add(1, Relaxed);
                 true
             }
@@ -607,11 +633,31 @@ impl MqttClient {
         }
     }
 
+    fn on_outgoing_publish(&mut self, pkid: u16) {
+        if let Some(seq) = self.unassigned.pop_front() {
+            self.by_pkid.insert(pkid, seq);
+        }
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        let Some(sent) = self.by_pkid.remove(&pkid).and_then(|s| self.pending.remove(&s)) else {
+            self.counters.unmatched.fetch_add(1, Relaxed);
+            return;
+        };
+        self.counters.accepted.fetch_add(1, Relaxed);
+        if self.w.measured(sent) {
+            let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.hist.saturating_record(ns.max(1));
+        }
+    }
+
     /// Frees the slots of requests unanswered for too long.
     fn sweep(&mut self) {
         let timeout = self.w.timeout;
         let before = self.pending.len();
         self.pending.retain(|_, sent| sent.elapsed() < timeout);
+        let pending = &self.pending;
+        self.by_pkid.retain(|_, seq| pending.contains_key(seq));
         let expired = (before - self.pending.len()) as u64;
         if expired > 0 {
             self.counters.timeouts.fetch_add(expired, Relaxed);
@@ -633,6 +679,8 @@ impl MqttClient {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     self.on_publish(&p.topic, &p.payload);
                 }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if self.publish => self.on_outgoing_publish(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) if self.publish => self.on_puback(ack.pkid),
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(Event::Incoming(Packet::Disconnect)) => {
                     if !closing {
@@ -685,6 +733,9 @@ async fn run_mqtt(a: MqttArgs) -> anyhow::Result<Value> {
     if a.clients == 0 || a.common.things == 0 {
         bail!("--clients and --things must be positive");
     }
+    if a.common.publish && a.qos == 0 {
+        bail!("--publish needs --qos 1 (a request completes at its PUBACK)");
+    }
     let _ = rlimit::increase_nofile_limit(a.clients as u64 * 2 + 1024);
     let run = run_id();
     let tag = run % 1_000_000;
@@ -723,10 +774,17 @@ async fn run_mqtt(a: MqttArgs) -> anyhow::Result<Value> {
         let mc = MqttClient {
             c,
             client,
-            topics: things_of(c)
-                .iter()
-                .map(|t| format!("$aws/things/{t}/shadow/update"))
-                .collect(),
+            topics: if a.common.publish {
+                (0..k).map(|i| format!("bench/{c}/{i}")).collect()
+            } else {
+                things_of(c)
+                    .iter()
+                    .map(|t| format!("$aws/things/{t}/shadow/update"))
+                    .collect()
+            },
+            publish: a.common.publish,
+            unassigned: std::collections::VecDeque::new(),
+            by_pkid: HashMap::new(),
             qos: qos_of(a.qos),
             prefix: format!("{run:08x}-{c}-"),
             seq: 0,
@@ -746,6 +804,7 @@ async fn run_mqtt(a: MqttArgs) -> anyhow::Result<Value> {
         "things_per_client": k,
         "things": a.clients * k,
         "qos": a.qos,
+        "publish": a.common.publish,
     });
     Ok(report(
         "mqtt", &a.common, params, measured, &hist, &counters, unanswered,
@@ -805,15 +864,46 @@ enum HttpOutcome {
     Io(String),
 }
 
-async fn http_post(sender: &mut Sender, host: &str, path: &str, body: Vec<u8>) -> HttpOutcome {
+/// The access key a run signs with: `(id, secret)`.
+type Key = Option<Arc<(String, String)>>;
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    shoal_tests::read_credentials(path)
+        .with_context(|| format!("{} has no aws_access_key_id / aws_secret_access_key", path.display()))
+}
+
+async fn http_post(sender: &mut Sender, host: &str, path: &str, body: Vec<u8>, key: &Key) -> HttpOutcome {
     if let Err(e) = sender.ready().await {
         return HttpOutcome::Io(format!("connection not ready: {e}"));
     }
-    let req = match hyper::Request::post(path)
+    let mut builder = hyper::Request::post(path)
         .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-    {
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(k) = key {
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for (n, v) in shoal_auth::sigv4::sign(
+            &shoal_auth::sigv4::Request {
+                method: "POST",
+                path: p,
+                query: q,
+                headers: vec![("host", host.as_bytes())],
+            },
+            &body,
+            &shoal_auth::sigv4::SigningKey {
+                key_id: &k.0,
+                secret: &k.1,
+                region: "us-east-1",
+                service: "iotdata",
+            },
+            now,
+        ) {
+            builder = builder.header(n, v);
+        }
+    }
+    let req = match builder.body(Full::new(Bytes::from(body))) {
         Ok(r) => r,
         Err(e) => return HttpOutcome::Io(format!("building the request: {e}")),
     };
@@ -848,10 +938,17 @@ async fn http_client(
     run: u32,
     w: Window,
     counters: Arc<Counters>,
+    (publish, key): (bool, Key),
 ) -> (Histogram<u64>, u64) {
     let mut hist = new_histogram();
     let paths: Vec<String> = (0..things)
-        .map(|i| format!("/things/bench-{c}-{i}/shadow"))
+        .map(|i| {
+            if publish {
+                format!("/topics/bench%2F{c}%2F{i}?qos=1")
+            } else {
+                format!("/things/bench-{c}-{i}/shadow")
+            }
+        })
         .collect();
     tokio::time::sleep_until(w.start.into()).await;
     let mut seq = 0u64;
@@ -873,7 +970,7 @@ async fn http_client(
         seq += 1;
         let sent = Instant::now();
         counters.sent.fetch_add(1, Relaxed);
-        let outcome = tokio::time::timeout(w.timeout, http_post(&mut s, &host, path, body)).await;
+        let outcome = tokio::time::timeout(w.timeout, http_post(&mut s, &host, path, body, &key)).await;
         match outcome {
             Ok(HttpOutcome::Ok) => {
                 counters.accepted.fetch_add(1, Relaxed);
@@ -931,6 +1028,10 @@ async fn run_http(a: HttpArgs) -> anyhow::Result<Value> {
                 .with_context(|| format!("opening connection {c}"))?,
         );
     }
+    let key: Key = match &a.credentials_file {
+        Some(p) => Some(Arc::new(read_key(p)?)),
+        None => None,
+    };
     let counters = Arc::new(Counters::default());
     let w = Window::new(&a.common);
     let mut tasks = JoinSet::new();
@@ -944,6 +1045,7 @@ async fn run_http(a: HttpArgs) -> anyhow::Result<Value> {
             run,
             w,
             counters.clone(),
+            (a.common.publish, key.clone()),
         ));
     }
     let measured = measure(&w, &counters, &a.common).await;
@@ -954,6 +1056,8 @@ async fn run_http(a: HttpArgs) -> anyhow::Result<Value> {
         "inflight": 1,
         "things_per_client": a.common.things,
         "things": a.clients * a.common.things,
+        "publish": a.common.publish,
+        "signed": key.is_some(),
     });
     Ok(report(
         "http", &a.common, params, measured, &hist, &counters, unanswered,

@@ -325,6 +325,20 @@ fn presign_round_trip_and_host_without_port() {
 }
 
 #[test]
+fn the_key_cache_gives_the_same_answers() {
+    let path = "/topics/a%2Fb%2F%24aws%20c";
+    let r = publish(path, "qos=1&retain=true", PUBLISH_AUTH, "20150830T123600Z");
+    let a = Authorization::parse(&r).unwrap();
+    let cache = KeyCache::default();
+    let body = sha256_hex(b"hello");
+    a.verify_cached(&r, &body, SECRET, &cache).unwrap();
+    a.verify_cached(&r, &body, SECRET, &cache).unwrap();
+    // A cached key is never used for another secret.
+    assert!(a.verify_cached(&r, &body, "another", &cache).is_err());
+    a.verify_cached(&r, &body, SECRET, &cache).unwrap();
+}
+
+#[test]
 fn canonical_uri_rules() {
     assert_eq!(canonical_uri(""), "/");
     assert_eq!(canonical_uri("/"), "/");
