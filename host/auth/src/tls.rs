@@ -138,6 +138,20 @@ pub fn server_config(
     key_pem: &[u8],
     verifier: Arc<DynamicClientVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>, VerifierError> {
+    build_server_config(
+        cert_chain_pem,
+        key_pem,
+        verifier,
+        vec![b"x-amzn-mqtt-ca".to_vec(), b"mqtt".to_vec()],
+    )
+}
+
+fn build_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<rustls::ServerConfig>, VerifierError> {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
@@ -152,6 +166,72 @@ pub fn server_config(
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs, key)
             .map_err(|e| VerifierError(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"x-amzn-mqtt-ca".to_vec(), b"mqtt".to_vec()];
+    cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
+}
+
+/// The TLS client verifier of the HTTPS listener: the same trusted CAs as MQTT/TLS (it reads
+/// through to the [`DynamicClientVerifier`]), but a client certificate is optional, since most
+/// HTTP callers sign with SigV4 instead.
+#[derive(Debug)]
+struct OptionalClientCert(Arc<DynamicClientVerifier>);
+
+impl ClientCertVerifier for OptionalClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A TLS server configuration for the HTTPS listener (ALPN `http/1.1`; client certificates
+/// optional, checked against the registered CAs like on MQTT/TLS).
+pub fn https_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    verifier: Arc<DynamicClientVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, VerifierError> {
+    build_server_config(
+        cert_chain_pem,
+        key_pem,
+        Arc::new(OptionalClientCert(verifier)),
+        vec![b"http/1.1".to_vec()],
+    )
 }

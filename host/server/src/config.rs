@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// HTTP listen address (health, metrics, API).
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// HTTPS listen address (the same API over TLS, with optional client certificates):
+    /// `off` (default), `on` (127.0.0.1:8443) or an address.
+    #[arg(long, env = "SHOAL_HTTPS_LISTEN")]
+    pub https_listen: Option<String>,
     /// Store: `embedded` (default), `memory`, or `redis://host:port/db`.
     #[arg(long, env = "SHOAL_STORE")]
     pub store: Option<String>,
@@ -173,6 +177,7 @@ struct FileConfig {
     mqtt_listen: Option<String>,
     mqtts_listen: Option<String>,
     http_listen: Option<String>,
+    https_listen: Option<String>,
     store: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -223,6 +228,8 @@ pub struct Config {
     pub mqtts_listen: Option<SocketAddr>,
     /// HTTP address.
     pub http_listen: SocketAddr,
+    /// HTTPS address, `None` when disabled.
+    pub https_listen: Option<SocketAddr>,
     /// Store URL.
     pub store: String,
     /// TLS certificate and key, when configured.
@@ -343,6 +350,12 @@ impl Config {
             key: "http_listen",
             message: "the HTTP listener cannot be disabled".into(),
         })?;
+        let https = pick(&args.https_listen, &file.https_listen, "off");
+        let https_listen = if https.eq_ignore_ascii_case("on") {
+            Some(SocketAddr::from(([127, 0, 0, 1], 8443)))
+        } else {
+            addr("https_listen", &https)?
+        };
         let http_auth = match pick(&args.http_auth, &file.http_auth, "sigv4")
             .to_ascii_lowercase()
             .as_str()
@@ -536,6 +549,7 @@ impl Config {
             mqtt_listen,
             mqtts_listen: addr("mqtts_listen", &mqtts)?,
             http_listen,
+            https_listen,
             store: args
                 .store
                 .clone()

@@ -8,6 +8,7 @@ mod cli_plugin;
 mod cli_rule;
 mod cli_stream;
 mod config;
+mod https;
 mod plugin_watch;
 mod serve;
 

@@ -208,7 +208,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rules,
     );
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = router(state);
+    if let Some(addr) = cfg.https_listen {
+        let (cert, key) = match &cfg.tls {
+            Some((c, k)) => (c.clone(), k.clone()),
+            None => ca.ensure_server_cert(&[])?,
+        };
+        let tls = shoal_auth::tls::https_server_config(
+            &std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?,
+            &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+            identity.verifier(),
+        )?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTPS on {addr}"))?;
+        let bound = listener.local_addr()?;
+        ports.insert("https", bound.to_string());
+        tracing::info!(listener = "https", addr = %bound, "listening");
+        tokio::spawn(crate::https::serve(listener, tls, app.clone(), stop_rx.clone()));
+    }
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     crate::plugin_watch::spawn(
         plugins,
         cfg.data_dir.join("plugins").join("watch"),

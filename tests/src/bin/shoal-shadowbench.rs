@@ -679,7 +679,9 @@ impl MqttClient {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     self.on_publish(&p.topic, &p.payload);
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if self.publish => self.on_outgoing_publish(pkid),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if self.publish => {
+                    self.on_outgoing_publish(pkid)
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) if self.publish => self.on_puback(ack.pkid),
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(Event::Incoming(Packet::Disconnect)) => {
@@ -868,8 +870,12 @@ enum HttpOutcome {
 type Key = Option<Arc<(String, String)>>;
 
 fn read_key(path: &std::path::Path) -> anyhow::Result<(String, String)> {
-    shoal_tests::read_credentials(path)
-        .with_context(|| format!("{} has no aws_access_key_id / aws_secret_access_key", path.display()))
+    shoal_tests::read_credentials(path).with_context(|| {
+        format!(
+            "{} has no aws_access_key_id / aws_secret_access_key",
+            path.display()
+        )
+    })
 }
 
 async fn http_post(sender: &mut Sender, host: &str, path: &str, body: Vec<u8>, key: &Key) -> HttpOutcome {

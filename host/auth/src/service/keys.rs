@@ -178,11 +178,13 @@ pub(super) struct KeyEntry {
     pub secret: Option<Arc<str>>,
 }
 
-/// The caller of an HTTP request, once its signature verified.
+/// The caller of an HTTP request, once its signature (or TLS client certificate) verified.
 #[derive(Debug)]
 pub struct HttpCaller {
-    /// The access key id.
-    pub key_id: String,
+    /// The access key id, or the certificate id.
+    pub id: String,
+    /// `"access key"` or `"certificate"`.
+    pub kind: &'static str,
     /// May call the management API and everything else.
     pub admin: bool,
     /// The compiled policies of a device key.
@@ -193,7 +195,8 @@ impl HttpCaller {
     /// The caller when HTTP authentication is off (`--http-auth none`): may do everything.
     pub fn unauthenticated() -> HttpCaller {
         HttpCaller {
-            key_id: "unauthenticated".into(),
+            id: "unauthenticated".into(),
+            kind: "caller",
             admin: true,
             compiled: None,
         }
@@ -211,9 +214,15 @@ impl HttpCaller {
         };
         let d = c.check(action, resource);
         if !d.allowed {
-            tracing::info!(access_key = %self.key_id, "{action} {resource}: {d}");
+            tracing::info!("{self}: {action} {resource}: {d}");
         }
         d.allowed
+    }
+}
+
+impl std::fmt::Display for HttpCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.id)
     }
 }
 
@@ -440,7 +449,8 @@ impl IdentityService {
         };
         if admin {
             return Ok(HttpCaller {
-                key_id: id.to_owned(),
+                id: id.to_owned(),
+                kind: "access key",
                 admin: true,
                 compiled: None,
             });
@@ -458,7 +468,57 @@ impl IdentityService {
         };
         let (compiled, _) = self.compile(&policies, &ctx);
         Ok(HttpCaller {
-            key_id: id.to_owned(),
+            id: id.to_owned(),
+            kind: "access key",
+            admin: false,
+            compiled: Some(compiled),
+        })
+    }
+}
+
+impl IdentityService {
+    /// The caller behind a TLS client certificate on the HTTPS listener (the chain already
+    /// verified by the handshake): the certificate must be registered and ACTIVE, its CA (if
+    /// registered) active; its attached policies are compiled with the certificate's policy
+    /// variables and `aws:SourceIp`. A certificate never has admin rights (AWS: mutual TLS
+    /// reaches the data plane only).
+    pub async fn http_caller_for_certificate(
+        &self,
+        leaf: &[u8],
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<HttpCaller, String> {
+        let info = crate::pki::cert_info(leaf).map_err(|e| format!("client certificate: {e}"))?;
+        let rec = self
+            .state
+            .read()
+            .certs
+            .get(&info.id)
+            .cloned()
+            .ok_or_else(|| format!("certificate {} is not registered", info.id))?;
+        if rec.status != super::CertStatus::Active {
+            return Err(format!("certificate {} is {}", info.id, rec.status.as_str()));
+        }
+        if let Some(ca_id) = &rec.ca_id
+            && !self.state.read().cas.get(ca_id).is_some_and(|c| c.active)
+        {
+            return Err(format!("the CA {ca_id} of certificate {} is not active", info.id));
+        }
+        let policies: Vec<String> = self
+            .state
+            .read()
+            .targets
+            .get(&self.cert_arn(&info.id))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let ctx = VarContext {
+            source_ip,
+            certificate: Some(self.cert_context(&info).await),
+            ..VarContext::default()
+        };
+        let (compiled, _) = self.compile(&policies, &ctx);
+        Ok(HttpCaller {
+            id: info.id,
+            kind: "certificate",
             admin: false,
             compiled: Some(compiled),
         })

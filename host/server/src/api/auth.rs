@@ -23,6 +23,11 @@ use shoal_auth::sigv4::{self, Authorization, SigV4Error};
 use super::AppState;
 use super::error::ApiError;
 
+/// The TLS client certificate chain of an HTTPS connection (leaf first), put into each
+/// request's extensions by the HTTPS listener.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPeer(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
+
 /// The largest body any route takes (a plugin upload); larger signed bodies get 413 before
 /// they are buffered in full.
 pub const MAX_SIGNED_BODY: usize = 64 << 20;
@@ -102,8 +107,7 @@ pub fn require(caller: &HttpCaller, action: Action, resource: &str) -> Result<()
         Ok(())
     } else {
         Err(forbidden(format!(
-            "access key {} is not authorized to perform {action} on {resource}",
-            caller.key_id
+            "{caller} is not authorized to perform {action} on {resource}"
         )))
     }
 }
@@ -153,6 +157,37 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
     };
     let auth = match Authorization::parse(&sreq) {
         Ok(a) => a,
+        Err(SigV4Error::Missing) if parts.extensions.get::<TlsPeer>().is_some_and(|t| !t.0.is_empty()) => {
+            // No signature on an HTTPS connection with a client certificate: the certificate
+            // is the identity.
+            let leaf = parts
+                .extensions
+                .get::<TlsPeer>()
+                .map(|t| t.0.clone())
+                .unwrap_or_default();
+            let caller = match s
+                .identity
+                .http_caller_for_certificate(
+                    leaf.first().map(|c| c.as_ref()).unwrap_or_default(),
+                    peer.map(|p| p.ip()),
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(why) => {
+                    s.auth_metrics.count("unknown_key");
+                    tracing::info!(peer = ?peer, path = %parts.uri.path(), "HTTPS client certificate refused: {why}");
+                    return ApiError {
+                        status: StatusCode::FORBIDDEN,
+                        error_type: "ForbiddenException",
+                        body: json!({ "message": why }),
+                    }
+                    .into_response();
+                }
+            };
+            let path = parts.uri.path().to_owned();
+            return admit(&s, caller, &path, parts, body, next).await;
+        }
         Err(e) => return refuse(e),
     };
     if let Err(e) = auth.check_time(now_secs()) {
@@ -174,7 +209,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
             .into_response();
         }
     };
-    if let Err(e) = auth.verify(&sreq, &sigv4::sha256_hex(&bytes), &secret) {
+    if let Err(e) = auth.verify_cached(&sreq, &sigv4::sha256_hex(&bytes), &secret, &s.sigv4_keys) {
         return refuse(e);
     }
     let caller = match s
@@ -184,21 +219,36 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         Ok(c) => c,
         Err(e) => return refuse(e),
     };
-    if !caller.admin && !is_data_plane(sreq.path) {
+    let path = sreq.path.to_owned();
+    drop(sreq);
+    admit(&s, caller, &path, parts, Body::from(bytes), next).await
+}
+
+/// Lets an authenticated caller through (management paths: admin keys only).
+async fn admit(
+    s: &AppState,
+    caller: HttpCaller,
+    path: &str,
+    mut parts: axum::http::request::Parts,
+    body: Body,
+    next: Next,
+) -> Response {
+    if !caller.admin && !is_data_plane(path) {
         s.auth_metrics.count("forbidden");
-        tracing::info!(access_key = %caller.key_id, path = %sreq.path, "management call by a non-admin key refused");
+        tracing::info!(%path, "management call by {caller} refused");
+        let why = if caller.kind == "certificate" {
+            "the management API needs an admin access key"
+        } else {
+            "it is not an admin key"
+        };
         return forbidden(format!(
-            "access key {} is not an admin key: it may call the data plane (shadows, topics, retained \
-             messages) only",
-            caller.key_id
+            "{caller} may call the data plane (shadows, topics, retained messages) only: {why}"
         ))
         .into_response();
     }
     s.auth_metrics.count("ok");
-    drop(sreq);
-    let mut parts = parts;
     parts.extensions.insert(Arc::new(caller));
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, body)).await
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ async fn publish(
     let client_id = s.http_client_id.clone();
     let principal = if s.sigv4 {
         Principal {
-            id: std::sync::Arc::from(caller.key_id.as_str()),
+            id: std::sync::Arc::from(caller.id.as_str()),
             attributes: Default::default(),
             grants: None,
         }

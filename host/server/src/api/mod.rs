@@ -1,8 +1,10 @@
 //! The HTTP surface (axum): health, Prometheus metrics, the AWS IoT data plane, and the
-//! management API under `/api/v1` (identities, the thing registry, plugins, rules, streams; the registry also answers on
-//! AWS's control-plane paths).
+//! management API under `/api/v1` (identities, the thing registry, plugins, rules, streams).
+//! Identities, the registry and rules also answer on AWS's control-plane paths.
 
 mod auth;
+
+pub use auth::TlsPeer;
 mod dataplane;
 mod error;
 mod identity;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub sigv4: bool,
     /// Authentication outcomes.
     pub auth_metrics: Arc<auth::AuthMetrics>,
+    /// Derived SigV4 signing keys.
+    pub sigv4_keys: Arc<shoal_auth::sigv4::KeyCache>,
 }
 
 impl AppState {
@@ -71,6 +75,7 @@ impl AppState {
             http_client_id: dataplane::http_client_id(),
             sigv4: true,
             auth_metrics: Arc::default(),
+            sigv4_keys: Arc::default(),
         }
     }
 }
