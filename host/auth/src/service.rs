@@ -285,6 +285,8 @@ pub struct Grants {
     pub versions: Vec<(String, String)>,
     /// The compiled policies.
     pub compiled: CompiledPolicies,
+    /// The access key of a connection opened with a SigV4 presigned URL (MQTT over WebSocket).
+    pub key_id: Option<String>,
     /// The last allowed topic per action (publish, receive): a connection usually publishes to
     /// or receives the same topic over and over, and the compiled policies never change for a
     /// connection (a policy change closes it), so repeating that check is free.
@@ -303,6 +305,7 @@ impl Grants {
             policies,
             versions,
             compiled,
+            key_id: None,
             last_allowed: Default::default(),
         }
     }
@@ -1162,6 +1165,9 @@ impl IdentityService {
 #[async_trait]
 impl Authorizer for IdentityService {
     async fn authenticate(&self, req: &ConnectRequest<'_>) -> Result<Principal, AuthRefusal> {
+        if let Some(key) = req.access_key {
+            return self.authenticate_key(key, req);
+        }
         let client_id = req.client_id.as_str();
         let Some(leaf) = req.peer_certificates.first() else {
             // Plain listener (or optional client auth without a certificate).
@@ -1350,6 +1356,24 @@ impl Authorizer for IdentityService {
             return true;
         };
         let st = self.state.read();
+        if let Some(id) = g.key_id.as_deref() {
+            let Some(k) = st.keys.get(id) else {
+                return false;
+            };
+            if k.record.status != KeyStatus::Active {
+                return false;
+            }
+            if !k.record.admin {
+                let attached: Vec<&String> = st
+                    .targets
+                    .get(&self.key_arn(id))
+                    .map(|s| s.iter().collect())
+                    .unwrap_or_default();
+                if attached != g.policies.iter().collect::<Vec<_>>() {
+                    return false;
+                }
+            }
+        }
         if let Some(id) = g.cert_id.as_deref() {
             if !st.certs.get(id).is_some_and(|c| c.status == CertStatus::Active) {
                 return false;

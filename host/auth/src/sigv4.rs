@@ -190,10 +190,12 @@ impl Credential {
 pub enum Placement {
     /// The `Authorization` header.
     Header,
-    /// A presigned URL's query, valid for this many seconds from its date.
+    /// A presigned URL's query, valid for this many seconds from its date (`None`: no
+    /// `X-Amz-Expires`, as the AWS IoT Device SDK v2 signs WebSocket URLs; then the date must
+    /// be within [`MAX_SKEW_SECS`] of the server's clock, as for a header).
     Query {
         /// `X-Amz-Expires`.
-        expires: i64,
+        expires: Option<i64>,
     },
 }
 
@@ -236,15 +238,19 @@ impl Authorization {
         };
         let credential = Credential::parse(need("X-Amz-Credential")?)?;
         let amz_date = need("X-Amz-Date")?.to_owned();
-        let expires: i64 = need("X-Amz-Expires")?
-            .parse()
-            .ok()
-            .filter(|e| (1..=MAX_EXPIRES_SECS).contains(e))
-            .ok_or_else(|| {
-                SigV4Error::Incomplete(format!(
-                    "X-Amz-Expires must be a number of seconds between 1 and {MAX_EXPIRES_SECS}"
-                ))
-            })?;
+        let expires = match get("X-Amz-Expires") {
+            None => None,
+            Some(e) => Some(
+                e.parse()
+                    .ok()
+                    .filter(|e| (1..=MAX_EXPIRES_SECS).contains(e))
+                    .ok_or_else(|| {
+                        SigV4Error::Incomplete(format!(
+                            "X-Amz-Expires must be a number of seconds between 1 and {MAX_EXPIRES_SECS}"
+                        ))
+                    })?,
+            ),
+        };
         let signed_headers = signed_header_list(need("X-Amz-SignedHeaders")?)?;
         let signature = signature_bytes(need("X-Amz-Signature")?)?;
         Ok(Authorization {
@@ -324,7 +330,7 @@ impl Authorization {
             )));
         }
         match self.placement {
-            Placement::Header => {
+            Placement::Header | Placement::Query { expires: None } => {
                 if (now - t).abs() > MAX_SKEW_SECS {
                     return Err(SigV4Error::Expired(format!(
                         "Signature expired: {} is now outside the allowed window of {} minutes around {}",
@@ -334,7 +340,9 @@ impl Authorization {
                     )));
                 }
             }
-            Placement::Query { expires } => {
+            Placement::Query {
+                expires: Some(expires),
+            } => {
                 if t - now > MAX_SKEW_SECS {
                     return Err(SigV4Error::Expired(format!(
                         "Signature not yet current: {} is still later than {}",

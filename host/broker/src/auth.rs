@@ -65,6 +65,9 @@ pub struct ConnectRequest<'a> {
     pub peer_addr: Option<SocketAddr>,
     /// The peer's certificate chain (DER, end entity first) on a TLS listener.
     pub peer_certificates: Vec<Vec<u8>>,
+    /// The access key that signed the connection (MQTT over WebSocket with a SigV4 presigned
+    /// URL, verified by the HTTP listener before the upgrade).
+    pub access_key: Option<&'a str>,
     /// Which listener it came in on (`mqtt`, `mqtts`, `ws`).
     pub listener: &'static str,
     /// The client asks for a session that outlives the connection (v3 `cleanSession=0`, v5

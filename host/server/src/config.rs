@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// `off` (default), `on` (127.0.0.1:8443) or an address.
     #[arg(long, env = "SHOAL_HTTPS_LISTEN")]
     pub https_listen: Option<String>,
+    /// MQTT over WebSocket at `/mqtt` on the HTTP and HTTPS listeners (default true).
+    #[arg(long, env = "SHOAL_MQTT_WS")]
+    pub mqtt_ws: Option<bool>,
     /// Store: `embedded` (default), `memory`, or `redis://host:port/db`.
     #[arg(long, env = "SHOAL_STORE")]
     pub store: Option<String>,
@@ -178,6 +181,7 @@ struct FileConfig {
     mqtts_listen: Option<String>,
     http_listen: Option<String>,
     https_listen: Option<String>,
+    mqtt_ws: Option<bool>,
     store: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -230,6 +234,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// HTTPS address, `None` when disabled.
     pub https_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket at `/mqtt`.
+    pub mqtt_ws: bool,
     /// Store URL.
     pub store: String,
     /// TLS certificate and key, when configured.
@@ -550,6 +556,7 @@ impl Config {
             mqtts_listen: addr("mqtts_listen", &mqtts)?,
             http_listen,
             https_listen,
+            mqtt_ws: args.mqtt_ws.or(file.mqtt_ws).unwrap_or(true),
             store: args
                 .store
                 .clone()

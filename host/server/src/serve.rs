@@ -182,12 +182,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
 
-    // With both MQTT listeners off (an HTTP-only node), there is no MQTT server to start.
-    let mut mqtt = if listeners.is_empty() {
-        tracing::warn!("both MQTT listeners are off: serving HTTP only");
+    let ws = cfg.mqtt_ws.then(|| shoal_broker::mqtt::WsListener {
+        name: "ws",
+        path: cfg.data_dir.join("mqtt-ws.sock"),
+    });
+    let ws_socket = ws.as_ref().map(|w| w.path.clone());
+    // With every MQTT listener off (an HTTP-only node), there is no MQTT server to start.
+    let mut mqtt = if listeners.is_empty() && ws.is_none() {
+        tracing::warn!("every MQTT listener is off: serving HTTP only");
         None
     } else {
-        Some(shoal_broker::mqtt::start(broker.clone(), listeners, cfg.workers).context("starting MQTT")?)
+        Some(
+            shoal_broker::mqtt::start(broker.clone(), listeners, ws, cfg.workers)
+                .context("starting MQTT (a data dir path too long for a Unix socket? use --mqtt-ws off)")?,
+        )
     };
     let mut ports: BTreeMap<&str, String> = mqtt
         .as_ref()
@@ -208,6 +216,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rules,
     );
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
+    state.ws_socket = ws_socket;
     let app = router(state);
     if let Some(addr) = cfg.https_listen {
         let (cert, key) = match &cfg.tls {

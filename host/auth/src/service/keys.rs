@@ -356,6 +356,9 @@ impl IdentityService {
         if let Some(k) = self.state.write().keys.get_mut(id) {
             k.record.status = status;
         }
+        if status == KeyStatus::Inactive {
+            self.kick_cert(id, "its access key was deactivated");
+        }
         Ok(record)
     }
 
@@ -389,6 +392,7 @@ impl IdentityService {
         }
         self.store.delete(AuthTable::AccessKeys, id).await?;
         self.state.write().keys.remove(id);
+        self.kick_cert(id, "its access key was deleted");
         Ok(())
     }
 
@@ -476,7 +480,76 @@ impl IdentityService {
     }
 }
 
+/// What an admin key may do over MQTT: everything.
+fn allow_all() -> &'static crate::policy::Policy {
+    static P: std::sync::OnceLock<crate::policy::Policy> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        crate::policy::Policy::parse(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("the allow-all policy parses: {e}"))
+    })
+}
+
 impl IdentityService {
+    /// A CONNECT over a WebSocket opened with a SigV4 presigned URL: the key must be active;
+    /// an admin key may do everything, another key what its attached policies allow (compiled
+    /// with the connection's variables, `iot:Connect` checked here).
+    pub(super) fn authenticate_key(
+        &self,
+        id: &str,
+        req: &shoal_broker::auth::ConnectRequest<'_>,
+    ) -> Result<shoal_broker::auth::Principal, shoal_broker::auth::AuthRefusal> {
+        use shoal_broker::auth::AuthRefusal;
+        let client_id = req.client_id.as_str();
+        let admin = {
+            let st = self.state.read();
+            match st.keys.get(id) {
+                Some(k) if k.record.status == KeyStatus::Active => k.record.admin,
+                _ => {
+                    return Err(AuthRefusal::NotAuthorized(format!(
+                        "access key {id} does not exist or is not active"
+                    )));
+                }
+            }
+        };
+        let ctx = VarContext {
+            client_id: Some(client_id.to_owned()),
+            source_ip: req.peer_addr.map(|a| a.ip()),
+            connect_attributes: super::connect_attributes(req),
+            ..VarContext::default()
+        };
+        let (policies, compiled, versions) = if admin {
+            let c = CompiledPolicies::new(&self.cfg.arn, &[("admin-access-key", "1", allow_all())], &ctx);
+            (Vec::new(), c, Vec::new())
+        } else {
+            let policies: Vec<String> = self
+                .state
+                .read()
+                .targets
+                .get(&self.key_arn(id))
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            let (c, v) = self.compile(&policies, &ctx);
+            (policies, c, v)
+        };
+        let d = compiled.check(Action::Connect, client_id);
+        if !d.allowed {
+            let msg = format!("access key {id} may not connect as client {client_id}: {d}");
+            tracing::info!("{msg}");
+            return Err(AuthRefusal::NotAuthorized(msg));
+        }
+        let mut grants = super::Grants::new(None, policies, versions, compiled);
+        grants.key_id = Some(id.to_owned());
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("accessKeyId".to_owned(), id.to_owned());
+        Ok(shoal_broker::auth::Principal {
+            id: Arc::from(id),
+            attributes,
+            grants: Some(Arc::new(grants)),
+        })
+    }
+
     /// The caller behind a TLS client certificate on the HTTPS listener (the chain already
     /// verified by the handshake): the certificate must be registered and ACTIVE, its CA (if
     /// registered) active; its attached policies are compiled with the certificate's policy

@@ -46,6 +46,16 @@ pub struct Listener {
     pub kind: ListenerKind,
 }
 
+/// The internal Unix socket the HTTP listener bridges MQTT-over-WebSocket connections to (see
+/// [`super::ws`]).
+#[derive(Debug, Clone)]
+pub struct WsListener {
+    /// Its name in logs and to the authorizer (`ws`).
+    pub name: &'static str,
+    /// The socket file (created mode 0600; an old one is replaced).
+    pub path: std::path::PathBuf,
+}
+
 /// A running MQTT server.
 #[derive(Debug)]
 pub struct MqttServer {
@@ -125,8 +135,14 @@ macro_rules! mqtt_service {
     }};
 }
 
-/// Starts serving `listeners` with `workers` ntex worker threads.
-pub fn start(broker: Arc<Broker>, listeners: Vec<Listener>, workers: usize) -> io::Result<MqttServer> {
+/// Starts serving `listeners` (and the WebSocket bridge socket `ws`) with `workers` ntex worker
+/// threads.
+pub fn start(
+    broker: Arc<Broker>,
+    listeners: Vec<Listener>,
+    ws: Option<WsListener>,
+    workers: usize,
+) -> io::Result<MqttServer> {
     let addrs = listeners
         .iter()
         .map(|l| Ok((l.name, l.socket.local_addr()?)))
@@ -176,6 +192,42 @@ pub fn start(broker: Arc<Broker>, listeners: Vec<Listener>, workers: usize) -> i
                                 return;
                             }
                         };
+                    }
+                    if let Some(ws) = ws {
+                        let ctx = Ctx {
+                            broker: broker.clone(),
+                            listener: ws.name,
+                        };
+                        let max_frame = broker.cfg.limits.max_packet_size() as usize + 1024;
+                        let res = builder.bind_uds(ws.name, &ws.path, mqtt_cfg(&broker), async move |_| {
+                            fn_service(move |io: ntex::io::Io| async move {
+                                super::ws::accept(io, max_frame).await.map_err(|e| {
+                                    tracing::info!("MQTT over WebSocket bridge refused: {e}");
+                                    ntex_mqtt::MqttError::Service(HandlerError::new(
+                                        ntex_mqtt::v5::codec::DisconnectReasonCode::UnspecifiedError,
+                                        e,
+                                    ))
+                                })
+                            })
+                            .and_then(mqtt_service!(ctx))
+                        });
+                        builder = match res {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        #[cfg(unix)]
+                        {
+                            use std::os::unix::fs::PermissionsExt as _;
+                            if let Err(e) =
+                                std::fs::set_permissions(&ws.path, std::fs::Permissions::from_mode(0o600))
+                            {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        }
                     }
                     let srv = builder.run();
                     let _ = tx.send(Ok(srv.clone()));

@@ -8,6 +8,7 @@ pub mod listener;
 pub mod tls;
 mod v3;
 mod v5;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::broker::{Broker, Will};
 use crate::message::{Message, MessageProps, QoS};
 use crate::topic::Topic;
 
-pub use listener::{Listener, ListenerKind, MqttServer, start};
+pub use listener::{Listener, ListenerKind, MqttServer, WsListener, start};
 
 /// An error a handler ends a connection with: the DISCONNECT reason (v5) and a message for
 /// the reason string and the log.

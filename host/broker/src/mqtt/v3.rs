@@ -94,11 +94,13 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         },
     };
     let peer_addr = c.io().query::<ntex::io::types::PeerAddr>().get().map(|p| p.0);
+    let ws = c.io().query::<super::ws::WsAuth>().as_ref().map(|w| w.0.clone());
     let peer_certificates = c
         .io()
         .query::<ntex_tls::rustls::PeerCertChain<'static>>()
         .as_ref()
         .map(|chain| chain.0.iter().map(|c| c.as_ref().to_vec()).collect())
+        .or_else(|| ws.as_ref().map(|w| w.certificates.clone()))
         .unwrap_or_default();
     let username = pkt.username.as_ref().map(|u| u.to_string());
     let password = pkt.password.as_ref().map(|p| p.to_vec());
@@ -108,6 +110,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         password: password.as_deref(),
         peer_addr,
         peer_certificates,
+        access_key: ws.as_ref().and_then(|w| w.access_key.as_deref()),
         listener: ctx.listener,
         persistent: !pkt.clean_session,
         has_will: will.is_some(),

@@ -51,7 +51,7 @@ const OUTCOMES: [&str; 9] = [
 ];
 
 impl AuthMetrics {
-    fn count(&self, outcome: &str) {
+    pub(super) fn count(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.outcomes[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -122,7 +122,9 @@ fn now_secs() -> i64 {
 /// The middleware.
 pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/health" || path == "/metrics" {
+    // /mqtt authenticates its upgrade itself (a presigned URL, or a TLS client certificate
+    // judged at CONNECT).
+    if path == "/health" || path == "/metrics" || path == "/mqtt" {
         return next.run(req).await;
     }
     if !s.sigv4 {

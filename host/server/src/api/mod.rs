@@ -13,6 +13,7 @@ mod plugins;
 mod registry;
 mod rules;
 mod streams;
+mod ws;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub auth_metrics: Arc<auth::AuthMetrics>,
     /// Derived SigV4 signing keys.
     pub sigv4_keys: Arc<shoal_auth::sigv4::KeyCache>,
+    /// The MQTT server's WebSocket bridge socket (`None`: `/mqtt` is off).
+    pub ws_socket: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             sigv4: true,
             auth_metrics: Arc::default(),
             sigv4_keys: Arc::default(),
+            ws_socket: None,
         }
     }
 }
@@ -103,6 +107,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/mqtt", get(ws::upgrade))
         .merge(dataplane::routes())
         .merge(identity::routes())
         .merge(keys::routes())
