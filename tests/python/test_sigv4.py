@@ -309,7 +309,14 @@ def test_shoal_cli_key_verbs(shoal: Shoal, tmp_path):
     created = json.loads(cli("key", "create", "--description", "cli", "--save", str(saved)).stdout)
     assert saved.stat().st_mode & 0o777 == 0o600
     assert created["secretAccessKey"] in saved.read_text()
-    listed = json.loads(cli("key", "list").stdout)
+    listed = json.loads(cli("key", "list", "--json").stdout)
+    # People get a table (the default on a terminal; --table forces it).
+    table = cli("key", "list", "--table").stdout.splitlines()
+    assert table[0].split() == ["ACCESSKEYID", "ADMIN", "CREATEDATE", "DESCRIPTION", "POLICIES", "STATUS"], table
+    assert any(line.startswith(created["accessKeyId"]) and "Active" in line for line in table[1:]), table
+    shown = cli("key", "show", created["accessKeyId"], "--table").stdout
+    assert "status       Active" in shown, shown
+    assert cli("key", "list", "--json", "--table", check=False).returncode == 2
     assert created["accessKeyId"] in [k["accessKeyId"] for k in listed["keys"]]
     assert created["secretAccessKey"] not in json.dumps(listed)
     # The device key may not list things: a clear message and a non-zero exit.

@@ -35,6 +35,22 @@ pub struct Endpoint {
     /// Region of the signature's scope.
     #[arg(long, global = true, env = "AWS_REGION", default_value = "us-east-1")]
     pub region: String,
+    /// Print the server's answer as JSON (the default when standard output is not a terminal).
+    #[arg(long, global = true, conflicts_with = "table")]
+    pub json: bool,
+    /// Print tables (the default on a terminal).
+    #[arg(long, global = true)]
+    pub table: bool,
+}
+
+/// How answers are printed: tables for people, JSON for scripts.
+static TABLES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Chooses the output format once per process.
+pub fn init_output(ep: &Endpoint) {
+    use std::io::IsTerminal as _;
+    let tables = !ep.json && (ep.table || std::io::stdout().is_terminal());
+    let _ = TABLES.set(tables);
 }
 
 /// The access key the CLI signs with.
@@ -308,6 +324,12 @@ pub(crate) fn finish(
 /// Prints the answer (nothing for `null`). A closed standard output (`shoal ... | head`) is not
 /// an error worth a panic: the rest is simply not printed.
 pub(crate) fn print_json(v: &Value) {
+    if TABLES.get().copied().unwrap_or(false) {
+        if !v.is_null() {
+            print_text(&render(v));
+        }
+        return;
+    }
     if !v.is_null() {
         print_text(&format!(
             "{}\n",
@@ -455,8 +477,140 @@ pub fn publish(ep: &Endpoint, args: PublishArgs) -> ExitCode {
     finish(&rt, send(reqwest::Client::new().post(url).body(body)))
 }
 
+/// Longest cell printed; longer values are cut with `…`.
+const MAX_CELL: usize = 48;
+
+fn cell(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.lines().next().unwrap_or_default().to_owned(),
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            a.iter().map(cell).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    };
+    if s.chars().count() > MAX_CELL {
+        let mut cut: String = s.chars().take(MAX_CELL - 1).collect();
+        cut.push('…');
+        cut
+    } else {
+        s
+    }
+}
+
+fn table(rows: &[&serde_json::Map<String, Value>]) -> String {
+    let mut cols: Vec<&str> = Vec::new();
+    for r in rows {
+        for (k, v) in r.iter() {
+            // Certificates, documents and other bulky values stay out of tables.
+            let bulky = v.as_str().is_some_and(|s| s.contains('\n')) || v.is_object();
+            if !bulky && !cols.contains(&k.as_str()) {
+                cols.push(k);
+            }
+        }
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| r.get(*c).map(cell).unwrap_or_default()).collect())
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |vals: Vec<String>| {
+        let mut l = String::new();
+        for (i, v) in vals.iter().enumerate() {
+            if i + 1 == vals.len() {
+                l.push_str(v);
+            } else {
+                l.push_str(&format!("{v:<w$}  ", w = widths[i]));
+            }
+        }
+        l.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(cols.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// An answer as people read it: a list of records as a table (with the other fields after
+/// it), a record as `field  value` lines, anything else as it is.
+pub(crate) fn render(v: &Value) -> String {
+    match v {
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            let rows: Vec<_> = items.iter().filter_map(Value::as_object).collect();
+            table(&rows)
+        }
+        Value::Object(m) => {
+            let list = m
+                .iter()
+                .find(|(_, v)| v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object)));
+            let mut out = String::new();
+            if let Some((name, Value::Array(items))) = list {
+                let rows: Vec<_> = items.iter().filter_map(Value::as_object).collect();
+                out.push_str(&table(&rows));
+                for (k, v) in m.iter().filter(|(k, _)| *k != name) {
+                    if !v.is_null() {
+                        out.push_str(&format!("{k}: {}\n", cell(v)));
+                    }
+                }
+                return out;
+            }
+            let w = m.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+            for (k, v) in m {
+                let text = match v {
+                    Value::String(s) if s.contains('\n') => format!("\n{s}"),
+                    Value::Object(_) | Value::Array(_) => {
+                        serde_json::to_string_pretty(v).unwrap_or_default().replace('\n', &format!("\n{:w$}  ", ""))
+                    }
+                    other => cell(other),
+                };
+                out.push_str(&format!("{k:<w$}  {}\n", text.trim_end()));
+            }
+            out
+        }
+        Value::Array(a) if a.is_empty() => "(none)\n".into(),
+        Value::String(s) => format!("{s}\n"),
+        other => format!("{other}\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn lists_become_tables_and_records_field_lines() {
+        let v = json!({"keys": [
+            {"accessKeyId": "AKIA1", "admin": true, "status": "Active", "policies": ["a", "b"]},
+            {"accessKeyId": "AKIA2", "admin": false, "status": "Inactive", "policies": []},
+        ], "nextToken": "t"});
+        let t = super::render(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        // Columns in the answer's (sorted) field order.
+        assert_eq!(lines[0], "ACCESSKEYID  ADMIN  POLICIES  STATUS");
+        assert_eq!(lines[1], "AKIA1        true   a,b       Active");
+        assert_eq!(lines[2], "AKIA2        false            Inactive");
+        assert_eq!(lines[3], "nextToken: t");
+        let r = super::render(&json!({"thingName": "t1", "version": 3, "pem": "-----BEGIN\nX\n-----END"}));
+        assert!(r.contains("thingName  t1\n"), "{r}");
+        assert!(r.contains("version    3\n"), "{r}");
+        assert!(r.contains("-----BEGIN\nX"), "{r}");
+        assert_eq!(super::render(&json!([])), "(none)\n");
+        let long = "x".repeat(100);
+        assert!(super::render(&json!([{"a": long}])).contains('…'));
+    }
+
     #[test]
     fn encodes_path_segments() {
         assert_eq!(super::encode("fleet/truck 1"), "fleet%2Ftruck%201");

@@ -138,11 +138,12 @@ impl Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(ep) = cli.command.endpoint()
-        && let Err(e) = cli::init_credentials(ep)
-    {
-        eprintln!("shoal: {e}");
-        return ExitCode::FAILURE;
+    if let Some(ep) = cli.command.endpoint() {
+        cli::init_output(ep);
+        if let Err(e) = cli::init_credentials(ep) {
+            eprintln!("shoal: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     match cli.command {
         Command::Key { endpoint, cmd } => cli_key::key(&endpoint, cmd),
