@@ -371,3 +371,18 @@ def test_slow_and_oversized_clients_do_not_harm_others(shoal: Shoal):
         for c in slow:
             c.close()
         big.close()
+
+
+def test_path_traversal_does_not_escape_the_data_plane(shoal: Shoal):
+    """A data-plane key cannot reach the management API through dot segments: routing uses the
+    raw path (no normalisation), and the management check too."""
+    r = json.loads(urlopen_signed(shoal, "POST", "/api/v1/keys", {"description": "device"}))
+    key = (r["accessKeyId"], r["secretAccessKey"])
+    for method, path in [("GET", "/topics/../api/v1/keys"), ("POST", "/topics/x/../../api/v1/keys"),
+                         ("GET", "/things/t1/shadow/../../../api/v1/keys"),
+                         ("GET", "/things/../api/v1/keys/shadow"), ("GET", "/retainedMessage/../../api/v1/keys"),
+                         ("GET", "/api/v1/../../things/t1/shadow")]:
+        h = signed_headers(shoal, method, path, key=key)
+        code, _, body = raw(shoal, method, path, headers=h)
+        assert code in (403, 404, 405), (path, code, body)
+        assert "keys" not in body, (path, body)
