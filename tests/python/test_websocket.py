@@ -79,6 +79,8 @@ def test_paho_over_websocket_with_a_presigned_url(shoal: Shoal):
         sub.c.publish("cmd/t1", b"go", qos=1).wait_for_publish(TIMEOUT)
         m = tcp.wait_message(TIMEOUT)
         assert (m.topic, m.payload) == ("cmd/t1", b"go")
+        from mqtt_helpers import metric
+        assert metric(shoal, "shoal_ws_bridged_connections") == 1
         # Big messages cross the bridge whole.
         big = bytes(range(256)) * 400
         tcp.publish("fleet/t1/telemetry", big, qos=1)

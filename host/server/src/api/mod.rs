@@ -158,6 +158,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             s.plugins.render_prometheus(&mut text);
             s.rules.render_prometheus(&mut text);
             s.auth_metrics.render(&mut text);
+            text.push_str(&format!(
+                "# HELP shoal_ws_bridged_connections MQTT over WebSocket connections bridged now.\n\
+                 # TYPE shoal_ws_bridged_connections gauge\nshoal_ws_bridged_connections {}\n",
+                ws::BRIDGED.load(std::sync::atomic::Ordering::Relaxed)
+            ));
             text
         },
     )
