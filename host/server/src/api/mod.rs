@@ -3,6 +3,7 @@
 //! Identities, the registry and rules also answer on AWS's control-plane paths.
 
 mod auth;
+mod aws_identity;
 
 pub use auth::TlsPeer;
 mod dataplane;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/mqtt", get(ws::upgrade))
         .merge(dataplane::routes())
         .merge(identity::routes())
+        .merge(aws_identity::routes())
         .merge(keys::routes())
         .merge(registry::routes())
         .merge(plugins::routes())
