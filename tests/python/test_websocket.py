@@ -238,3 +238,39 @@ def test_the_aws_iot_device_sdk_v2_over_wss_with_sigv4(make_shoal):
         endpoint="localhost", port=port, ca_filepath=s.ca_path, client_id="sdk-ws-2", clean_session=True)
     with pytest.raises(Exception):
         bad.connect().result(TIMEOUT)
+
+
+def test_shoal_subscribe_over_websocket(shoal: Shoal):
+    """`shoal subscribe` (the CLI's own MQTT-over-WebSocket client, presigned with its key)."""
+    import subprocess
+    env = shoal.cli_env()
+    p = subprocess.Popen([shoal.binary, "subscribe", "fleet/+/telemetry", "cmd/#", "--count", "3", "--timeout", "20",
+                          "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        from mqtt_helpers import metric
+        while metric(shoal, "shoal_ws_bridged_connections") < 1:
+            assert time.monotonic() < deadline, "the CLI did not connect"
+            time.sleep(0.05)
+        time.sleep(0.3)  # its SUBSCRIBE
+        tcp = shoal.client()
+        tcp.publish("fleet/t1/telemetry", b'{"t":-19}', qos=1)
+        tcp.publish("other/topic", b"not for it", qos=1)
+        tcp.publish("cmd/t1", bytes([0xff, 0x00]), qos=0)
+        tcp.publish("fleet/t2/telemetry", "ünïcode".encode(), qos=1)
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines == [
+        {"topic": "fleet/t1/telemetry", "payload": '{"t":-19}', "qos": 1},
+        {"topic": "cmd/t1", "payloadBase64": "/wA=", "qos": 0},
+        {"topic": "fleet/t2/telemetry", "payload": "ünïcode", "qos": 1},
+    ]
+    # Without a key: a clear refusal and a non-zero exit.
+    bare = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    bare["SHOAL_DATA_DIR"] = "/nonexistent"
+    r = subprocess.run([shoal.binary, "subscribe", "x", "--timeout", "5"], env=bare, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode != 0 and "403" in r.stderr and "Missing Authentication Token" in r.stderr, r.stderr

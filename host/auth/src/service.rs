@@ -992,13 +992,17 @@ impl IdentityService {
     /// Policies attached to a target.
     pub fn attached_policies(&self, target: &str) -> Result<Vec<String>, IdentityError> {
         let target = self.resolve_target(target)?;
-        Ok(self
-            .state
+        Ok(self.policies_of(&target))
+    }
+
+    /// Policies attached to a resolved target ARN.
+    fn policies_of(&self, arn: &str) -> Vec<String> {
+        self.state
             .read()
             .targets
-            .get(&target)
+            .get(arn)
             .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Targets a policy is attached to.

@@ -46,6 +46,19 @@ pub struct Endpoint {
 /// How answers are printed: tables for people, JSON for scripts.
 static TABLES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
+/// Whether answers are printed as JSON (not tables).
+pub(crate) fn json_output() -> bool {
+    !TABLES.get().copied().unwrap_or(false)
+}
+
+/// The CLI's access key: `(id, secret, region)`.
+pub(crate) fn credentials() -> Option<(String, String, String)> {
+    CREDENTIALS
+        .get()
+        .and_then(Option::as_ref)
+        .map(|c| (c.key_id.clone(), c.secret.clone(), c.region.clone()))
+}
+
 /// Chooses the output format once per process.
 pub fn init_output(ep: &Endpoint) {
     use std::io::IsTerminal as _;
@@ -511,7 +524,11 @@ fn table(rows: &[&serde_json::Map<String, Value>]) -> String {
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| cols.iter().map(|c| r.get(*c).map(cell).unwrap_or_default()).collect())
+        .map(|r| {
+            cols.iter()
+                .map(|c| r.get(*c).map(cell).unwrap_or_default())
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = cols
         .iter()
@@ -552,9 +569,10 @@ pub(crate) fn render(v: &Value) -> String {
             table(&rows)
         }
         Value::Object(m) => {
-            let list = m
-                .iter()
-                .find(|(_, v)| v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object)));
+            let list = m.iter().find(|(_, v)| {
+                v.as_array()
+                    .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object))
+            });
             let mut out = String::new();
             if let Some((name, Value::Array(items))) = list {
                 let rows: Vec<_> = items.iter().filter_map(Value::as_object).collect();
@@ -570,9 +588,9 @@ pub(crate) fn render(v: &Value) -> String {
             for (k, v) in m {
                 let text = match v {
                     Value::String(s) if s.contains('\n') => format!("\n{s}"),
-                    Value::Object(_) | Value::Array(_) => {
-                        serde_json::to_string_pretty(v).unwrap_or_default().replace('\n', &format!("\n{:w$}  ", ""))
-                    }
+                    Value::Object(_) | Value::Array(_) => serde_json::to_string_pretty(v)
+                        .unwrap_or_default()
+                        .replace('\n', &format!("\n{:w$}  ", "")),
                     other => cell(other),
                 };
                 out.push_str(&format!("{k:<w$}  {}\n", text.trim_end()));

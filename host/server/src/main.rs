@@ -7,6 +7,7 @@ mod cli_key;
 mod cli_plugin;
 mod cli_rule;
 mod cli_stream;
+mod cli_subscribe;
 mod config;
 mod https;
 mod plugin_watch;
@@ -107,6 +108,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_key::KeyCmd,
     },
+    /// Print the messages published to topic filters (MQTT over WebSocket at the server's
+    /// `/mqtt`, signed with the CLI's access key).
+    Subscribe {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(flatten)]
+        args: cli_subscribe::SubscribeArgs,
+    },
     /// Publish a message through a running server's HTTP API.
     Publish {
         #[command(flatten)]
@@ -131,7 +140,8 @@ impl Command {
             | Command::Plugin { endpoint, .. }
             | Command::Rule { endpoint, .. }
             | Command::Stream { endpoint, .. }
-            | Command::Key { endpoint, .. } => Some(endpoint),
+            | Command::Key { endpoint, .. }
+            | Command::Subscribe { endpoint, .. } => Some(endpoint),
         }
     }
 }
@@ -147,6 +157,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Key { endpoint, cmd } => cli_key::key(&endpoint, cmd),
+        Command::Subscribe { endpoint, args } => cli_subscribe::subscribe(&endpoint, args),
         Command::Shadow { endpoint, cmd } => cli::shadow(&endpoint, cmd),
         Command::Publish { endpoint, args } => cli::publish(&endpoint, args),
         Command::Thing { endpoint, cmd } => cli_identity::thing(&endpoint, cmd),

@@ -380,14 +380,7 @@ impl IdentityService {
             )));
         }
         let arn = self.key_arn(id);
-        let attached: Vec<String> = self
-            .state
-            .read()
-            .targets
-            .get(&arn)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for p in attached {
+        for p in self.policies_of(&arn) {
             self.detach_policy(&p, &arn).await?;
         }
         self.store.delete(AuthTable::AccessKeys, id).await?;
@@ -459,13 +452,7 @@ impl IdentityService {
                 compiled: None,
             });
         }
-        let policies: Vec<String> = self
-            .state
-            .read()
-            .targets
-            .get(&self.key_arn(id))
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let policies = self.policies_of(&self.key_arn(id));
         let ctx = VarContext {
             source_ip,
             ..VarContext::default()
@@ -523,13 +510,7 @@ impl IdentityService {
             let c = CompiledPolicies::new(&self.cfg.arn, &[("admin-access-key", "1", allow_all())], &ctx);
             (Vec::new(), c, Vec::new())
         } else {
-            let policies: Vec<String> = self
-                .state
-                .read()
-                .targets
-                .get(&self.key_arn(id))
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
+            let policies = self.policies_of(&self.key_arn(id));
             let (c, v) = self.compile(&policies, &ctx);
             (policies, c, v)
         };
@@ -576,13 +557,7 @@ impl IdentityService {
         {
             return Err(format!("the CA {ca_id} of certificate {} is not active", info.id));
         }
-        let policies: Vec<String> = self
-            .state
-            .read()
-            .targets
-            .get(&self.cert_arn(&info.id))
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let policies = self.policies_of(&self.cert_arn(&info.id));
         let ctx = VarContext {
             source_ip,
             certificate: Some(self.cert_context(&info).await),
