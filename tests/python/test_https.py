@@ -116,3 +116,16 @@ def test_an_untrusted_certificate_fails_the_handshake_and_harms_no_one(tls_shoal
     finally:
         s1.close()
         s2.close()
+
+
+def test_the_cli_over_https_trusts_its_ca_file(tls_shoal: Shoal):
+    import subprocess
+    env = tls_shoal.cli_env()
+    env["SHOAL_ENDPOINT"] = f"https://localhost:{https_port(tls_shoal)}"
+    ok = subprocess.run([tls_shoal.binary, "key", "list", "--json", "--ca-file", tls_shoal.ca_path], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert tls_shoal.credentials[0] in ok.stdout
+    # Without it the server's certificate is not trusted: a clear error, non-zero exit.
+    bad = subprocess.run([tls_shoal.binary, "key", "list"], env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "cannot reach Shoal" in bad.stderr, bad.stderr

@@ -41,6 +41,48 @@ pub struct Endpoint {
     /// Print tables (the default on a terminal).
     #[arg(long, global = true)]
     pub table: bool,
+    /// PEM file of the CA an `https://` endpoint's certificate is checked against (e.g.
+    /// `DATA/tls/ca.pem`); default: the system's roots.
+    #[arg(long, global = true, env = "SHOAL_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+static CA: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// The HTTP client of the CLI: trusts `--ca-file`, else the system's roots.
+pub(crate) fn http_client() -> reqwest::Client {
+    let mut b = reqwest::Client::builder();
+    match CA.get().and_then(Option::as_ref) {
+        Some(pem) => match reqwest::Certificate::from_pem_bundle(pem) {
+            Ok(certs) => {
+                for c in certs {
+                    b = b.add_root_certificate(c);
+                }
+            }
+            Err(e) => eprintln!("shoal: --ca-file: {e}"),
+        },
+        None => {
+            if let Ok(roots) = rustls_native_roots() {
+                for c in roots {
+                    b = b.add_root_certificate(c);
+                }
+            }
+        }
+    }
+    b.build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The system's CA bundle (Debian's path), as reqwest certificates.
+fn rustls_native_roots() -> Result<Vec<reqwest::Certificate>, String> {
+    for p in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(pem) = std::fs::read(p) {
+            return reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string());
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// How answers are printed: tables for people, JSON for scripts.
@@ -114,6 +156,11 @@ fn read_profile(path: &std::path::Path, profile: &str) -> Result<Option<(String,
 
 /// Finds the access key (see [`Endpoint`]) once per process.
 pub fn init_credentials(ep: &Endpoint) -> Result<(), String> {
+    let ca = match &ep.ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("--ca-file {}: {e}", p.display()))?),
+        None => None,
+    };
+    let _ = CA.set(ca);
     let found = if let (Ok(id), Ok(secret)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
@@ -369,7 +416,7 @@ impl Api {
     pub(crate) fn new(ep: &Endpoint) -> Api {
         Api {
             base: format!("{}/api/v1", ep.endpoint.trim_end_matches('/')),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -427,7 +474,7 @@ pub fn shadow(ep: &Endpoint, cmd: ShadowCmd) -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    let http = reqwest::Client::new();
+    let http = http_client();
     match cmd {
         ShadowCmd::Get { thing, name } => finish(&rt, send(http.get(shadow_url(ep, &thing, &name)))),
         ShadowCmd::Delete { thing, name } => finish(&rt, send(http.delete(shadow_url(ep, &thing, &name)))),
@@ -487,7 +534,7 @@ pub fn publish(ep: &Endpoint, args: PublishArgs) -> ExitCode {
         args.qos,
         args.retain
     );
-    finish(&rt, send(reqwest::Client::new().post(url).body(body)))
+    finish(&rt, send(http_client().post(url).body(body)))
 }
 
 /// Longest cell printed; longer values are cut with `…`.

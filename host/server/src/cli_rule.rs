@@ -294,7 +294,7 @@ pub fn rule(ep: &Endpoint, cmd: RuleCmd) -> ExitCode {
     };
     let base = format!("{}/api/v1/rules", ep.endpoint.trim_end_matches('/'));
     let url = |name: &str, rest: &str| format!("{base}/{}{rest}", encode(name));
-    let http = reqwest::Client::new();
+    let http = crate::cli::http_client();
     let request = match cmd {
         RuleCmd::List => Ok(http.get(&base)),
         RuleCmd::Get { name } => Ok(http.get(url(&name, ""))),
