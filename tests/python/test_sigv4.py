@@ -340,6 +340,12 @@ def test_http_auth_none_only_on_loopback(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2, p.stderr
     assert "http_auth" in p.stderr and "loopback" in p.stderr
+    # A public HTTPS listener would serve the same open API: refused too.
+    p = subprocess.run([find_binary(), "serve", "--data-dir", str(tmp_path / "d2"), "--mqtt-listen", "off",
+                        "--mqtts-listen", "off", "--http-listen", "127.0.0.1:0", "--https-listen", "0.0.0.0:0",
+                        "--http-auth", "none"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p.stderr
+    assert "http_auth" in p.stderr and "HTTPS" in p.stderr
 
 
 def test_without_auth_on_loopback_everything_is_open(make_shoal):

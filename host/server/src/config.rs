@@ -367,12 +367,16 @@ impl Config {
             .as_str()
         {
             "sigv4" => HttpAuth::SigV4,
-            "none" if http_listen.ip().is_loopback() => HttpAuth::None,
+            "none" if http_listen.ip().is_loopback() && https_listen.is_none_or(|a| a.ip().is_loopback()) => {
+                HttpAuth::None
+            }
             "none" => {
                 return Err(ConfigError::Invalid {
                     key: "http_auth",
                     message: format!(
-                        "`none` is only allowed when the HTTP listener is on loopback, not {http_listen}"
+                        "`none` is only allowed when the HTTP and HTTPS listeners are on loopback, not \
+                         {http_listen}{}",
+                        https_listen.map(|a| format!(" / {a}")).unwrap_or_default()
                     ),
                 });
             }

@@ -54,7 +54,7 @@ impl KeyCipher {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let t = text.trim();
-                let bytes: Option<Vec<u8>> = (t.len() == 64)
+                let bytes: Option<Vec<u8>> = (t.len() == 64 && t.is_ascii())
                     .then(|| {
                         (0..32)
                             .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
