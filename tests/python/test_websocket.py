@@ -236,8 +236,10 @@ def test_the_aws_iot_device_sdk_v2_over_wss_with_sigv4(make_shoal):
     bad = mqtt_connection_builder.websockets_with_default_aws_signing(
         region="us-east-1", credentials_provider=auth.AwsCredentialsProvider.new_static(key, "x" * 40),
         endpoint="localhost", port=port, ca_filepath=s.ca_path, client_id="sdk-ws-2", clean_session=True)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception) as refused:
         bad.connect().result(TIMEOUT)
+    # Refused at the upgrade (403), not by TLS or a timeout.
+    assert "403" in str(refused.value) or "UPGRADE" in str(refused.value).upper(), refused.value
 
 
 def test_shoal_subscribe_over_websocket(shoal: Shoal):

@@ -294,10 +294,7 @@ pub fn http_request_as(
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some((id, secret)) = key {
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = shoal_auth::sigv4::unix_now();
         let signed = shoal_auth::sigv4::sign(
             &shoal_auth::sigv4::Request {
                 method,

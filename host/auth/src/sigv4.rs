@@ -732,6 +732,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     )
 }
 
+/// The clock signatures are made and checked with: Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// `YYYYMMDDTHHMMSSZ` to Unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();

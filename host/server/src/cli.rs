@@ -182,13 +182,6 @@ pub fn init_credentials(ep: &Endpoint) -> Result<(), String> {
     Ok(())
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Signs `req` with the CLI's access key, if it has one.
 fn sign(req: &mut reqwest::Request) {
     let Some(Some(c)) = CREDENTIALS.get() else {
@@ -215,7 +208,7 @@ fn sign(req: &mut reqwest::Request) {
             region: &c.region,
             service: "iot",
         },
-        now_secs(),
+        shoal_auth::sigv4::unix_now(),
     );
     for (name, value) in added {
         if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {

@@ -58,13 +58,6 @@ pub fn subscribe(ep: &Endpoint, args: SubscribeArgs) -> ExitCode {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 async fn run(ep: &Endpoint, args: SubscribeArgs, json: bool) -> Result<(), String> {
     let rest = ep
         .endpoint
@@ -83,7 +76,7 @@ async fn run(ep: &Endpoint, args: SubscribeArgs, json: bool) -> Result<(), Strin
                 region: &c.2,
                 service: "iotdevicegateway",
             },
-            now_secs(),
+            shoal_auth::sigv4::unix_now(),
             300,
         );
     }

@@ -887,9 +887,7 @@ async fn http_post(sender: &mut Sender, host: &str, path: &str, body: Vec<u8>, k
         .header(hyper::header::CONTENT_TYPE, "application/json");
     if let Some(k) = key {
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = shoal_auth::sigv4::unix_now();
         for (n, v) in shoal_auth::sigv4::sign(
             &shoal_auth::sigv4::Request {
                 method: "POST",

@@ -112,11 +112,18 @@ pub fn require(caller: &HttpCaller, action: Action, resource: &str) -> Result<()
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// What a SigV4 signature covers in an HTTP request: the raw path and query, every header.
+pub(super) fn signed_parts<'a>(
+    method: &'a axum::http::Method,
+    uri: &'a axum::http::Uri,
+    headers: &'a axum::http::HeaderMap,
+) -> sigv4::Request<'a> {
+    sigv4::Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
+    }
 }
 
 /// The middleware.
@@ -146,17 +153,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         );
         refusal(&e)
     };
-    let headers: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    let sreq = sigv4::Request {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers,
-    };
+    let sreq = signed_parts(&parts.method, &parts.uri, &parts.headers);
     let auth = match Authorization::parse(&sreq) {
         Ok(a) => a,
         Err(SigV4Error::Missing) if parts.extensions.get::<TlsPeer>().is_some_and(|t| !t.0.is_empty()) => {
@@ -192,7 +189,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         }
         Err(e) => return refuse(e),
     };
-    if let Err(e) = auth.check_time(now_secs()) {
+    if let Err(e) = auth.check_time(sigv4::unix_now()) {
         return refuse(e);
     }
     let secret = match s.identity.signing_secret(&auth.credential.key_id) {

@@ -37,13 +37,6 @@ fn bad(status: StatusCode, error_type: &'static str, message: impl Into<String>)
     .into_response()
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// `GET /mqtt`.
 pub async fn upgrade(State(s): State<AppState>, mut req: Request) -> Response {
     let Some(socket) = s.ws_socket.clone() else {
@@ -171,20 +164,10 @@ pub async fn upgrade(State(s): State<AppState>, mut req: Request) -> Response {
 
 /// The access key of a presigned URL; `None` for a certificate or (auth off) nobody.
 fn authenticate(s: &AppState, req: &Request, certificates: &[Vec<u8>]) -> Result<Option<String>, SigV4Error> {
-    let headers: Vec<(&str, &[u8])> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    let sreq = sigv4::Request {
-        method: req.method().as_str(),
-        path: req.uri().path(),
-        query: req.uri().query().unwrap_or(""),
-        headers,
-    };
+    let sreq = super::auth::signed_parts(req.method(), req.uri(), req.headers());
     match Authorization::parse(&sreq) {
         Ok(auth) => {
-            auth.check_time(now_secs())?;
+            auth.check_time(sigv4::unix_now())?;
             let secret = s.identity.signing_secret(&auth.credential.key_id)?;
             auth.verify_cached(&sreq, sigv4::EMPTY_SHA256, &secret, &s.sigv4_keys)?;
             s.auth_metrics.count("ok");
