@@ -22,6 +22,7 @@ from unittest import mock
 import pytest
 
 from conftest import Shoal, find_binary
+from mqtt_helpers import metric
 
 boto3 = pytest.importorskip("boto3")
 from botocore.auth import SigV4Auth  # noqa: E402
@@ -390,8 +391,70 @@ def test_path_traversal_does_not_escape_the_data_plane(shoal: Shoal):
                          ("GET", "/api/v1/../../things/t1/shadow")]:
         h = signed_headers(shoal, method, path, key=key)
         code, headers, body = raw(shoal, method, path, headers=h)
-        assert code in (403, 404, 405), (path, code, body)
-        # The signature itself verified: a refusal is the management check, not a mismatch.
-        if code == 403:
-            assert headers.get("x-amzn-errortype") == "ForbiddenException", (path, headers, body)
+        # Refused before routing or signing: a '.' or '..' segment is never routed.
+        assert code == 400, (path, code, body)
+        assert headers.get("x-amzn-errortype") == "InvalidRequestException", (path, headers, body)
+        assert "'..' segment" in body["message"], body
         assert "keys" not in body, (path, body)
+    # The same names percent-encoded inside a topic are just a topic.
+    h = signed_headers(shoal, "POST", "/topics/a%2F..%2Fb", key=shoal.credentials)
+    code, _, body = raw(shoal, "POST", "/topics/a%2F..%2Fb", headers=h)
+    assert code == 200, body
+
+
+def test_slow_loris_and_slow_bodies_are_cut_off(make_shoal):
+    """A client gets --http-read-timeout to send its headers, and again its body; a body over
+    a route's limit is refused before it is read; nobody else waits meanwhile."""
+    import socket
+    s = make_shoal("--http-read-timeout", "2")
+    slow = []
+    for _ in range(50):
+        c = socket.create_connection((s.host, s.http_port))
+        c.sendall(b"GET /things/t1/shadow HTTP/1.1\r\nHost: x\r\n")
+        slow.append(c)
+    try:
+        t0 = time.monotonic()
+        s.boto3("iot").list_things()
+        assert time.monotonic() - t0 < 1.5
+        # The header-less clients are disconnected once their time is up.
+        for c in slow:
+            c.settimeout(6)
+            try:
+                data = c.recv(256)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+        assert time.monotonic() - t0 < 6
+    finally:
+        for c in slow:
+            c.close()
+    # A signed request whose body trickles: 408 after the read timeout.
+    body = json.dumps({"state": {"reported": {"t": 1}}}).encode()
+    h = signed_headers(s, "POST", "/things/t1/shadow", body=body)
+    c = socket.create_connection((s.host, s.http_port))
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        c.sendall(f"POST /things/t1/shadow HTTP/1.1\r\nHost: {s.host}:{s.http_port}\r\n{head}"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        c.settimeout(6)
+        t0 = time.monotonic()
+        reply = c.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"RequestTimeoutException" in reply, reply
+        assert 1.5 < time.monotonic() - t0 < 5
+    finally:
+        c.close()
+    # A management request announcing 2 MiB (the limit is 1 MiB) is refused unread.
+    h = signed_headers(s, "POST", "/api/v1/rules", body=b"")
+    c = socket.create_connection((s.host, s.http_port))
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in h.items() if k.lower() != "content-length")
+        c.sendall(f"POST /api/v1/rules HTTP/1.1\r\nHost: {s.host}:{s.http_port}\r\n{head}"
+                  f"Content-Length: {2 << 20}\r\n\r\n".encode())
+        c.settimeout(5)
+        reply = c.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 413"), reply
+        assert b"at most 1048576 bytes" in reply, reply
+    finally:
+        c.close()
+    assert metric(s, "shoal_http_auth_total", 'outcome="timeout"') == 1

@@ -378,7 +378,14 @@ impl Authorization {
         secret: &str,
         cache: &KeyCache,
     ) -> Result<(), SigV4Error> {
-        self.verify_with(req, body_sha256, &cache.get(&self.credential, secret))
+        let (key, cached) = cache.get(&self.credential, secret);
+        self.verify_with(req, body_sha256, &key)?;
+        if !cached {
+            // Only keys that verified a signature are kept: a caller cannot fill the cache
+            // with made-up scopes.
+            cache.insert(&self.credential, secret, key);
+        }
+        Ok(())
     }
 
     fn verify_with(&self, req: &Request<'_>, body_sha256: &str, key: &hmac::Key) -> Result<(), SigV4Error> {
@@ -684,20 +691,26 @@ impl fmt::Debug for KeyCache {
 impl KeyCache {
     const MAX: usize = 10_000;
 
-    fn get(&self, cred: &Credential, secret: &str) -> hmac::Key {
-        let id = format!("{}/{}", cred.key_id, cred.scope());
-        if let Some((s, k)) = self.map.lock().get(&id)
+    fn id(cred: &Credential) -> String {
+        format!("{}/{}", cred.key_id, cred.scope())
+    }
+
+    /// The signing key for `cred`, and whether it came from the cache.
+    fn get(&self, cred: &Credential, secret: &str) -> (hmac::Key, bool) {
+        if let Some((s, k)) = self.map.lock().get(&Self::id(cred))
             && s == secret
         {
-            return k.clone();
+            return (k.clone(), true);
         }
-        let key = signing_key(secret, cred);
+        (signing_key(secret, cred), false)
+    }
+
+    fn insert(&self, cred: &Credential, secret: &str, key: hmac::Key) {
         let mut map = self.map.lock();
         if map.len() >= Self::MAX {
             map.clear();
         }
-        map.insert(id, (secret.to_owned(), key.clone()));
-        key
+        map.insert(Self::id(cred), (secret.to_owned(), key));
     }
 }
 

@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// default `DATA/access-keys.kek`, created when missing. Nodes sharing a Redis must share it.
     #[arg(long, env = "SHOAL_KEY_ENCRYPTION_KEY_FILE")]
     pub key_encryption_key_file: Option<PathBuf>,
+    /// Seconds an HTTP client has to send a request's headers, and again its body (default
+    /// 30); a slower client is disconnected.
+    #[arg(long, env = "SHOAL_HTTP_READ_TIMEOUT")]
+    pub http_read_timeout: Option<u64>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -202,6 +206,7 @@ struct FileConfig {
     smtp: Option<SmtpFile>,
     http_auth: Option<String>,
     key_encryption_key_file: Option<PathBuf>,
+    http_read_timeout: Option<u64>,
     /// Rules the file defines (created or replaced at start).
     rules: BTreeMap<String, TopicRulePayload>,
     limits: Option<Limits>,
@@ -278,6 +283,8 @@ pub struct Config {
     pub http_auth: HttpAuth,
     /// The key-encryption key of access-key secrets.
     pub key_encryption_key_file: PathBuf,
+    /// How long an HTTP client may take to send headers, and then a body.
+    pub http_read_timeout: std::time::Duration,
 }
 
 /// How HTTP requests authenticate.
@@ -543,6 +550,12 @@ impl Config {
                 .clone()
                 .or(file.key_encryption_key_file)
                 .unwrap_or_else(|| data_dir.join("access-keys.kek")),
+            http_read_timeout: std::time::Duration::from_secs(
+                args.http_read_timeout
+                    .or(file.http_read_timeout)
+                    .unwrap_or(30)
+                    .clamp(1, 3600),
+            ),
             anonymous_access,
             mqtts_client_auth_required,
             region: args

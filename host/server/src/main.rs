@@ -9,7 +9,7 @@ mod cli_rule;
 mod cli_stream;
 mod cli_subscribe;
 mod config;
-mod https;
+mod http_server;
 mod plugin_watch;
 mod serve;
 

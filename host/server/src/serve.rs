@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
     state.ws_socket = ws_socket;
+    state.body_read_timeout = cfg.http_read_timeout;
     let app = router(state);
     if let Some(addr) = cfg.https_listen {
         let (cert, key) = match &cfg.tls {
@@ -234,22 +235,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         ports.insert("https", bound.to_string());
         tracing::info!(listener = "https", addr = %bound, "listening");
-        tokio::spawn(crate::https::serve(listener, tls, app.clone(), stop_rx.clone()));
+        tokio::spawn(crate::http_server::serve(
+            listener,
+            Some(tls),
+            app.clone(),
+            cfg.http_read_timeout,
+            stop_rx.clone(),
+        ));
     }
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     crate::plugin_watch::spawn(
         plugins,
         cfg.data_dir.join("plugins").join("watch"),
         stop_rx.clone(),
     );
-    let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http_task = tokio::spawn(crate::http_server::serve(
+        http,
+        None,
+        app,
+        cfg.http_read_timeout,
+        stop_rx.clone(),
+    ));
     write_ports(&cfg, &ports)?;
 
     wait_for_signal().await;

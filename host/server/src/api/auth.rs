@@ -28,17 +28,80 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Default)]
 pub struct TlsPeer(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
 
-/// The largest body any route takes (a plugin upload); larger signed bodies get 413 before
-/// they are buffered in full.
-pub const MAX_SIGNED_BODY: usize = 64 << 20;
+/// The largest body of a plugin upload (`POST /api/v1/plugins/{name}/versions`, admin keys).
+pub const MAX_UPLOAD_BODY: usize = 64 << 20;
+/// The largest body of a replay (`POST /api/v1/plugins/{name}/replay`, admin keys).
+const MAX_REPLAY_BODY: usize = 16 << 20;
+/// The largest body of any other request (an HTTP publish may be up to the MQTT payload
+/// limit when that is larger).
+const MAX_BODY: usize = 1 << 20;
+
+/// How many bytes of body `path` may carry; larger bodies get 413 before they are buffered
+/// in full. Only admin callers get the large upload limits.
+fn body_limit(s: &AppState, method: &axum::http::Method, path: &str, admin: bool) -> usize {
+    let plugin_op = path
+        .strip_prefix("/api/v1/plugins/")
+        .and_then(|r| r.split_once('/'))
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(_, op)| op);
+    match plugin_op {
+        Some("versions") if admin && method == axum::http::Method::POST => MAX_UPLOAD_BODY,
+        Some("replay") if admin && method == axum::http::Method::POST => MAX_REPLAY_BODY,
+        _ if path.starts_with("/topics/") => MAX_BODY.max(s.broker.cfg.limits.max_payload_size as usize),
+        _ => MAX_BODY,
+    }
+}
+
+/// Reads a whole body, at most `limit` bytes within `timeout`; otherwise the answer to send.
+async fn read_body(s: &AppState, body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    // A Content-Length over the limit is refused before anything is read.
+    let announced = axum::body::HttpBody::size_hint(&body).lower();
+    let read = async {
+        if announced > limit as u64 {
+            return Ok(Err(format!("{announced} bytes announced")));
+        }
+        tokio::time::timeout(s.body_read_timeout, axum::body::to_bytes(body, limit))
+            .await
+            .map(|r| r.map_err(|e| e.to_string()))
+    };
+    match read.await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            s.auth_metrics.count("too_large");
+            Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                error_type: "RequestEntityTooLargeException",
+                body: json!({ "message": format!("cannot read the body (at most {limit} bytes here): {e}") }),
+            }
+            .into_response())
+        }
+        Err(_) => {
+            s.auth_metrics.count("timeout");
+            Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                error_type: "RequestTimeoutException",
+                body: json!({ "message": format!(
+                    "the body did not arrive within {} s", s.body_read_timeout.as_secs()
+                ) }),
+            }
+            .into_response())
+        }
+    }
+}
+
+/// Whether a raw path has a `.` or `..` segment (clients and proxies normalize those in
+/// different ways, so the path signed and the path routed could differ: refused).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
+}
 
 /// Outcomes of HTTP authentication, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
-    outcomes: [AtomicU64; 9],
+    outcomes: [AtomicU64; 11],
 }
 
-const OUTCOMES: [&str; 9] = [
+const OUTCOMES: [&str; 11] = [
     "ok",
     "missing",
     "malformed",
@@ -48,6 +111,8 @@ const OUTCOMES: [&str; 9] = [
     "invalid",
     "forbidden",
     "too_large",
+    "timeout",
+    "bad_path",
 ];
 
 impl AuthMetrics {
@@ -134,10 +199,23 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
     if path == "/health" || path == "/metrics" || path == "/mqtt" {
         return next.run(req).await;
     }
+    if has_dot_segment(path) {
+        s.auth_metrics.count("bad_path");
+        return ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error_type: "InvalidRequestException",
+            body: json!({ "message": "the path has a '.' or '..' segment: send the path it names" }),
+        }
+        .into_response();
+    }
     if !s.sigv4 {
         let (mut parts, body) = req.into_parts();
+        let body = match read_body(&s, body, body_limit(&s, &parts.method, parts.uri.path(), true)).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
         parts.extensions.insert(Arc::new(HttpCaller::unauthenticated()));
-        return next.run(Request::from_parts(parts, body)).await;
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
@@ -196,21 +274,8 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         Ok(k) => k,
         Err(e) => return refuse(e),
     };
-    let bytes = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            s.auth_metrics.count("too_large");
-            return ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                error_type: "RequestEntityTooLargeException",
-                body: json!({ "message": format!("cannot read the body (at most {MAX_SIGNED_BODY} bytes): {e}") }),
-            }
-            .into_response();
-        }
-    };
-    if let Err(e) = auth.verify_cached(&sreq, &sigv4::sha256_hex(&bytes), &secret, &s.sigv4_keys) {
-        return refuse(e);
-    }
+    // The caller (and whether it is an admin) is known before the signature is checked, but
+    // only the body limit depends on it before then.
     let caller = match s
         .identity
         .http_caller(&auth.credential.key_id, peer.map(|p| p.ip()))
@@ -218,6 +283,14 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         Ok(c) => c,
         Err(e) => return refuse(e),
     };
+    let limit = body_limit(&s, &parts.method, parts.uri.path(), caller.admin);
+    let bytes = match read_body(&s, body, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(e) = auth.verify_cached(&sreq, &sigv4::sha256_hex(&bytes), &secret, &s.sigv4_keys) {
+        return refuse(e);
+    }
     let path = sreq.path.to_owned();
     drop(sreq);
     admit(&s, caller, &path, parts, Body::from(bytes), next).await
@@ -252,7 +325,22 @@ async fn admit(
 
 #[cfg(test)]
 mod tests {
-    use super::is_data_plane;
+    use super::{has_dot_segment, is_data_plane};
+
+    #[test]
+    fn dot_segments() {
+        for p in ["/things/../keys", "/./health", "/topics/a/..", "/api/v1/rules/."] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/topics/a%2F..%2Fb",
+            "/things/t..1/shadow",
+            "/api/v1/rules/r.1",
+            "/",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
 
     #[test]
     fn data_plane_paths() {

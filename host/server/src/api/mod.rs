@@ -57,6 +57,8 @@ pub struct AppState {
     pub sigv4_keys: Arc<shoal_auth::sigv4::KeyCache>,
     /// The MQTT server's WebSocket bridge socket (`None`: `/mqtt` is off).
     pub ws_socket: Option<std::path::PathBuf>,
+    /// How long a client may take to send a request body.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             auth_metrics: Arc::default(),
             sigv4_keys: Arc::default(),
             ws_socket: None,
+            body_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
