@@ -28,8 +28,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # Debian starts a redis service on install where systemd runs; our tests start their own.
 
-step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd)"
-python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 \
+step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd, schemathesis)"
+python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 \
   2>&1 | grep -v "Running pip as the 'root' user" || true
 
 step "Format and lint"

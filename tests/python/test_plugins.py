@@ -361,7 +361,7 @@ def test_metrics_count_plugin_calls(shoal: Shoal):
                  'shoal_plugin_ok_total{plugin="metered",version="1"} 3',
                  'shoal_plugin_rejected_total{plugin="metered",version="1"} 1',
                  'shoal_plugin_active_version{plugin="metered"} 1',
-                 'shoal_plugin_counter{plugin="metered",name="violations"} 2']:
+                 'shoal_plugin_user_counter_total{plugin="metered",name="violations"} 2']:
         assert re.search("^" + re.escape(line) + "$", text, re.M), f"{line} not in /metrics:\n" + "\n".join(
             ln for ln in text.splitlines() if "shoal_plugin_" in ln)
 

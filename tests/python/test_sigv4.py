@@ -297,6 +297,42 @@ def test_nodes_on_one_redis_share_keys_when_they_share_the_key_encryption_key(ma
     assert "key-encryption key" in third.tail(200)
 
 
+def test_key_changes_on_one_node_reach_the_other_nodes_of_the_redis(make_shoal, redis_url):
+    """A key created on node A signs on node B; deactivated or deleted on A, B refuses it within
+    a short bounded time (B polls the store's revision of the keys, every 0.5 s)."""
+    a = make_shoal("--store", redis_url)
+    b = make_shoal("--store", redis_url)
+    r = json.loads(urlopen_signed(a, "POST", "/api/v1/keys", {"admin": True, "description": "multi-node"}))
+    key = (r["accessKeyId"], r["secretAccessKey"])
+
+    def on_b() -> tuple[int, str | None]:
+        code, headers, _ = raw(b, "GET", "/api/v1/keys", headers=signed_headers(b, "GET", "/api/v1/keys", key=key))
+        return code, error_type(headers)
+
+    def within(want: int, limit: float = 2.0) -> float:
+        t0 = time.monotonic()
+        while True:
+            code, kind = on_b()
+            if code == want:
+                return time.monotonic() - t0
+            assert time.monotonic() - t0 < limit, f"node B still answers {code} {kind} after {limit}s"
+            time.sleep(0.05)
+
+    within(200)
+    urlopen_signed(a, "PUT", f"/api/v1/keys/{key[0]}/status", {"status": "Inactive"})
+    within(403)
+    assert on_b() == (403, "UnrecognizedClientException")
+    # B lists it as inactive, and a change made on B starts from A's change.
+    listed = {k["accessKeyId"]: k["status"] for k in json.loads(urlopen_signed(b, "GET", "/api/v1/keys"))["keys"]}
+    assert listed[key[0]] == "Inactive"
+    urlopen_signed(b, "PUT", f"/api/v1/keys/{key[0]}/status", {"status": "Active"})
+    within(200)
+    urlopen_signed(a, "DELETE", f"/api/v1/keys/{key[0]}")
+    within(403)
+    assert on_b() == (403, "UnrecognizedClientException")
+    assert "access keys changed in the shared store" in b.tail(400)
+
+
 def test_shoal_cli_key_verbs(shoal: Shoal, tmp_path):
     env = shoal.cli_env()
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
+import socket
 import ssl
 import time
 import uuid
@@ -17,8 +19,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+import raw_mqtt
 from conftest import Shoal
 from identity_helpers import Api, allow, doc, issue_device
+from mqtt_helpers import metric, wait_until
 
 pytest.importorskip("botocore")
 from botocore.auth import SigV4QueryAuth  # noqa: E402
@@ -79,7 +83,6 @@ def test_paho_over_websocket_with_a_presigned_url(shoal: Shoal):
         sub.c.publish("cmd/t1", b"go", qos=1).wait_for_publish(TIMEOUT)
         m = tcp.wait_message(TIMEOUT)
         assert (m.topic, m.payload) == ("cmd/t1", b"go")
-        from mqtt_helpers import metric
         assert metric(shoal, "shoal_ws_bridged_connections") == 1
         # Big messages cross the bridge whole.
         big = bytes(range(256)) * 400
@@ -87,6 +90,58 @@ def test_paho_over_websocket_with_a_presigned_url(shoal: Shoal):
         assert sub.messages.get(timeout=TIMEOUT) == ("fleet/t1/telemetry", big)
     finally:
         sub.close()
+    # The bridge is gone once the client is.
+    wait_until(lambda: metric(shoal, "shoal_ws_bridged_connections") == 0, timeout=5, what="the bridge to end")
+
+
+def raw_ws_mqtt(s: Shoal, client_id: str) -> socket.socket:
+    """A hand-made WebSocket client: upgrade, one masked binary frame with CONNECT, CONNACK
+    read. Returns the socket, which then neither reads nor writes nor closes (a vanished client)."""
+    sock = socket.create_connection(("127.0.0.1", s.http_port), timeout=TIMEOUT)
+    path = presigned_path("127.0.0.1", s.http_port, s.credentials)
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s.http_port}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = raw_mqtt.connect(client_id=client_id, keepalive=0)
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    sock.sendall(bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    frame = b""
+    while len(frame) < 6:
+        chunk = sock.recv(6 - len(frame))
+        assert chunk, frame
+        frame += chunk
+    assert frame == bytes([0x82, 4, 0x20, 2, 0, 0]), frame  # CONNACK, accepted
+    return sock
+
+
+def test_a_bridge_ends_when_the_broker_closes_a_silent_client(shoal: Shoal):
+    """A client that vanished without closing its TCP connection, whose MQTT connection the
+    broker then closes (here: taken over by the same client id), does not keep its bridge."""
+    ghost = raw_ws_mqtt(shoal, "ghost-1")
+    try:
+        assert metric(shoal, "shoal_ws_bridged_connections") == 1
+        path = presigned_path("127.0.0.1", shoal.http_port, shoal.credentials)
+        heir = WsClient(shoal.http_port, path, client_id="ghost-1")
+        assert heir.connect() == 0
+        try:
+            # The ghost never reads, never closes: its bridge ends anyway, the heir's stays.
+            wait_until(lambda: metric(shoal, "shoal_ws_bridged_connections") == 1, timeout=6,
+                       what="the ghost's bridge to end")
+            time.sleep(0.5)
+            assert metric(shoal, "shoal_ws_bridged_connections") == 1
+        finally:
+            heir.close()
+        wait_until(lambda: metric(shoal, "shoal_ws_bridged_connections") == 0, timeout=5,
+                   what="every bridge to end")
+    finally:
+        ghost.close()
 
 
 def test_both_subprotocols_and_mqtt5(shoal: Shoal):
@@ -136,6 +191,34 @@ def test_upgrades_are_refused_before_the_101(shoal: Shoal):
     code, headers, _ = raw_upgrade(shoal, good)
     assert code == 101 and headers["sec-websocket-protocol"] == "mqtt"
     assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_the_bridge_socket_is_private_and_wants_the_token(shoal: Shoal):
+    """Reaching the MQTT server's bridge socket is not enough to speak for a client: the
+    preamble must carry the process's random token (never written anywhere)."""
+    import stat
+    import struct
+    sock_path = shoal.data_dir / "ws" / "mqtt.sock"
+    assert stat.S_ISSOCK(sock_path.stat().st_mode)
+    assert sock_path.parent.stat().st_mode & 0o777 == 0o700
+    assert sock_path.stat().st_mode & 0o777 == 0o600
+    assert not (shoal.data_dir / "mqtt-ws.sock").exists()
+    # A forged preamble: a made-up token, an admin key's id, no certificates.
+    key = shoal.credentials[0].encode()
+    body = bytes(32) + b"\x00" + b"\x01" + struct.pack("!H", len(key)) + key + struct.pack("!H", 0)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.connect(str(sock_path))
+    try:
+        s.sendall(struct.pack("!I", len(body)) + body)
+        try:
+            answer = s.recv(1)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b"", answer  # closed, never the `1` that starts a bridge
+    finally:
+        s.close()
+    assert "bridge token" in shoal.tail(100)
 
 
 DEVICE_POLICY = doc(
@@ -250,7 +333,6 @@ def test_shoal_subscribe_over_websocket(shoal: Shoal):
                           "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10
-        from mqtt_helpers import metric
         while metric(shoal, "shoal_ws_bridged_connections") < 1:
             assert time.monotonic() < deadline, "the CLI did not connect"
             time.sleep(0.05)

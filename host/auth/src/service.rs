@@ -363,6 +363,11 @@ pub struct IdentityService {
     verifier: Arc<DynamicClientVerifier>,
     broker: OnceLock<Weak<Broker>>,
     things: Arc<dyn ThingLookup>,
+    /// The shared store's revision of the access keys that `state.keys` reflects
+    /// ([`keys::NO_REVISION`] when the store is this node's own).
+    key_revision: std::sync::atomic::AtomicU64,
+    /// Serializes access-key changes with their rereads (see `keys::sync_access_keys`).
+    key_sync: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -440,7 +445,13 @@ impl IdentityService {
                     .insert(p.to_owned());
             }
         }
-        snap.keys = Self::load_keys(&cfg.keys, store.scan(AuthTable::AccessKeys).await?);
+        // The revision before the records: a change in between is seen as a change later.
+        let key_revision = store.revision(AuthTable::AccessKeys).await?;
+        snap.keys = Self::load_keys(
+            &cfg.keys,
+            store.scan(AuthTable::AccessKeys).await?,
+            &HashMap::new(),
+        );
         let verifier = DynamicClientVerifier::new(&Self::trusted(&ca, &snap), cfg.client_auth)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
         tracing::info!(
@@ -450,7 +461,7 @@ impl IdentityService {
             access_keys = snap.keys.len(),
             "identities loaded"
         );
-        Ok(Arc::new(IdentityService {
+        let service = Arc::new(IdentityService {
             store,
             ca,
             cfg,
@@ -458,7 +469,13 @@ impl IdentityService {
             verifier,
             broker: OnceLock::new(),
             things,
-        }))
+            key_revision: std::sync::atomic::AtomicU64::new(key_revision.unwrap_or(keys::NO_REVISION)),
+            key_sync: tokio::sync::Mutex::new(()),
+        });
+        if key_revision.is_some() {
+            keys::spawn_key_sync(&service);
+        }
+        Ok(service)
     }
 
     /// Gives the service the broker it closes connections on.

@@ -78,12 +78,39 @@ pub trait AuthStore: Send + Sync + 'static {
 
     /// Every record of a table, ascending by key.
     async fn scan(&self, table: AuthTable) -> Result<Vec<(String, Vec<u8>)>, AuthStoreError>;
+
+    /// For a store several nodes share: the revision of `table`, a number that changes with
+    /// every write of that table by any node, so each node can tell cheaply that its copy in
+    /// memory is stale. `None` (the default) for a store only this node writes.
+    async fn revision(&self, table: AuthTable) -> Result<Option<u64>, AuthStoreError> {
+        let _ = table;
+        Ok(None)
+    }
 }
 
-/// An in-memory [`AuthStore`].
+/// An in-memory [`AuthStore`]; [`MemoryAuthStore::shared`] makes one that keeps revisions,
+/// like a store nodes share (for tests of several services on one store).
 #[derive(Debug, Default)]
 pub struct MemoryAuthStore {
     tables: parking_lot::Mutex<BTreeMap<(AuthTable, String), Vec<u8>>>,
+    /// Revisions by table, when shared.
+    revisions: Option<parking_lot::Mutex<BTreeMap<AuthTable, u64>>>,
+}
+
+impl MemoryAuthStore {
+    /// A store that reports revisions, as if several nodes shared it.
+    pub fn shared() -> MemoryAuthStore {
+        MemoryAuthStore {
+            tables: Default::default(),
+            revisions: Some(Default::default()),
+        }
+    }
+
+    fn bump(&self, table: AuthTable) {
+        if let Some(r) = &self.revisions {
+            *r.lock().entry(table).or_default() += 1;
+        }
+    }
 }
 
 #[async_trait]
@@ -98,6 +125,7 @@ impl AuthStore for MemoryAuthStore {
 
     async fn put(&self, table: AuthTable, key: &str, value: Vec<u8>) -> Result<(), AuthStoreError> {
         self.tables.lock().insert((table, key.to_owned()), value);
+        self.bump(table);
         Ok(())
     }
 
@@ -108,11 +136,16 @@ impl AuthStore for MemoryAuthStore {
             return Ok(false);
         }
         t.insert(k, value);
+        self.bump(table);
         Ok(true)
     }
 
     async fn delete(&self, table: AuthTable, key: &str) -> Result<bool, AuthStoreError> {
-        Ok(self.tables.lock().remove(&(table, key.to_owned())).is_some())
+        let gone = self.tables.lock().remove(&(table, key.to_owned())).is_some();
+        if gone {
+            self.bump(table);
+        }
+        Ok(gone)
     }
 
     async fn scan(&self, table: AuthTable) -> Result<Vec<(String, Vec<u8>)>, AuthStoreError> {
@@ -123,6 +156,13 @@ impl AuthStore for MemoryAuthStore {
             .filter(|((t, _), _)| *t == table)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    async fn revision(&self, table: AuthTable) -> Result<Option<u64>, AuthStoreError> {
+        Ok(self
+            .revisions
+            .as_ref()
+            .map(|r| r.lock().get(&table).copied().unwrap_or(0)))
     }
 }
 
@@ -173,6 +213,27 @@ pub async fn conformance(store: &dyn AuthStore) {
         store.get(AuthTable::Policies, "a").await.expect("get"),
         Some(b"p".to_vec())
     );
+    // A shared store's revision of a table moves with every write of that table.
+    let k = AuthTable::AccessKeys;
+    if let Some(r0) = store.revision(k).await.expect("revision") {
+        store.put(k, "AKIA1", b"1".to_vec()).await.expect("put");
+        let r1 = store.revision(k).await.expect("revision");
+        assert!(r1.is_some_and(|r| r != r0), "{r0} {r1:?}");
+        assert!(store.put_new(k, "AKIA2", b"2".to_vec()).await.expect("put_new"));
+        let r2 = store.revision(k).await.expect("revision");
+        assert_ne!(r1, r2);
+        assert!(store.delete(k, "AKIA1").await.expect("delete"));
+        let r3 = store.revision(k).await.expect("revision");
+        assert_ne!(r2, r3);
+        // Reading, and writing another table, leave it alone.
+        store.scan(k).await.expect("scan");
+        store
+            .put(AuthTable::Policies, "b", b"q".to_vec())
+            .await
+            .expect("put");
+        assert_eq!(store.revision(k).await.expect("revision"), r3);
+        assert!(store.delete(k, "AKIA2").await.expect("delete"));
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +241,6 @@ mod tests {
     #[tokio::test]
     async fn memory_store_conforms() {
         super::conformance(&super::MemoryAuthStore::default()).await;
+        super::conformance(&super::MemoryAuthStore::shared()).await;
     }
 }

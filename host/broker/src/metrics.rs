@@ -46,6 +46,10 @@ pub struct BrokerMetrics {
     pub store_up: AtomicI64,
     /// Protocol errors and refused packets (malformed, oversized, bad topic...).
     pub protocol_errors: AtomicU64,
+    /// PUBLISHes (wills included) the policies refused.
+    pub publish_denied: AtomicU64,
+    /// SUBSCRIBE filters the policies refused.
+    pub subscribe_denied: AtomicU64,
     /// Wills published.
     pub wills_published: AtomicU64,
 }
@@ -133,6 +137,20 @@ impl BrokerMetrics {
             let _ = writeln!(
                 out,
                 "shoal_messages_dropped_total{{reason=\"{reason}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shoal_mqtt_denied_total MQTT operations the policies refused, by action (connects: shoal_connects_refused_total; deliveries: shoal_messages_dropped_total).\n# TYPE shoal_mqtt_denied_total counter"
+        );
+        for (action, v) in [
+            ("publish", &self.publish_denied),
+            ("subscribe", &self.subscribe_denied),
+        ] {
+            let _ = writeln!(
+                out,
+                "shoal_mqtt_denied_total{{action=\"{action}\"}} {}",
                 v.load(Relaxed)
             );
         }

@@ -373,7 +373,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
     }
     header(
         out,
-        "shoal_plugin_counter",
+        "shoal_plugin_user_counter_total",
         "counter",
         "Counters plugins keep with counter-add.",
     );
@@ -381,14 +381,14 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         for (name, value) in p.custom.counters() {
             let _ = writeln!(
                 out,
-                "shoal_plugin_counter{{plugin=\"{}\",name=\"{name}\"}} {value}",
+                "shoal_plugin_user_counter_total{{plugin=\"{}\",name=\"{name}\"}} {value}",
                 p.plugin
             );
         }
     }
     header(
         out,
-        "shoal_plugin_gauge",
+        "shoal_plugin_user_gauge",
         "gauge",
         "Gauges plugins set with gauge-set.",
     );
@@ -396,7 +396,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         for (name, value) in p.custom.gauges() {
             let _ = writeln!(
                 out,
-                "shoal_plugin_gauge{{plugin=\"{}\",name=\"{name}\"}} {value}",
+                "shoal_plugin_user_gauge{{plugin=\"{}\",name=\"{name}\"}} {value}",
                 p.plugin
             );
         }
@@ -462,8 +462,8 @@ mod tests {
             )
         );
         assert!(out.contains("shoal_plugin_timeouts_total{plugin=\"p\",version=\"1\"} 1"));
-        assert!(out.contains("shoal_plugin_counter{plugin=\"p\",name=\"seen\"} 5"));
-        assert!(out.contains("shoal_plugin_gauge{plugin=\"p\",name=\"temp\"} -1.5"));
+        assert!(out.contains("shoal_plugin_user_counter_total{plugin=\"p\",name=\"seen\"} 5"));
+        assert!(out.contains("shoal_plugin_user_gauge{plugin=\"p\",name=\"temp\"} -1.5"));
         assert!(out.contains("shoal_plugin_metric_names_refused_total{plugin=\"p\"} 1"));
         assert!(!out.contains("fuel_consumed_total{"));
     }

@@ -554,10 +554,10 @@ fn host_calls_kv_log_shadows_clock_and_metrics() {
     let mut metrics = String::new();
     t.host.render_prometheus(&mut metrics);
     assert!(
-        metrics.contains("shoal_plugin_counter{plugin=\"p\",name=\"seen\"} 2"),
+        metrics.contains("shoal_plugin_user_counter_total{plugin=\"p\",name=\"seen\"} 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("shoal_plugin_gauge{plugin=\"p\",name=\"last\"} 22.5"));
+    assert!(metrics.contains("shoal_plugin_user_gauge{plugin=\"p\",name=\"last\"} 22.5"));
     assert!(metrics.contains("shoal_plugin_metric_names_refused_total{plugin=\"p\"} 2"));
     assert!(metrics.contains("shoal_plugin_log_dropped_total{plugin=\"p\"}"));
     assert!(metrics.contains("shoal_plugin_call_duration_seconds_count{plugin=\"p\",version=\"1\"}"));

@@ -182,11 +182,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
 
-    let ws = cfg.mqtt_ws.then(|| shoal_broker::mqtt::WsListener {
-        name: "ws",
-        path: cfg.data_dir.join("mqtt-ws.sock"),
-    });
+    // The bridge socket sits in a directory of its own (mode 0700), and every connection to it
+    // must bring this process's random token: only our HTTP side can speak for a client.
+    let ws = if cfg.mqtt_ws {
+        // Where versions before the token put the socket.
+        let _ = std::fs::remove_file(cfg.data_dir.join("mqtt-ws.sock"));
+        Some(shoal_broker::mqtt::WsListener {
+            name: "ws",
+            path: cfg.data_dir.join("ws").join("mqtt.sock"),
+            token: shoal_broker::mqtt::ws::WsToken::generate()
+                .context("making the WebSocket bridge's token")?,
+        })
+    } else {
+        None
+    };
     let ws_socket = ws.as_ref().map(|w| w.path.clone());
+    let ws_token = ws.as_ref().map(|w| w.token.clone());
     // With every MQTT listener off (an HTTP-only node), there is no MQTT server to start.
     let mut mqtt = if listeners.is_empty() && ws.is_none() {
         tracing::warn!("every MQTT listener is off: serving HTTP only");
@@ -218,7 +229,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
     state.ws_socket = ws_socket;
     state.body_read_timeout = cfg.http_read_timeout;
-    let app = router(state);
+    let mut app = router(state);
+    if let Some(token) = ws_token {
+        // `/mqtt` finds it in the request's extensions (see api::ws).
+        app = app.layer(axum::Extension(token));
+    }
     if let Some(addr) = cfg.https_listen {
         let (cert, key) = match &cfg.tls {
             Some((c, k)) => (c.clone(), k.clone()),

@@ -1,5 +1,7 @@
 //! [`AuthStore`] on Redis: one hash per table, `{prefix}:auth:{table}`, field = key. The
-//! records are small and few, so `HGETALL` serves a scan.
+//! records are small and few, so `HGETALL` serves a scan. Every write also raises the table's
+//! revision `{prefix}:auth-rev:{table}` in the same `MULTI` ([`AuthStore::revision`]): nodes
+//! sharing the Redis poll it to notice each other's changes.
 
 use std::future::Future;
 
@@ -37,6 +39,10 @@ impl RedisAuthStore {
         format!("{}:auth:{}", self.prefix, table.name())
     }
 
+    fn rev_key(&self, table: AuthTable) -> String {
+        format!("{}:auth-rev:{}", self.prefix, table.name())
+    }
+
     /// [`call`]; every failure is [`AuthStoreError::Unavailable`] (the trait has no other kind).
     async fn call<T>(
         &self,
@@ -63,22 +69,58 @@ impl AuthStore for RedisAuthStore {
 
     async fn put(&self, table: AuthTable, key: &str, value: Vec<u8>) -> Result<(), AuthStoreError> {
         let mut c = self.conn.clone();
-        let k = self.key(table);
-        self.call("HSET", c.hset::<_, _, _, ()>(k, key, value)).await
+        let (k, rev) = (self.key(table), self.rev_key(table));
+        let ((), _): ((), u64) = self
+            .call(
+                "HSET",
+                redis::pipe()
+                    .atomic()
+                    .hset(k, key, value)
+                    .incr(rev, 1)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn put_new(&self, table: AuthTable, key: &str, value: Vec<u8>) -> Result<bool, AuthStoreError> {
         let mut c = self.conn.clone();
-        let k = self.key(table);
-        self.call("HSETNX", c.hset_nx::<_, _, _, bool>(k, key, value))
-            .await
+        let (k, rev) = (self.key(table), self.rev_key(table));
+        // Raising the revision when nothing was written only costs the other nodes a reread.
+        let (created, _): (bool, u64) = self
+            .call(
+                "HSETNX",
+                redis::pipe()
+                    .atomic()
+                    .hset_nx(k, key, value)
+                    .incr(rev, 1)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(created)
     }
 
     async fn delete(&self, table: AuthTable, key: &str) -> Result<bool, AuthStoreError> {
         let mut c = self.conn.clone();
-        let k = self.key(table);
-        let n: i64 = self.call("HDEL", c.hdel(k, key)).await?;
+        let (k, rev) = (self.key(table), self.rev_key(table));
+        let (n, _): (i64, u64) = self
+            .call(
+                "HDEL",
+                redis::pipe()
+                    .atomic()
+                    .hdel(k, key)
+                    .incr(rev, 1)
+                    .query_async(&mut c),
+            )
+            .await?;
         Ok(n > 0)
+    }
+
+    async fn revision(&self, table: AuthTable) -> Result<Option<u64>, AuthStoreError> {
+        let mut c = self.conn.clone();
+        let rev = self.rev_key(table);
+        let v: Option<u64> = self.call("GET auth-rev", c.get(rev)).await?;
+        Ok(Some(v.unwrap_or(0)))
     }
 
     async fn scan(&self, table: AuthTable) -> Result<Vec<(String, Vec<u8>)>, AuthStoreError> {

@@ -10,9 +10,20 @@
 //!   created at start when the store has none, and written to `DATA/credentials`);
 //! - **device** keys may call only the data plane (shadows, publish, retained messages), and
 //!   only what the policies attached to them allow, exactly as for a certificate.
+//!
+//! Keys are held in memory, so checking a request's key costs no store round trip. On a store
+//! several nodes share (Redis), a background task compares the store's revision of the keys
+//! table with the one in memory every [`KEY_SYNC_INTERVAL`] and rereads the keys only when it
+//! moved (as the rules engine does with its rules): a key created, deactivated or deleted on
+//! one node is honoured or refused by the others within that interval, and the live
+//! connections of a key that stopped being active are closed there too. A change made here
+//! first catches up with the store, so it never writes back a stale record.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -253,16 +264,31 @@ impl IdentityService {
         format!("{}accesskey/{id}", self.cfg.arn.prefix())
     }
 
+    /// The keys of `rows`, their secrets opened (or taken from `known` when already opened
+    /// there, which also keeps a reread from logging the same failure again).
     pub(super) fn load_keys(
         cipher: &KeyCipher,
         rows: Vec<(String, Vec<u8>)>,
-    ) -> std::collections::HashMap<String, KeyEntry> {
-        let mut out = std::collections::HashMap::new();
+        known: &HashMap<String, KeyEntry>,
+    ) -> HashMap<String, KeyEntry> {
+        let mut out = HashMap::new();
         for (id, v) in rows {
             let Ok(record) = serde_json::from_slice::<AccessKeyRecord>(&v) else {
                 tracing::warn!(%id, "skipping an unreadable access key record");
                 continue;
             };
+            if let Some(k) = known.get(&id)
+                && k.record.sealed_secret == record.sealed_secret
+            {
+                out.insert(
+                    id,
+                    KeyEntry {
+                        record,
+                        secret: k.secret.clone(),
+                    },
+                );
+                continue;
+            }
             let secret = cipher.open(&record.sealed_secret).map(Arc::from);
             if secret.is_none() {
                 tracing::error!(
@@ -287,6 +313,8 @@ impl IdentityService {
                 "description: at most 256 characters".into(),
             ));
         }
+        let _serial = self.key_sync.lock().await;
+        self.sync_keys_locked().await?;
         let secret = new_secret()?;
         let record = AccessKeyRecord {
             access_key_id: new_key_id()?,
@@ -345,6 +373,8 @@ impl IdentityService {
         id: &str,
         status: KeyStatus,
     ) -> Result<AccessKeyRecord, IdentityError> {
+        let _serial = self.key_sync.lock().await;
+        self.sync_keys_locked().await?;
         let mut record = self.access_key(id)?;
         if record.admin && status == KeyStatus::Inactive && self.last_active_admin(id) {
             return Err(IdentityError::Conflict(format!(
@@ -373,6 +403,8 @@ impl IdentityService {
 
     /// Deletes a key and its policy attachments.
     pub async fn delete_access_key(&self, id: &str) -> Result<(), IdentityError> {
+        let _serial = self.key_sync.lock().await;
+        self.sync_keys_locked().await?;
         let record = self.access_key(id)?;
         if record.admin && record.status == KeyStatus::Active && self.last_active_admin(id) {
             return Err(IdentityError::Conflict(format!(
@@ -387,6 +419,61 @@ impl IdentityService {
         self.state.write().keys.remove(id);
         self.kick_cert(id, "its access key was deleted");
         Ok(())
+    }
+
+    /// On a store several nodes share: rereads the access keys if the store's revision of them
+    /// moved since they were read (another node, or this one, changed one), and closes the
+    /// connections of keys that stopped being active. Returns whether it reread. Cheap when
+    /// nothing changed: one revision read. Called every [`KEY_SYNC_INTERVAL`] by a background
+    /// task, and before every key change made here.
+    pub async fn sync_access_keys(&self) -> Result<bool, IdentityError> {
+        if self.key_revision.load(Relaxed) == NO_REVISION {
+            return Ok(false);
+        }
+        let _serial = self.key_sync.lock().await;
+        self.sync_keys_locked().await
+    }
+
+    /// [`Self::sync_access_keys`] with `key_sync` held.
+    async fn sync_keys_locked(&self) -> Result<bool, IdentityError> {
+        let seen = self.key_revision.load(Relaxed);
+        if seen == NO_REVISION {
+            return Ok(false);
+        }
+        let Some(now) = self.store.revision(AuthTable::AccessKeys).await? else {
+            return Ok(false);
+        };
+        if now == seen {
+            return Ok(false);
+        }
+        // The revision was read before the records, so a change racing this read is caught by
+        // the next check.
+        let rows = self.store.scan(AuthTable::AccessKeys).await?;
+        let known = self.state.read().keys.clone();
+        let fresh = Self::load_keys(&self.cfg.keys, rows, &known);
+        let active = |k: Option<&KeyEntry>| k.is_some_and(|k| k.record.status == KeyStatus::Active);
+        let stopped: Vec<String> = known
+            .iter()
+            .filter(|(id, k)| active(Some(k)) && !active(fresh.get(*id)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let changed = fresh.len() != known.len()
+            || fresh
+                .iter()
+                .any(|(id, k)| known.get(id).is_none_or(|o| o.record != k.record));
+        self.state.write().keys = fresh;
+        self.key_revision.store(now, Relaxed);
+        for id in &stopped {
+            self.kick_cert(id, "its access key was deactivated or deleted on another node");
+        }
+        if changed {
+            tracing::info!(
+                revision = now,
+                deactivated_or_deleted = stopped.len(),
+                "access keys changed in the shared store; reloaded"
+            );
+        }
+        Ok(true)
     }
 
     /// At start: when the store has no active admin key, creates one and writes it to
@@ -465,6 +552,47 @@ impl IdentityService {
             compiled: Some(compiled),
         })
     }
+}
+
+/// How often a node on a shared store checks whether the access keys changed.
+pub(super) const KEY_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `IdentityService::key_revision` when the store is not shared.
+pub(super) const NO_REVISION: u64 = u64::MAX;
+
+/// Starts the task that keeps a shared store's access keys in sync (see the module doc); it
+/// ends with the service.
+pub(super) fn spawn_key_sync(service: &Arc<IdentityService>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(
+            "no async runtime: access keys changed by other nodes sharing the store will not be seen"
+        );
+        return;
+    };
+    let weak = Arc::downgrade(service);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(KEY_SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let Some(service) = weak.upgrade() else {
+                return;
+            };
+            match service.sync_access_keys().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("access keys: the shared store answers again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "access keys: cannot check the shared store for changes");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// What an admin key may do over MQTT: everything.
@@ -601,6 +729,71 @@ mod tests {
         assert_eq!(new_secret().unwrap().len(), 40);
         assert!(!is_key_id("AKIA0000000000000000"));
         assert!(!is_key_id(&"a".repeat(64)));
+    }
+
+    async fn node(store: &Arc<crate::store::MemoryAuthStore>, dir: &std::path::Path) -> Arc<IdentityService> {
+        let ca = Arc::new(crate::pki::CertificateAuthority::load_or_create(dir).unwrap());
+        let cfg = super::super::IdentityConfig {
+            arn: crate::policy::ArnConfig::new("us-east-1", "000000000000").unwrap(),
+            anonymous: super::super::AnonymousAccess::Deny,
+            client_auth: crate::tls::ClientAuth::Optional,
+            cert_validity_days: 1,
+            keys: Arc::new(KeyCipher::new(&[9; 32])),
+        };
+        let store: Arc<dyn crate::store::AuthStore> = store.clone();
+        IdentityService::start(store, ca, cfg, Arc::new(super::super::NoThings))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn key_changes_reach_the_other_nodes_of_a_shared_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::MemoryAuthStore::shared());
+        let a = node(&store, dir.path()).await;
+        let b = node(&store, dir.path()).await;
+        let (admin, _) = a.create_access_key("admin", true).await.unwrap();
+        let (rec, secret) = a.create_access_key("device", false).await.unwrap();
+        let id = rec.access_key_id.as_str();
+        // b rereads once, then not again while nothing changes.
+        assert!(b.sync_access_keys().await.unwrap());
+        assert!(!b.sync_access_keys().await.unwrap());
+        assert_eq!(b.signing_secret(id).unwrap().as_ref(), secret);
+        assert!(b.http_caller(id, None).is_ok());
+        a.set_access_key_status(id, KeyStatus::Inactive).await.unwrap();
+        assert!(b.signing_secret(id).is_ok(), "b has not looked yet");
+        assert!(b.sync_access_keys().await.unwrap());
+        assert!(b.signing_secret(id).is_err());
+        assert_eq!(b.access_key(id).unwrap().status, KeyStatus::Inactive);
+        // b, back in sync before it changes anything, does not write the stale record back.
+        b.set_access_key_status(id, KeyStatus::Active).await.unwrap();
+        a.sync_access_keys().await.unwrap();
+        assert!(a.signing_secret(id).is_ok());
+        a.delete_access_key(id).await.unwrap();
+        // The background task catches up on its own within a few intervals.
+        let deadline = std::time::Instant::now() + KEY_SYNC_INTERVAL * 6;
+        while b.signing_secret(id).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "b never saw the deletion");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(b.access_key(id).is_err());
+        assert!(b.signing_secret(&admin.access_key_id).is_ok());
+        // Changing a key another node deleted is a clean not-found, not a resurrection.
+        assert!(matches!(
+            b.set_access_key_status(id, KeyStatus::Active).await,
+            Err(IdentityError::NotFound(_))
+        ));
+        let store: &dyn crate::store::AuthStore = store.as_ref();
+        assert!(store.get(AuthTable::AccessKeys, id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_node_of_its_own_store_never_rereads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::MemoryAuthStore::default());
+        let a = node(&store, dir.path()).await;
+        a.create_access_key("admin", true).await.unwrap();
+        assert!(!a.sync_access_keys().await.unwrap());
     }
 
     #[test]

@@ -52,8 +52,27 @@ pub struct Listener {
 pub struct WsListener {
     /// Its name in logs and to the authorizer (`ws`).
     pub name: &'static str,
-    /// The socket file (created mode 0600; an old one is replaced).
+    /// The socket file (created mode 0600; an old one is replaced). Its directory is created
+    /// if missing and restricted to its owner (mode 0700), so give it one of its own.
     pub path: std::path::PathBuf,
+    /// The secret every bridged connection's preamble must carry (see [`super::ws`]); the
+    /// HTTP side that bridges gets the same one.
+    pub token: super::ws::WsToken,
+}
+
+/// Creates the bridge socket's own directory, mode 0700 (tightened if it exists), so nobody
+/// else can reach the socket even for the moment between its creation and its chmod.
+fn private_socket_dir(path: &std::path::Path) -> io::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// A running MQTT server.
@@ -199,15 +218,24 @@ pub fn start(
                             listener: ws.name,
                         };
                         let max_frame = broker.cfg.limits.max_packet_size() as usize + 1024;
+                        if let Err(e) = private_socket_dir(&ws.path) {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                        let token = ws.token.clone();
                         let res = builder.bind_uds(ws.name, &ws.path, mqtt_cfg(&broker), async move |_| {
-                            fn_service(move |io: ntex::io::Io| async move {
-                                super::ws::accept(io, max_frame).await.map_err(|e| {
-                                    tracing::info!("MQTT over WebSocket bridge refused: {e}");
-                                    ntex_mqtt::MqttError::Service(HandlerError::new(
-                                        ntex_mqtt::v5::codec::DisconnectReasonCode::UnspecifiedError,
-                                        e,
-                                    ))
-                                })
+                            let token = token.clone();
+                            fn_service(move |io: ntex::io::Io| {
+                                let token = token.clone();
+                                async move {
+                                    super::ws::accept(io, max_frame, token).await.map_err(|e| {
+                                        tracing::info!("MQTT over WebSocket bridge refused: {e}");
+                                        ntex_mqtt::MqttError::Service(HandlerError::new(
+                                            ntex_mqtt::v5::codec::DisconnectReasonCode::UnspecifiedError,
+                                            e,
+                                        ))
+                                    })
+                                }
                             })
                             .and_then(mqtt_service!(ctx))
                         });

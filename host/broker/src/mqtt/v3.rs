@@ -227,6 +227,7 @@ pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerEr
             retain,
         },
     ) {
+        BrokerMetrics::inc(&b.metrics.publish_denied);
         return fail(
             Dis::NotAuthorized,
             format!("not authorized to publish to {topic}"),
@@ -280,6 +281,7 @@ pub(crate) async fn protocol(
                     &conn.client_id,
                     Action::Subscribe { filter: &filter },
                 ) {
+                    BrokerMetrics::inc(&b.metrics.subscribe_denied);
                     tracing::info!(client_id = %conn.client_id, %filter, "subscription not authorized");
                     item.fail();
                     continue;

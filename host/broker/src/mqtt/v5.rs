@@ -280,6 +280,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
             retain,
         },
     ) {
+        BrokerMetrics::inc(&b.metrics.publish_denied);
         let msg = format!("not authorized to publish to {topic}");
         return refuse_publish(conn, p, PublishAckReason::NotAuthorized, Dis::NotAuthorized, msg);
     }
@@ -348,6 +349,7 @@ pub(crate) async fn protocol(
                     &conn.client_id,
                     Action::Subscribe { filter: &filter },
                 ) {
+                    BrokerMetrics::inc(&b.metrics.subscribe_denied);
                     tracing::info!(client_id = %conn.client_id, %filter, "subscription not authorized");
                     refusals.push(format!("{filter}: not authorized"));
                     item.fail(SubscribeAckReason::NotAuthorized);

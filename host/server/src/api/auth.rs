@@ -196,7 +196,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
     let path = req.uri().path();
     // /mqtt authenticates its upgrade itself (a presigned URL, or a TLS client certificate
     // judged at CONNECT).
-    if path == "/health" || path == "/metrics" || path == "/mqtt" {
+    if path == "/health" || path == "/metrics" || path == "/mqtt" || path == super::OPENAPI_PATH {
         return next.run(req).await;
     }
     if has_dot_segment(path) {

@@ -2,17 +2,17 @@
 //! policies (with versions) and attachments. JSON in, JSON out; errors in the AWS shape
 //! (`x-amzn-ErrorType`, `{"message"}`) through [`ApiError`].
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_auth::service::{CaRecord, CertStatus, CertificateRecord, IdentityError, PolicyRecord};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Api, CERT_ID, Op, POLICY_NAME, THING_NAME};
 use super::registry::AwsJson;
 
 impl From<IdentityError> for ApiError {
@@ -26,47 +26,182 @@ impl From<IdentityError> for ApiError {
 }
 
 /// Routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/certificates", get(list_certs).post(create_cert))
-        .route("/api/v1/certificates/from-csr", post(cert_from_csr))
-        .route("/api/v1/certificates/register", post(register_cert))
-        .route(
-            "/api/v1/certificates/{id}",
-            get(describe_cert).delete(delete_cert),
+pub fn routes() -> Api {
+    Api::new("identities")
+        .param("id", CERT_ID)
+        .param("name", POLICY_NAME)
+        .param("version", "^[0-9]{1,9}$")
+        .param("thing", THING_NAME)
+        .op(Op::get("/api/v1/certificates", "ListCertificates", "List device certificates."), list_certs)
+        .op(
+            Op::post(
+                "/api/v1/certificates",
+                "CreateKeysAndCertificate",
+                "Create a key pair and a certificate signed by Shoal's CA; the private key is in this answer only.",
+            )
+            .optional_body::<CreateCert>(),
+            create_cert,
         )
-        .route("/api/v1/certificates/{id}/status", put(set_cert_status))
-        .route("/api/v1/certificates/{id}/policies", get(cert_policies))
-        .route("/api/v1/certificates/{id}/things", get(cert_things))
-        .route("/api/v1/ca-certificates", get(list_cas).post(register_ca))
-        .route("/api/v1/ca-certificates/{id}", axum::routing::patch(update_ca))
-        .route("/api/v1/ca", get(shoal_ca))
-        .route("/api/v1/policies", get(list_policies).post(create_policy))
-        .route("/api/v1/policies/{name}", get(get_policy).delete(delete_policy))
-        .route("/api/v1/policies/{name}/versions", post(create_policy_version))
-        .route(
-            "/api/v1/policies/{name}/versions/{version}",
-            axum::routing::delete(delete_policy_version),
+        .op(
+            Op::post(
+                "/api/v1/certificates/from-csr",
+                "CreateCertificateFromCsr",
+                "Sign a certificate signing request with Shoal's CA.",
+            )
+            .body::<FromCsr>(),
+            cert_from_csr,
         )
-        .route(
-            "/api/v1/policies/{name}/default-version",
-            put(set_default_version),
+        .op(
+            Op::post(
+                "/api/v1/certificates/register",
+                "RegisterCertificate",
+                "Register a certificate issued by a registered CA.",
+            )
+            .body::<RegisterCert>(),
+            register_cert,
         )
-        .route(
-            "/api/v1/policies/{name}/targets",
-            get(policy_targets).post(attach_policy),
+        .op(
+            Op::get("/api/v1/certificates/{id}", "DescribeCertificate", "Describe a certificate."),
+            describe_cert,
         )
-        .route(
-            "/api/v1/policies/{name}/targets/{target}",
-            axum::routing::delete(detach_policy),
+        .op(
+            Op::delete(
+                "/api/v1/certificates/{id}",
+                "DeleteCertificate",
+                "Delete an inactive certificate with no attachments.",
+            ),
+            delete_cert,
         )
-        .route(
-            "/api/v1/things/{thing}/principals",
-            get(thing_principals).post(attach_thing_principal),
+        .op(
+            Op::put(
+                "/api/v1/certificates/{id}/status",
+                "UpdateCertificate",
+                "Set a certificate's status (ACTIVE, INACTIVE, REVOKED); connections using it are closed.",
+            )
+            .body::<StatusBody>(),
+            set_cert_status,
         )
-        .route(
-            "/api/v1/things/{thing}/principals/{principal}",
-            axum::routing::delete(detach_thing_principal),
+        .op(
+            Op::get(
+                "/api/v1/certificates/{id}/policies",
+                "ListCertificatePolicies",
+                "The policies attached to a certificate.",
+            ),
+            cert_policies,
+        )
+        .op(
+            Op::get(
+                "/api/v1/certificates/{id}/things",
+                "ListCertificateThings",
+                "The things a certificate is attached to.",
+            ),
+            cert_things,
+        )
+        .op(Op::get("/api/v1/ca-certificates", "ListCACertificates", "List registered CAs."), list_cas)
+        .op(
+            Op::post("/api/v1/ca-certificates", "RegisterCACertificate", "Register a CA certificate.")
+                .body::<RegisterCa>(),
+            register_ca,
+        )
+        .op(
+            Op::patch(
+                "/api/v1/ca-certificates/{id}",
+                "UpdateCACertificate",
+                "Change a CA's status or auto-registration.",
+            )
+            .optional_body::<UpdateCa>(),
+            update_ca,
+        )
+        .op(Op::get("/api/v1/ca", "GetShoalCA", "Shoal's own root CA certificate."), shoal_ca)
+        .op(Op::get("/api/v1/policies", "ListPolicies", "List policies."), list_policies)
+        .op(
+            Op::post("/api/v1/policies", "CreatePolicy", "Create a policy from its JSON document.")
+                .body::<CreatePolicy>(),
+            create_policy,
+        )
+        .op(
+            Op::get("/api/v1/policies/{name}", "GetPolicy", "A policy with its versions."),
+            get_policy,
+        )
+        .op(
+            Op::delete("/api/v1/policies/{name}", "DeletePolicy", "Delete a policy attached to nothing."),
+            delete_policy,
+        )
+        .op(
+            Op::post(
+                "/api/v1/policies/{name}/versions",
+                "CreatePolicyVersion",
+                "Add a version to a policy (at most five).",
+            )
+            .body::<NewVersion>(),
+            create_policy_version,
+        )
+        .op(
+            Op::delete(
+                "/api/v1/policies/{name}/versions/{version}",
+                "DeletePolicyVersion",
+                "Delete a version that is not the default.",
+            ),
+            delete_policy_version,
+        )
+        .op(
+            Op::put(
+                "/api/v1/policies/{name}/default-version",
+                "SetDefaultPolicyVersion",
+                "Make a version the one in force.",
+            )
+            .body::<DefaultVersion>(),
+            set_default_version,
+        )
+        .op(
+            Op::get(
+                "/api/v1/policies/{name}/targets",
+                "ListTargetsForPolicy",
+                "The certificates and access keys a policy is attached to.",
+            ),
+            policy_targets,
+        )
+        .op(
+            Op::post(
+                "/api/v1/policies/{name}/targets",
+                "AttachPolicy",
+                "Attach a policy to a certificate (id or ARN) or an access key.",
+            )
+            .body::<Target>(),
+            attach_policy,
+        )
+        .op(
+            Op::delete(
+                "/api/v1/policies/{name}/targets/{target}",
+                "DetachPolicy",
+                "Detach a policy from a target.",
+            ),
+            detach_policy,
+        )
+        .op(
+            Op::get(
+                "/api/v1/things/{thing}/principals",
+                "ListThingPrincipals",
+                "The certificates attached to a thing.",
+            ),
+            thing_principals,
+        )
+        .op(
+            Op::post(
+                "/api/v1/things/{thing}/principals",
+                "AttachThingPrincipal",
+                "Attach a certificate to a thing.",
+            )
+            .body::<Principal>(),
+            attach_thing_principal,
+        )
+        .op(
+            Op::delete(
+                "/api/v1/things/{thing}/principals/{principal}",
+                "DetachThingPrincipal",
+                "Detach a certificate from a thing.",
+            ),
+            detach_thing_principal,
         )
 }
 
@@ -112,7 +247,7 @@ fn ok(v: Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateCert {
     /// Subject common name (default: the thing name, else "shoal-device").
@@ -160,7 +295,7 @@ async fn attach_to_thing(s: &AppState, thing: Option<&str>, rec: &CertificateRec
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct FromCsr {
     certificate_signing_request: String,
@@ -182,7 +317,7 @@ async fn cert_from_csr(
     Ok(ok(cert_json(&rec)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RegisterCert {
     certificate_pem: String,
@@ -227,7 +362,7 @@ async fn delete_cert(State(s): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(ok(json!({})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct StatusBody {
     new_status: String,
@@ -253,7 +388,7 @@ async fn cert_things(State(s): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(ok(json!({ "things": s.identity.principal_things(&id)? })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RegisterCa {
     ca_certificate: String,
@@ -278,7 +413,7 @@ async fn list_cas(State(s): State<AppState>) -> Response {
     ok(json!({ "certificates": s.identity.cas().iter().map(ca_json).collect::<Vec<_>>() }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdateCa {
     new_status: Option<String>,
@@ -313,7 +448,7 @@ async fn shoal_ca(State(s): State<AppState>) -> Response {
     ok(json!({ "certificateId": s.identity.ca().id(), "certificatePem": s.identity.ca().cert_pem() }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatePolicy {
     policy_name: String,
@@ -358,7 +493,7 @@ async fn delete_policy(State(s): State<AppState>, Path(name): Path<String>) -> R
     Ok(ok(json!({})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct NewVersion {
     policy_document: Value,
@@ -399,7 +534,7 @@ async fn delete_policy_version(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct DefaultVersion {
     version_id: String,
@@ -417,7 +552,7 @@ async fn set_default_version(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct Target {
     target: String,
 }
@@ -444,7 +579,7 @@ async fn policy_targets(State(s): State<AppState>, Path(name): Path<String>) -> 
     Ok(ok(json!({ "targets": s.identity.policy_targets(&name) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct Principal {
     principal: String,
 }
@@ -468,6 +603,11 @@ async fn detach_thing_principal(
     Ok(ok(json!({})))
 }
 
-async fn thing_principals(State(s): State<AppState>, Path(thing): Path<String>) -> Response {
-    ok(json!({ "principals": s.identity.thing_principals(&thing) }))
+async fn thing_principals(
+    State(s): State<AppState>,
+    Path(thing): Path<String>,
+) -> Result<Response, ApiError> {
+    shoal_things::shadow::ThingName::parse(&thing)
+        .map_err(|e| ApiError::bad_request(format!("thingName: {e}")))?;
+    Ok(ok(json!({ "principals": s.identity.thing_principals(&thing) })))
 }

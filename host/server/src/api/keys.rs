@@ -2,34 +2,71 @@
 //! describe, activate/deactivate, delete. Policies attach to a key like to a certificate:
 //! `POST /api/v1/policies/{name}/targets {"target": "AKIA..."}`.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_auth::service::KeyStatus;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Api, Op};
 use super::registry::AwsJson;
 
 /// Routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/keys", get(list).post(create))
-        .route("/api/v1/keys/{id}", get(describe).delete(delete))
-        .route("/api/v1/keys/{id}/status", put(set_status))
+pub fn routes() -> Api {
+    Api::new("keys")
+        .param("id", "^AKIA[A-Z2-7]{16}$")
+        .op(
+            Op::get(
+                "/api/v1/keys",
+                "ListAccessKeys",
+                "List access keys (never their secrets).",
+            ),
+            list,
+        )
+        .op(
+            Op::post(
+                "/api/v1/keys",
+                "CreateAccessKey",
+                "Create an access key; the answer holds its secret, shown this once.",
+            )
+            .optional_body::<CreateKey>(),
+            create,
+        )
+        .op(
+            Op::get(
+                "/api/v1/keys/{id}",
+                "DescribeAccessKey",
+                "Describe an access key.",
+            ),
+            describe,
+        )
+        .op(
+            Op::delete("/api/v1/keys/{id}", "DeleteAccessKey", "Delete an access key."),
+            delete,
+        )
+        .op(
+            Op::put(
+                "/api/v1/keys/{id}/status",
+                "UpdateAccessKeyStatus",
+                "Activate or deactivate an access key.",
+            )
+            .body::<Status>(),
+            set_status,
+        )
 }
 
 fn ok(v: serde_json::Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateKey {
+    /// Free text for people.
     #[serde(default)]
     description: String,
     /// May call the management API (default false: data plane only, as its policies allow).
@@ -64,9 +101,10 @@ async fn describe(State(s): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(ok(v))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Status {
+    /// `Active` or `Inactive`.
     status: String,
 }
 

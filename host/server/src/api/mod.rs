@@ -10,6 +10,7 @@ mod dataplane;
 mod error;
 mod identity;
 mod keys;
+mod openapi;
 mod plugins;
 mod registry;
 mod rules;
@@ -59,6 +60,60 @@ pub struct AppState {
     pub ws_socket: Option<std::path::PathBuf>,
     /// How long a client may take to send a request body.
     pub body_read_timeout: std::time::Duration,
+    /// Answers by route.
+    pub http_metrics: Arc<HttpMetrics>,
+}
+
+/// HTTP answers by method, route (the matched pattern, not the raw path) and status, for
+/// `/metrics` as `shoal_http_requests_total{method,route,status}`. Requests refused before
+/// routing (authentication) are in `shoal_http_auth_total`.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
+}
+
+impl HttpMetrics {
+    fn record(&self, method: &str, route: &str, status: u16) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_insert(0) += 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str(
+            "# HELP shoal_http_requests_total HTTP requests answered, by method, route and status.\n",
+        );
+        out.push_str("# TYPE shoal_http_requests_total counter\n");
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((method, route, status), n) in counts.iter() {
+            let _ = writeln!(
+                out,
+                "shoal_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// Counts each routed request's answer.
+async fn count_answers(
+    State(s): State<AppState>,
+    route: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let route = route.as_ref().map_or("other", |r| r.as_str());
+    s.http_metrics
+        .record(method.as_str(), route, resp.status().as_u16());
+    resp
 }
 
 impl AppState {
@@ -84,6 +139,7 @@ impl AppState {
             sigv4_keys: Arc::default(),
             ws_socket: None,
             body_read_timeout: std::time::Duration::from_secs(30),
+            http_metrics: Arc::default(),
         }
     }
 }
@@ -106,20 +162,37 @@ where
     }
 }
 
-/// The HTTP application.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/mqtt", get(ws::upgrade))
-        .merge(dataplane::routes())
+/// Every route, with the descriptions of Shoal's own (`/api/v1`) operations.
+fn api() -> openapi::Api {
+    openapi::Api::new("")
         .merge(identity::routes())
-        .merge(aws_identity::routes())
         .merge(keys::routes())
         .merge(registry::routes())
         .merge(plugins::routes())
         .merge(rules::routes())
         .merge(streams::routes())
+        .undocumented(dataplane::routes())
+        .undocumented(aws_identity::routes())
+}
+
+/// The path of the OpenAPI document (open, like `/health`).
+const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// The HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api().finish();
+    let doc = axum::body::Bytes::from(serde_json::to_vec(doc.as_ref()).unwrap_or_default());
+    let openapi = move || {
+        let doc = doc.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/mqtt", get(ws::upgrade))
+        .route(OPENAPI_PATH, get(openapi))
+        .merge(routes)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_answers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -163,6 +236,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
             s.plugins.render_prometheus(&mut text);
             s.rules.render_prometheus(&mut text);
             s.auth_metrics.render(&mut text);
+            s.http_metrics.render(&mut text);
+            s.shadows.metrics.render(&mut text);
             text.push_str(&format!(
                 "# HELP shoal_ws_bridged_connections MQTT over WebSocket connections bridged now.\n\
                  # TYPE shoal_ws_bridged_connections gauge\nshoal_ws_bridged_connections {}\n",

@@ -6,19 +6,20 @@
 //! CPU, and a plugin call may block for its deadline: all of it runs on tokio's blocking pool,
 //! never on the executor threads that serve HTTP and MQTT.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_plugin_host::{Action, CatalogError, Message, Outcome, PluginConfig, PluginHost};
 
 use super::error::ApiError;
+use super::openapi::{Api, Op};
 use super::registry::AwsQuery;
 use super::{AppState, blocking};
 
@@ -52,29 +53,90 @@ impl From<CatalogError> for ApiError {
 }
 
 /// Routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/plugins", get(list_plugins))
-        .route("/api/v1/plugins/{name}", get(describe_plugin))
-        .route(
-            "/api/v1/plugins/{name}/versions",
-            get(list_versions)
-                .post(upload_version)
-                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+pub fn routes() -> Api {
+    Api::new("plugins")
+        .param("name", "^[A-Za-z0-9_-]{1,64}$")
+        .param("version", "^[0-9]{1,9}$")
+        .op(
+            Op::get("/api/v1/plugins", "ListPlugins", "List plugins with their active version and health."),
+            list_plugins,
+        )
+        .op(
+            Op::get("/api/v1/plugins/{name}", "DescribePlugin", "A plugin's versions, health and limits."),
+            describe_plugin,
+        )
+        .op(
+            Op::get("/api/v1/plugins/{name}/versions", "ListPluginVersions", "A plugin's versions."),
+            list_versions,
         )
         .route(
-            "/api/v1/plugins/{name}/versions/{version}",
-            get(describe_version).delete(delete_version),
+            Op::post(
+                "/api/v1/plugins/{name}/versions",
+                "UploadPluginVersion",
+                "Upload a component (.wasm bytes, or JSON with wasmBase64): validated, compiled, stored as the next version.",
+            )
+            .query::<UploadQuery>()
+            .body::<UploadJson>()
+            .raw_body("application/wasm")
+            .status(201),
+            post(upload_version).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .op(
+            Op::get(
+                "/api/v1/plugins/{name}/versions/{version}",
+                "DescribePluginVersion",
+                "One version: hash, imports, limits, state.",
+            ),
+            describe_version,
+        )
+        .op(
+            Op::delete(
+                "/api/v1/plugins/{name}/versions/{version}",
+                "DeletePluginVersion",
+                "Delete a version that is not active.",
+            )
+            .empty(204),
+            delete_version,
+        )
+        .op(
+            Op::post(
+                "/api/v1/plugins/{name}/versions/{version}/activate",
+                "ActivatePluginVersion",
+                "Make a version the active one, without dropping a message.",
+            ),
+            activate_version,
+        )
+        .op(
+            Op::post(
+                "/api/v1/plugins/{name}/rollback",
+                "RollbackPlugin",
+                "Reactivate the version active before the current one.",
+            ),
+            rollback,
+        )
+        .op(
+            Op::get("/api/v1/plugins/{name}/logs", "GetPluginLogs", "A plugin's recent log lines.")
+                .query::<LogsQuery>(),
+            logs,
+        )
+        .op(
+            Op::post(
+                "/api/v1/plugins/{name}/invoke",
+                "InvokePlugin",
+                "Call the active (or a named) version with one message and see its actions.",
+            )
+            .query::<VersionQuery>()
+            .body::<MessageJson>(),
+            invoke,
         )
         .route(
-            "/api/v1/plugins/{name}/versions/{version}/activate",
-            post(activate_version),
-        )
-        .route("/api/v1/plugins/{name}/rollback", post(rollback))
-        .route("/api/v1/plugins/{name}/logs", get(logs))
-        .route("/api/v1/plugins/{name}/invoke", post(invoke))
-        .route(
-            "/api/v1/plugins/{name}/replay",
+            Op::post(
+                "/api/v1/plugins/{name}/replay",
+                "ReplayPlugin",
+                "Run a JSON-lines recording through a candidate version beside the active one and compare.",
+            )
+            .query::<VersionQuery>()
+            .raw_body("application/x-ndjson"),
             post(replay).layer(DefaultBodyLimit::max(MAX_REPLAY_BYTES)),
         )
 }
@@ -146,20 +208,25 @@ async fn describe_version(
 }
 
 /// The JSON form of an upload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UploadJson {
+    /// The component, base64.
     wasm_base64: String,
+    /// The plugin's configuration (limits, grants, its own settings).
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     config: Option<PluginConfig>,
+    /// Activate the version once it is stored.
     #[serde(default)]
     activate: bool,
 }
 
 /// Query of a raw upload.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct UploadQuery {
+    /// Activate the version once it is stored.
     #[serde(default)]
     activate: bool,
     /// The configuration as JSON text.
@@ -179,8 +246,7 @@ async fn upload_version(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
     let (wasm, config, activate) = if is_json {
-        let up: UploadJson = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not a valid upload: {e}")))?;
+        let up: UploadJson = super::registry::json_object(&body, "the request body is not a valid upload")?;
         let wasm = B64
             .decode(up.wasm_base64.trim())
             .map_err(|e| ApiError::bad_request(format!("wasmBase64 is not valid base64: {e}")))?;
@@ -238,9 +304,10 @@ async fn delete_version(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
+    /// At most this many lines, newest last (default 100).
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -254,15 +321,16 @@ async fn logs(
     Ok(ok(json!({ "lines": to_json(&lines) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct VersionQuery {
+    /// The version to run (default: the active one).
     #[serde(default)]
     version: Option<u32>,
 }
 
 /// A message as the API accepts it (invoke, replay recordings).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct MessageJson {
     topic: String,
@@ -278,7 +346,9 @@ pub(crate) struct MessageJson {
     client_id: Option<String>,
     #[serde(default)]
     thing_name: Option<String>,
+    /// `[name, value]` pairs.
     #[serde(default)]
+    #[schemars(with = "Vec<[String; 2]>")]
     user_properties: Vec<(String, String)>,
 }
 
@@ -386,8 +456,7 @@ async fn invoke(
     AwsQuery(q): AwsQuery<VersionQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let msg: MessageJson = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not a valid message: {e}")))?;
+    let msg: MessageJson = super::registry::json_object(&body, "the request body is not a valid message")?;
     let msg = msg.into_message().map_err(ApiError::bad_request)?;
     let host = s.plugins.clone();
     blocking::<_, ApiError>(move || {
@@ -416,7 +485,7 @@ fn parse_recording(body: &[u8]) -> Result<Vec<(usize, Message)>, ApiError> {
             continue;
         }
         let bad = |e: String| ApiError::bad_request(format!("line {}: {e}", i + 1));
-        let msg: MessageJson = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let msg: MessageJson = super::registry::json_object(line.as_bytes(), &format!("line {}", i + 1))?;
         out.push((i + 1, msg.into_message().map_err(bad)?));
         if out.len() > MAX_REPLAY_MESSAGES {
             return Err(ApiError::bad_request(format!(

@@ -14,13 +14,13 @@
 //! The one rule that spans two services is here because this is where they meet: `DeleteThing`
 //! of a thing that still has principals attached is refused, as AWS does.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::put;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -32,6 +32,7 @@ use shoal_things::registry::{
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Api, Op, THING_NAME};
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
@@ -47,22 +48,37 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-/// Routes: the `/api/v1` management paths and AWS's control-plane paths, on the same handlers.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .merge(resource_routes("/api/v1"))
-        .route(
-            "/api/v1/thing-groups/{group}/things/{thing}",
-            put(add_thing_to_group_by_path).delete(remove_thing_from_group_by_path),
+/// Routes: the `/api/v1` management paths and AWS's control-plane paths, on the same handlers
+/// (only the first are in Shoal's OpenAPI document; AWS's model describes the others).
+pub fn routes() -> Api {
+    resource_routes("/api/v1")
+        .op(
+            Op::put(
+                "/api/v1/thing-groups/{group}/things/{thing}",
+                "AddThingToThingGroup",
+                "Add a thing to a static group.",
+            ),
+            add_thing_to_group_by_path,
         )
-        .merge(resource_routes(""))
-        // AWS names the membership operations in the path and the group and thing in the body.
-        // A group called `addThingToThingGroup` stays reachable for the other verbs only
-        // through `/api/v1`.
-        .route("/thing-groups/addThingToThingGroup", put(add_thing_to_group))
-        .route(
-            "/thing-groups/removeThingFromThingGroup",
-            put(remove_thing_from_group),
+        .op(
+            Op::delete(
+                "/api/v1/thing-groups/{group}/things/{thing}",
+                "RemoveThingFromThingGroup",
+                "Remove a thing from a group.",
+            ),
+            remove_thing_from_group_by_path,
+        )
+        .undocumented(
+            resource_routes("")
+                .into_router()
+                // AWS names the membership operations in the path and the group and thing in
+                // the body. A group called `addThingToThingGroup` stays reachable for the
+                // other verbs only through `/api/v1`.
+                .route("/thing-groups/addThingToThingGroup", put(add_thing_to_group))
+                .route(
+                    "/thing-groups/removeThingFromThingGroup",
+                    put(remove_thing_from_group),
+                ),
         )
 }
 
@@ -71,42 +87,143 @@ pub fn routes() -> Router<AppState> {
 /// Path parameter names must match those of other routes at the same position
 /// (`/things/{thing}/shadow`, `/api/v1/things/{thing}/principals`): the router refuses two
 /// names for one segment.
-fn resource_routes(prefix: &str) -> Router<AppState> {
-    Router::new()
-        .route(&format!("{prefix}/things"), get(list_things))
-        .route(
-            &format!("{prefix}/things/{{thing}}"),
-            post(create_thing)
-                .get(describe_thing)
-                .patch(update_thing)
-                .delete(delete_thing),
+fn resource_routes(prefix: &str) -> Api {
+    let p = |path: &str| format!("{prefix}{path}");
+    Api::new("registry")
+        .param("thing", THING_NAME)
+        .param("name", THING_NAME)
+        .param("group", THING_NAME)
+        .op(
+            Op::get(
+                p("/things"),
+                "ListThings",
+                "List things, filtered by attribute, type or name prefix.",
+            )
+            .query::<ListThingsQuery>(),
+            list_things,
         )
-        .route(
-            &format!("{prefix}/things/{{thing}}/thing-groups"),
-            get(list_thing_groups_for_thing),
+        .op(
+            Op::post(p("/things/{thing}"), "CreateThing", "Register a thing.")
+                .optional_body::<CreateThingRequest>(),
+            create_thing,
         )
-        .route(&format!("{prefix}/thing-types"), get(list_thing_types))
-        .route(
-            &format!("{prefix}/thing-types/{{name}}"),
-            post(create_thing_type)
-                .get(describe_thing_type)
-                .delete(delete_thing_type),
+        .op(
+            Op::get(p("/things/{thing}"), "DescribeThing", "Describe a thing."),
+            describe_thing,
         )
-        .route(
-            &format!("{prefix}/thing-types/{{name}}/deprecate"),
-            post(deprecate_thing_type),
+        .op(
+            Op::patch(
+                p("/things/{thing}"),
+                "UpdateThing",
+                "Change a thing's type or attributes.",
+            )
+            .optional_body::<UpdateThingRequest>(),
+            update_thing,
         )
-        .route(&format!("{prefix}/thing-groups"), get(list_thing_groups))
-        .route(
-            &format!("{prefix}/thing-groups/{{group}}"),
-            post(create_thing_group)
-                .get(describe_thing_group)
-                .patch(update_thing_group)
-                .delete(delete_thing_group),
+        .op(
+            Op::delete(
+                p("/things/{thing}"),
+                "DeleteThing",
+                "Delete a thing with no principals attached.",
+            )
+            .query::<VersionQuery>(),
+            delete_thing,
         )
-        .route(
-            &format!("{prefix}/thing-groups/{{group}}/things"),
-            get(list_things_in_thing_group),
+        .op(
+            Op::get(
+                p("/things/{thing}/thing-groups"),
+                "ListThingGroupsForThing",
+                "The groups a thing belongs to.",
+            )
+            .query::<PageQuery>(),
+            list_thing_groups_for_thing,
+        )
+        .op(
+            Op::get(p("/thing-types"), "ListThingTypes", "List thing types.").query::<ListThingTypesQuery>(),
+            list_thing_types,
+        )
+        .op(
+            Op::post(
+                p("/thing-types/{name}"),
+                "CreateThingType",
+                "Create a thing type.",
+            )
+            .optional_body::<CreateThingTypeRequest>(),
+            create_thing_type,
+        )
+        .op(
+            Op::get(
+                p("/thing-types/{name}"),
+                "DescribeThingType",
+                "Describe a thing type.",
+            ),
+            describe_thing_type,
+        )
+        .op(
+            Op::delete(
+                p("/thing-types/{name}"),
+                "DeleteThingType",
+                "Delete a thing type deprecated for at least five minutes.",
+            ),
+            delete_thing_type,
+        )
+        .op(
+            Op::post(
+                p("/thing-types/{name}/deprecate"),
+                "DeprecateThingType",
+                "Deprecate a thing type, or undo that.",
+            )
+            .optional_body::<DeprecateThingTypeRequest>(),
+            deprecate_thing_type,
+        )
+        .op(
+            Op::get(p("/thing-groups"), "ListThingGroups", "List thing groups.")
+                .query::<ListThingGroupsQuery>(),
+            list_thing_groups,
+        )
+        .op(
+            Op::post(
+                p("/thing-groups/{group}"),
+                "CreateThingGroup",
+                "Create a static thing group.",
+            )
+            .optional_body::<CreateThingGroupRequest>(),
+            create_thing_group,
+        )
+        .op(
+            Op::get(
+                p("/thing-groups/{group}"),
+                "DescribeThingGroup",
+                "Describe a thing group.",
+            ),
+            describe_thing_group,
+        )
+        .op(
+            Op::patch(
+                p("/thing-groups/{group}"),
+                "UpdateThingGroup",
+                "Change a group's properties.",
+            )
+            .optional_body::<UpdateThingGroupRequest>(),
+            update_thing_group,
+        )
+        .op(
+            Op::delete(
+                p("/thing-groups/{group}"),
+                "DeleteThingGroup",
+                "Delete a group without child groups.",
+            )
+            .query::<VersionQuery>(),
+            delete_thing_group,
+        )
+        .op(
+            Op::get(
+                p("/thing-groups/{group}/things"),
+                "ListThingsInThingGroup",
+                "The things in a group (and its children, with recursive=true).",
+            )
+            .query::<ListThingsInGroupQuery>(),
+            list_things_in_thing_group,
         )
 }
 
@@ -136,15 +253,23 @@ where
             error_type: "InvalidRequestException",
             body: json!({ "message": format!("cannot read the request body: {}", e.body_text()) }),
         })?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(text).map(AwsJson).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid for this operation: {e}"))
-        })
+        json_object(&bytes, "the request body is not valid for this operation").map(AwsJson)
     }
+}
+
+/// A request body that must be a JSON object of type `T` (serde would also read a struct from
+/// an array of its fields: refused here); an empty body reads as `{}`. `what` starts the 400's
+/// message.
+pub(super) fn json_object<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(format!("{what}: it must be a JSON object")));
+    }
+    serde_json::from_slice(text).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
 }
 
 /// Query parameters; a value that does not parse (`maxResults=ten`) is 400
@@ -176,7 +301,7 @@ fn done() -> Response {
 }
 
 /// `nextToken` and `maxResults`, the paging parameters of every `List*` operation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct PageQuery {
     next_token: Option<String>,
@@ -193,7 +318,7 @@ impl PageQuery {
 }
 
 /// `?expectedVersion=` of `DeleteThing` and `DeleteThingGroup`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct VersionQuery {
     expected_version: Option<u64>,
@@ -250,7 +375,7 @@ async fn delete_thing(
     Ok(done())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListThingsQuery {
     next_token: Option<String>,
@@ -337,7 +462,7 @@ async fn delete_thing_type(
     Ok(done())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListThingTypesQuery {
     next_token: Option<String>,
@@ -405,7 +530,7 @@ async fn delete_thing_group(
     Ok(done())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListThingGroupsQuery {
     next_token: Option<String>,
@@ -433,7 +558,7 @@ async fn list_thing_groups(
     Ok(ok(aws::list_thing_groups_response(&groups)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListThingsInGroupQuery {
     next_token: Option<String>,
@@ -537,12 +662,7 @@ mod tests {
     #[test]
     fn the_aws_paths_do_not_clash_with_the_other_routes() {
         // The router panics on a path registered twice or two parameter names for one segment.
-        let _ = Router::<AppState>::new()
-            .merge(super::super::dataplane::routes())
-            .merge(super::super::identity::routes())
-            .merge(super::super::plugins::routes())
-            .merge(super::super::rules::routes())
-            .merge(routes());
+        let _ = super::super::api().finish();
     }
 
     /// A live HTTP API on memory stores: its base URL.

@@ -11,10 +11,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use shoal_rules::{RuleError, TopicRulePayload};
 
 use super::error::ApiError;
+use super::openapi::{Api, Op};
 use super::{AppState, blocking};
 
 impl From<RuleError> for ApiError {
@@ -35,28 +36,68 @@ impl From<RuleError> for ApiError {
 }
 
 /// Routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/rules", get(list_rules))
-        .route(
-            "/api/v1/rules/{name}",
-            get(get_rule)
-                .post(create_rule)
-                .put(replace_rule)
-                .delete(delete_rule),
+pub fn routes() -> Api {
+    // A rule's definition: AWS's TopicRulePayload (sql, awsIotSqlVersion, actions,
+    // errorAction, ruleDisabled, description), checked by the rules engine.
+    type Payload = Map<String, Value>;
+    Api::new("rules")
+        .param("name", "^[a-zA-Z0-9_]{1,128}$")
+        .op(
+            Op::get("/api/v1/rules", "ListRules", "List rules with their counters."),
+            list_rules,
         )
-        .route("/api/v1/rules/{name}/enable", post(enable_rule))
-        .route("/api/v1/rules/{name}/disable", post(disable_rule))
-        .route("/rules", get(aws_list))
-        .route(
-            "/rules/{name}",
-            get(aws_get)
-                .post(aws_create)
-                .patch(aws_replace)
-                .delete(aws_delete),
+        .op(
+            Op::get(
+                "/api/v1/rules/{name}",
+                "GetRule",
+                "A rule's definition and counters.",
+            ),
+            get_rule,
         )
-        .route("/rules/{name}/enable", post(aws_enable))
-        .route("/rules/{name}/disable", post(aws_disable))
+        .op(
+            Op::post(
+                "/api/v1/rules/{name}",
+                "CreateRule",
+                "Create a rule from a TopicRulePayload (sql, actions, errorAction, ...).",
+            )
+            .body::<Payload>()
+            .status(201),
+            create_rule,
+        )
+        .op(
+            Op::put(
+                "/api/v1/rules/{name}",
+                "ReplaceRule",
+                "Replace a rule's definition.",
+            )
+            .body::<Payload>(),
+            replace_rule,
+        )
+        .op(
+            Op::delete("/api/v1/rules/{name}", "DeleteRule", "Delete a rule.").empty(204),
+            delete_rule,
+        )
+        .op(
+            Op::post("/api/v1/rules/{name}/enable", "EnableRule", "Enable a rule."),
+            enable_rule,
+        )
+        .op(
+            Op::post("/api/v1/rules/{name}/disable", "DisableRule", "Disable a rule."),
+            disable_rule,
+        )
+        .undocumented(
+            Router::new()
+                .route("/rules", get(aws_list))
+                .route(
+                    "/rules/{name}",
+                    get(aws_get)
+                        .post(aws_create)
+                        .patch(aws_replace)
+                        .delete(aws_delete),
+                )
+                .route("/rules/{name}/enable", post(aws_enable))
+                .route("/rules/{name}/disable", post(aws_disable)),
+        )
 }
 
 /// AWS's answer for a rule that does not exist on the control-plane paths.
@@ -208,11 +249,10 @@ async fn aws_disable(State(s): State<AppState>, Path(name): Path<String>) -> Res
 }
 
 fn payload(body: &[u8]) -> Result<TopicRulePayload, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body is not a valid rule definition (a TopicRulePayload: sql, actions, ...): {e}"
-        ))
-    })
+    super::registry::json_object(
+        body,
+        "the body is not a valid rule definition (a TopicRulePayload: sql, actions, ...)",
+    )
 }
 
 async fn list_rules(State(s): State<AppState>) -> Response {

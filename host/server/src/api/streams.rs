@@ -7,19 +7,20 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_rules::stream::{GroupInfo, GroupStart, NewRecord, Record, StreamError, StreamId, StreamInfo};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Api, Op};
+use super::registry::AwsQuery;
 
 /// Most records one read returns.
 const MAX_LIMIT: usize = 10_000;
@@ -48,18 +49,68 @@ impl From<StreamError> for ApiError {
 }
 
 /// Routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/streams", get(list))
-        .route("/api/v1/streams/{stream}", get(info).delete(delete))
-        .route("/api/v1/streams/{stream}/records", get(range).post(append))
-        .route("/api/v1/streams/{stream}/groups", post(create_group))
-        .route(
-            "/api/v1/streams/{stream}/groups/{group}",
-            axum::routing::delete(delete_group),
+pub fn routes() -> Api {
+    Api::new("streams")
+        .param("stream", "^[A-Za-z0-9_.-]{1,128}$")
+        .param("group", "^[A-Za-z0-9_.-]{1,128}$")
+        .op(Op::get("/api/v1/streams", "ListStreams", "List streams with their lengths and groups."), list)
+        .op(Op::get("/api/v1/streams/{stream}", "DescribeStream", "One stream's length, ids and groups."), info)
+        .op(
+            Op::delete("/api/v1/streams/{stream}", "DeleteStream", "Delete a stream and its groups.").empty(204),
+            delete,
         )
-        .route("/api/v1/streams/{stream}/groups/{group}/read", post(read_group))
-        .route("/api/v1/streams/{stream}/groups/{group}/ack", post(ack))
+        .op(
+            Op::get(
+                "/api/v1/streams/{stream}/records",
+                "GetStreamRecords",
+                "Records after an id (default: from the start), oldest first.",
+            )
+            .query::<RangeQuery>(),
+            range,
+        )
+        .op(
+            Op::post("/api/v1/streams/{stream}/records", "AppendStreamRecord", "Append one record.")
+                .body::<AppendBody>()
+                .status(201),
+            append,
+        )
+        .op(
+            Op::post(
+                "/api/v1/streams/{stream}/groups",
+                "CreateConsumerGroup",
+                "Create a consumer group reading from the beginning, the end, or after an id.",
+            )
+            .body::<CreateGroup>()
+            .status(201),
+            create_group,
+        )
+        .op(
+            Op::delete(
+                "/api/v1/streams/{stream}/groups/{group}",
+                "DeleteConsumerGroup",
+                "Delete a consumer group.",
+            )
+            .empty(204),
+            delete_group,
+        )
+        .op(
+            Op::post(
+                "/api/v1/streams/{stream}/groups/{group}/read",
+                "ReadConsumerGroup",
+                "Give a consumer the group's next records (or its unacknowledged ones), waiting up to waitMs.",
+            )
+            .body::<ReadBody>(),
+            read_group,
+        )
+        .op(
+            Op::post(
+                "/api/v1/streams/{stream}/groups/{group}/ack",
+                "AcknowledgeRecords",
+                "Acknowledge records a consumer has handled.",
+            )
+            .body::<AckBody>(),
+            ack,
+        )
 }
 
 fn record_json(r: &Record) -> Value {
@@ -97,8 +148,7 @@ fn records_json(records: &[Record]) -> Value {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not {what}: {e}")))
+    super::registry::json_object(body, &format!("the body is not {what}"))
 }
 
 async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
@@ -120,10 +170,12 @@ async fn delete(State(s): State<AppState>, Path(stream): Path<String>) -> Result
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RangeQuery {
+    /// Records after this id (`MS-SEQ`).
     after: Option<String>,
+    /// At most this many (1 to 10,000; default 100).
     limit: Option<usize>,
 }
 
@@ -139,14 +191,15 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
 async fn range(
     State(s): State<AppState>,
     Path(stream): Path<String>,
-    Query(q): Query<RangeQuery>,
+    AwsQuery(q): AwsQuery<RangeQuery>,
 ) -> Result<Response, ApiError> {
+    shoal_rules::stream::check_name("stream", &stream)?;
     let after = q.after.as_deref().map(StreamId::parse).transpose()?;
     let records = s.rules.streams().range(&stream, after, limit(q.limit)?).await?;
     Ok((StatusCode::OK, axum::Json(records_json(&records))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct AppendBody {
     #[serde(default)]
@@ -183,7 +236,7 @@ async fn append(
     Ok((StatusCode::CREATED, axum::Json(json!({ "id": id }))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateGroup {
     group_name: String,
@@ -218,7 +271,7 @@ async fn delete_group(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ReadBody {
     consumer: String,
@@ -266,7 +319,7 @@ async fn read_group(
     Ok((StatusCode::OK, axum::Json(records_json(&records))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AckBody {
     ids: Vec<String>,

@@ -5,12 +5,43 @@
 //! Unknown fields (`tags`, `billingGroupName`, `mqtt5Configuration`, ...) are accepted and
 //! ignored.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::model::Attributes;
 
+/// A nested structure that must be a JSON object (serde's derive also reads a struct from an
+/// array of its fields, which AWS refuses).
+fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    if !v.is_object() {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    T::deserialize(v).map_err(serde::de::Error::custom)
+}
+
+/// Like [`object`], or `null`.
+fn object_or_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    if v.is_null() {
+        return Ok(None);
+    }
+    if !v.is_object() {
+        return Err(serde::de::Error::custom("expected a JSON object or null"));
+    }
+    T::deserialize(v).map(Some).map_err(serde::de::Error::custom)
+}
+
 /// `attributePayload`: attributes and, for the update operations, whether to merge them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttributePayload {
     /// The attributes. Absent leaves an update's attributes unchanged.
@@ -46,26 +77,26 @@ impl AttributePayload {
 }
 
 /// `CreateThing` body (`POST /things/{thingName}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateThingRequest {
     /// `thingTypeName`.
     #[serde(default)]
     pub thing_type_name: Option<String>,
     /// `attributePayload` (`merge` is ignored).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub attribute_payload: Option<AttributePayload>,
 }
 
 /// `UpdateThing` body (`PATCH /things/{thingName}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateThingRequest {
     /// `thingTypeName`: the new type.
     #[serde(default)]
     pub thing_type_name: Option<String>,
     /// `attributePayload`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub attribute_payload: Option<AttributePayload>,
     /// `expectedVersion`.
     #[serde(default)]
@@ -76,7 +107,7 @@ pub struct UpdateThingRequest {
 }
 
 /// `thingTypeProperties`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThingTypeProperties {
     /// `thingTypeDescription`.
@@ -88,16 +119,16 @@ pub struct ThingTypeProperties {
 }
 
 /// `CreateThingType` body (`POST /thing-types/{thingTypeName}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateThingTypeRequest {
     /// `thingTypeProperties`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub thing_type_properties: Option<ThingTypeProperties>,
 }
 
 /// `DeprecateThingType` body (`POST /thing-types/{thingTypeName}/deprecate`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeprecateThingTypeRequest {
     /// `undoDeprecate`.
@@ -106,35 +137,35 @@ pub struct DeprecateThingTypeRequest {
 }
 
 /// `thingGroupProperties`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThingGroupProperties {
     /// `thingGroupDescription`.
     #[serde(default)]
     pub thing_group_description: Option<String>,
     /// `attributePayload` (`merge` only matters for `UpdateThingGroup`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub attribute_payload: Option<AttributePayload>,
 }
 
 /// `CreateThingGroup` body (`POST /thing-groups/{thingGroupName}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateThingGroupRequest {
     /// `parentGroupName`.
     #[serde(default)]
     pub parent_group_name: Option<String>,
     /// `thingGroupProperties`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub thing_group_properties: Option<ThingGroupProperties>,
 }
 
 /// `UpdateThingGroup` body (`PATCH /thing-groups/{thingGroupName}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateThingGroupRequest {
     /// `thingGroupProperties` (required by AWS; absent is treated as empty).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub thing_group_properties: ThingGroupProperties,
     /// `expectedVersion`.
     #[serde(default)]
@@ -144,7 +175,7 @@ pub struct UpdateThingGroupRequest {
 /// `AddThingToThingGroup` / `RemoveThingFromThingGroup` body
 /// (`PUT /thing-groups/addThingToThingGroup`, `…/removeThingFromThingGroup`): the group by name
 /// or ARN and the thing by name or ARN. When both are given they must agree.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThingGroupMembershipRequest {
     /// `thingGroupName`.
@@ -176,7 +207,7 @@ impl ThingGroupMembershipRequest {
 }
 
 /// `ListThings` filters (query parameters).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListThingsFilter {
     /// `attributeName`: only things with this attribute.
@@ -197,7 +228,7 @@ pub struct ListThingsFilter {
 }
 
 /// `ListThingGroups` filters (query parameters).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListThingGroupsFilter {
     /// `parentGroup`: only descendants of this group (it must exist).
@@ -213,7 +244,7 @@ pub struct ListThingGroupsFilter {
 }
 
 /// Paging parameters of every `List*` operation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PageRequest {
     /// `nextToken` from the previous page; `None` for the first page.

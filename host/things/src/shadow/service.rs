@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -98,6 +99,49 @@ fn store_failure(e: ShadowStoreError, client_token: Option<String>) -> Rejection
     Rejection::new(error, client_token)
 }
 
+/// Shadow requests (MQTT and HTTP) by operation and answer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ShadowMetrics {
+    counts: [[AtomicU64; CODES.len()]; 3],
+}
+
+const OPS: [&str; 3] = ["get", "update", "delete"];
+const CODES: [u16; 10] = [200, 400, 401, 403, 404, 409, 413, 415, 429, 500];
+
+impl ShadowMetrics {
+    fn record(&self, op: ShadowOp, code: u16) {
+        let o = match op {
+            ShadowOp::Get => 0,
+            ShadowOp::Update => 1,
+            ShadowOp::Delete => 2,
+        };
+        let c = CODES.iter().position(|x| *x == code).unwrap_or(CODES.len() - 1);
+        self.counts[o][c].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn answered<T>(&self, op: ShadowOp, r: &Result<T, Rejection>) {
+        self.record(op, r.as_ref().map_or_else(|e| e.error.code, |_| 200));
+    }
+
+    /// Prometheus text: `shoal_shadow_requests_total{operation,code}` (code 200 is accepted).
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str(
+            "# HELP shoal_shadow_requests_total Shadow requests (MQTT and HTTP) by operation and answer.\n",
+        );
+        out.push_str("# TYPE shoal_shadow_requests_total counter\n");
+        for (op, row) in OPS.iter().zip(&self.counts) {
+            for (code, n) in CODES.iter().zip(row) {
+                let _ = writeln!(
+                    out,
+                    "shoal_shadow_requests_total{{operation=\"{op}\",code=\"{code}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
 struct Job {
     topic: ShadowTopic,
     payload: Vec<u8>,
@@ -115,6 +159,8 @@ pub struct ShadowService {
     /// see every response, attributed to the requester's client id when there is one.
     service_id: ClientId,
     principal: Principal,
+    /// Requests by operation and answer.
+    pub metrics: ShadowMetrics,
 }
 
 impl std::fmt::Debug for ShadowService {
@@ -152,6 +198,7 @@ impl ShadowService {
                 attributes: Default::default(),
                 grants: None,
             },
+            metrics: ShadowMetrics::default(),
         });
         for rx in receivers {
             rt.spawn(worker(Arc::downgrade(&svc), rx));
@@ -212,6 +259,17 @@ impl ShadowService {
         body: &[u8],
         requester: Option<&ClientId>,
     ) -> Result<Value, Rejection> {
+        let r = self.apply_update(key, body, requester).await;
+        self.metrics.answered(ShadowOp::Update, &r);
+        r
+    }
+
+    async fn apply_update(
+        &self,
+        key: &ShadowKey,
+        body: &[u8],
+        requester: Option<&ClientId>,
+    ) -> Result<Value, Rejection> {
         let limits = self.cfg.limits;
         let req = UpdateRequest::parse(body, &limits).map_err(|r| Rejection::new(r.error, r.client_token))?;
         let token = req.client_token().map(str::to_owned);
@@ -257,6 +315,12 @@ impl ShadowService {
 
     /// Get (`GET /things/{thing}/shadow`, `…/get`): the full document.
     pub async fn get(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
+        let r = self.read(key, body).await;
+        self.metrics.answered(ShadowOp::Get, &r);
+        r
+    }
+
+    async fn read(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
         let token = request_client_token(body, &self.cfg.limits);
         match self.store.get(key).await {
             Ok(cur) => get_response(
@@ -278,6 +342,17 @@ impl ShadowService {
 
     /// [`ShadowService::delete`] on behalf of `requester` (see [`ShadowService::update_as`]).
     pub async fn delete_as(
+        &self,
+        key: &ShadowKey,
+        body: &[u8],
+        requester: Option<&ClientId>,
+    ) -> Result<Value, Rejection> {
+        let r = self.apply_delete(key, body, requester).await;
+        self.metrics.answered(ShadowOp::Delete, &r);
+        r
+    }
+
+    async fn apply_delete(
         &self,
         key: &ShadowKey,
         body: &[u8],
@@ -379,6 +454,7 @@ impl ShadowService {
             if *n >= self.cfg.max_inflight_per_client {
                 drop(m);
                 let token = request_client_token(&payload, &self.cfg.limits);
+                self.metrics.record(topic.op, 429);
                 let r = Rejection::new(ShadowError::too_many_requests(), token);
                 self.publish(&topic.rejected_topic(), &r.payload());
                 return;
@@ -399,6 +475,7 @@ impl ShadowService {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
             let token = request_client_token(&job.payload, &self.cfg.limits);
+            self.metrics.record(job.topic.op, 429);
             self.publish(
                 &rejected,
                 &Rejection::new(ShadowError::too_many_requests(), token).payload(),
