@@ -161,3 +161,40 @@ def test_schemathesis_finds_no_server_error_or_nonconformance(make_shoal):
     # The server is still healthy after all of it.
     with urllib.request.urlopen(f"{base_url}/health", timeout=10) as r:
         assert r.status == 200
+
+
+def test_every_operation_refuses_oversized_bodies_and_dot_segments(shoal: Shoal):
+    """For every described operation: a body announced over its limit is refused with 413
+    before it is read, and its path with a '..' segment is refused with 400 (never routed)."""
+    import socket
+    doc = document(shoal)
+    key, secret = shoal.credentials
+
+    def send(method: str, path: str, length: int) -> bytes:
+        req = AWSRequest(method=method, url=f"http://{shoal.host}:{shoal.http_port}{path}", data=b"")
+        SigV4Auth(Credentials(key, secret), "iot", "us-east-1").add_auth(req)
+        head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "content-length")
+        with socket.create_connection((shoal.host, shoal.http_port), timeout=10) as c:
+            c.sendall(f"{method} {path} HTTP/1.1\r\nHost: {shoal.host}:{shoal.http_port}\r\n{head}"
+                      f"Content-Length: {length}\r\n\r\n".encode())
+            return c.recv(4096)
+
+    checked = 0
+    for path, item in doc["paths"].items():
+        concrete = "/".join("x1" if seg.startswith("{") else seg for seg in path.split("/"))
+        for method, op in item.items():
+            method = method.upper()
+            if "requestBody" in op:
+                big = {"UploadPluginVersion": 64 << 20, "ReplayPlugin": 16 << 20}.get(op["operationId"], 1 << 20)
+                reply = send(method, concrete, big + 1)
+                assert reply.startswith(b"HTTP/1.1 413"), (method, path, reply[:200])
+                assert b"RequestEntityTooLargeException" in reply, (method, path, reply[:300])
+                checked += 1
+            parts = concrete.split("/")
+            traversal = "/".join(parts[:-1] + ["..", "keys"]) if len(parts) > 3 else concrete + "/../keys"
+            reply = send(method, traversal, 0)
+            assert reply.startswith(b"HTTP/1.1 400"), (method, traversal, reply[:200])
+    assert checked >= 28
+    # Still serving.
+    with urllib.request.urlopen(f"http://{shoal.host}:{shoal.http_port}/health", timeout=10) as r:
+        assert r.status == 200
