@@ -1,7 +1,9 @@
 //! `shoal`: the Shoal IoT platform server and its operator CLI.
 
 mod api;
+mod claim;
 mod cli;
+mod cli_claim;
 mod cli_identity;
 mod cli_key;
 mod cli_plugin;
@@ -101,6 +103,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_stream::StreamCmd,
     },
+    /// Claims: did the cold chain hold for a thing over a time window (from archived telemetry)?
+    Claim {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        cmd: cli_claim::ClaimCmd,
+    },
     /// Access keys that sign HTTP requests (SigV4): create, list, deactivate, delete.
     Key {
         #[command(flatten)]
@@ -140,6 +149,7 @@ impl Command {
             | Command::Plugin { endpoint, .. }
             | Command::Rule { endpoint, .. }
             | Command::Stream { endpoint, .. }
+            | Command::Claim { endpoint, .. }
             | Command::Key { endpoint, .. }
             | Command::Subscribe { endpoint, .. } => Some(endpoint),
         }
@@ -169,6 +179,7 @@ fn main() -> ExitCode {
         Command::Plugin { endpoint, cmd } => cli_plugin::plugin(&endpoint, cmd),
         Command::Rule { endpoint, cmd } => cli_rule::rule(&endpoint, cmd),
         Command::Stream { endpoint, cmd } => cli_stream::stream(&endpoint, cmd),
+        Command::Claim { endpoint, cmd } => cli_claim::claim(&endpoint, cmd),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,

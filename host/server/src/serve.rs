@@ -229,6 +229,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
     state.ws_socket = ws_socket;
     state.body_read_timeout = cfg.http_read_timeout;
+    state.archive_dir = Some(cfg.data_dir.join("archive"));
     let mut app = router(state);
     if let Some(token) = ws_token {
         // `/mqtt` finds it in the request's extensions (see api::ws).

@@ -37,7 +37,7 @@ use shoal_broker::topic::{Topic, TopicFilter, matches_filter};
 
 pub use error::{EvalError, Position, SqlError};
 pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
-pub use functions::time::civil_from_days;
+pub use functions::time::{civil_from_days, days_from_civil};
 pub use template::Template;
 
 use ast::{Item, Query, Select};

@@ -4,6 +4,7 @@
 
 mod auth;
 mod aws_identity;
+mod claims;
 
 pub use auth::TlsPeer;
 mod dataplane;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// Answers by route.
     pub http_metrics: Arc<HttpMetrics>,
+    /// Where archive rule actions write (`DATA/archive`), for claim verification.
+    pub archive_dir: Option<std::path::PathBuf>,
 }
 
 /// HTTP answers by method, route (the matched pattern, not the raw path) and status, for
@@ -140,6 +143,7 @@ impl AppState {
             ws_socket: None,
             body_read_timeout: std::time::Duration::from_secs(30),
             http_metrics: Arc::default(),
+            archive_dir: None,
         }
     }
 }
@@ -171,6 +175,7 @@ fn api() -> openapi::Api {
         .merge(plugins::routes())
         .merge(rules::routes())
         .merge(streams::routes())
+        .merge(claims::routes())
         .undocumented(dataplane::routes())
         .undocumented(aws_identity::routes())
 }
