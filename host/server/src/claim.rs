@@ -363,7 +363,9 @@ fn events(rows: &[Reading], on: impl Fn(&Reading) -> bool) -> Vec<Event> {
 }
 
 fn report(q: ClaimQuery, files: Vec<String>, skipped: usize, rows: &[Reading]) -> ClaimReport {
-    let gap_ms = i64::try_from(q.max_gap_secs).unwrap_or(i64::MAX).saturating_mul(1000);
+    let gap_ms = i64::try_from(q.max_gap_secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
     let mut gaps = Vec::new();
     let mut edges = vec![q.from_ms];
     edges.extend(rows.iter().map(|r| r.ts));
