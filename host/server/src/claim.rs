@@ -7,8 +7,8 @@
 //! openings (where and when), human presence, data gaps, and a verdict with its reasons. The
 //! report states its inputs (thresholds, files read, line counts) so it can be reproduced.
 //!
-//! Archive files are per day of arrival, so the days of the window and the two after it are read
-//! (readings that arrive more than two days late are not seen).
+//! Archive files are per day of arrival, so the day before the window, its days and the two
+//! after it are read (readings that arrive more than two days late are not seen).
 //!
 //! Pure computation over the files: the API handler and the CLI only format the report.
 
@@ -261,7 +261,9 @@ pub fn verify(archive_root: &Path, q: ClaimQuery) -> Result<ClaimReport, ClaimEr
     let mut files = Vec::new();
     let mut skipped = 0;
     let mut rows = Vec::new();
-    let first_day = q.from_ms.div_euclid(86_400_000);
+    // A device clock ahead of the server's (or a simulator's) puts readings in the previous
+    // day's file: read that one too.
+    let first_day = q.from_ms.div_euclid(86_400_000) - 1;
     // Files are partitioned by the day a message arrived: a truck that lost connectivity
     // catches up later, so readings of the window may be in the next days' files too.
     let last_day = (q.to_ms - 1).div_euclid(86_400_000) + LATE_DAYS;

@@ -4,6 +4,7 @@ mod api;
 mod claim;
 mod cli;
 mod cli_claim;
+mod cli_demo;
 mod cli_identity;
 mod cli_key;
 mod cli_plugin;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the server (MQTT on TCP and TLS, HTTP for health, metrics and the API).
     Serve(Box<config::ServeArgs>),
+    /// The cold-chain demo: shoal on the embedded store, the rules and alert plugin, and a fleet
+    /// of simulated refrigerated trucks over mutual TLS.
+    Demo(cli_demo::DemoArgs),
     /// Device shadows of a running server (AWS data-plane API).
     Shadow {
         #[command(flatten)]
@@ -137,7 +141,7 @@ enum Command {
 impl Command {
     fn endpoint(&self) -> Option<&cli::Endpoint> {
         match self {
-            Command::Serve(_) => None,
+            Command::Serve(_) | Command::Demo(_) => None,
             Command::Shadow { endpoint, .. }
             | Command::Publish { endpoint, .. }
             | Command::Thing { endpoint, .. }
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
         Command::Rule { endpoint, cmd } => cli_rule::rule(&endpoint, cmd),
         Command::Stream { endpoint, cmd } => cli_stream::stream(&endpoint, cmd),
         Command::Claim { endpoint, cmd } => cli_claim::claim(&endpoint, cmd),
+        Command::Demo(args) => cli_demo::demo(args),
         Command::Serve(args) => {
             let cfg = match config::Config::resolve(&args) {
                 Ok(c) => c,
