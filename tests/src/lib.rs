@@ -260,14 +260,7 @@ impl Drop for TestHost {
 
 /// `[default]` of an AWS credentials file: `(id, secret)`.
 pub fn read_credentials(path: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == name)
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    Some((field("aws_access_key_id")?, field("aws_secret_access_key")?))
+    shoal_auth::sigv4::credentials_in(&std::fs::read_to_string(path).ok()?, "default")
 }
 
 /// A minimal unsigned HTTP/1.1 GET (for health and metrics).

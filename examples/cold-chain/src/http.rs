@@ -45,30 +45,8 @@ impl Credentials {
     /// The `[default]` profile of a credentials file's text (keys before any section header
     /// count as `[default]` too).
     pub fn parse(text: &str) -> Option<Credentials> {
-        let (mut section, mut key_id, mut secret) = ("default".to_owned(), None, None);
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = name.trim().to_owned();
-                continue;
-            }
-            if section != "default" {
-                continue;
-            }
-            if let Some((k, v)) = line.split_once('=') {
-                match k.trim() {
-                    "aws_access_key_id" => key_id = Some(v.trim().to_owned()),
-                    "aws_secret_access_key" => secret = Some(v.trim().to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        Some(Credentials {
-            key_id: key_id.filter(|s| !s.is_empty())?,
-            secret: secret.filter(|s| !s.is_empty())?,
-        })
+        let (key_id, secret) = shoal_auth::sigv4::credentials_in(text, "default")?;
+        Some(Credentials { key_id, secret })
     }
 }
 

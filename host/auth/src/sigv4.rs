@@ -805,6 +805,33 @@ impl fmt::Debug for SigningKey<'_> {
     }
 }
 
+/// The access key of `[profile]` in the text of an AWS credentials file (`aws_access_key_id`,
+/// `aws_secret_access_key`; `#`/`;` comments; keys before any section header belong to
+/// `[default]`): `(id, secret)`, or `None` when the profile lacks either.
+pub fn credentials_in(text: &str, profile: &str) -> Option<(String, String)> {
+    let (mut section, mut id, mut secret) = ("default".to_owned(), None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_owned();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_owned()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some((id.filter(|s| !s.is_empty())?, secret.filter(|s| !s.is_empty())?))
+}
+
 /// Signs a request in the `Authorization` header: returns the headers to add
 /// (`x-amz-date`, `x-amz-content-sha256`, `authorization`). `req.headers` must hold `host`;
 /// every header given is signed.

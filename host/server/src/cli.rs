@@ -125,28 +125,8 @@ fn read_profile(path: &std::path::Path, profile: &str) -> Result<Option<(String,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let (mut section, mut id, mut secret) = (String::new(), None, None);
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim().to_owned();
-            continue;
-        }
-        if section != profile {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            match k.trim() {
-                "aws_access_key_id" => id = Some(v.trim().to_owned()),
-                "aws_secret_access_key" => secret = Some(v.trim().to_owned()),
-                _ => {}
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(i), Some(s)) => Ok(Some((i, s))),
+    match shoal_auth::sigv4::credentials_in(&text, profile) {
+        Some(pair) => Ok(Some(pair)),
         _ => Err(format!(
             "{} has no profile [{profile}] with aws_access_key_id and aws_secret_access_key",
             path.display()

@@ -383,3 +383,16 @@ fn amz_dates() {
         assert_eq!(parse_amz_date(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn credentials_files_are_read_by_profile() {
+    let text = "# shoal\naws_access_key_id = AKIAFIRST\naws_secret_access_key = s1\n\n[ops]\n\
+                ; comment\naws_access_key_id=AKIAOPS\naws_secret_access_key= s2 \n[empty]\naws_access_key_id =\n";
+    assert_eq!(
+        credentials_in(text, "default"),
+        Some(("AKIAFIRST".into(), "s1".into()))
+    );
+    assert_eq!(credentials_in(text, "ops"), Some(("AKIAOPS".into(), "s2".into())));
+    assert_eq!(credentials_in(text, "empty"), None);
+    assert_eq!(credentials_in(text, "missing"), None);
+}
