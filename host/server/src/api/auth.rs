@@ -28,10 +28,11 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Default)]
 pub struct TlsPeer(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
 
-/// The largest body of a plugin upload (`POST /api/v1/plugins/{name}/versions`, admin keys).
+/// The largest body of a plugin upload (`POST /api/v1/plugins/{name}/versions`, admin keys;
+/// the route's own body limit too).
 pub const MAX_UPLOAD_BODY: usize = 64 << 20;
 /// The largest body of a replay (`POST /api/v1/plugins/{name}/replay`, admin keys).
-const MAX_REPLAY_BODY: usize = 16 << 20;
+pub const MAX_REPLAY_BODY: usize = 16 << 20;
 /// The largest body of any other request (an HTTP publish may be up to the MQTT payload
 /// limit when that is larger).
 const MAX_BODY: usize = 1 << 20;

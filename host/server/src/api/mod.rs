@@ -72,17 +72,28 @@ pub struct AppState {
 /// routing (authentication) are in `shoal_http_auth_total`.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    counts: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
+    /// By route pattern: `(method, status, count)` (a handful each). Looked up by `&str`, so
+    /// a request allocates only the first time its route, method and status are seen.
+    counts: std::sync::Mutex<std::collections::HashMap<String, Vec<Answered>>>,
 }
+
+/// `(method, status, count)` of one route.
+type Answered = (String, u16, u64);
 
 impl HttpMetrics {
     fn record(&self, method: &str, route: &str, status: u16) {
-        *self
+        let mut counts = self
             .counts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_insert(0) += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let per_route = match counts.get_mut(route) {
+            Some(v) => v,
+            None => counts.entry(route.to_owned()).or_default(),
+        };
+        match per_route.iter_mut().find(|(m, s, _)| m == method && *s == status) {
+            Some((_, _, n)) => *n += 1,
+            None => per_route.push((method.to_owned(), status, 1)),
+        }
     }
 
     fn render(&self, out: &mut String) {
@@ -91,11 +102,20 @@ impl HttpMetrics {
             "# HELP shoal_http_requests_total HTTP requests answered, by method, route and status.\n",
         );
         out.push_str("# TYPE shoal_http_requests_total counter\n");
+        let mut rows: Vec<(&str, &str, u16, u64)> = Vec::new();
         let counts = self
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ((method, route, status), n) in counts.iter() {
+        for (route, per_route) in counts.iter() {
+            rows.extend(
+                per_route
+                    .iter()
+                    .map(|(m, s, n)| (m.as_str(), route.as_str(), *s, *n)),
+            );
+        }
+        rows.sort_unstable();
+        for (method, route, status, n) in rows {
             let _ = writeln!(
                 out,
                 "shoal_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"

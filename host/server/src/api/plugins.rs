@@ -18,15 +18,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_plugin_host::{Action, CatalogError, Message, Outcome, PluginConfig, PluginHost};
 
+use super::auth::{MAX_REPLAY_BODY, MAX_UPLOAD_BODY};
 use super::error::ApiError;
 use super::openapi::{Api, Op};
 use super::registry::AwsQuery;
 use super::{AppState, blocking};
 
-/// Largest accepted upload body (a component, or its base64 inside JSON).
-const MAX_UPLOAD_BYTES: usize = 64 << 20;
-/// Largest replay recording.
-const MAX_REPLAY_BYTES: usize = 16 << 20;
 /// Most messages one replay runs.
 const MAX_REPLAY_MESSAGES: usize = 10_000;
 
@@ -79,7 +76,7 @@ pub fn routes() -> Api {
             .body::<UploadJson>()
             .raw_body("application/wasm")
             .status(201),
-            post(upload_version).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            post(upload_version).layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY)),
         )
         .op(
             Op::get(
@@ -137,7 +134,7 @@ pub fn routes() -> Api {
             )
             .query::<VersionQuery>()
             .raw_body("application/x-ndjson"),
-            post(replay).layer(DefaultBodyLimit::max(MAX_REPLAY_BYTES)),
+            post(replay).layer(DefaultBodyLimit::max(MAX_REPLAY_BODY)),
         )
 }
 
