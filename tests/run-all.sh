@@ -15,11 +15,13 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Rust $TOOLCHAIN (with rustfmt, clippy, wasm32-wasip2)"
 rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-wasip2
 
-step "System packages (redis-server, mosquitto-clients, openssl)"
+step "System packages (redis-server, mosquitto-clients, openssl, chromium)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v openssl >/dev/null || missing+=(openssl)
+# The dashboard's browser test drives Debian's Chromium (Playwright downloads no browser here).
+command -v chromium >/dev/null || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,8 +30,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # Debian starts a redis service on install where systemd runs; our tests start their own.
 
-step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd, schemathesis)"
-python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 \
+step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd, schemathesis, playwright)"
+python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 playwright==1.65.2 \
   2>&1 | grep -v "Running pip as the 'root' user" || true
 
 step "Format and lint"

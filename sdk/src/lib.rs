@@ -78,6 +78,9 @@ mod sys;
 mod template;
 
 pub mod clock;
+/// Great-circle distances: between two positions, and from a position to a route polyline
+/// (the `shoal-geo` crate, also behind the rules engine's `geo_distance`).
+pub use shoal_geo as geo;
 pub mod json;
 pub mod kv;
 pub mod log;

@@ -61,7 +61,8 @@ def test_claims_are_verified_from_the_archive(shoal: Shoal, tmp_path):
     assert r["verdict"] == "held", r["reasons"]
     assert r["readings"] == 60 and r["temperatureExcursions"] == [] and r["gaps"] == []
     assert r["inputs"] == {"thing": "truck-1", "fromMs": T0, "toMs": T0 + 3_600_000, "maxTempC": -18.0,
-                           "maxHumidity": 85.0, "maxGapSecs": 600, "archive": "telemetry"}
+                           "maxHumidity": 85.0, "maxGapSecs": 600, "archive": "telemetry", "route": None}
+    assert r["routeDeviations"] == []
     assert r["files"] == [f"telemetry/{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"]
 
     # The CLI, signed with the admin key, with a stricter gap.
@@ -99,3 +100,54 @@ def test_claims_are_verified_from_the_archive(shoal: Shoal, tmp_path):
     # HTML over the API.
     code, ctype, body = api(shoal, {"thing": "truck-1", **window, "format": "html"})
     assert code == 200 and ctype.startswith("text/html") and "<b>held</b>" in body
+
+
+def test_departures_from_the_planned_route_in_the_named_shadow(shoal: Shoal):
+    """The planned route is the `route` named shadow's desired state; readings farther than its
+    corridor from the polyline are route deviations, listed with start, end and the farthest
+    distance, and named among the reasons (a detour alone does not break the chain)."""
+    create(shoal, "telemetry", "SELECT * FROM 'fleet/+/telemetry'", {"archive": {}})
+    base = f"http://{shoal.host}:{shoal.http_port}"
+    plan = {"state": {"desired": {"name": "north", "points": [[53.55, 9.99], [53.65, 9.99]], "corridorM": 1000}}}
+    req = urllib.request.Request(f"{base}/things/truck-3/shadow?name=route", data=json.dumps(plan).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    pub = shoal.client()
+    for m in range(60):
+        doc = reading("truck-3", m, -20.0)
+        if 20 <= m < 26:
+            doc["lon"] = 10.05  # about 4 km east of the planned road
+        pub.publish("fleet/truck-3/telemetry", json.dumps(doc), qos=1)
+    wait_stats(shoal, "telemetry", actionsOk=60, timeout=20)
+    window = {"thing": "truck-3", "from": iso(T0), "to": iso(T0 + 3_600_000)}
+
+    code, _, body = api(shoal, window)
+    assert code == 200, body
+    r = json.loads(body)
+    assert r["verdict"] == "held", r["reasons"]
+    route = r["inputs"]["route"]
+    assert route["name"] == "north" and route["corridorM"] == 1000 and len(route["points"]) == 2
+    assert route["source"].startswith("shadow route of truck-3, version 1")
+    [d] = r["routeDeviations"]
+    assert (d["startMs"], d["endMs"], d["readings"]) == (T0 + 20 * 60_000, T0 + 26 * 60_000, 6), d
+    assert 3_800 < d["peak"] < 4_100, d
+    assert any("left the planned route north 1 time(s)" in x for x in r["reasons"]), r["reasons"]
+
+    # A wider corridor from the query wins; no route shadow named, no route checked.
+    code, _, body = api(shoal, {**window, "corridor": "5000"})
+    r = json.loads(body)
+    assert code == 200 and r["routeDeviations"] == [] and r["inputs"]["route"]["corridorM"] == 5000
+    code, _, body = api(shoal, {**window, "routeShadow": ""})
+    r = json.loads(body)
+    assert code == 200 and r["inputs"]["route"] is None and r["routeDeviations"] == []
+    # A truck without a plan: nothing to deviate from. Bad corridors and shadow names: 400.
+    code, _, body = api(shoal, {**window, "thing": "truck-9"})
+    assert code == 200 and json.loads(body)["inputs"]["route"] is None
+    for bad in ({"corridor": "-1"}, {"corridor": "nan"}, {"routeShadow": "no/slash"}):
+        code, _, body = api(shoal, {**window, **bad})
+        assert code == 400, (bad, body)
+
+    code, ctype, page = api(shoal, {**window, "format": "html"})
+    assert code == 200 and ctype.startswith("text/html")
+    assert "Departures from the planned route (1)" in page and "north (2 points, corridor 1000 m" in page

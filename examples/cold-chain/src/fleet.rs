@@ -326,6 +326,7 @@ impl Fleet {
                 name: c.name.clone(),
                 route: c.route.name.clone(),
                 setpoint_c: c.setpoint_c,
+                route_points: c.route.points.iter().map(|p| (p.lat, p.lon)).collect(),
             })
             .collect();
         let provisioned = provision(&api, &cfg.state_dir, &specs)
@@ -627,12 +628,10 @@ async fn truck_task(
                     if !offline {
                         offline = true;
                         tracing::info!(truck = %name, "connectivity lost: holding readings");
+                        // The connection task drops the link as a dead network would: no
+                        // DISCONNECT, so Shoal sees the connection lost (and says so in a
+                        // lifecycle event).
                         let _ = offline_tx.send(true);
-                        // (Not connected: nothing to close, and a queued DISCONNECT would
-                        // close the next connection.)
-                        if s.connected.load(Relaxed) {
-                            let _ = client.try_disconnect();
-                        }
                     }
                     held.push_back(reading);
                 } else {
@@ -748,7 +747,20 @@ async fn connection(
             el.clean();
             continue;
         }
-        match el.poll().await {
+        let polled = tokio::select! {
+            polled = el.poll() => polled,
+            r = offline.wait_for(|v| *v) => {
+                if r.is_err() {
+                    break;
+                }
+                // The network went away: drop the socket without a DISCONNECT. What was
+                // unacknowledged is resent after the reconnection.
+                el.clean();
+                s.connected.store(false, Relaxed);
+                continue;
+            }
+        };
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 s.connected.store(true, Relaxed);
                 s.connects.fetch_add(1, Relaxed);

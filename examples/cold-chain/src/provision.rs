@@ -27,6 +27,12 @@ pub const THING_GROUP: &str = "fleet";
 pub const POLICY_NAME: &str = "truck-policy";
 /// The cargo attribute (attribute values may not contain spaces).
 pub const CARGO: &str = "frozen-fish";
+/// The named shadow holding a truck's planned route: `state.desired` is
+/// `{"name", "points": [[lat, lon], ...], "corridorM"}`, read by the `cold-chain-alerts` plugin
+/// (corridor deviations), claim reports and the dashboard. The truck itself never reads it.
+pub const ROUTE_SHADOW: &str = "route";
+/// How far from its planned route a truck may be, metres.
+pub const CORRIDOR_M: f64 = 2_000.0;
 
 /// What to register for one truck.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +43,8 @@ pub struct TruckSpec {
     pub route: String,
     /// Setpoint, °C, a thing attribute.
     pub setpoint_c: f64,
+    /// The planned route's polyline, `(lat, lon)`, for the named shadow [`ROUTE_SHADOW`].
+    pub route_points: Vec<(f64, f64)>,
 }
 
 /// A registered truck and where its credentials are.
@@ -58,8 +66,8 @@ pub struct ProvisionedTruck {
 
 /// The `truck-policy` document for the ARN prefix `arn:aws:iot:{region}:{account}`: connect
 /// only as the thing the certificate is attached to, publish only below
-/// `fleet/{thing}/` and to the thing's own shadow topics, subscribe to and receive only the
-/// thing's own shadow topics.
+/// `fleet/{thing}/` and to the thing's own classic shadow (`get`, `update`), subscribe to and
+/// receive only that shadow's answers. Named shadows (the planned route) stay out of reach.
 pub fn truck_policy_document(arn_prefix: &str) -> Value {
     let thing = "${iot:Connection.Thing.ThingName}";
     json!({
@@ -77,20 +85,27 @@ pub fn truck_policy_document(arn_prefix: &str) -> Value {
                 "Action": "iot:Publish",
                 "Resource": [
                     format!("{arn_prefix}:topic/fleet/{thing}/*"),
-                    format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/*"),
+                    format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/get"),
+                    format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/update"),
                 ],
             },
             {
                 "Sid": "SubscribeOwnShadow",
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": format!("{arn_prefix}:topicfilter/$aws/things/{thing}/shadow/*"),
+                "Resource": [
+                    format!("{arn_prefix}:topicfilter/$aws/things/{thing}/shadow/get/*"),
+                    format!("{arn_prefix}:topicfilter/$aws/things/{thing}/shadow/update/*"),
+                ],
             },
             {
                 "Sid": "ReceiveOwnShadow",
                 "Effect": "Allow",
                 "Action": "iot:Receive",
-                "Resource": format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/*"),
+                "Resource": [
+                    format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/get/*"),
+                    format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/update/*"),
+                ],
             },
         ],
     })
@@ -149,6 +164,15 @@ pub async fn provision(
     let mut prefix: Option<String> = None;
     for t in trucks {
         let arn = ensure_thing(api, t).await?;
+        let plan = json!({"state": {"desired": {
+            "name": t.route,
+            "points": t.route_points.iter().map(|&(lat, lon)| [lat, lon]).collect::<Vec<_>>(),
+            "corridorM": CORRIDOR_M,
+        }}});
+        let a = api
+            .post(&format!("/things/{}/shadow?name={ROUTE_SHADOW}", t.name), &plan)
+            .await?;
+        check(&a, &format!("writing {}'s planned route", t.name), &[])?;
         if prefix.is_none() {
             prefix = arn.as_deref().and_then(arn_prefix);
         }
@@ -334,7 +358,11 @@ mod tests {
         let text = doc.to_string();
         assert!(text.contains("arn:aws:iot:us-east-1:000000000000:client/${iot:Connection.Thing.ThingName}"));
         assert!(text.contains(":topic/fleet/${iot:Connection.Thing.ThingName}/*"));
-        assert!(text.contains(":topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"));
+        assert!(text.contains(":topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/update/*"));
+        assert!(
+            !text.contains("/shadow/*"),
+            "a truck may not reach its named shadows (the planned route): {text}"
+        );
         assert!(
             !text.contains("\"*\""),
             "no resource may be a bare wildcard: {text}"

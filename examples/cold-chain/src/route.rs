@@ -4,7 +4,7 @@
 //! (for corridor-deviation checks).
 
 /// Mean Earth radius in metres (IUGG), the radius of the haversine formula.
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
+pub use shoal_geo::EARTH_RADIUS_M;
 
 /// A position in degrees (WGS 84).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -289,13 +289,9 @@ fn route_of_spec(s: &RouteSpec) -> Option<Route> {
     Some(Route::new(format!("{}-{}", from.id, to.id), points))
 }
 
-/// Great-circle distance between two positions, metres (haversine formula).
+/// Great-circle distance between two positions, metres.
 pub fn haversine_m(a: LatLon, b: LatLon) -> f64 {
-    let (la1, la2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dlat = la2 - la1;
-    let dlon = (b.lon - a.lon).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
+    shoal_geo::distance_m((a.lat, a.lon), (b.lat, b.lon))
 }
 
 /// Initial bearing from `a` to `b`, degrees clockwise from north in `[0, 360)`.
@@ -340,59 +336,10 @@ pub fn destination(p: LatLon, bearing: f64, distance_m: f64) -> LatLon {
 }
 
 /// Shortest distance from `point` to the polyline, metres (infinite for an empty polyline).
-///
-/// Segments are great-circle arcs, as [`Route::position_at`] drives them: the distance to a
-/// segment is the cross-track distance when the nearest point of the arc's great circle lies
-/// between its ends, else the distance to the nearer end.
+/// Segments are great-circle arcs, as [`Route::position_at`] drives them.
 pub fn distance_to_polyline_m(point: LatLon, polyline: &[LatLon]) -> f64 {
-    match polyline {
-        [] => f64::INFINITY,
-        [only] => haversine_m(point, *only),
-        _ => polyline
-            .windows(2)
-            .map(|w| distance_to_arc_m(point, w[0], w[1]))
-            .fold(f64::INFINITY, f64::min),
-    }
-}
-
-type V3 = [f64; 3];
-
-fn to_vec(p: LatLon) -> V3 {
-    let (la, lo) = (p.lat.to_radians(), p.lon.to_radians());
-    [la.cos() * lo.cos(), la.cos() * lo.sin(), la.sin()]
-}
-
-fn cross(a: V3, b: V3) -> V3 {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
-}
-
-fn dot(a: V3, b: V3) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-/// Distance from `p` to the great-circle arc `a`-`b` (the shorter one), metres.
-fn distance_to_arc_m(p: LatLon, a: LatLon, b: LatLon) -> f64 {
-    let (va, vb, vp) = (to_vec(a), to_vec(b), to_vec(p));
-    let n = cross(va, vb);
-    let len = dot(n, n).sqrt();
-    let ends = || haversine_m(p, a).min(haversine_m(p, b));
-    if len < 1e-15 {
-        return ends();
-    }
-    let n = [n[0] / len, n[1] / len, n[2] / len];
-    // The foot of the perpendicular from p on the great circle is between a and b when it is
-    // on the inner side of both a and b.
-    let s = dot(vp, n);
-    let c = [vp[0] - s * n[0], vp[1] - s * n[1], vp[2] - s * n[2]];
-    if dot(cross(va, c), n) >= 0.0 && dot(cross(c, vb), n) >= 0.0 {
-        s.clamp(-1.0, 1.0).asin().abs() * EARTH_RADIUS_M
-    } else {
-        ends()
-    }
+    let line: Vec<shoal_geo::Position> = polyline.iter().map(|p| (p.lat, p.lon)).collect();
+    shoal_geo::distance_to_polyline_m((point.lat, point.lon), &line)
 }
 
 #[cfg(test)]

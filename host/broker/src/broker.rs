@@ -168,7 +168,9 @@ impl Broker {
             authorizer,
             hooks: arc_swap::ArcSwap::from_pointee(Vec::new()),
             metrics,
-            ids: AtomicU64::new(1),
+            // Seeded from the clock so connection generations (the lifecycle events'
+            // `versionNumber`) keep rising across restarts.
+            ids: AtomicU64::new((now_ms() << 10).max(1)),
             timers: Mutex::new(Timers::default()),
             store_kind,
             closing: AtomicBool::new(false),

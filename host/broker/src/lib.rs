@@ -9,6 +9,7 @@
 //!   ([`persist`]) that commits state through the [`store`] seam.
 //! - [`mqtt`]: the wire, on ntex-mqtt: listeners (TCP, TLS), v3.1.1 and v5 handlers, and one
 //!   writer task per connection that drains its session queue.
+//! - [`lifecycle`]: AWS IoT's presence events (`$aws/events/presence/...`).
 //! - [`auth`], [`hook`]: the seams where identity/policy and the services behind the broker
 //!   (shadows, rules) plug in.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hook;
+pub mod lifecycle;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;

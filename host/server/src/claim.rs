@@ -4,8 +4,14 @@
 //! document per line, as the simulator publishes them: `truck`, `ts` epoch ms, `tempC`,
 //! `humidity`, `door`, `presence`, `lat`, `lon`), keeps the thing's readings inside the window,
 //! and reports every temperature and humidity excursion (start, end, duration, peak), door
-//! openings (where and when), human presence, data gaps, and a verdict with its reasons. The
-//! report states its inputs (thresholds, files read, line counts) so it can be reproduced.
+//! openings (where and when), human presence, departures from the planned route, data gaps,
+//! and a verdict with its reasons. The report states its inputs (thresholds, the planned route
+//! and its corridor, files read, line counts) so it can be reproduced.
+//!
+//! A route deviation is a stretch of readings farther than the corridor from the planned
+//! polyline (great-circle distance, [`shoal_geo::distance_to_polyline_m`]). It is listed and
+//! named among the reasons, but does not change the verdict by itself: a detour does not
+//! warm the cargo.
 //!
 //! Archive files are per day of arrival, so the day before the window, its days and the two
 //! after it are read (readings that arrive more than two days late are not seen).
@@ -39,6 +45,56 @@ pub struct ClaimQuery {
     pub max_gap_secs: u64,
     /// The archiving rule whose files are read.
     pub archive: String,
+    /// The planned route, when one is known: readings outside its corridor are deviations.
+    pub route: Option<PlannedRoute>,
+}
+
+/// The route a truck should stay near (as the cold-chain fleet keeps it in a named shadow).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedRoute {
+    /// Where it was read (`shadow route of truck-7, version 3`).
+    pub source: String,
+    /// The route's name, when it has one.
+    pub name: Option<String>,
+    /// The polyline, `(lat, lon)` in degrees.
+    pub points: Vec<(f64, f64)>,
+    /// How far from the polyline a truck may be, metres.
+    pub corridor_m: f64,
+}
+
+impl PlannedRoute {
+    /// The plan in a shadow document's `state.desired`: `{"name", "points": [[lat, lon], ...],
+    /// "corridorM"}`. `None` when it has no usable points; `corridor_m` (when given) overrides
+    /// the document's corridor, else 2000 m.
+    pub fn from_shadow(doc: &Value, source: String, corridor_m: Option<f64>) -> Option<PlannedRoute> {
+        let desired = doc.pointer("/state/desired")?;
+        let points: Vec<(f64, f64)> = desired
+            .get("points")?
+            .as_array()?
+            .iter()
+            .map(|p| match p.as_array().map(Vec::as_slice) {
+                Some([lat, lon]) => {
+                    let (lat, lon) = (lat.as_f64()?, lon.as_f64()?);
+                    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+                }
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        if points.is_empty() {
+            return None;
+        }
+        let corridor_m = corridor_m
+            .or_else(|| desired.get("corridorM").and_then(Value::as_f64))
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .unwrap_or(2000.0);
+        Some(PlannedRoute {
+            source,
+            name: desired.get("name").and_then(Value::as_str).map(str::to_owned),
+            points,
+            corridor_m,
+        })
+    }
 }
 
 /// One stretch of readings over a threshold.
@@ -114,6 +170,9 @@ pub struct ClaimReport {
     pub door_openings: Vec<Event>,
     /// Someone detected inside the container.
     pub presence: Vec<Event>,
+    /// Stretches outside the planned route's corridor (`peak`: the farthest, metres); empty
+    /// when no route was planned.
+    pub route_deviations: Vec<Excursion>,
     /// Silences longer than `maxGapSecs` (and at the window's edges).
     pub gaps: Vec<Gap>,
     /// `held`, `broken` or `inconclusive`.
@@ -389,6 +448,13 @@ fn report(q: ClaimQuery, files: Vec<String>, skipped: usize, rows: &[Reading]) -
     let humidity_excursions = excursions(rows, |r| r.humidity, q.max_humidity);
     let door_openings = events(rows, |r| r.door_open);
     let presence = events(rows, |r| r.presence);
+    let route_deviations = q.route.as_ref().map_or_else(Vec::new, |plan| {
+        excursions(
+            rows,
+            |r| Some(shoal_geo::distance_to_polyline_m((r.lat?, r.lon?), &plan.points).round()),
+            plan.corridor_m,
+        )
+    });
     let mut reasons = Vec::new();
     let verdict = if rows.is_empty() {
         reasons.push(format!(
@@ -456,6 +522,18 @@ fn report(q: ClaimQuery, files: Vec<String>, skipped: usize, rows: &[Reading]) -
             presence.len()
         ));
     }
+    if let Some(plan) = &q.route
+        && !route_deviations.is_empty()
+    {
+        let farthest = route_deviations.iter().map(|d| d.peak).fold(0.0, f64::max);
+        reasons.push(format!(
+            "left the planned route{} {} time(s), at most {:.1} km off (corridor {:.1} km)",
+            plan.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(),
+            route_deviations.len(),
+            farthest / 1000.0,
+            plan.corridor_m / 1000.0
+        ));
+    }
     ClaimReport {
         files,
         skipped_lines: skipped,
@@ -467,6 +545,7 @@ fn report(q: ClaimQuery, files: Vec<String>, skipped: usize, rows: &[Reading]) -
         humidity_excursions,
         door_openings,
         presence,
+        route_deviations,
         gaps,
         verdict,
         reasons,
@@ -511,7 +590,8 @@ pub fn html(r: &ClaimReport) -> String {
         "</ul><h2>Inputs</h2><table><tr><th>thing</th><td>{}</td></tr>\
          <tr><th>window</th><td>{} – {}</td></tr><tr><th>max temperature</th><td>{} °C</td></tr>\
          <tr><th>max humidity</th><td>{} %</td></tr><tr><th>max gap</th><td>{} s</td></tr>\
-         <tr><th>archive</th><td>{} ({} files, {} readings, {} lines skipped)</td></tr></table>",
+         <tr><th>archive</th><td>{} ({} files, {} readings, {} lines skipped)</td></tr>\
+         <tr><th>planned route</th><td>{}</td></tr></table>",
         esc(&q.thing),
         format_time(q.from_ms),
         format_time(q.to_ms),
@@ -521,7 +601,17 @@ pub fn html(r: &ClaimReport) -> String {
         esc(&q.archive),
         r.files.len(),
         r.readings,
-        r.skipped_lines
+        r.skipped_lines,
+        q.route.as_ref().map_or_else(
+            || "none known (route deviations not checked)".to_string(),
+            |p| esc(&format!(
+                "{} ({} points, corridor {} m; {})",
+                p.name.as_deref().unwrap_or("unnamed"),
+                p.points.len(),
+                p.corridor_m,
+                p.source
+            ))
+        )
     );
     out.push_str(&chart(r));
     let table = |out: &mut String, title: &str, head: &str, rows: Vec<String>| {
@@ -571,6 +661,14 @@ pub fn html(r: &ClaimReport) -> String {
             })
             .collect::<Vec<_>>()
     };
+    if q.route.is_some() {
+        table(
+            &mut out,
+            "Departures from the planned route",
+            head,
+            exc_rows(&r.route_deviations, "m off"),
+        );
+    }
     let head = "<th>start</th><th>duration</th><th>where</th>";
     table(&mut out, "Door openings", head, ev_rows(&r.door_openings));
     table(
@@ -649,6 +747,7 @@ fn chart(r: &ClaimReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn query(thing: &str) -> ClaimQuery {
         ClaimQuery {
@@ -659,6 +758,7 @@ mod tests {
             max_humidity: 85.0,
             max_gap_secs: 300,
             archive: "telemetry".into(),
+            route: None,
         }
     }
 
@@ -794,5 +894,71 @@ mod tests {
         q.archive = "telemetry".into();
         q.to_ms = q.from_ms;
         assert!(verify(dir.path(), q).is_err());
+    }
+
+    #[test]
+    fn departures_from_the_planned_route_are_listed_without_breaking_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        // Along the equator eastwards; the third and fourth readings are ~5.6 km north of it.
+        let at = |ts: i64, lat: f64, lon: f64| {
+            json!({"truck": "t1", "ts": ts, "tempC": -20.0, "door": "closed", "lat": lat, "lon": lon})
+                .to_string()
+        };
+        let t0 = parse_time("2026-11-26T10:00:00Z").unwrap();
+        let lines: Vec<String> = [(0.0, 0.1), (0.0, 0.2), (0.05, 0.3), (0.05, 0.4), (0.0, 0.5)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(lat, lon))| at(t0 + i as i64 * 60_000, lat, lon))
+            .collect();
+        write(dir.path(), "2026-11-26", &lines);
+        let plan = PlannedRoute::from_shadow(
+            &json!({"state": {"desired": {"name": "east", "points": [[0.0, 0.0], [0.0, 1.0]], "corridorM": 2000}}}),
+            "test".into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.corridor_m, 2000.0);
+        let mut q = query("t1");
+        (q.from_ms, q.to_ms) = (t0, t0 + 300_000);
+        q.route = Some(plan);
+        let r = verify(dir.path(), q).unwrap();
+        assert_eq!(r.verdict, "held", "{:?}", r.reasons);
+        assert_eq!(r.route_deviations.len(), 1, "{:?}", r.route_deviations);
+        let d = &r.route_deviations[0];
+        assert_eq!(
+            (d.start_ms, d.end_ms, d.readings),
+            (t0 + 120_000, t0 + 240_000, 2)
+        );
+        assert!((5_500.0..5_700.0).contains(&d.peak), "{}", d.peak);
+        assert!(
+            r.reasons
+                .iter()
+                .any(|s| s.contains("left the planned route east 1 time(s)")),
+            "{:?}",
+            r.reasons
+        );
+        let page = html(&r);
+        assert!(page.contains("Departures from the planned route (1)"));
+    }
+
+    #[test]
+    fn planned_routes_need_usable_points() {
+        let plan = |desired: Value| {
+            PlannedRoute::from_shadow(&json!({"state": {"desired": desired}}), "t".into(), None)
+        };
+        assert!(plan(json!({})).is_none());
+        assert!(plan(json!({"points": []})).is_none());
+        assert!(plan(json!({"points": [[91.0, 0.0]]})).is_none());
+        assert!(plan(json!({"points": [[1.0, "x"]]})).is_none());
+        assert!(plan(json!({"points": [[1.0, 2.0, 3.0]]})).is_none());
+        let p = plan(json!({"points": [[1.0, 2.0]], "corridorM": -5})).unwrap();
+        assert_eq!(p.corridor_m, 2000.0);
+        let p = PlannedRoute::from_shadow(
+            &json!({"state": {"desired": {"points": [[1.0, 2.0]], "corridorM": 500}}}),
+            "t".into(),
+            Some(750.0),
+        )
+        .unwrap();
+        assert_eq!((p.corridor_m, p.name), (750.0, None));
     }
 }

@@ -36,6 +36,12 @@ pub enum ClaimCmd {
         /// The rule whose archive holds the telemetry (default `telemetry`).
         #[arg(long)]
         archive: Option<String>,
+        /// The named shadow holding the planned route (default `route`; `""` checks no route).
+        #[arg(long)]
+        route_shadow: Option<String>,
+        /// How far from the planned route a truck may be, metres (default: the plan's own).
+        #[arg(long)]
+        corridor: Option<f64>,
         /// Also save the report as an HTML page (with a temperature chart) here.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -58,6 +64,8 @@ pub fn claim(ep: &Endpoint, cmd: ClaimCmd) -> ExitCode {
             max_humidity,
             max_gap,
             archive,
+            route_shadow,
+            corridor,
             html,
         } = cmd;
         let mut q = vec![
@@ -76,6 +84,12 @@ pub fn claim(ep: &Endpoint, cmd: ClaimCmd) -> ExitCode {
         }
         if let Some(a) = archive {
             q.push(format!("archive={}", encode(&a)));
+        }
+        if let Some(r) = route_shadow {
+            q.push(format!("routeShadow={}", encode(&r)));
+        }
+        if let Some(c) = corridor {
+            q.push(format!("corridor={c}"));
         }
         let report = api.get("/claims/verify", &q).await?;
         if let Some(path) = html {

@@ -53,6 +53,24 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Also POST every alert (raised and recovered, the JSON of `fleet/+/alerts`) to this URL
+    /// (`http://host:port/path`), through a rule's webhook action.
+    #[arg(long)]
+    pub alert_webhook: Option<String>,
+    /// Also email every raised alert to this address (needs `--smtp-relay`).
+    #[arg(long, requires = "smtp_relay")]
+    pub alert_email: Option<String>,
+    /// SMTP relay for the alert emails, `host:port` (plain SMTP; a local receiver such as
+    /// `python3 -m aiosmtpd -n -l 127.0.0.1:2525`).
+    #[arg(long)]
+    pub smtp_relay: Option<String>,
+    /// Sender of the alert emails.
+    #[arg(long, default_value = "shoal-demo@localhost")]
+    pub smtp_from: String,
+    /// Serve the dashboard from this directory instead of the copy built into shoal (for
+    /// working on the page).
+    #[arg(long)]
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 /// Children killed when the demo ends, however it ends.
@@ -147,12 +165,20 @@ fn run(args: DemoArgs) -> Result<(), String> {
     let _ = std::fs::remove_file(data.join("ports.json"));
     let log = std::fs::File::create(data.join("shoal.log"))
         .map_err(|e| format!("cannot write {}: {e}", data.join("shoal.log").display()))?;
-    let serve = Command::new(&exe)
+    let mut serve = Command::new(&exe);
+    serve
         .args(["serve", "--store", "embedded", "--data-dir"])
         .arg(data)
         .args(["--http-listen", &args.http_listen])
         .args(["--mqtts-listen", &args.mqtts_listen])
-        .args(["--mqtt-listen", &args.mqtt_listen])
+        .args(["--mqtt-listen", &args.mqtt_listen]);
+    if let Some(dir) = &args.dashboard_dir {
+        serve.arg("--dashboard-dir").arg(dir);
+    }
+    if let Some(relay) = &args.smtp_relay {
+        serve.args(["--smtp-relay", relay, "--smtp-from", &args.smtp_from]);
+    }
+    let serve = serve
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -180,7 +206,9 @@ fn run(args: DemoArgs) -> Result<(), String> {
     cli::init_credentials(&ep)?;
     let rt = cli::runtime().map_err(|_| "cannot start a runtime".to_string())?;
     let plugin = find_plugin(&args);
-    let alerts = rt.block_on(setup(&Api::new(&ep), plugin.as_deref()))?;
+    let api = Api::new(&ep);
+    let mut alerts = rt.block_on(setup(&api, plugin.as_deref()))?;
+    alerts.push_str(&rt.block_on(notify(&api, &args))?);
 
     let sim_child = Command::new(&sim)
         .args(["--http", &http])
@@ -200,8 +228,10 @@ fn run(args: DemoArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start {}: {e}", sim.display()))?;
     children.0.insert(0, ("the simulator", sim_child));
 
+    let dashboard = dashboard_url(&http, &data.join("credentials"));
     cli::print_text(&format!(
         "\nShoal's cold-chain demo is running ({} trucks).\n\
+         \n  dashboard     {dashboard}\
          \n  HTTP API      {http}   (signed with {})\
          \n  MQTT/TLS      {}   (the trucks, mutual TLS)\
          \n  MQTT          {}   (watch: mosquitto_sub -p {} -t 'fleet/#' -v)\
@@ -244,35 +274,97 @@ fn run(args: DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The dashboard's address, with the demo's access key in the fragment (which browsers never
+/// send to a server; the page keeps it in the tab's session storage).
+fn dashboard_url(http: &str, credentials: &Path) -> String {
+    let page = format!("{http}/dashboard/");
+    let Some((id, secret)) = std::fs::read_to_string(credentials)
+        .ok()
+        .and_then(|text| shoal_auth::sigv4::credentials_in(&text, "default"))
+    else {
+        return page;
+    };
+    format!(
+        "{page}#key={}&secret={}",
+        fragment_encode(&id),
+        fragment_encode(&secret)
+    )
+}
+
+/// Percent-encodes all but unreserved characters.
+fn fragment_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Creates `rule` or replaces what an earlier run left under that name.
+async fn put_rule(api: &Api, name: &str, sql: &str, actions: Value, description: &str) -> Result<(), String> {
+    let body = json!({ "sql": sql, "awsIotSqlVersion": "2016-03-23", "actions": actions, "description": description });
+    match api.post(&format!("/rules/{name}"), body.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("exists") => api.put(&format!("/rules/{name}"), body).await.map(|_| ()),
+        Err(e) => Err(format!("creating rule {name}: {e}")),
+    }
+}
+
+/// The rules that send alerts out by webhook and email, when asked for; what they do, for
+/// the banner.
+async fn notify(api: &Api, args: &DemoArgs) -> Result<String, String> {
+    let mut said = String::new();
+    if let Some(url) = &args.alert_webhook {
+        put_rule(
+            api,
+            "cold_chain_webhook",
+            "SELECT * FROM 'fleet/+/alerts'",
+            json!([{ "webhook": { "url": url, "timeoutMs": 5000, "retries": 3 } }]),
+            "every alert and recovery, POSTed as JSON",
+        )
+        .await?;
+        said.push_str(&format!(", webhook {url}"));
+    }
+    if let Some(to) = &args.alert_email {
+        put_rule(
+            api,
+            "cold_chain_email",
+            "SELECT * FROM 'fleet/+/alerts' WHERE state = 'raised'",
+            json!([{ "email": {
+                "to": [to],
+                "subject": "Cold chain alert: ${truck} ${kind}",
+                "body": "Truck ${truck} raised a ${kind} alert (value ${value}, limit ${limit}) at ${ts} ms, position ${lat}, ${lon}.",
+            } }]),
+            "every raised alert, by email",
+        )
+        .await?;
+        said.push_str(&format!(", email to {to}"));
+    }
+    Ok(said)
+}
+
 /// The demo's rules (and plugin): what the alerts come from, for the banner.
 async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
-    let rule = |sql: &str, actions: Value, description: &str| json!({ "sql": sql, "awsIotSqlVersion": "2016-03-23", "actions": actions, "description": description });
-    let put = |name: &'static str, body: Value| async move {
-        // Create, or replace what an earlier run left.
-        match api.post(&format!("/rules/{name}"), body.clone()).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.contains("exists") => api.put(&format!("/rules/{name}"), body).await.map(|_| ()),
-            Err(e) => Err(format!("creating rule {name}: {e}")),
-        }
-    };
-    put(
+    put_rule(
+        api,
         "telemetry",
-        rule(
-            "SELECT * FROM 'fleet/+/telemetry'",
-            json!([{ "archive": {} }]),
-            "every reading to DATA/archive/telemetry (claims read it)",
-        ),
+        "SELECT * FROM 'fleet/+/telemetry'",
+        json!([{ "archive": {} }]),
+        "every reading to DATA/archive/telemetry (claims read it)",
     )
     .await?;
     let Some(wasm) = plugin else {
-        put(
+        put_rule(
+            api,
             "cold_chain_alerts",
-            rule(
-                "SELECT topic(2) AS truck, 'temperature' AS kind, tempC AS value, -18 AS maxTempC, ts, lat, lon \
-                 FROM 'fleet/+/telemetry' WHERE tempC > -18",
-                json!([{ "republish": { "topic": "fleet/${topic(2)}/alerts", "qos": 1 } }]),
-                "temperature above -18 °C (SQL fallback: the cold-chain-alerts plugin was not found)",
-            ),
+            "SELECT topic(2) AS truck, 'temperature' AS kind, 'raised' AS state, tempC AS value, -18 AS limit, ts, lat, lon \
+             FROM 'fleet/+/telemetry' WHERE tempC > -18",
+            json!([{ "republish": { "topic": "fleet/${topic(2)}/alerts", "qos": 1 } }]),
+            "temperature above -18 °C (SQL fallback: the cold-chain-alerts plugin was not found)",
         )
         .await?;
         return Ok("SQL rule; build plugins/ with plugins/build.sh for the debounced plugin alerts".into());
@@ -287,13 +379,20 @@ async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
     )
     .await
     .map_err(|e| format!("deploying {}: {e}", wasm.display()))?;
-    put(
+    put_rule(
+        api,
         "cold_chain_alerts",
-        rule(
-            "SELECT * FROM 'fleet/+/telemetry'",
-            json!([{ "plugin": { "name": "cold-chain-alerts" } }]),
-            "debounced excursions, door open while moving, presence (plugin cold-chain-alerts)",
-        ),
+        "SELECT * FROM 'fleet/+/telemetry'",
+        json!([{ "plugin": { "name": "cold-chain-alerts" } }]),
+        "debounced excursions, door open while moving, presence, corridor (plugin cold-chain-alerts)",
+    )
+    .await?;
+    put_rule(
+        api,
+        "cold_chain_connectivity",
+        "SELECT * FROM '$aws/events/presence/+/+' WHERE startswith(clientId, 'truck-')",
+        json!([{ "plugin": { "name": "cold-chain-alerts" } }]),
+        "trucks whose connection is lost, and back (lifecycle events, plugin cold-chain-alerts)",
     )
     .await?;
     Ok(format!("plugin cold-chain-alerts from {}", wasm.display()))

@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// 30); a slower client is disconnected.
     #[arg(long, env = "SHOAL_HTTP_READ_TIMEOUT")]
     pub http_read_timeout: Option<u64>,
+    /// Serve the dashboard (`/dashboard/`) from this directory instead of the copy built into
+    /// the binary (for working on the page).
+    #[arg(long, env = "SHOAL_DASHBOARD_DIR")]
+    pub dashboard_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -285,6 +289,8 @@ pub struct Config {
     pub key_encryption_key_file: PathBuf,
     /// How long an HTTP client may take to send headers, and then a body.
     pub http_read_timeout: std::time::Duration,
+    /// Where the dashboard's files are read from (`None`: the embedded copies).
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 /// How HTTP requests authenticate.
@@ -556,6 +562,7 @@ impl Config {
                     .unwrap_or(30)
                     .clamp(1, 3600),
             ),
+            dashboard_dir: args.dashboard_dir.clone(),
             anonymous_access,
             mqtts_client_auth_required,
             region: args

@@ -230,6 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.ws_socket = ws_socket;
     state.body_read_timeout = cfg.http_read_timeout;
     state.archive_dir = Some(cfg.data_dir.join("archive"));
+    state.dashboard_dir = cfg.dashboard_dir.clone();
     let mut app = router(state);
     if let Some(token) = ws_token {
         // `/mqtt` finds it in the request's extensions (see api::ws).

@@ -6,18 +6,52 @@
 //!  "humidity":71,"door":"closed","presence":false,"setpoint":-20,"route":"hamburg-copenhagen","seq":42}
 //! ```
 //!
-//! Four checks, each raising an alert once when its condition starts and an `info` recovery alert
+//! and for the broker's AWS IoT lifecycle events, `$aws/events/presence/connected/{clientId}` and
+//! `$aws/events/presence/disconnected/{clientId}`:
+//!
+//! ```json
+//! {"clientId":"truck-7","timestamp":1767225600000,"eventType":"disconnected",
+//!  "sessionIdentifier":"0000018c1d2e3f4a0000000000000005","principalIdentifier":"3f2a…",
+//!  "clientInitiatedDisconnect":false,"disconnectReason":"MQTT_KEEP_ALIVE_TIMEOUT","versionNumber":5}
+//! ```
+//!
+//! Point two rules at the plugin: one selecting the telemetry (`SELECT * FROM
+//! 'fleet/+/telemetry'`) and one selecting the lifecycle events (`SELECT * FROM
+//! '$aws/events/presence/+/+'`; add e.g. `WHERE startswith(clientId, 'truck-')` when other
+//! clients connect to the broker too, or their disconnections alert as well). A message whose
+//! topic starts with `$aws/events/presence/` is a lifecycle event; every other message is a
+//! reading.
+//!
+//! Six checks, each raising an alert once when its condition starts and an `info` recovery alert
 //! once when it clears:
 //!
 //! * `temperature`: at least `temp_n` of the last `temp_m` readings of `tempC` are above the
 //!   truck's maximum (debounced like `debounce-alert`, so a single spike stays quiet). The maximum
 //!   is the truck's shadow `state.desired.maxTempC` when set, else `max_temp_c`.
 //! * `humidity`: the same for `humidity` against `state.desired.maxHumidity`, else `max_humidity`.
+//! * `corridor`: at least `corridor_n` of the last `corridor_m` positions (`lat`, `lon`) are
+//!   farther from the truck's planned route than the corridor width (debounced the same way).
+//!   The route is the `state.desired` of the truck's named shadow `route_shadow`:
+//!   `{"name": "hamburg-copenhagen", "points": [[53.55, 9.99], [54.32, 10.12], ...],
+//!   "corridorM": 2000}`. The distance is the great-circle distance to the nearest point of the
+//!   line through `points` (segments are great-circle arcs); the width is `corridorM` when it is
+//!   a positive number, else `corridor_width_m` (a `corridorM` that is not is logged). A reading
+//!   is skipped by this check (its window unchanged) when the truck has no such shadow, or the
+//!   shadow no usable `points`: absent, `null` or empty, or malformed (not an array of
+//!   `[lat, lon]` number pairs with lat in -90..=90 and lon in -180..=180), which is logged as a
+//!   warning (once per reading).
 //! * `door`: `door` is `"open"` while `speedKmh` is above `moving_kmh`; raised once per opening,
 //!   recovered when the door reports `"closed"` (stopping with the door still open does not
 //!   recover it, opening it while parked does not raise it).
 //! * `presence`: `presence` is `true` (someone in the cargo space); raised once per episode,
 //!   recovered when it is `false` again.
+//! * `connectivity`: a `disconnected` lifecycle event whose `disconnectReason` is not in
+//!   `connectivity_ignore` (a truck switched off cleanly is not a loss) raises it, unless it is
+//!   already raised. A `connected` event of a newer connection (a higher `versionNumber` than
+//!   the lost one), or any reading of the truck that the broker received after the
+//!   disconnection, recovers it. A `disconnected` event whose `versionNumber` is lower than the
+//!   highest of the truck's `connected` events is stale (the client id was taken over by a
+//!   newer connection) and ignored.
 //!
 //! Every alert and recovery is an [`Action::alert`] naming the truck and, unless `republish` is
 //! empty, a QoS 1 publish of this JSON event:
@@ -27,55 +61,108 @@
 //!  "ts":1767225600000,"lat":53.55,"lon":9.99}
 //! ```
 //!
-//! `kind` is `temperature`, `humidity`, `door` or `presence`; `state` is `raised` or `recovered`.
-//! `value`/`limit` are °C for `temperature`, % for `humidity`, the speed and `moving_kmh` (km/h)
-//! for `door` (the speed is `null` when a closing reading has none), and `presence` and `null` for
-//! `presence`. `ts` is the reading's `ts`, else the broker's receive time; `lat`/`lon` are the
-//! reading's (`null` when absent).
+//! `kind` is `temperature`, `humidity`, `corridor`, `door`, `presence` or `connectivity`; `state`
+//! is `raised` or `recovered`. `value` and `limit` are:
+//!
+//! | `kind` | `value` | `limit` |
+//! |---|---|---|
+//! | `temperature` | the reading's `tempC` (°C) | the maximum (°C) |
+//! | `humidity` | the reading's `humidity` (%) | the maximum (%) |
+//! | `corridor` | the distance from the planned route, rounded to whole metres | the corridor width (m) |
+//! | `door` | the speed (km/h; `null` when a closing reading has none) | `moving_kmh` (km/h) |
+//! | `presence` | `presence` | `null` |
+//! | `connectivity` | raised: the `disconnectReason`; recovered: how many seconds (whole) the truck was away, from the disconnected event's `timestamp` to the broker receiving the `connected` event or the reading | `null` |
+//!
+//! For the events of a reading, `ts` is the reading's `ts`, else the broker's receive time, and
+//! `lat`/`lon` are the reading's (`null` when absent). For the events of a lifecycle event
+//! (`connectivity` only), `ts` is the event's `timestamp` and `lat`/`lon` the truck's last known
+//! position: that of its latest reading (by `ts`) with a position, remembered while
+//! `connectivity` runs (`null` when none is known).
 //!
 //! Configuration (all values are strings, as the host passes them):
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `checks` | comma-separated checks to run: `temperature`, `humidity`, `door`, `presence` | all four |
+//! | `checks` | comma-separated checks to run: `temperature`, `humidity`, `corridor`, `door`, `presence`, `connectivity` | all six |
 //! | `max_temp_c` | maximum cargo temperature (°C) of a truck whose shadow has no `desired.maxTempC` | `-18` |
 //! | `temp_n`, `temp_m` | raise when at least `n` of the last `m` temperatures are above it (1 ≤ n ≤ m ≤ 64) | `3`, `5` |
 //! | `temp_severity` | of the temperature alert: `info`, `warning`, `critical` | `critical` |
 //! | `max_humidity` | maximum relative humidity (%) of a truck whose shadow has no `desired.maxHumidity` | `85` |
 //! | `humidity_n`, `humidity_m` | as `temp_n`, `temp_m`, for humidity | `3`, `5` |
 //! | `humidity_severity` | of the humidity alert | `warning` |
+//! | `route_shadow` | the named shadow holding a truck's planned route (1 to 64 characters of `a-z A-Z 0-9 : _ - $`) | `route` |
+//! | `corridor_width_m` | how far (m, > 0) a truck may be from its planned route when the route has no `corridorM` | `2000` |
+//! | `corridor_n`, `corridor_m` | as `temp_n`, `temp_m`, for positions outside the corridor | `2`, `3` |
+//! | `corridor_severity` | of the corridor alert | `warning` |
 //! | `moving_kmh` | above this speed (km/h) the truck is moving, and an open door alerts | `5` |
 //! | `door_severity` | of the door alert | `critical` |
 //! | `presence_severity` | of the presence alert | `critical` |
+//! | `connectivity_ignore` | comma-separated `disconnectReason`s that are not a loss (AWS's names, e.g. `CLIENT_INITIATED_DISCONNECT`, `SERVER_INITIATED_DISCONNECT`; an unknown name is refused); empty: none | `CLIENT_INITIATED_DISCONNECT` |
+//! | `connectivity_severity` | of the connectivity alert | `warning` |
 //! | `shadow_limits` | read per-truck maxima from the shadow's desired state (`true`/`false`) | `true` |
-//! | `shadow_name` | read this named shadow instead of the classic one | classic |
-//! | `republish` | topic template of the JSON events (`{thing}` is the truck); empty: none | `fleet/{thing}/alerts` |
-//! | `thing_level` | topic level naming the truck when the connection has no registry thing | `1` |
-//! | `state_ttl_secs` | forget a truck's state after this long without readings | `86400` |
+//! | `shadow_name` | read this named shadow instead of the classic one (for the maxima) | classic |
+//! | `republish` | topic template of the JSON events (`{thing}` is the truck; a lifecycle event's topic levels are not a reading's, so prefer `{thing}` to `{level:N}`); empty: none | `fleet/{thing}/alerts` |
+//! | `thing_level` | topic level naming the truck of a reading when the connection has no registry thing | `1` |
+//! | `state_ttl_secs` | forget a truck's state after this long without readings or lifecycle events | `86400` |
 //!
-//! The truck is the connection's registry thing, else topic level `thing_level`, else the
-//! payload's `truck`. The shadow is read on every message that has a temperature or humidity to
-//! judge (nothing is cached in the instance, so a new desired maximum applies to the next
-//! reading); a desired maximum that is not a number is logged and the configured one used.
+//! The truck of a reading is the connection's registry thing, else topic level `thing_level`,
+//! else the payload's `truck`. The truck of a lifecycle event is the client's registry thing,
+//! else the event's `clientId`, else the topic's client id level (the last one): a truck without
+//! a registry thing must connect with its name as client id for its readings and its lifecycle
+//! events to meet. The shadow is read on every message that has a temperature or humidity to
+//! judge, the route shadow on every reading with a position while `corridor` runs (nothing is
+//! cached in the instance, so a new desired maximum or route applies to the next reading); a
+//! desired maximum that is not a number is logged and the configured one used.
 //!
-//! A message without the fields a check needs is ignored by that check (a `null` counts as
-//! absent). A payload that is not a JSON object, or a field of the wrong type (`tempC` not a
-//! number, `door` neither `"open"` nor `"closed"`, `presence` not a boolean, ...), is rejected
-//! before any state changes. A key-value or shadow store failure is a plugin failure.
+//! A reading without the fields a check needs is ignored by that check (a `null` counts as
+//! absent); `connectivity` needs none (any reading recovers it), `corridor` needs `lat` and `lon`.
+//! A payload that is not a JSON object, or a field of the wrong type (`tempC` not a number,
+//! `door` neither `"open"` nor `"closed"`, `presence` not a boolean, ...), is rejected before any
+//! state changes. A position out of range (lat outside -90..=90, lon outside -180..=180) is
+//! logged, and neither judged by `corridor` nor remembered. A lifecycle event that is not AWS's
+//! JSON (not an object, no numeric `timestamp` or `versionNumber`, an `eventType` other than
+//! the topic's `connected` or `disconnected`, a `disconnected` event without a non-empty string
+//! `disconnectReason`, ...) is rejected with the reason, state untouched, even when
+//! `connectivity` is off (which otherwise ignores lifecycle events). A key-value or shadow store
+//! failure is a plugin failure.
 //!
-//! A truck's state (both windows and the door and presence flags) is one JSON document in the
-//! host's key-value store, scope the truck, so it survives the host discarding instances, new
-//! plugin versions and restarts. As with `debounce-alert`, two instances handling the same truck
-//! at the same moment may both read the old state (no compare-and-swap yet): route one truck's
-//! messages to one node if exactly-once alerts matter.
+//! A truck's state (the three windows, the door, presence and connectivity flags, the highest
+//! `connected` `versionNumber` and the last known position) is one JSON document in the host's
+//! key-value store, scope the truck, so it survives the host discarding instances, new plugin
+//! versions and restarts; documents written by earlier versions of the plugin load (what they
+//! lack starts empty). A connectivity alert open for longer than `state_ttl_secs` is forgotten
+//! with the rest, and never recovered. As with `debounce-alert`, two instances handling the same
+//! truck at the same moment may both read the old state (no compare-and-swap yet): route one
+//! truck's messages to one node if exactly-once alerts matter.
 
 use serde::{Deserialize, Serialize};
+use shoal_sdk::geo::{self, Position};
 use shoal_sdk::kv::{self, Scope};
 use shoal_sdk::prelude::*;
 use shoal_sdk::shadow;
 
 /// The key of a truck's state in its key-value scope.
 const STATE_KEY: &str = "cold-chain-state";
+
+/// The topics of the broker's lifecycle events: `{prefix}{connected|disconnected}/{clientId}`.
+const LIFECYCLE_PREFIX: &str = "$aws/events/presence/";
+
+/// AWS IoT's `disconnectReason` names (Shoal's broker uses a subset), for `connectivity_ignore`.
+const DISCONNECT_REASONS: [&str; 13] = [
+    "API_INITIATED_DISCONNECT",
+    "AUTH_ERROR",
+    "CLIENT_ERROR",
+    "CLIENT_INITIATED_DISCONNECT",
+    "CONNECTION_LOST",
+    "CUSTOMAUTH_TTL_EXPIRATION",
+    "DUPLICATE_CLIENTID",
+    "FORBIDDEN_ACCESS",
+    "MQTT_KEEP_ALIVE_TIMEOUT",
+    "SERVER_ERROR",
+    "SERVER_INITIATED_DISCONNECT",
+    "THROTTLED",
+    "WEBSOCKET_TTL_EXPIRATION",
+];
 
 /// The fields of a reading the checks use; the rest of the payload is skipped.
 #[derive(Debug, Deserialize)]
@@ -100,11 +187,88 @@ enum Door {
     Closed,
 }
 
+/// The fields of a lifecycle event the plugin uses; the rest is skipped.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleEvent {
+    client_id: Option<String>,
+    /// When the broker saw the connection start or end, ms since the Unix epoch.
+    timestamp: u64,
+    event_type: String,
+    disconnect_reason: Option<String>,
+    /// The connection's generation: rises with every connection the broker accepts.
+    version_number: u64,
+}
+
+/// What a lifecycle event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Connected,
+    Disconnected { reason: String },
+}
+
+impl LifecycleEvent {
+    /// The event of `msg` and what it says; anything but AWS's JSON is rejected.
+    fn parse(msg: &Message) -> Result<(Self, Change), PluginError> {
+        let topic = msg.topic();
+        let bad = |why: String| PluginError::rejected(format!("lifecycle event on {topic}: {why}"));
+        let doc: Value =
+            serde_json::from_slice(msg.payload()).map_err(|e| bad(format!("payload is not JSON: {e}")))?;
+        if !doc.is_object() {
+            return Err(bad("payload is not a JSON object".to_string()));
+        }
+        let event: LifecycleEvent = serde_json::from_value(doc)
+            .map_err(|e| bad(format!("payload is not AWS's lifecycle JSON: {e}")))?;
+        let kind = msg.topic_level(3).unwrap_or_default();
+        if !matches!(kind, "connected" | "disconnected") {
+            return Err(bad(
+                "not a presence topic ($aws/events/presence/{connected|disconnected}/{clientId})".to_string(),
+            ));
+        }
+        if event.event_type != kind {
+            return Err(bad(format!("eventType {:?} on a {kind} topic", event.event_type)));
+        }
+        let change = if kind == "connected" {
+            Change::Connected
+        } else {
+            match &event.disconnect_reason {
+                Some(reason) if !reason.is_empty() => Change::Disconnected {
+                    reason: reason.clone(),
+                },
+                _ => {
+                    return Err(bad("a disconnected event without a disconnectReason".to_string()));
+                }
+            }
+        };
+        Ok((event, change))
+    }
+}
+
+/// Whether `(lat, lon)` is a position on Earth, in degrees.
+fn in_range((lat, lon): Position) -> bool {
+    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
+}
+
+/// `s` seconds as text for alert titles: `42 s`, `12 min 5 s`, `3 h 20 min`, `2 d 4 h`.
+fn duration_text(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3_600 => format!("{} min {} s", s / 60, s % 60),
+        3_600..86_400 => format!("{} h {} min", s / 3_600, s % 3_600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
+/// Whole seconds (rounded) from `from_ms` to `to_ms`; 0 when `to_ms` is earlier.
+fn seconds_between(from_ms: u64, to_ms: u64) -> u64 {
+    to_ms.saturating_sub(from_ms).saturating_add(500) / 1000
+}
+
 /// The last readings of one debounced check.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 struct Window {
-    /// Bit i: whether the i-th most recent reading was above the limit (bit 0 is the newest).
+    /// Bit i: whether the i-th most recent reading was a breach (bit 0 is the newest).
     bits: u64,
     /// How many readings the bits hold (at most m).
     len: u32,
@@ -124,7 +288,38 @@ impl Window {
     }
 }
 
-/// Everything the plugin remembers about one truck: one key-value document.
+/// A position the truck reported, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Fix {
+    lat: f64,
+    lon: f64,
+    /// The reading's `ts`, else the broker's receive time.
+    ts: u64,
+}
+
+/// A lost connection: the open connectivity alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Lost {
+    /// The disconnected event's `timestamp`.
+    at_ms: u64,
+    /// Its `disconnectReason`.
+    reason: String,
+    /// Its `versionNumber`.
+    version: u64,
+}
+
+/// What the connectivity check remembers of a truck's connections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Link {
+    /// The highest `versionNumber` of the truck's `connected` events.
+    connected_version: Option<u64>,
+    /// The open alert, if any.
+    lost: Option<Lost>,
+}
+
+/// Everything the plugin remembers about one truck: one key-value document. Every field has a
+/// default, so documents written by earlier versions (without the later fields) still load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 struct TruckState {
@@ -134,26 +329,89 @@ struct TruckState {
     door_open: bool,
     /// A presence alert is open.
     presence: bool,
+    /// Positions outside the route corridor.
+    #[serde(default)]
+    corridor: Window,
+    /// The connections, for the connectivity check.
+    #[serde(default)]
+    link: Link,
+    /// The latest reading with a position (kept while the connectivity check runs).
+    #[serde(default)]
+    position: Option<Fix>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Temperature,
     Humidity,
+    Corridor,
     Door,
     Presence,
+    Connectivity,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Temperature, Kind::Humidity, Kind::Door, Kind::Presence];
+    const ALL: [Kind; 6] = [
+        Kind::Temperature,
+        Kind::Humidity,
+        Kind::Corridor,
+        Kind::Door,
+        Kind::Presence,
+        Kind::Connectivity,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Kind::Temperature => "temperature",
             Kind::Humidity => "humidity",
+            Kind::Corridor => "corridor",
             Kind::Door => "door",
             Kind::Presence => "presence",
+            Kind::Connectivity => "connectivity",
         }
+    }
+}
+
+/// "At least `n` of the last `m` readings breach": the debouncing of the temperature, humidity
+/// and corridor checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Debounce {
+    n: u32,
+    m: u32,
+}
+
+impl Debounce {
+    /// `{prefix}_n` and `{prefix}_m`, with 1 <= n <= m <= 64.
+    fn from_config(
+        config: &Config,
+        prefix: &str,
+        default_n: u32,
+        default_m: u32,
+    ) -> Result<Self, PluginError> {
+        let n = config.parse_or(&format!("{prefix}_n"), default_n)?;
+        let m = config.parse_or(&format!("{prefix}_m"), default_m)?;
+        if !(1..=m).contains(&n) || m > 64 {
+            return Err(PluginError::config(format!(
+                "need 1 <= {prefix}_n <= {prefix}_m <= 64, got {n} and {m}"
+            )));
+        }
+        Ok(Debounce { n, m })
+    }
+
+    /// Adds one reading to `window`: `Some(true)` when the alert just started, `Some(false)`
+    /// when it just ended, `None` when nothing changed.
+    fn step(self, window: &mut Window, breach: bool) -> Option<bool> {
+        window.push(breach, self.m);
+        let breaches = window.breaches();
+        let raised = if !window.alerting && breaches >= self.n {
+            true
+        } else if window.alerting && breaches < self.n {
+            false
+        } else {
+            return None;
+        };
+        window.alerting = raised;
+        Some(raised)
     }
 }
 
@@ -167,8 +425,7 @@ struct Excursion {
     /// The field of the shadow's desired state that overrides `max`.
     shadow_key: &'static str,
     max: f64,
-    n: u32,
-    m: u32,
+    debounce: Debounce,
     severity: Severity,
 }
 
@@ -187,13 +444,7 @@ impl Excursion {
                 "`{max_key}` must be a finite number"
             )));
         }
-        let n = config.parse_or(&format!("{prefix}_n"), 3u32)?;
-        let m = config.parse_or(&format!("{prefix}_m"), 5u32)?;
-        if !(1..=m).contains(&n) || m > 64 {
-            return Err(PluginError::config(format!(
-                "need 1 <= {prefix}_n <= {prefix}_m <= 64, got {n} and {m}"
-            )));
-        }
+        let debounce = Debounce::from_config(config, prefix, 3, 5)?;
         let (what, unit, shadow_key) = match kind {
             Kind::Temperature => ("cargo temperature", "°C", "maxTempC"),
             _ => ("humidity", "%", "maxHumidity"),
@@ -204,8 +455,7 @@ impl Excursion {
             unit,
             shadow_key,
             max,
-            n,
-            m,
+            debounce,
             severity: config.parse_or(&format!("{prefix}_severity"), default_severity)?,
         })
     }
@@ -236,24 +486,15 @@ impl Excursion {
 
     /// Adds `value` to the window; an event when the excursion just started or just ended.
     fn step(&self, window: &mut Window, truck: &str, value: f64, limit: f64) -> Option<Event> {
-        window.push(value > limit, self.m);
-        let breaches = window.breaches();
-        let (what, unit, len) = (self.what, self.unit, window.len);
-        let raised = if !window.alerting && breaches >= self.n {
-            true
-        } else if window.alerting && breaches < self.n {
-            false
-        } else {
-            return None;
-        };
-        window.alerting = raised;
+        let raised = self.debounce.step(window, value > limit)?;
+        let (what, unit, len, breaches) = (self.what, self.unit, window.len, window.breaches());
         let (title, body) = if raised {
             (
                 format!("{truck}: {what} {value} {unit}, above {limit} {unit}"),
                 format!(
                     "{breaches} of the last {len} {what} readings above the maximum of {limit} {unit} \
                      (alerting at {} of {}); {value} {unit} now",
-                    self.n, self.m
+                    self.debounce.n, self.debounce.m
                 ),
             )
         } else {
@@ -277,6 +518,271 @@ impl Excursion {
     }
 }
 
+/// A truck's planned route, from the desired state of its route shadow.
+#[derive(Debug, Clone, PartialEq)]
+struct Route {
+    /// `desired.name`, when it is a non-empty string.
+    name: Option<String>,
+    points: Vec<Position>,
+    /// `desired.corridorM`, else the configured width.
+    width_m: f64,
+}
+
+/// `desired.points` as positions: an array of `[lat, lon]` number pairs, in range.
+fn route_points(raw: &Value) -> Result<Vec<Position>, String> {
+    let Value::Array(items) = raw else {
+        return Err("is not an array".to_string());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_array().map(Vec::as_slice) {
+            Some([lat, lon]) => match (lat.as_f64(), lon.as_f64()) {
+                (Some(lat), Some(lon)) if in_range((lat, lon)) => Ok((lat, lon)),
+                (Some(_), Some(_)) => Err(format!("[{i}] = {item} is out of range")),
+                _ => Err(format!("[{i}] = {item} is not a pair of numbers")),
+            },
+            _ => Err(format!("[{i}] = {item} is not a [lat, lon] pair")),
+        })
+        .collect()
+}
+
+/// The debounced route-corridor check.
+#[derive(Debug, Clone, PartialEq)]
+struct Corridor {
+    /// The named shadow holding the route.
+    shadow: String,
+    /// The width when the route has no `corridorM`.
+    width_m: f64,
+    debounce: Debounce,
+    severity: Severity,
+}
+
+impl Corridor {
+    fn from_config(config: &Config) -> Result<Self, PluginError> {
+        let shadow = config.get("route_shadow").unwrap_or("route").trim();
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || ":_-$".contains(c);
+        if shadow.is_empty() || shadow.len() > 64 || !shadow.chars().all(valid_char) {
+            return Err(PluginError::config(format!(
+                "`route_shadow` = {shadow:?}: need a shadow name, 1 to 64 characters of \
+                 a-z A-Z 0-9 : _ - $"
+            )));
+        }
+        let width_m: f64 = config.parse_or("corridor_width_m", 2_000.0)?;
+        if !width_m.is_finite() || width_m <= 0.0 {
+            return Err(PluginError::config(format!(
+                "`corridor_width_m` = {width_m}: need a number > 0"
+            )));
+        }
+        Ok(Corridor {
+            shadow: shadow.to_string(),
+            width_m,
+            debounce: Debounce::from_config(config, "corridor", 2, 3)?,
+            severity: config.parse_or("corridor_severity", Severity::Warning)?,
+        })
+    }
+
+    /// The truck's planned route, `None` when it has none usable (logged when malformed).
+    fn route(&self, truck: &str) -> Result<Option<Route>, PluginError> {
+        let Some(mut doc) = shadow::get(truck, Some(&self.shadow))? else {
+            return Ok(None);
+        };
+        let Some(desired) = doc.pointer_mut("/state/desired").map(Value::take) else {
+            return Ok(None);
+        };
+        let points = match desired.get("points") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(raw) => match route_points(raw) {
+                Ok(points) if points.is_empty() => return Ok(None),
+                Ok(points) => points,
+                Err(why) => {
+                    shoal_sdk::warn!(
+                        "{truck}: shadow {} desired.points {why}; corridor not checked",
+                        self.shadow
+                    );
+                    return Ok(None);
+                }
+            },
+        };
+        let width_m = match desired.get("corridorM") {
+            None | Some(Value::Null) => self.width_m,
+            Some(raw) => match raw.as_f64().filter(|w| w.is_finite() && *w > 0.0) {
+                Some(width) => width,
+                None => {
+                    shoal_sdk::warn!(
+                        "{truck}: shadow {} desired.corridorM = {raw} is not a positive number; \
+                         using {}",
+                        self.shadow,
+                        self.width_m
+                    );
+                    self.width_m
+                }
+            },
+        };
+        let name = desired
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        Ok(Some(Route {
+            name,
+            points,
+            width_m,
+        }))
+    }
+
+    /// Adds the distance of `position` from the route to the window; an event when the
+    /// deviation just started or just ended.
+    fn step(&self, window: &mut Window, truck: &str, route: &Route, position: Position) -> Option<Event> {
+        let distance = geo::distance_to_polyline_m(position, &route.points);
+        let width = route.width_m;
+        let raised = self.debounce.step(window, distance > width)?;
+        // Finite and non-negative (the route has a point); `as` saturates anyway.
+        let metres = distance.round() as u64;
+        let route_name = match &route.name {
+            Some(name) => format!("the planned route {name}"),
+            None => "the planned route".to_string(),
+        };
+        let (len, breaches) = (window.len, window.breaches());
+        let (title, body) = if raised {
+            (
+                format!("{truck}: {metres} m off {route_name} (corridor {width} m)"),
+                format!(
+                    "{breaches} of the last {len} positions more than {width} m from {route_name} \
+                     (alerting at {} of {}); {metres} m off now",
+                    self.debounce.n, self.debounce.m
+                ),
+            )
+        } else {
+            (
+                format!("{truck}: back within {width} m of {route_name}"),
+                format!(
+                    "{metres} m from {route_name} now; only {breaches} of the last {len} \
+                     positions outside the {width} m corridor"
+                ),
+            )
+        };
+        Some(Event {
+            kind: Kind::Corridor,
+            raised,
+            severity: self.severity,
+            title,
+            body,
+            value: json!(metres),
+            limit: json!(width),
+        })
+    }
+}
+
+/// The connectivity check.
+#[derive(Debug, Clone, PartialEq)]
+struct Connectivity {
+    /// `disconnectReason`s that are not a loss.
+    ignore: Vec<String>,
+    severity: Severity,
+}
+
+impl Connectivity {
+    fn from_config(config: &Config) -> Result<Self, PluginError> {
+        let raw = config
+            .get("connectivity_ignore")
+            .unwrap_or("CLIENT_INITIATED_DISCONNECT");
+        let mut ignore = Vec::new();
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !DISCONNECT_REASONS.contains(&name) {
+                return Err(PluginError::config(format!(
+                    "`connectivity_ignore`: unknown disconnectReason {name:?} ({})",
+                    DISCONNECT_REASONS.join(", ")
+                )));
+            }
+            ignore.push(name.to_string());
+        }
+        Ok(Connectivity {
+            ignore,
+            severity: config.parse_or("connectivity_severity", Severity::Warning)?,
+        })
+    }
+
+    /// The recovery of `lost`, `back_ms` the broker's time of the message that ends it.
+    fn recovery(truck: &str, lost: &Lost, back_ms: u64, how: &str) -> Event {
+        let away = seconds_between(lost.at_ms, back_ms);
+        Event {
+            kind: Kind::Connectivity,
+            raised: false,
+            severity: Severity::Info,
+            title: format!("{truck}: {how} after {}", duration_text(away)),
+            body: format!("{how} {away} s after the connection was lost ({})", lost.reason),
+            value: json!(away),
+            limit: Value::Null,
+        }
+    }
+
+    /// A reading of the truck, received by the broker at `received_ms`: recovers an open alert
+    /// when it came after the disconnection.
+    fn on_reading(&self, link: &mut Link, truck: &str, received_ms: u64) -> Option<Event> {
+        if link.lost.as_ref()?.at_ms > received_ms {
+            return None;
+        }
+        let lost = link.lost.take()?;
+        Some(Self::recovery(truck, &lost, received_ms, "reporting again"))
+    }
+
+    /// A lifecycle event of the truck.
+    fn on_event(
+        &self,
+        link: &mut Link,
+        truck: &str,
+        event: &LifecycleEvent,
+        change: Change,
+        received_ms: u64,
+    ) -> Option<Event> {
+        let version = event.version_number;
+        match change {
+            Change::Connected => {
+                link.connected_version = Some(link.connected_version.map_or(version, |v| v.max(version)));
+                // Only a newer connection ends the loss (events may arrive out of order).
+                if link.lost.as_ref()?.version >= version {
+                    return None;
+                }
+                let lost = link.lost.take()?;
+                Some(Self::recovery(truck, &lost, received_ms, "connected again"))
+            }
+            Change::Disconnected { reason } => {
+                if let Some(newest) = link.connected_version
+                    && version < newest
+                {
+                    shoal_sdk::info!(
+                        "{truck}: stale disconnected event ignored (versionNumber {version}; \
+                         connection {newest} is newer)"
+                    );
+                    return None;
+                }
+                if self.ignore.contains(&reason) || link.lost.is_some() {
+                    return None;
+                }
+                let alert = Event {
+                    kind: Kind::Connectivity,
+                    raised: true,
+                    severity: self.severity,
+                    title: format!("{truck}: connection lost ({reason})"),
+                    body: format!(
+                        "the truck's connection (versionNumber {version}) ended with {reason} \
+                         and it has not reconnected"
+                    ),
+                    value: json!(reason),
+                    limit: Value::Null,
+                };
+                link.lost = Some(Lost {
+                    at_ms: event.timestamp,
+                    reason,
+                    version,
+                });
+                Some(alert)
+            }
+        }
+    }
+}
+
 /// One alert (or recovery) to emit.
 #[derive(Debug)]
 struct Event {
@@ -290,13 +796,24 @@ struct Event {
     limit: Value,
 }
 
+/// Where and when the events of one message happened, for their JSON and alert texts.
+struct Stamp {
+    ts: u64,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    /// Appended to every alert's body.
+    note: String,
+}
+
 /// The configured plugin.
 pub struct ColdChainAlerts {
     temperature: Option<Excursion>,
     humidity: Option<Excursion>,
+    corridor: Option<Corridor>,
     /// `moving_kmh` and the severity, when the door check runs.
     door: Option<(f64, Severity)>,
     presence: Option<Severity>,
+    connectivity: Option<Connectivity>,
     shadow_limits: bool,
     shadow_name: Option<String>,
     republish: Option<Template>,
@@ -315,7 +832,8 @@ fn parse_checks(raw: Option<&str>) -> Result<Vec<Kind>, PluginError> {
             .find(|k| k.as_str() == name)
             .ok_or_else(|| {
                 PluginError::config(format!(
-                    "`checks`: unknown check {name:?} (temperature, humidity, door, presence)"
+                    "`checks`: unknown check {name:?} (temperature, humidity, corridor, door, \
+                     presence, connectivity)"
                 ))
             })?;
         checks.push(kind);
@@ -326,74 +844,106 @@ fn parse_checks(raw: Option<&str>) -> Result<Vec<Kind>, PluginError> {
     Ok(checks)
 }
 
-impl Plugin for ColdChainAlerts {
-    fn init(config: Config) -> Result<Self, PluginError> {
-        let checks = parse_checks(config.get("checks"))?;
-        // Every key is checked even when its check is off, so a typo'd value never hides.
-        let temperature = Excursion::from_config(
-            &config,
-            Kind::Temperature,
-            "temp",
-            "max_temp_c",
-            -18.0,
-            Severity::Critical,
-        )?;
-        let humidity = Excursion::from_config(
-            &config,
-            Kind::Humidity,
-            "humidity",
-            "max_humidity",
-            85.0,
-            Severity::Warning,
-        )?;
-        let moving_kmh: f64 = config.parse_or("moving_kmh", 5.0)?;
-        if !moving_kmh.is_finite() || moving_kmh < 0.0 {
-            return Err(PluginError::config(format!(
-                "`moving_kmh` = {moving_kmh}: need a number >= 0"
-            )));
-        }
-        let door_severity = config.parse_or("door_severity", Severity::Critical)?;
-        let presence_severity = config.parse_or("presence_severity", Severity::Critical)?;
-        let republish = match config.get("republish") {
-            None => Some(Template::parse("fleet/{thing}/alerts")?),
-            Some(raw) if raw.trim().is_empty() => None,
-            Some(raw) => Some(Template::parse(raw.trim())?),
-        };
-        let state_ttl_secs = config.parse_or("state_ttl_secs", 86_400u32)?;
-        if state_ttl_secs == 0 {
-            return Err(PluginError::config("`state_ttl_secs` must be at least 1"));
-        }
-        let on = |kind| checks.contains(&kind);
-        Ok(ColdChainAlerts {
-            temperature: on(Kind::Temperature).then_some(temperature),
-            humidity: on(Kind::Humidity).then_some(humidity),
-            door: on(Kind::Door).then_some((moving_kmh, door_severity)),
-            presence: on(Kind::Presence).then_some(presence_severity),
-            shadow_limits: config.parse_or("shadow_limits", true)?,
-            shadow_name: config
-                .get("shadow_name")
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            republish,
-            thing_level: config.parse_or("thing_level", 1)?,
-            state_ttl_secs,
-        })
+impl ColdChainAlerts {
+    /// Loads the truck's state: the state and whether it was stored.
+    fn load(truck: &str) -> Result<(TruckState, bool), PluginError> {
+        let stored: Option<TruckState> = kv::get_json(Scope::Thing(truck), STATE_KEY)?;
+        let existed = stored.is_some();
+        Ok((stored.unwrap_or_default(), existed))
     }
 
-    fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
+    /// Stores the truck's state (renewing its TTL), unless there is nothing to remember.
+    fn save(&self, truck: &str, state: &TruckState, existed: bool) -> Result<(), PluginError> {
+        if existed || *state != TruckState::default() {
+            kv::set_json(Scope::Thing(truck), STATE_KEY, state, Some(self.state_ttl_secs))?;
+        }
+        Ok(())
+    }
+
+    /// The alert and (unless `republish` is empty) the JSON event of each event.
+    fn emit(
+        &self,
+        msg: &Message,
+        truck: &str,
+        events: Vec<Event>,
+        stamp: &Stamp,
+    ) -> Result<Vec<Action>, PluginError> {
+        let mut actions = Vec::with_capacity(events.len() * 2);
+        if events.is_empty() {
+            return Ok(actions);
+        }
+        let topic = self
+            .republish
+            .as_ref()
+            .map(|t| t.render(msg, Some(truck)))
+            .transpose()?;
+        for event in events {
+            let (severity, state_word, counter) = if event.raised {
+                (event.severity, "raised", "alerts_raised")
+            } else {
+                (Severity::Info, "recovered", "alerts_recovered")
+            };
+            shoal_sdk::metrics::counter_add(counter, 1);
+            actions.push(
+                Action::alert(severity, event.title, format!("{}{}", event.body, stamp.note))
+                    .thing(truck)
+                    .into(),
+            );
+            if let Some(topic) = &topic {
+                let body = json!({
+                    "truck": truck,
+                    "kind": event.kind.as_str(),
+                    "state": state_word,
+                    "value": event.value,
+                    "limit": event.limit,
+                    "ts": stamp.ts,
+                    "lat": stamp.lat,
+                    "lon": stamp.lon,
+                });
+                actions.push(Action::publish_json(topic.clone(), &body).qos(1).into());
+            }
+        }
+        Ok(actions)
+    }
+
+    /// A telemetry reading.
+    fn on_reading(&self, msg: &Message) -> Result<Vec<Action>, PluginError> {
         let reading: Telemetry = msg.payload_json()?;
         let temperature = self.temperature.as_ref().zip(reading.temp_c);
         let humidity = self.humidity.as_ref().zip(reading.humidity);
         let door = self.door.zip(reading.door);
         let presence = self.presence.zip(reading.presence);
-        if temperature.is_none() && humidity.is_none() && door.is_none() && presence.is_none() {
+        let located = reading.lat.zip(reading.lon);
+        let corridor = self.corridor.as_ref().filter(|_| located.is_some());
+        let judged = temperature.is_some()
+            || humidity.is_some()
+            || corridor.is_some()
+            || door.is_some()
+            || presence.is_some();
+        if !judged && self.connectivity.is_none() {
             return Ok(vec![]);
         }
         let truck = msg
             .thing_or_level(self.thing_level)
-            .or(reading.truck.as_deref().filter(|t| !t.is_empty()))
-            .ok_or_else(|| PluginError::rejected(format!("no truck in {} or its payload", msg.topic())))?;
+            .or(reading.truck.as_deref().filter(|t| !t.is_empty()));
+        let Some(truck) = truck else {
+            if !judged {
+                // Only connectivity would look at it, and it is about no truck we know.
+                return Ok(vec![]);
+            }
+            return Err(PluginError::rejected(format!(
+                "no truck in {} or its payload",
+                msg.topic()
+            )));
+        };
+        // A position to judge or remember, when it is one.
+        let position = located.filter(|&p| {
+            let ok = in_range(p);
+            if !ok && (corridor.is_some() || self.connectivity.is_some()) {
+                shoal_sdk::warn!("{truck}: position {}, {} is out of range; ignored", p.0, p.1);
+            }
+            ok
+        });
 
         // The shadow's desired state, read once per message and only when a maximum is needed.
         let desired = if self.shadow_limits && (temperature.is_some() || humidity.is_some()) {
@@ -402,10 +952,23 @@ impl Plugin for ColdChainAlerts {
         } else {
             None
         };
+        // The planned route, read only for a position to judge.
+        let route = match corridor.zip(position) {
+            Some((check, position)) => check.route(truck)?.map(|route| (check, route, position)),
+            None => None,
+        };
 
-        let scope = Scope::Thing(truck);
-        let mut state: TruckState = kv::get_json(scope, STATE_KEY)?.unwrap_or_default();
+        let (mut state, existed) = Self::load(truck)?;
         let mut events = Vec::new();
+        if let Some(check) = &self.connectivity {
+            events.extend(check.on_reading(&mut state.link, truck, msg.timestamp_ms()));
+            if let Some((lat, lon)) = position {
+                let ts = reading.ts.unwrap_or(msg.timestamp_ms());
+                if state.position.as_ref().is_none_or(|last| ts >= last.ts) {
+                    state.position = Some(Fix { lat, lon, ts });
+                }
+            }
+        }
         if let Some((check, value)) = temperature {
             let limit = check.limit(desired.as_ref(), truck);
             events.extend(check.step(&mut state.temperature, truck, value, limit));
@@ -413,6 +976,9 @@ impl Plugin for ColdChainAlerts {
         if let Some((check, value)) = humidity {
             let limit = check.limit(desired.as_ref(), truck);
             events.extend(check.step(&mut state.humidity, truck, value, limit));
+        }
+        if let Some((check, route, position)) = &route {
+            events.extend(check.step(&mut state.corridor, truck, route, *position));
         }
         if let Some(((moving_kmh, severity), door)) = door {
             let speed = reading.speed_kmh;
@@ -477,47 +1043,128 @@ impl Plugin for ColdChainAlerts {
             });
         }
 
-        let mut actions = Vec::with_capacity(events.len() * 2);
-        if !events.is_empty() {
-            let topic = self
-                .republish
-                .as_ref()
-                .map(|t| t.render(msg, Some(truck)))
-                .transpose()?;
-            let ts = reading.ts.unwrap_or(msg.timestamp_ms());
-            let position = match (reading.lat, reading.lon) {
-                (Some(lat), Some(lon)) => format!(" (at {lat}, {lon})"),
-                _ => String::new(),
-            };
-            for event in events {
-                let (severity, state_word, counter) = if event.raised {
-                    (event.severity, "raised", "alerts_raised")
-                } else {
-                    (Severity::Info, "recovered", "alerts_recovered")
-                };
-                shoal_sdk::metrics::counter_add(counter, 1);
-                actions.push(
-                    Action::alert(severity, event.title, format!("{}{position}", event.body))
-                        .thing(truck)
-                        .into(),
-                );
-                if let Some(topic) = &topic {
-                    let body = json!({
-                        "truck": truck,
-                        "kind": event.kind.as_str(),
-                        "state": state_word,
-                        "value": event.value,
-                        "limit": event.limit,
-                        "ts": ts,
-                        "lat": reading.lat,
-                        "lon": reading.lon,
-                    });
-                    actions.push(Action::publish_json(topic.clone(), &body).qos(1).into());
-                }
-            }
-        }
-        kv::set_json(scope, STATE_KEY, &state, Some(self.state_ttl_secs))?;
+        let stamp = Stamp {
+            ts: reading.ts.unwrap_or(msg.timestamp_ms()),
+            lat: reading.lat,
+            lon: reading.lon,
+            note: match located {
+                Some((lat, lon)) => format!(" (at {lat}, {lon})"),
+                None => String::new(),
+            },
+        };
+        let actions = self.emit(msg, truck, events, &stamp)?;
+        self.save(truck, &state, existed)?;
         Ok(actions)
+    }
+
+    /// A lifecycle event (`$aws/events/presence/...`).
+    fn on_lifecycle(&self, msg: &Message) -> Result<Vec<Action>, PluginError> {
+        let (event, change) = LifecycleEvent::parse(msg)?;
+        let Some(check) = &self.connectivity else {
+            return Ok(vec![]);
+        };
+        let named = |t: &&str| !t.is_empty();
+        let truck = msg
+            .thing_name()
+            .filter(named)
+            .or(event.client_id.as_deref().filter(named))
+            .or(msg.topic_level(4).filter(named))
+            .ok_or_else(|| {
+                PluginError::rejected(format!(
+                    "lifecycle event on {}: no thing, clientId or client id level",
+                    msg.topic()
+                ))
+            })?;
+        let (mut state, existed) = Self::load(truck)?;
+        let events: Vec<Event> = check
+            .on_event(&mut state.link, truck, &event, change, msg.timestamp_ms())
+            .into_iter()
+            .collect();
+        let stamp = Stamp {
+            ts: event.timestamp,
+            lat: state.position.as_ref().map(|p| p.lat),
+            lon: state.position.as_ref().map(|p| p.lon),
+            note: match &state.position {
+                Some(p) => format!(
+                    " (last known position {}, {}, reported {} before this event)",
+                    p.lat,
+                    p.lon,
+                    duration_text(seconds_between(p.ts, event.timestamp))
+                ),
+                None => " (no known position)".to_string(),
+            },
+        };
+        let actions = self.emit(msg, truck, events, &stamp)?;
+        self.save(truck, &state, existed)?;
+        Ok(actions)
+    }
+}
+
+impl Plugin for ColdChainAlerts {
+    fn init(config: Config) -> Result<Self, PluginError> {
+        let checks = parse_checks(config.get("checks"))?;
+        // Every key is checked even when its check is off, so a typo'd value never hides.
+        let temperature = Excursion::from_config(
+            &config,
+            Kind::Temperature,
+            "temp",
+            "max_temp_c",
+            -18.0,
+            Severity::Critical,
+        )?;
+        let humidity = Excursion::from_config(
+            &config,
+            Kind::Humidity,
+            "humidity",
+            "max_humidity",
+            85.0,
+            Severity::Warning,
+        )?;
+        let corridor = Corridor::from_config(&config)?;
+        let moving_kmh: f64 = config.parse_or("moving_kmh", 5.0)?;
+        if !moving_kmh.is_finite() || moving_kmh < 0.0 {
+            return Err(PluginError::config(format!(
+                "`moving_kmh` = {moving_kmh}: need a number >= 0"
+            )));
+        }
+        let door_severity = config.parse_or("door_severity", Severity::Critical)?;
+        let presence_severity = config.parse_or("presence_severity", Severity::Critical)?;
+        let connectivity = Connectivity::from_config(&config)?;
+        let republish = match config.get("republish") {
+            None => Some(Template::parse("fleet/{thing}/alerts")?),
+            Some(raw) if raw.trim().is_empty() => None,
+            Some(raw) => Some(Template::parse(raw.trim())?),
+        };
+        let state_ttl_secs = config.parse_or("state_ttl_secs", 86_400u32)?;
+        if state_ttl_secs == 0 {
+            return Err(PluginError::config("`state_ttl_secs` must be at least 1"));
+        }
+        let on = |kind| checks.contains(&kind);
+        Ok(ColdChainAlerts {
+            temperature: on(Kind::Temperature).then_some(temperature),
+            humidity: on(Kind::Humidity).then_some(humidity),
+            corridor: on(Kind::Corridor).then_some(corridor),
+            door: on(Kind::Door).then_some((moving_kmh, door_severity)),
+            presence: on(Kind::Presence).then_some(presence_severity),
+            connectivity: on(Kind::Connectivity).then_some(connectivity),
+            shadow_limits: config.parse_or("shadow_limits", true)?,
+            shadow_name: config
+                .get("shadow_name")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            republish,
+            thing_level: config.parse_or("thing_level", 1)?,
+            state_ttl_secs,
+        })
+    }
+
+    fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
+        if msg.topic().starts_with(LIFECYCLE_PREFIX) {
+            self.on_lifecycle(msg)
+        } else {
+            self.on_reading(msg)
+        }
     }
 }
 
@@ -991,6 +1638,22 @@ mod tests {
             &[("shadow_limits", "yes")],
             &[("republish", "fleet/{truck}/alerts")],
             &[("state_ttl_secs", "0")],
+            &[("checks", "corridor,wifi")],
+            &[("corridor_n", "4")],
+            &[("corridor_m", "0")],
+            &[("corridor_m", "65"), ("corridor_n", "2")],
+            &[("corridor_width_m", "0")],
+            &[("corridor_width_m", "-5")],
+            &[("corridor_width_m", "inf")],
+            &[("corridor_width_m", "wide")],
+            &[("corridor_severity", "loud")],
+            &[("route_shadow", "")],
+            &[("route_shadow", "my route")],
+            &[("route_shadow", "a/b")],
+            &[("route_shadow", &"r".repeat(65))],
+            &[("connectivity_ignore", "CLIENT_INITIATED")],
+            &[("connectivity_ignore", "client_initiated_disconnect")],
+            &[("connectivity_severity", "urgent")],
         ] {
             assert!(
                 matches!(
@@ -1000,5 +1663,648 @@ mod tests {
                 "{config:?}"
             );
         }
+        // Off checks are validated too; these are fine.
+        for config in [
+            &[("checks", "corridor, connectivity")][..],
+            &[
+                ("checks", "connectivity"),
+                ("corridor_n", "3"),
+                ("corridor_m", "3"),
+            ],
+            &[("checks", "door"), ("route_shadow", "plan")],
+            &[("connectivity_ignore", "")],
+            &[(
+                "connectivity_ignore",
+                "CLIENT_INITIATED_DISCONNECT,API_INITIATED_DISCONNECT",
+            )],
+            &[("route_shadow", " route-v2:$eu ")],
+            &[("corridor_width_m", "500.5"), ("corridor_severity", "info")],
+        ] {
+            assert!(Harness::<ColdChainAlerts>::new(config).is_ok(), "{config:?}");
+        }
+        assert!(matches!(
+            Harness::<ColdChainAlerts>::new(&[("checks", "connectivity"), ("corridor_n", "9")]),
+            Err(PluginError::Config(m)) if m.contains("corridor_n")
+        ));
+    }
+    // --- corridor ---
+
+    /// A simplified Hamburg–Copenhagen route: Hamburg, Kiel, Fehmarn, Copenhagen.
+    const ROUTE: [(f64, f64); 4] = [
+        (53.5511, 9.9937),
+        (54.3233, 10.1228),
+        (54.4500, 11.1900),
+        (55.6761, 12.5683),
+    ];
+    /// Near the route, between Hamburg and Kiel.
+    const ON: (f64, f64) = (53.9400, 10.0600);
+    /// About 5 km east of the route, between Hamburg and Kiel.
+    const OFF: (f64, f64) = (53.9400, 10.1350);
+
+    /// The route shadow's document, with `desired` fields replaced or added.
+    fn route_doc(fields: Value) -> Value {
+        let points: Vec<[f64; 2]> = ROUTE.iter().map(|&(lat, lon)| [lat, lon]).collect();
+        let mut desired = json!({"name": "hamburg-copenhagen", "points": points, "corridorM": 2000});
+        for (k, v) in fields.as_object().unwrap() {
+            desired[k] = v.clone();
+        }
+        json!({"state": {"desired": desired}, "version": 3})
+    }
+
+    /// A reading of `truck` at `position`.
+    fn at(truck: &str, (lat, lon): (f64, f64)) -> Message {
+        reading_with(truck, json!({"lat": lat, "lon": lon}))
+    }
+
+    fn off_m(position: (f64, f64)) -> f64 {
+        shoal_sdk::geo::distance_to_polyline_m(position, &ROUTE)
+    }
+
+    fn state_of(h: &Harness<ColdChainAlerts>, truck: &str) -> TruckState {
+        h.kv_get_json(Scope::Thing(truck), STATE_KEY).unwrap()
+    }
+
+    #[test]
+    fn corridor_two_of_three_raises_once_then_recovers_once() {
+        assert!(off_m(ON) < 500.0 && (4_000.0..6_000.0).contains(&off_m(OFF)));
+        let mut h = harness(&[]);
+        h.set_shadow("truck-7", Some("route"), route_doc(json!({})));
+        let go = |h: &mut Harness<ColdChainAlerts>, position| {
+            let actions = h.send(at("truck-7", position)).unwrap();
+            (events("truck-7", &actions), actions)
+        };
+        assert_eq!(go(&mut h, ON).0, []);
+        assert_eq!(go(&mut h, OFF).0, [], "one of three is a blip");
+        h.restart().unwrap();
+        assert_eq!(go(&mut h, ON).0, []);
+        // OFF, ON, OFF: two of the last three, and the window survived the restart.
+        let (got, actions) = go(&mut h, OFF);
+        assert_eq!(got, [ev("corridor", "raised", Severity::Warning)]);
+        let metres = off_m(OFF).round();
+        assert_eq!(
+            publish_body(&actions[1]),
+            json!({
+                "truck": "truck-7", "kind": "corridor", "state": "raised", "value": metres as u64,
+                "limit": 2000.0, "ts": TS, "lat": OFF.0, "lon": OFF.1,
+            })
+        );
+        let alert = actions[0].as_alert().unwrap();
+        assert_eq!(
+            alert.title,
+            format!("truck-7: {metres} m off the planned route hamburg-copenhagen (corridor 2000 m)")
+        );
+        assert!(alert.body.contains("2 of the last 3 positions"), "{}", alert.body);
+        assert_eq!(go(&mut h, OFF).0, [], "still off: no repeat");
+        assert_eq!(go(&mut h, ON).0, [], "OFF, OFF, ON: still two of three");
+        let (got, actions) = go(&mut h, ON);
+        assert_eq!(got, [ev("corridor", "recovered", Severity::Info)]);
+        assert_eq!(
+            actions[0].as_alert().unwrap().title,
+            "truck-7: back within 2000 m of the planned route hamburg-copenhagen"
+        );
+        let body = publish_body(&actions[1]);
+        assert_eq!(
+            (body["value"].clone(), body["limit"].clone()),
+            (json!(off_m(ON).round() as u64), json!(2000.0))
+        );
+        assert_eq!(go(&mut h, ON).0, [], "one recovery only");
+        assert_eq!(h.counter("alerts_raised"), 1);
+        assert_eq!(h.counter("alerts_recovered"), 1);
+    }
+
+    #[test]
+    fn corridor_width_and_route_come_from_the_shadow_or_the_config() {
+        let config = [("checks", "corridor"), ("corridor_n", "1"), ("corridor_m", "1")];
+        let mut h = harness(&config);
+        // A wider corridor in the route: 5 km off is inside 10 km.
+        h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": 10_000})));
+        assert_eq!(events("t1", &h.send(at("t1", OFF)).unwrap()), []);
+        // Nothing is cached: a narrower one applies to the next reading.
+        h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": 4_000.5})));
+        let actions = h.send(at("t1", OFF)).unwrap();
+        assert_eq!(
+            events("t1", &actions),
+            [ev("corridor", "raised", Severity::Warning)]
+        );
+        assert_eq!(publish_body(&actions[1])["limit"], json!(4_000.5));
+        assert!(
+            actions[0]
+                .as_alert()
+                .unwrap()
+                .title
+                .ends_with("(corridor 4000.5 m)")
+        );
+
+        // Without corridorM, or with one that is not a positive number: the configuration's.
+        let mut h = harness(&[
+            ("checks", "corridor"),
+            ("corridor_n", "1"),
+            ("corridor_m", "1"),
+            ("corridor_width_m", "6000"),
+            ("corridor_severity", "critical"),
+        ]);
+        h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": null})));
+        assert_eq!(events("t1", &h.send(at("t1", OFF)).unwrap()), []);
+        for bad in [json!("wide"), json!(0), json!(-500), json!([1])] {
+            h.take_logs();
+            h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": bad})));
+            assert_eq!(events("t1", &h.send(at("t1", OFF)).unwrap()), [], "{bad}");
+            assert!(
+                h.logs().iter().any(|l| l.message.contains("corridorM")),
+                "{bad} is logged"
+            );
+        }
+        h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": 3000})));
+        assert_eq!(
+            events("t1", &h.send(at("t1", OFF)).unwrap()),
+            [ev("corridor", "raised", Severity::Critical)]
+        );
+
+        // Another shadow name; a route without a name.
+        let mut h = harness(&[
+            ("checks", "corridor"),
+            ("corridor_n", "1"),
+            ("corridor_m", "1"),
+            ("route_shadow", "plan"),
+        ]);
+        h.set_shadow("t1", Some("route"), route_doc(json!({"corridorM": 1})));
+        assert_eq!(
+            events("t1", &h.send(at("t1", ON)).unwrap()),
+            [],
+            "not the configured shadow"
+        );
+        h.set_shadow("t1", Some("plan"), route_doc(json!({"name": null})));
+        let actions = h.send(at("t1", OFF)).unwrap();
+        assert!(
+            actions[0]
+                .as_alert()
+                .unwrap()
+                .title
+                .contains("m off the planned route (corridor 2000 m)"),
+            "{:?}",
+            actions[0]
+        );
+    }
+
+    #[test]
+    fn corridor_skips_readings_without_a_usable_route_or_position() {
+        let mut h = harness(&[("checks", "corridor"), ("corridor_n", "1"), ("corridor_m", "1")]);
+        let skipped = |h: &mut Harness<ColdChainAlerts>, msg: Message| {
+            assert_eq!(events("t1", &h.send(msg).unwrap()), []);
+            let state: Option<TruckState> = h.kv_get_json(Scope::Thing("t1"), STATE_KEY);
+            assert_eq!(
+                state.unwrap_or_default().corridor,
+                Window::default(),
+                "window unchanged"
+            );
+        };
+        // No route shadow at all.
+        skipped(&mut h, at("t1", OFF));
+        // No points, or no desired state: skipped quietly.
+        for doc in [
+            json!({"state": {"reported": {"points": [[0, 0]]}}}),
+            route_doc(json!({"points": null})),
+            route_doc(json!({"points": []})),
+            json!({"state": {"desired": {"name": "depot"}}}),
+        ] {
+            h.take_logs();
+            h.set_shadow("t1", Some("route"), doc);
+            skipped(&mut h, at("t1", OFF));
+            assert_eq!(h.logs(), [], "nothing to warn about");
+        }
+        // Malformed points: one warning per reading.
+        for points in [
+            json!("hamburg, kiel"),
+            json!({"0": [53.5, 9.9]}),
+            json!([[53.5, 9.9], [54.3]]),
+            json!([[53.5, 9.9, 0.0]]),
+            json!([["53.5", "9.9"]]),
+            json!([[91.0, 9.9]]),
+            json!([[53.5, -180.5]]),
+            json!([null]),
+        ] {
+            h.take_logs();
+            h.set_shadow("t1", Some("route"), route_doc(json!({"points": points})));
+            skipped(&mut h, at("t1", OFF));
+            let warnings: Vec<_> = h
+                .logs()
+                .into_iter()
+                .filter(|l| l.level == shoal_sdk::log::Level::Warn)
+                .collect();
+            assert_eq!(warnings.len(), 1, "{points}: {warnings:?}");
+            assert!(warnings[0].message.contains("desired.points"), "{warnings:?}");
+        }
+        // A usable route, but readings without a (valid) position.
+        h.set_shadow("t1", Some("route"), route_doc(json!({})));
+        h.take_logs();
+        skipped(&mut h, reading_with("t1", json!({"lat": null})));
+        let mut r = reading("t1");
+        r.as_object_mut().unwrap().remove("lon");
+        skipped(&mut h, Message::json("fleet/t1/telemetry", r));
+        assert_eq!(h.logs(), []);
+        skipped(&mut h, reading_with("t1", json!({"lat": 123.0})));
+        assert!(h.logs().iter().any(|l| l.message.contains("out of range")));
+        // The range is inclusive.
+        h.set_shadow(
+            "t1",
+            Some("route"),
+            route_doc(json!({"points": [[90, 180], [-90, -180]]})),
+        );
+        assert_eq!(h.send(at("t1", (0.0, 0.0))).unwrap().len(), 2);
+        // The route shadow unreadable: a failure.
+        h.fail_shadow_reads(Some("timeout"));
+        assert!(matches!(h.send(at("t1", OFF)), Err(PluginError::Failed(_))));
+        // ...but nothing reads it for a reading without a position.
+        assert!(
+            h.send(reading_with("t1", json!({"lat": null})))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    // --- connectivity ---
+
+    /// A lifecycle event as the broker publishes it (its broker time is its `timestamp`):
+    /// `connected` when `reason` is `None`.
+    fn lifecycle(client: &str, version: u64, at_ms: u64, reason: Option<&str>) -> Message {
+        let kind = if reason.is_some() {
+            "disconnected"
+        } else {
+            "connected"
+        };
+        let mut doc = json!({
+            "clientId": client, "timestamp": at_ms, "eventType": kind,
+            "sessionIdentifier": format!("{version:032x}"), "principalIdentifier": "3f2a9c",
+            "versionNumber": version,
+        });
+        match reason {
+            Some(reason) => {
+                doc["clientInitiatedDisconnect"] = json!(reason == "CLIENT_INITIATED_DISCONNECT");
+                doc["disconnectReason"] = json!(reason);
+            }
+            None => doc["ipAddress"] = json!("192.0.2.7"),
+        }
+        Message::json(format!("$aws/events/presence/{kind}/{client}"), doc)
+            .with_client_id(client)
+            .with_timestamp_ms(at_ms)
+    }
+
+    fn connected(client: &str, version: u64, at_ms: u64) -> Message {
+        lifecycle(client, version, at_ms, None)
+    }
+
+    fn disconnected(client: &str, version: u64, at_ms: u64, reason: &str) -> Message {
+        lifecycle(client, version, at_ms, Some(reason))
+    }
+
+    #[test]
+    fn connection_loss_raises_once_and_reconnection_recovers_once() {
+        let mut h = harness(&[]);
+        // The last reading with a position is where the truck was last seen.
+        h.send(reading_with("truck-7", json!({"lat": 54.1, "lon": 10.2})))
+            .unwrap();
+        h.send(reading_with("truck-7", json!({"lat": null, "lon": null})))
+            .unwrap();
+        assert_eq!(
+            events("truck-7", &h.send(connected("truck-7", 5, TS)).unwrap()),
+            []
+        );
+        h.advance_secs(60);
+        let lost_at = h.now_ms();
+        let actions = h
+            .send(disconnected("truck-7", 5, lost_at, "MQTT_KEEP_ALIVE_TIMEOUT"))
+            .unwrap();
+        assert_eq!(
+            events("truck-7", &actions),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+        assert_eq!(
+            publish_body(&actions[1]),
+            json!({
+                "truck": "truck-7", "kind": "connectivity", "state": "raised",
+                "value": "MQTT_KEEP_ALIVE_TIMEOUT", "limit": null, "ts": lost_at,
+                "lat": 54.1, "lon": 10.2,
+            })
+        );
+        let alert = actions[0].as_alert().unwrap();
+        assert_eq!(alert.title, "truck-7: connection lost (MQTT_KEEP_ALIVE_TIMEOUT)");
+        assert!(
+            alert
+                .body
+                .contains("last known position 54.1, 10.2, reported 1 min 0 s before"),
+            "{}",
+            alert.body
+        );
+        // A duplicate, or another loss: no repeat.
+        assert_eq!(
+            h.send(disconnected("truck-7", 5, lost_at, "MQTT_KEEP_ALIVE_TIMEOUT"))
+                .unwrap(),
+            []
+        );
+        assert_eq!(
+            h.send(disconnected("truck-7", 6, lost_at + 5, "CONNECTION_LOST"))
+                .unwrap(),
+            []
+        );
+        // The open alert is in kv.
+        h.restart().unwrap();
+        h.advance_secs(95);
+        let actions = h.send(connected("truck-7", 7, h.now_ms())).unwrap();
+        assert_eq!(
+            events("truck-7", &actions),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        assert_eq!(
+            publish_body(&actions[1]),
+            json!({
+                "truck": "truck-7", "kind": "connectivity", "state": "recovered", "value": 95,
+                "limit": null, "ts": lost_at + 95_000, "lat": 54.1, "lon": 10.2,
+            })
+        );
+        assert_eq!(
+            actions[0].as_alert().unwrap().title,
+            "truck-7: connected again after 1 min 35 s"
+        );
+        assert_eq!(h.send(connected("truck-7", 7, h.now_ms())).unwrap(), [], "once");
+        assert_eq!(
+            events("truck-7", &h.send(reading_with("truck-7", json!({}))).unwrap()),
+            []
+        );
+        assert_eq!(h.counter("alerts_raised"), 1);
+        assert_eq!(h.counter("alerts_recovered"), 1);
+        // The next loss raises again; without any known position, lat/lon are null.
+        let mut h = harness(&[("checks", "connectivity"), ("connectivity_severity", "critical")]);
+        let actions = h.send(disconnected("truck-8", 2, TS, "CONNECTION_LOST")).unwrap();
+        assert_eq!(
+            events("truck-8", &actions),
+            [ev("connectivity", "raised", Severity::Critical)]
+        );
+        let body = publish_body(&actions[1]);
+        assert_eq!(
+            (body["lat"].clone(), body["lon"].clone()),
+            (Value::Null, Value::Null)
+        );
+        assert!(actions[0].as_alert().unwrap().body.contains("no known position"));
+    }
+
+    #[test]
+    fn clean_stale_and_early_messages_do_not_raise_or_recover() {
+        let mut h = harness(&[("checks", "connectivity")]);
+        let send = |h: &mut Harness<ColdChainAlerts>, msg| events("t1", &h.send(msg).unwrap());
+        // Switched off cleanly: not a loss.
+        assert_eq!(send(&mut h, connected("t1", 7, TS)), []);
+        assert_eq!(
+            send(
+                &mut h,
+                disconnected("t1", 7, TS + 1_000, "CLIENT_INITIATED_DISCONNECT")
+            ),
+            []
+        );
+        // Connection 8 took the client id over; connection 7's late disconnection is stale.
+        assert_eq!(send(&mut h, connected("t1", 8, TS + 2_000)), []);
+        h.take_logs();
+        assert_eq!(
+            send(&mut h, disconnected("t1", 7, TS + 2_001, "DUPLICATE_CLIENTID")),
+            []
+        );
+        assert!(h.logs().iter().any(|l| l.message.contains("stale")));
+        assert_eq!(state_of(&h, "t1").link.lost, None);
+        // Connection 8 lost.
+        h.set_now_ms(TS + 10_000);
+        assert_eq!(
+            send(&mut h, disconnected("t1", 8, TS + 10_000, "CONNECTION_LOST")),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+        // A connected event of that connection or an older one (out of order): not a recovery.
+        assert_eq!(send(&mut h, connected("t1", 8, TS + 11_000)), []);
+        assert_eq!(send(&mut h, connected("t1", 6, TS + 11_000)), []);
+        // A reading the broker received before the disconnection: not a recovery either.
+        let early = reading_with("t1", json!({})).with_timestamp_ms(TS + 9_000);
+        assert_eq!(send(&mut h, early), []);
+        // A reading received after it is: the truck is back (its connected event got lost).
+        let actions = h
+            .send(reading_with("t1", json!({"lat": 55.0, "lon": 12.0})).with_timestamp_ms(TS + 40_400))
+            .unwrap();
+        assert_eq!(
+            events("t1", &actions),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        let body = publish_body(&actions[1]);
+        assert_eq!(
+            (body["value"].clone(), body["ts"].clone(), body["lat"].clone()),
+            (json!(30), json!(TS), json!(55.0)),
+            "the reading's ts and position"
+        );
+        assert!(
+            actions[0]
+                .as_alert()
+                .unwrap()
+                .title
+                .contains("reporting again after 30 s")
+        );
+        assert_eq!(send(&mut h, reading_with("t1", json!({}))), [], "once");
+
+        // What is ignored is configurable; empty: every disconnection is a loss.
+        let mut h = harness(&[("checks", "connectivity"), ("connectivity_ignore", "")]);
+        assert_eq!(
+            send(&mut h, disconnected("t1", 1, TS, "CLIENT_INITIATED_DISCONNECT")).len(),
+            1
+        );
+        let mut h = harness(&[
+            ("checks", "connectivity"),
+            (
+                "connectivity_ignore",
+                " SERVER_INITIATED_DISCONNECT , MQTT_KEEP_ALIVE_TIMEOUT",
+            ),
+        ]);
+        assert_eq!(
+            send(&mut h, disconnected("t1", 1, TS, "SERVER_INITIATED_DISCONNECT")),
+            []
+        );
+        assert_eq!(
+            send(&mut h, disconnected("t1", 1, TS, "MQTT_KEEP_ALIVE_TIMEOUT")),
+            []
+        );
+        assert_eq!(
+            send(&mut h, disconnected("t1", 1, TS, "CLIENT_INITIATED_DISCONNECT")),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+    }
+
+    #[test]
+    fn lifecycle_events_name_the_truck_by_thing_client_id_or_topic() {
+        let mut h = harness(&[("checks", "connectivity")]);
+        let msg = disconnected("client-9", 1, TS, "CONNECTION_LOST").with_thing_name("truck-9");
+        let actions = h.send(msg).unwrap();
+        assert_eq!(events("truck-9", &actions).len(), 1, "the registry thing wins");
+        assert!(state_of(&h, "truck-9").link.lost.is_some());
+        let actions = h.send(disconnected("t2", 1, TS, "CONNECTION_LOST")).unwrap();
+        assert_eq!(events("t2", &actions).len(), 1, "else the clientId");
+        let mut doc: Value =
+            serde_json::from_slice(disconnected("x", 1, TS, "CONNECTION_LOST").payload()).unwrap();
+        doc.as_object_mut().unwrap().remove("clientId");
+        let msg = Message::json("$aws/events/presence/disconnected/t3", doc.clone());
+        assert_eq!(events("t3", &h.send(msg).unwrap()).len(), 1, "else the topic");
+        let msg = Message::json("$aws/events/presence/disconnected/", doc);
+        assert!(matches!(h.send(msg), Err(PluginError::Rejected(_))), "else none");
+        // Lifecycle events are never readings, whatever `thing_level` says.
+        let mut h = harness(&[("thing_level", "3")]);
+        assert_eq!(h.send(connected("t4", 1, TS)).unwrap(), []);
+        assert_eq!(h.kv_keys(), [(Some("t4".to_string()), STATE_KEY.to_string())]);
+    }
+
+    #[test]
+    fn malformed_lifecycle_events_are_rejected_without_touching_state() {
+        let mut h = harness(&[]);
+        h.send(reading_with("t1", json!({}))).unwrap();
+        h.send(connected("t1", 5, TS)).unwrap();
+        let before = h.kv_get(Scope::Thing("t1"), STATE_KEY).unwrap();
+        let good = |kind: &str| {
+            let reason = (kind == "disconnected").then_some("CONNECTION_LOST");
+            serde_json::from_slice::<Value>(lifecycle("t1", 6, TS, reason).payload()).unwrap()
+        };
+        let with = |kind: &str, field: &str, value: Value| {
+            let mut doc = good(kind);
+            if value.is_null() {
+                doc.as_object_mut().unwrap().remove(field);
+            } else {
+                doc[field] = value;
+            }
+            doc.to_string().into_bytes()
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("connected", b"not json".to_vec()),
+            ("connected", b"[1,2]".to_vec()),
+            ("connected", b"\"connected\"".to_vec()),
+            ("connected", with("connected", "timestamp", Value::Null)),
+            ("connected", with("connected", "timestamp", json!("now"))),
+            ("connected", with("connected", "versionNumber", Value::Null)),
+            ("connected", with("connected", "versionNumber", json!(-1))),
+            ("connected", with("connected", "eventType", Value::Null)),
+            ("connected", with("connected", "eventType", json!("disconnected"))),
+            ("connected", with("connected", "clientId", json!(7))),
+            (
+                "disconnected",
+                with("disconnected", "disconnectReason", Value::Null),
+            ),
+            (
+                "disconnected",
+                with("disconnected", "disconnectReason", json!("")),
+            ),
+            (
+                "disconnected",
+                with("disconnected", "disconnectReason", json!(42)),
+            ),
+            ("subscribed", with("connected", "eventType", json!("subscribed"))),
+        ];
+        for (kind, payload) in cases {
+            let msg = Message::new(format!("$aws/events/presence/{kind}/t1"), payload.clone());
+            let result = h.send(msg);
+            assert!(
+                matches!(&result, Err(PluginError::Rejected(why)) if why.starts_with("lifecycle event on $aws/events/presence/")),
+                "{kind}: {}: {result:?}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        assert_eq!(
+            h.kv_get(Scope::Thing("t1"), STATE_KEY).unwrap(),
+            before,
+            "untouched"
+        );
+        let Err(PluginError::Rejected(why)) = h.send(Message::new(
+            "$aws/events/presence/connected/t1",
+            with("connected", "versionNumber", Value::Null),
+        )) else {
+            panic!()
+        };
+        assert!(why.contains("versionNumber"), "{why}");
+
+        // With the check off, lifecycle events are ignored, but malformed ones still rejected.
+        let mut h = harness(&[("checks", "temperature")]);
+        let msg = disconnected("t1", 1, TS, "CONNECTION_LOST");
+        assert_eq!(h.send(msg).unwrap(), []);
+        assert_eq!(h.kv_keys(), []);
+        let msg = Message::new("$aws/events/presence/connected/t1", "{}");
+        assert!(matches!(h.send(msg), Err(PluginError::Rejected(_))));
+    }
+
+    #[test]
+    fn documents_of_the_previous_version_load() {
+        let mut h = harness(&[]);
+        // As the version without corridor and connectivity wrote it: two hot readings of two,
+        // a door alert open.
+        let old = br#"{"temperature":{"bits":3,"len":2,"alerting":false},"humidity":{"bits":0,"len":1,"alerting":false},"door_open":true,"presence":false}"#;
+        h.kv_set(Scope::Thing("t1"), STATE_KEY, old, Some(86_400));
+        let actions = h
+            .send(reading_with("t1", json!({"tempC": -10.0, "door": "closed"})))
+            .unwrap();
+        assert_eq!(
+            events("t1", &actions),
+            [
+                ev("temperature", "raised", Severity::Critical),
+                ev("door", "recovered", Severity::Info)
+            ]
+        );
+        let state = state_of(&h, "t1");
+        assert_eq!((state.temperature.len, state.temperature.breaches()), (3, 3));
+        assert_eq!(state.corridor, Window::default());
+        assert_eq!(state.link, Link::default());
+        assert_eq!(
+            state.position,
+            Some(Fix {
+                lat: 53.55,
+                lon: 9.99,
+                ts: TS
+            })
+        );
+        // The connectivity part starts empty and works.
+        h.send(connected("t1", 3, TS)).unwrap();
+        assert_eq!(
+            events("t1", &h.send(disconnected("t1", 3, TS, "THROTTLED")).unwrap()),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+    }
+
+    #[test]
+    fn the_last_position_is_the_latest_reading_with_one() {
+        let mut h = harness(&[("checks", "connectivity")]);
+        let send = |h: &mut Harness<ColdChainAlerts>, fields: Value| {
+            h.send(reading_with("t1", fields)).unwrap();
+            state_of(h, "t1").position.map(|p| (p.lat, p.lon, p.ts))
+        };
+        assert_eq!(
+            send(&mut h, json!({"lat": 54.0, "lon": 10.0, "ts": 2_000})),
+            Some((54.0, 10.0, 2_000))
+        );
+        assert_eq!(
+            send(&mut h, json!({"lat": 54.5, "lon": 10.5, "ts": 1_000})),
+            Some((54.0, 10.0, 2_000)),
+            "an older reading"
+        );
+        assert_eq!(
+            send(&mut h, json!({"lat": 91.0, "lon": 10.5, "ts": 3_000})),
+            Some((54.0, 10.0, 2_000)),
+            "out of range"
+        );
+        assert_eq!(
+            send(&mut h, json!({"lat": null, "ts": 3_000})),
+            Some((54.0, 10.0, 2_000))
+        );
+        let mut r = reading("t1");
+        r.as_object_mut().unwrap().remove("ts");
+        h.send(Message::json("fleet/t1/telemetry", r).with_timestamp_ms(5_000))
+            .unwrap();
+        assert_eq!(
+            state_of(&h, "t1").position.map(|p| p.ts),
+            Some(5_000),
+            "else the broker's time"
+        );
+        // Other checks off: connectivity alone needs no shadow.
+        h.fail_shadow_reads(Some("timeout"));
+        assert!(h.send(reading_with("t1", json!({}))).unwrap().is_empty());
+        // Without connectivity, positions are not kept.
+        let mut h = harness(&[("checks", "presence,corridor")]);
+        h.send(reading_with("t1", json!({}))).unwrap();
+        assert_eq!(h.kv_keys(), [], "nothing to remember");
     }
 }

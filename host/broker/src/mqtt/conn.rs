@@ -13,6 +13,7 @@ use ntex_mqtt::{v3, v5};
 
 use crate::auth::Principal;
 use crate::broker::{Broker, Will};
+use crate::lifecycle::{self, DisconnectReason};
 use crate::message::{ClientId, QoS, now_ms};
 use crate::metrics::BrokerMetrics;
 use crate::session::{ConnCtl, KickReason, Outgoing, Session};
@@ -37,6 +38,17 @@ pub struct Conn {
     pub(crate) protocol_errors: Cell<u32>,
     /// Keeps PUBLISH packets routed in arrival order (see [`Turn`]).
     pub(crate) order: PublishOrder,
+    /// Why the connection is ending, once known (the first reason wins).
+    pub(crate) ending: Cell<Option<DisconnectReason>>,
+}
+
+impl Conn {
+    /// Records why the connection ends, unless a reason was recorded already.
+    pub(crate) fn ending(&self, reason: DisconnectReason) {
+        if self.ending.get().is_none() {
+            self.ending.set(Some(reason));
+        }
+    }
 }
 
 /// ntex-mqtt runs publish handlers of one connection concurrently, and a payload that spans
@@ -105,6 +117,20 @@ impl Drop for Conn {
     fn drop(&mut self) {
         let will = self.will.borrow_mut().take();
         self.broker.detach(&self.session, self.ctl.generation, will);
+        let reason = match self.ctl.kicked() {
+            Some(KickReason::SessionTakenOver) => DisconnectReason::DuplicateClientId,
+            Some(KickReason::ServerShuttingDown) => DisconnectReason::ServerInitiated,
+            Some(KickReason::NotAuthorized) => DisconnectReason::ForbiddenAccess,
+            Some(KickReason::QuotaExceeded) => DisconnectReason::Throttled,
+            None => self.ending.get().unwrap_or(DisconnectReason::ConnectionLost),
+        };
+        lifecycle::disconnected(
+            &self.broker,
+            &self.client_id,
+            &self.principal,
+            self.ctl.generation,
+            reason,
+        );
         self.broker.metrics.connections.fetch_sub(1, Relaxed);
         // Wake the writer so it sees the session is no longer attached to it.
         self.ctl.notify.notify_one();

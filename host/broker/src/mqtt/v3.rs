@@ -16,6 +16,7 @@ use super::{Ctx, HandlerError, WillParts, will_message};
 use crate::auth::{Action, AuthRefusal, ConnectRequest};
 use crate::broker::ConnectParams;
 use crate::hook::Origin;
+use crate::lifecycle::DisconnectReason;
 use crate::message::{ClientId, Message, MessageProps, QoS};
 use crate::metrics::BrokerMetrics;
 use crate::session::SubOptions;
@@ -167,6 +168,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
             topic_alias_max: 0,
         },
     );
+    crate::lifecycle::connected(&b, &client_id, &principal, attached.ctl.generation, peer_addr);
     let conn = Rc::new(Conn {
         broker: b.clone(),
         session: attached.session,
@@ -179,6 +181,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v3::Connect) -> Result<v3::ConnectAck<R
         listener: ctx.listener,
         protocol_errors: Cell::new(0),
         order: Default::default(),
+        ending: Default::default(),
     });
     let mut ack = c
         .ack(conn, attached.session_present)
@@ -322,9 +325,18 @@ pub(crate) async fn protocol(
         v3::ProtocolMessage::Disconnect(d) => {
             // A normal DISCONNECT discards the will [MQTT-3.14.4-3].
             conn.will.borrow_mut().take();
+            conn.ending(DisconnectReason::ClientInitiated);
             Ok(d.ack())
         }
         other => Ok(other.ack()),
+    }
+}
+
+/// Why a protocol error ends a connection, as a lifecycle event says it.
+pub(crate) fn ending_of(e: &ntex_mqtt::error::MqttProtocolError) -> DisconnectReason {
+    match e {
+        ntex_mqtt::error::MqttProtocolError::KeepAliveTimeout => DisconnectReason::KeepAliveTimeout,
+        _ => DisconnectReason::ClientError,
     }
 }
 
@@ -335,11 +347,13 @@ pub(crate) async fn control(
     let conn: &Conn = s;
     match c {
         Control::Stop(Reason::Error(e)) => {
+            conn.ending(DisconnectReason::ClientError);
             BrokerMetrics::inc(&conn.broker.metrics.protocol_errors);
             tracing::info!(client_id = %conn.client_id, "closing connection: {}", e.get_ref().message);
             Ok(None)
         }
         Control::Stop(Reason::Protocol(e)) => {
+            conn.ending(ending_of(e.get_ref()));
             BrokerMetrics::inc(&conn.broker.metrics.protocol_errors);
             tracing::info!(client_id = %conn.client_id, "protocol error, closing: {}", e.get_ref());
             Ok(None)

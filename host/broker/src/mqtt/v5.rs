@@ -18,6 +18,7 @@ use super::{Ctx, HandlerError, WillParts, will_message};
 use crate::auth::{Action, AuthRefusal, ConnectRequest};
 use crate::broker::ConnectParams;
 use crate::hook::Origin;
+use crate::lifecycle::DisconnectReason;
 use crate::message::{ClientId, Message, MessageProps, QoS};
 use crate::metrics::BrokerMetrics;
 use crate::session::SubOptions;
@@ -165,6 +166,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
         Sink::V5(c.sink()),
         peer,
     );
+    crate::lifecycle::connected(&b, &client_id, &principal, attached.ctl.generation, peer_addr);
     let conn = Rc::new(Conn {
         broker: b.clone(),
         session: attached.session,
@@ -177,6 +179,7 @@ pub(crate) async fn connect(ctx: Ctx, c: v5::Connect) -> Result<v5::ConnectAck<R
         listener: ctx.listener,
         protocol_errors: Cell::new(0),
         order: Default::default(),
+        ending: Default::default(),
     });
     let max_keep_alive = lim.max_keep_alive_secs;
     let (receive_max, alias_max, max_packet) =
@@ -434,6 +437,7 @@ pub(crate) async fn protocol(
                 }
                 b.set_session_expiry(&conn.session, expiry.min(b.cfg.limits.max_session_expiry_secs));
             }
+            conn.ending(DisconnectReason::ClientInitiated);
             Ok(d.ack())
         }
         v5::ProtocolMessage::Auth(_) => Err(HandlerError::new(
@@ -451,6 +455,7 @@ pub(crate) async fn control(
     let conn: &Conn = s;
     match c {
         Control::Stop(Reason::Error(e)) => {
+            conn.ending(DisconnectReason::ClientError);
             let e = e.into();
             BrokerMetrics::inc(&conn.broker.metrics.protocol_errors);
             tracing::info!(client_id = %conn.client_id, reason = ?e.reason, "disconnecting client: {}", e.message);
@@ -464,6 +469,7 @@ pub(crate) async fn control(
             ))
         }
         Control::Stop(Reason::Protocol(e)) => {
+            conn.ending(super::v3::ending_of(e.get_ref()));
             BrokerMetrics::inc(&conn.broker.metrics.protocol_errors);
             conn.protocol_errors.set(conn.protocol_errors.get() + 1);
             let err = e.get_ref();

@@ -196,8 +196,13 @@ pub(super) fn signed_parts<'a>(
 pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // /mqtt authenticates its upgrade itself (a presigned URL, or a TLS client certificate
-    // judged at CONNECT).
-    if path == "/health" || path == "/metrics" || path == "/mqtt" || path == super::OPENAPI_PATH {
+    // judged at CONNECT); the dashboard's static files hold no data.
+    if path == "/health"
+        || path == "/metrics"
+        || path == "/mqtt"
+        || path == super::OPENAPI_PATH
+        || super::dashboard::is_dashboard(path)
+    {
         return next.run(req).await;
     }
     if has_dot_segment(path) {

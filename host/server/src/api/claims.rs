@@ -12,6 +12,7 @@ use super::openapi::{Api, Op};
 use super::registry::AwsQuery;
 use super::{AppState, blocking};
 use crate::claim::{self, ClaimError, ClaimQuery};
+use shoal_things::shadow::{ShadowKey, ShadowName, ThingName};
 
 /// Routes.
 pub fn routes() -> Api {
@@ -43,6 +44,12 @@ struct VerifyParams {
     max_gap: Option<u64>,
     /// The rule whose archive holds the telemetry (default `telemetry`).
     archive: Option<String>,
+    /// The named shadow whose `state.desired` holds the planned route (`{"name", "points":
+    /// [[lat, lon], ...], "corridorM"}`), default `route`; empty: check no route.
+    route_shadow: Option<String>,
+    /// How far from the planned route a truck may be, metres (default: the plan's
+    /// `corridorM`, else 2000).
+    corridor: Option<f64>,
     /// `json` (default) or `html`.
     format: Option<String>,
 }
@@ -57,6 +64,37 @@ impl From<ClaimError> for ApiError {
                 body: serde_json::json!({ "message": e.to_string() }),
             },
         }
+    }
+}
+
+/// The plan in `thing`'s named shadow `name`, if it has a usable one.
+async fn planned_route(
+    s: &AppState,
+    thing: &str,
+    name: &str,
+    corridor: Option<f64>,
+) -> Result<Option<claim::PlannedRoute>, ApiError> {
+    let thing_name = ThingName::parse(thing).map_err(|e| ApiError::bad_request(format!("thing: {e}")))?;
+    let shadow = ShadowName::parse(name).map_err(|e| ApiError::bad_request(format!("routeShadow: {e}")))?;
+    match s
+        .shadows
+        .get(&ShadowKey::new(thing_name, Some(shadow)), b"")
+        .await
+    {
+        Ok(doc) => {
+            let version = doc
+                .get("version")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let source = format!("shadow {name} of {thing}, version {version}");
+            Ok(claim::PlannedRoute::from_shadow(&doc, source, corridor))
+        }
+        Err(r) if r.error.code == 404 => Ok(None),
+        Err(r) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error_type: "ServiceUnavailableException",
+            body: serde_json::json!({ "message": format!("cannot read the planned route: {}", r.error) }),
+        }),
     }
 }
 
@@ -78,7 +116,17 @@ async fn verify(
     if !max_temp_c.is_finite() || !max_humidity.is_finite() {
         return Err(ApiError::bad_request("maxTemp and maxHumidity must be numbers"));
     }
+    if p.corridor.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+        return Err(ApiError::bad_request(
+            "corridor must be a positive number of metres",
+        ));
+    }
+    let route = match p.route_shadow.as_deref().unwrap_or("route") {
+        "" => None,
+        name => planned_route(&s, &p.thing, name, p.corridor).await?,
+    };
     let q = ClaimQuery {
+        route,
         thing: p.thing,
         from_ms: claim::parse_time(&p.from)?,
         to_ms: claim::parse_time(&p.to)?,

@@ -5,6 +5,7 @@
 mod auth;
 mod aws_identity;
 mod claims;
+mod dashboard;
 
 pub use auth::TlsPeer;
 mod dataplane;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// Where archive rule actions write (`DATA/archive`), for claim verification.
     pub archive_dir: Option<std::path::PathBuf>,
+    /// Serve the dashboard's files from this directory instead of the embedded copies.
+    pub dashboard_dir: Option<std::path::PathBuf>,
 }
 
 /// HTTP answers by method, route (the matched pattern, not the raw path) and status, for
@@ -164,6 +167,7 @@ impl AppState {
             body_read_timeout: std::time::Duration::from_secs(30),
             http_metrics: Arc::default(),
             archive_dir: None,
+            dashboard_dir: None,
         }
     }
 }
@@ -216,6 +220,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/mqtt", get(ws::upgrade))
         .route(OPENAPI_PATH, get(openapi))
+        .route("/dashboard", get(dashboard::redirect))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::file))
         .merge(routes)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_answers))
         .layer(axum::middleware::from_fn_with_state(

@@ -285,7 +285,17 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::try_from_uri(&parts.uri)
+        // A presigned URL's own parameters (`X-Amz-Algorithm`, `X-Amz-Signature`, ...) were
+        // checked by the authentication layer; the operation never sees them.
+        let query = parts.uri.query().unwrap_or("");
+        let own: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.get(..6).is_some_and(|k| k.eq_ignore_ascii_case("X-Amz-")))
+            .collect();
+        let uri: axum::http::Uri = format!("/?{}", own.join("&"))
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        Query::<T>::try_from_uri(&uri)
             .map(|Query(q)| AwsQuery(q))
             .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {}", e.body_text())))
     }

@@ -6,9 +6,6 @@ use super::super::ops;
 use super::super::value::{Num, Value, round_decimal, whole_to_i64};
 use super::{Func, nums};
 
-/// Mean Earth radius (IUGG), in metres, for `geo_distance`.
-pub(crate) const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
 pub(super) fn call<'a>(func: Func, vals: &[Value<'_>]) -> Value<'a> {
     let Some(n) = nums(vals) else {
         return Value::Undefined;
@@ -121,12 +118,7 @@ pub(crate) fn geo_distance<'a>(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> Va
     if !(lat_ok(lat1) && lat_ok(lat2) && lon_ok(lon1) && lon_ok(lon2)) {
         return Value::Undefined;
     }
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dl = (lon2 - lon1).to_radians();
-    let (s1, c1, s2, c2) = (p1.sin(), p1.cos(), p2.sin(), p2.cos());
-    let y = (c2 * dl.sin()).hypot(c1 * s2 - s1 * c2 * dl.cos());
-    let x = s1 * s2 + c1 * c2 * dl.cos();
-    let c = y.atan2(x);
+    let d = shoal_geo::distance_m((lat1, lon1), (lat2, lon2));
     // Millimetre resolution is plenty and keeps the output readable.
-    Value::decimal(round_decimal((EARTH_RADIUS_M * c * 1000.0).round() / 1000.0))
+    Value::decimal(round_decimal((d * 1000.0).round() / 1000.0))
 }
