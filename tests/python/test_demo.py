@@ -1,12 +1,14 @@
 """`shoal demo` end to end: one command starts shoal on the embedded store, deploys the
 cold-chain-alerts plugin and the rules, and drives simulated refrigerated trucks over mutual TLS;
 alerts arrive on fleet/+/alerts, every reading lands in the archive, and a claim over a truck's
-archived window agrees with the alerts it raised."""
+archived window agrees with the alerts it raised. Alerts also reach a local webhook receiver
+and, when raised, a local SMTP server (aiosmtpd), through the demo's notification rules."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import find_binary
+from test_email import Relay
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "plugins" / "dist" / "cold-chain-alerts.wasm"
@@ -29,6 +34,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Webhooks:
+    """A local HTTP receiver recording every POSTed JSON body."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.bodies.append(json.loads(raw))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
 @pytest.mark.timeout(180)
 def test_demo_runs_the_fleet_raises_alerts_and_archives_for_claims(tmp_path):
     shoal = find_binary()
@@ -37,11 +67,13 @@ def test_demo_runs_the_fleet_raises_alerts_and_archives_for_claims(tmp_path):
     assert PLUGIN.is_file(), "build the plugins first: plugins/build.sh"
     http, mqtts, plain = free_port(), free_port(), free_port()
     data = tmp_path / "demo"
+    hooks, relay = Webhooks(), Relay()
     proc = subprocess.Popen(
         [shoal, "demo", "--trucks", "6", "--duration", "45", "--incident-rate", "1", "--time-scale", "60",
          "--seed", "7", "--data-dir", str(data), "--plugins-dir", str(PLUGIN.parent),
          "--http-listen", f"127.0.0.1:{http}", "--mqtts-listen", f"127.0.0.1:{mqtts}",
-         "--mqtt-listen", f"127.0.0.1:{plain}"],
+         "--mqtt-listen", f"127.0.0.1:{plain}", "--alert-webhook", hooks.url,
+         "--alert-email", "dispatch@example.com", "--smtp-relay", f"127.0.0.1:{relay.port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
@@ -76,6 +108,8 @@ def test_demo_runs_the_fleet_raises_alerts_and_archives_for_claims(tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=20)
+        hooks.close()
+        relay.close()
     reader.join(timeout=5)
     text = "".join(out)
     trucks = [f"truck-{i}" for i in range(1, 7)]
@@ -88,7 +122,21 @@ def test_demo_runs_the_fleet_raises_alerts_and_archives_for_claims(tmp_path):
     assert alerts, f"no alert in 45 s with an incident per truck per simulated hour:\n{text}"
     for a in alerts:
         assert set(a) == {"truck", "kind", "state", "value", "limit", "ts", "lat", "lon"}, a
-        assert a["kind"] in ("temperature", "humidity", "door", "presence") and a["state"] in ("raised", "recovered")
+        assert a["kind"] in ("temperature", "humidity", "door", "presence", "corridor", "connectivity"), a
+        assert a["state"] in ("raised", "recovered"), a
+    # The same alerts went to the webhook receiver (every one) and by email (the raised ones);
+    # the demo's end may cut the last deliveries short.
+    key = lambda a: (a["truck"], a["kind"], a["state"], a["ts"])  # noqa: E731
+    assert {key(b) for b in hooks.bodies} <= {key(a) for a in alerts}, (hooks.bodies, alerts)
+    assert len(hooks.bodies) >= len(alerts) - 2, (len(hooks.bodies), len(alerts))
+    raised = [a for a in alerts if a["state"] == "raised"]
+    mails = relay.messages
+    assert len(mails) >= len(raised) - 2 and mails, (len(mails), raised)
+    for sender, rcpts, content in mails:
+        assert rcpts == ["dispatch@example.com"] and "shoal-demo@localhost" in sender
+        text_mail = content.decode()
+        m = re.search(r"Subject: Cold chain alert: (truck-\d) (\w+)", text_mail)
+        assert m and any((a["truck"], a["kind"]) == (m[1], m[2]) for a in raised), text_mail
     # Every reading is archived; a claim over a truck's whole run agrees with its alerts.
     rows = [json.loads(line) for f in (data / "archive" / "telemetry").glob("*.jsonl") for line in f.open()]
     assert len(rows) >= sum(telemetry.values()) * 0.9, (len(rows), telemetry)

@@ -207,7 +207,7 @@ def test_qos1_republish_reaches_a_qos1_subscriber(shoal: Shoal):
     assert (m.topic, m.qos, body(m)) == ("q/out1", 1, {"n": 1})
 
 
-def test_republished_messages_do_not_enter_the_rules_again(shoal: Shoal):
+def test_a_rule_never_sees_its_own_output(shoal: Shoal):
     """A rule whose output matches its own FROM fires once per client message (no loop)."""
     create(shoal, "echoer", "SELECT *, topic() AS seen FROM 'loop/#'", republish("loop/${topic(2)}/again"))
     sub = subscriber(shoal, "loop/#")
@@ -217,6 +217,34 @@ def test_republished_messages_do_not_enter_the_rules_again(shoal: Shoal):
     assert sorted(m.topic for m in msgs) == ["loop/a", "loop/a/again"], msgs
     sub.expect_no_message(0.8)
     assert wait_stats(shoal, "echoer", matched=1, actionsOk=1)["selected"] == 1
+
+
+def test_rules_route_other_rules_output_up_to_four_deep(shoal: Shoal):
+    """As on AWS, a rule's output is matched by the other rules (a plugin's alerts mailed by
+    another rule): a -> b -> c. Two rules feeding each other stop after MAX_HOPS (4) rules
+    past the client's, counted in shoal_rules_hop_limit_total; every hop is still delivered."""
+    from mqtt_helpers import metric
+
+    create(shoal, "first", "SELECT n, 'first' AS via FROM 'chain/a'", republish("chain/b"))
+    create(shoal, "second", "SELECT n, via, 'second' AS then FROM 'chain/b'", republish("chain/c"))
+    sub = subscriber(shoal, "chain/c")
+    shoal.client().publish("chain/a", b'{"n":7}', qos=1)
+    m = sub.wait_message()
+    assert body(m) == {"n": 7, "via": "first", "then": "second"}
+    sub.expect_no_message(0.5)
+
+    create(shoal, "ping", "SELECT * FROM 'ball/ping'", republish("ball/pong"))
+    create(shoal, "pong", "SELECT * FROM 'ball/pong'", republish("ball/ping"))
+    sub = subscriber(shoal, "ball/#")
+    shoal.client().publish("ball/ping", b'{"hit":1}', qos=1)
+    # The client's ping, then what ping, pong, ping, pong, ping published: the fifth rule's
+    # output (4 rules past the first) is delivered but skips the rules.
+    msgs = sub.wait_messages(6)
+    assert [m.topic for m in msgs] == ["ball/ping", "ball/pong", "ball/ping", "ball/pong", "ball/ping", "ball/pong"]
+    sub.expect_no_message(0.8)
+    assert metric(shoal, "shoal_rules_hop_limit_total") == 1
+    assert wait_stats(shoal, "ping", matched=3)["matched"] == 3
+    assert wait_stats(shoal, "pong", matched=2)["matched"] == 2
 
 
 # -- shadow action ---------------------------------------------------------------------------------

@@ -20,11 +20,13 @@
 //!
 //! # What rules see
 //!
-//! Messages published by clients (MQTT, HTTP `POST /topics`), shadow requests included.
-//! What the engine publishes (republish, plugin publishes, alerts) passes through the other
-//! hooks (so a republish to a shadow topic updates the shadow) but not the rules again, so a
-//! rule cannot loop on its own output; this departs from AWS, where republished messages are
-//! matched again. Shadow responses (`/accepted`, `/rejected`, `/documents`, `/delta`) are seen
+//! Messages published by clients (MQTT, HTTP `POST /topics`), shadow requests included, and,
+//! as on AWS, what rules publish (republishes, plugin publishes and alerts): a rule may route
+//! another rule's output (a plugin raises alerts on `fleet/+/alerts`, another rule mails
+//! them). Two guards keep that from looping: a rule never sees what it published itself, and a
+//! message passes through at most [`MAX_HOPS`] rules after the client's (further output is
+//! delivered to subscribers but skips the rules, counted in `shoal_rules_hop_limit_total`).
+//! Shadow responses (`/accepted`, `/rejected`, `/documents`, `/delta`) are seen
 //! as on AWS, with `clientid()` the requester's, except the answers to the engine's own shadow
 //! updates (shadow actions, plugin shadow-updates, republishes to shadow topics), so a rule
 //! cannot loop through a shadow either. A publish to `$aws/rules/{rule}/...` (Basic Ingest)
@@ -57,6 +59,32 @@ use crate::store::{RuleStore, StoredRule};
 use crate::stream::{NewRecord, StreamStore, check_name};
 use crate::stream_sink::{OnFailure, StreamSink};
 use crate::webhook::{Request as WebhookRequest, Webhooks};
+
+/// How many rules deep a message may be republished into further rules.
+pub const MAX_HOPS: u8 = 4;
+
+thread_local! {
+    /// While a rule runs its actions on this thread: the rule and the hop count of the message
+    /// it handles, so what those actions publish is attributed to it (see [`Hook`]).
+    static RUNNING: std::cell::RefCell<Option<(RuleName, u8)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Marks the current thread as running `rule`'s actions for a message `hops` rules deep, until
+/// dropped (nested runs restore the outer one).
+struct Running(Option<(RuleName, u8)>);
+
+impl Running {
+    fn enter(rule: &RuleName, hops: u8) -> Running {
+        Running(RUNNING.with(|r| r.replace(Some((rule.clone(), hops)))))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let outer = self.0.take();
+        RUNNING.with(|r| *r.borrow_mut() = outer);
+    }
+}
 
 /// Basic Ingest's topic prefix.
 const BASIC_INGEST: &str = "$aws/rules/";
@@ -383,6 +411,8 @@ struct Job {
     principal: Arc<str>,
     thing: Option<String>,
     rules: Matched,
+    /// Rules this message passed through before (0: a client's).
+    hops: u8,
 }
 
 impl Job {
@@ -409,6 +439,7 @@ impl Job {
             principal: self.principal.clone(),
             thing: self.thing.clone(),
             rules: Matched::Many(Vec::new()),
+            hops: self.hops,
         }
     }
 }
@@ -419,6 +450,7 @@ struct EngineCounters {
     dropped: AtomicU64,
     ingest_unknown: AtomicU64,
     alerts: AtomicU64,
+    hop_limit: AtomicU64,
 }
 
 struct Inner {
@@ -437,8 +469,8 @@ struct Inner {
     counters: EngineCounters,
     deps: EngineDeps,
     /// The origin of what the engine publishes: hooks (the shadow service) see it, so a
-    /// republish to `$aws/things/.../shadow/update` updates the shadow, but the engine's own
-    /// hook skips it, so rules never loop on their output.
+    /// republish to `$aws/things/.../shadow/update` updates the shadow; the engine's own hook
+    /// gives it to other rules only, at most [`MAX_HOPS`] deep.
     own_id: ClientId,
     own_principal: Principal,
     archive: Option<Archive>,
@@ -707,6 +739,8 @@ impl RulesEngine {
              # TYPE shoal_rules_dropped_total counter\nshoal_rules_dropped_total {}\n\
              # HELP shoal_rules_basic_ingest_unknown_total Basic Ingest publishes naming no enabled rule.\n\
              # TYPE shoal_rules_basic_ingest_unknown_total counter\nshoal_rules_basic_ingest_unknown_total {}\n\
+             # HELP shoal_rules_hop_limit_total Rule outputs that skipped the rules, {MAX_HOPS} rules deep already.\n\
+             # TYPE shoal_rules_hop_limit_total counter\nshoal_rules_hop_limit_total {}\n\
              # HELP shoal_rules_alerts_total Alerts raised by plugin actions.\n\
              # TYPE shoal_rules_alerts_total counter\nshoal_rules_alerts_total {}\n\
              # HELP shoal_rules_archive_written_total Lines the archive action wrote.\n\
@@ -735,6 +769,7 @@ impl RulesEngine {
             c.enqueued.load(Relaxed),
             c.dropped.load(Relaxed),
             c.ingest_unknown.load(Relaxed),
+            c.hop_limit.load(Relaxed),
             c.alerts.load(Relaxed),
             archive.map_or(0, |a| a.written.load(Relaxed)),
             archive.map_or(0, |a| a.dropped.load(Relaxed)),
@@ -880,8 +915,22 @@ struct Hook(Arc<Inner>);
 impl MessageHook for Hook {
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         let inner = &self.0;
+        // The engine's own output: which rule published it, how deep.
+        let mut from_rule = None;
+        let mut hops = 0;
         if origin.client_id == &inner.own_id {
-            return HookOutcome::Continue;
+            let Some((rule, h)) = RUNNING.with(|r| r.borrow().clone()) else {
+                return HookOutcome::Continue;
+            };
+            if h >= MAX_HOPS {
+                let n = inner.counters.hop_limit.fetch_add(1, Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(rule = %rule, topic = %msg.topic, "a rule's output is {MAX_HOPS} rules deep: it skips the rules");
+                }
+                return HookOutcome::Continue;
+            }
+            from_rule = Some(rule);
+            hops = h + 1;
         }
         let topic = msg.topic.as_str();
         let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
@@ -906,6 +955,19 @@ impl MessageHook for Hook {
             } else {
                 (0, inner.index.load().matching(&msg.topic), HookOutcome::Continue)
             };
+        // A rule never sees its own output.
+        let matched = match (matched, &from_rule) {
+            (Some(m), Some(rule)) if m.rules().iter().any(|l| l.rule.name == *rule) => {
+                let others: Vec<_> = m
+                    .rules()
+                    .iter()
+                    .filter(|l| l.rule.name != *rule)
+                    .cloned()
+                    .collect();
+                (!others.is_empty()).then_some(Matched::Many(others))
+            }
+            (m, _) => m,
+        };
         let Some(matched) = matched else {
             return outcome;
         };
@@ -916,6 +978,7 @@ impl MessageHook for Hook {
             principal: origin.principal.id.clone(),
             thing: origin.principal.attributes.get("thingName").cloned(),
             rules: matched,
+            hops,
         };
         // Rules that never wait run here, on the I/O thread, in the publisher's order: no
         // hand-off, no worker wake-up. The others go to a worker.
@@ -1054,6 +1117,7 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
         }
     };
     c.selected.fetch_add(1, Relaxed);
+    let _running = Running::enter(&live.rule.name, job.hops);
     let mut failures = Vec::new();
     for entry @ (spec, _) in &live.rule.actions {
         match run_action(inner, live, entry, job, ctx, &output, false) {

@@ -370,7 +370,13 @@ async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
         return Ok("SQL rule; build plugins/ with plugins/build.sh for the debounced plugin alerts".into());
     };
     let bytes = std::fs::read(wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))?;
-    let url = api.url("/plugins/cold-chain-alerts/versions", &["activate=true".into()]);
+    // Each reading costs the plugin two shadow reads and a key-value read and write: on a busy
+    // two-core machine (a debug build, a thousand trucks) the default 10 ms deadline is tight.
+    let config = json!({ "deadline_ms": 100, "max_consecutive_failures": 50 }).to_string();
+    let url = api.url(
+        "/plugins/cold-chain-alerts/versions",
+        &["activate=true".into(), format!("config={}", cli::encode(&config))],
+    );
     cli::send(
         api.http
             .post(url)
