@@ -318,8 +318,9 @@ def test_takeover_is_duplicate_clientid_with_a_lower_version(shoal: Shoal, versi
 
 # -- who gets events, who sees them ----------------------------------------------------------------
 
-@pytest.mark.parametrize("bad_id", ["lc/slash", "lc+plus", "lc#hash"], ids=["slash", "plus", "hash"])
-def test_client_ids_that_are_not_a_topic_level_get_no_events(shoal: Shoal, bad_id):
+@pytest.mark.parametrize("bad_id", ["lc+plus", "lc#hash"], ids=["plus", "hash"])
+def test_client_ids_with_wildcards_get_no_events(shoal: Shoal, bad_id):
+    """As AWS documents: client ids containing `#` or `+` get no lifecycle events."""
     w = watcher(shoal, filt=f"{PRESENCE}/#")
     odd = shoal.client(version=V5, client_id=f"{bad_id}-{unique('x')}")
     odd.roundtrip()  # fully connected
@@ -332,6 +333,20 @@ def test_client_ids_that_are_not_a_topic_level_get_no_events(shoal: Shoal, bad_i
     events += [json.loads(m.payload) | {"_topic": m.topic} for m in w.drain(QUIET)]
     assert [(e["clientId"], e["eventType"]) for e in events] == [(ctl_id, "connected"), (ctl_id, "disconnected")], \
         f"events other than the control client's: {events}"
+
+
+def test_client_ids_with_a_slash_get_events_one_level_deeper(shoal: Shoal):
+    """AWS only leaves out ids with wildcards: `fleet/7` is published on
+    `$aws/events/presence/connected/fleet/7` (which `+/+` filters do not match)."""
+    cid = f"lc/{unique('slash')}"
+    w = watcher(shoal, filt=f"{PRESENCE}/#")
+    c = shoal.client(version=V5, client_id=cid)
+    c.disconnect()
+    events = wait_events(w, 2, timeout=5)
+    assert [(e["clientId"], e["eventType"], e["_topic"]) for e in events] == [
+        (cid, "connected", f"{PRESENCE}/connected/{cid}"),
+        (cid, "disconnected", f"{PRESENCE}/disconnected/{cid}"),
+    ], events
 
 
 @versions
@@ -403,3 +418,22 @@ def test_version_numbers_rise_across_a_restart_and_stay_javascript_safe(shoal: S
         f"versionNumber did not rise with every connection (restart after the third): {versions_seen}"
     assert all(v < JS_SAFE for v in versions_seen), \
         f"versionNumber above 2**53 = {JS_SAFE} (not exact in JavaScript): {versions_seen}"
+
+
+def test_clients_cannot_forge_lifecycle_events(shoal: Shoal):
+    """`$aws/events/...` is the broker's: an MQTT publish there is refused as unauthorized (v5:
+    PUBACK 0x87; v3.1.1 has no refusal but the disconnect) and an HTTP one gets 403, whatever
+    the policy; watchers see only real events."""
+    w = watcher(shoal, filt=f"{PRESENCE}/#")
+    forger_id = unique("forger")
+    forger = shoal.client(version=V5, client_id=forger_id)
+    ack = forger.publish(f"{PRESENCE}/connected/truck-99", b'{"clientId":"truck-99"}', qos=1)
+    assert ack.reason_code == 0x87, ack
+    v3 = shoal.client(version=V3, client_id=unique("forger3"))
+    v3.publish(f"{PRESENCE}/disconnected/truck-99", b"{}", qos=1, wait=False)
+    v3.wait_disconnected()
+    a = http(shoal, "POST", "/topics/$aws/events/presence/connected/truck-99?qos=1", data=b"{}",
+             content_type="application/json")
+    assert a.status == 403, a
+    events = [json.loads(m.payload) | {"_topic": m.topic} for m in w.drain(QUIET * 2)]
+    assert all(e["clientId"] != "truck-99" for e in events), events

@@ -17,8 +17,9 @@
 //!
 //! The events are QoS 0, not retained, and go through the broker's hooks as if published by
 //! the client they are about (so a rule's `clientid()` and a plugin's thing name name that
-//! client). Clients whose id cannot be a topic level (it holds `+` or `#`, or makes the topic too
-//! long or deep) get no events.
+//! client). As on AWS, clients whose id holds `+` or `#` get no events (nor do ids that make
+//! the topic longer or deeper than the broker's topic limits); an id with `/` is published
+//! that many levels deeper.
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,13 @@ use crate::broker::Broker;
 use crate::hook::Origin;
 use crate::message::{ClientId, Message, QoS, now_ms};
 use crate::topic::Topic;
+
+/// The topics only the broker publishes on (`$aws/events/...`): a client's publish there is
+/// refused as unauthorized whatever its policy says, as on AWS, so nobody can forge a
+/// lifecycle event.
+pub fn is_reserved(topic: &Topic) -> bool {
+    topic.as_str().starts_with("$aws/events/")
+}
 
 /// Why a connection ended, named as AWS IoT's `disconnectReason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +76,9 @@ impl DisconnectReason {
     }
 }
 
-/// The topic of a client's presence event, when its id can be a topic level.
+/// The topic of a client's presence event, unless its id holds a wildcard.
 fn topic(b: &Broker, kind: &str, client_id: &ClientId) -> Option<Topic> {
     let id = client_id.as_str();
-    if id.contains('/') {
-        return None;
-    }
     Topic::parse(format!("$aws/events/presence/{kind}/{id}"), b.topic_limits()).ok()
 }
 
@@ -152,6 +157,15 @@ mod tests {
             "CLIENT_INITIATED_DISCONNECT"
         );
         assert_eq!(DisconnectReason::DuplicateClientId.as_str(), "DUPLICATE_CLIENTID");
+    }
+
+    #[test]
+    fn only_the_events_tree_is_reserved() {
+        let limits = crate::topic::TopicLimits::default();
+        let t = |s: &str| Topic::parse(s.to_string(), &limits).unwrap();
+        assert!(is_reserved(&t("$aws/events/presence/connected/x")));
+        assert!(!is_reserved(&t("$aws/things/x/shadow/update")));
+        assert!(!is_reserved(&t("fleet/x/$aws/events/y")));
     }
 
     #[test]

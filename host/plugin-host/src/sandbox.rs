@@ -349,10 +349,12 @@ impl wit_host::Host for StoreState {
         {
             return Err(format!("shadow names are 1-{MAX_NAME_BYTES} bytes"));
         }
+        let timeout =
+            std::time::Duration::from_millis(u64::from(self.env.config.deadline_ms / 4).clamp(5, 50));
         self.env
             .services
             .shadows
-            .get_shadow(&thing, shadow_name.as_deref())
+            .get_shadow(&thing, shadow_name.as_deref(), timeout)
     }
 
     fn kv_get(

@@ -26,8 +26,14 @@ impl Clock for SystemClock {
 /// Read-only access to device shadows for `get-shadow`.
 pub trait ShadowReader: Send + Sync + 'static {
     /// The shadow document as AWS's GetThingShadow returns it, `Ok(None)` when it does not
-    /// exist, `Err` with a short reason when it cannot be answered without blocking.
-    fn get_shadow(&self, thing: &str, shadow_name: Option<&str>) -> Result<Option<String>, String>;
+    /// exist, `Err` with a short reason when it cannot be answered within `timeout` (a quarter
+    /// of the calling plugin's deadline, at least 5 ms, at most 50 ms).
+    fn get_shadow(
+        &self,
+        thing: &str,
+        shadow_name: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>, String>;
 }
 
 /// A shadow reader that knows no shadows (the default until the server wires its own).
@@ -35,7 +41,12 @@ pub trait ShadowReader: Send + Sync + 'static {
 pub struct NoShadows;
 
 impl ShadowReader for NoShadows {
-    fn get_shadow(&self, _thing: &str, _shadow_name: Option<&str>) -> Result<Option<String>, String> {
+    fn get_shadow(
+        &self,
+        _thing: &str,
+        _shadow_name: Option<&str>,
+        _timeout: std::time::Duration,
+    ) -> Result<Option<String>, String> {
         Ok(None)
     }
 }

@@ -27,9 +27,11 @@
 //! message passes through at most [`MAX_HOPS`] rules after the client's (further output is
 //! delivered to subscribers but skips the rules, counted in `shoal_rules_hop_limit_total`).
 //! Shadow responses (`/accepted`, `/rejected`, `/documents`, `/delta`) are seen
-//! as on AWS, with `clientid()` the requester's, except the answers to the engine's own shadow
-//! updates (shadow actions, plugin shadow-updates, republishes to shadow topics), so a rule
-//! cannot loop through a shadow either. A publish to `$aws/rules/{rule}/...` (Basic Ingest)
+//! as on AWS, with `clientid()` the requester's. The answers to a rule's own shadow updates
+//! are that rule's output: a shadow action or a plugin's shadow-update is answered while the
+//! rule runs, so the rule never sees those answers and other rules see them within the hop
+//! limit; the answers to a republish onto a shadow topic come later, outside any rule, and
+//! skip the rules. Either way a rule cannot loop through a shadow. A publish to `$aws/rules/{rule}/...` (Basic Ingest)
 //! goes to that rule only, with `topic()` seeing the part after the prefix, and is not
 //! delivered to subscribers.
 

@@ -343,18 +343,21 @@ async fn start_plugins(
 }
 
 /// Plugins' read-only view of shadows (`get-shadow`). Plugin calls run on blocking threads,
-/// so this may wait for the shadow service, but only briefly: past [`SHADOW_READ_TIMEOUT`]
-/// the plugin is told the shadow is unavailable rather than have its deadline eaten.
+/// so this may wait for the shadow service, but only briefly: past the timeout the plugin
+/// host gives (a quarter of the plugin's deadline, 5 to 50 ms) the plugin is told the shadow
+/// is unavailable rather than have its deadline eaten.
 struct PluginShadows {
     shadows: Arc<ShadowService>,
     rt: tokio::runtime::Handle,
 }
 
-/// How long a plugin's shadow read may wait for the store.
-const SHADOW_READ_TIMEOUT: Duration = Duration::from_millis(5);
-
 impl ShadowReader for PluginShadows {
-    fn get_shadow(&self, thing: &str, shadow_name: Option<&str>) -> Result<Option<String>, String> {
+    fn get_shadow(
+        &self,
+        thing: &str,
+        shadow_name: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
         let thing = ThingName::parse(thing).map_err(|e| e.to_string())?;
         let shadow = shadow_name
             .map(ShadowName::parse)
@@ -368,14 +371,14 @@ impl ShadowReader for PluginShadows {
         self.rt.spawn(async move {
             let _ = tx.send(service.get(&key, b"").await);
         });
-        let read = rx.recv_timeout(SHADOW_READ_TIMEOUT);
+        let read = rx.recv_timeout(timeout);
         match read {
             Ok(Ok(doc)) => Ok(Some(doc.to_string())),
             Ok(Err(r)) if r.error.code == 404 => Ok(None),
             Ok(Err(r)) => Err(format!("shadow unavailable: {}", r.error)),
             Err(_) => Err(format!(
                 "shadow unavailable: the store did not answer within {} ms",
-                SHADOW_READ_TIMEOUT.as_millis()
+                timeout.as_millis()
             )),
         }
     }

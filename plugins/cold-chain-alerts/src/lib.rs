@@ -46,7 +46,8 @@
 //! * `presence`: `presence` is `true` (someone in the cargo space); raised once per episode,
 //!   recovered when it is `false` again.
 //! * `connectivity`: a `disconnected` lifecycle event whose `disconnectReason` is not in
-//!   `connectivity_ignore` (a truck switched off cleanly is not a loss) raises it, unless it is
+//!   `connectivity_ignore` (a truck switched off cleanly, or every truck at once when Shoal
+//!   itself shuts down, is not a loss) raises it, unless it is
 //!   already raised. A `connected` event of a newer connection (a higher `versionNumber` than
 //!   the lost one), or any reading of the truck that the broker received after the
 //!   disconnection, recovers it. A `disconnected` event whose `versionNumber` is lower than the
@@ -97,7 +98,7 @@
 //! | `moving_kmh` | above this speed (km/h) the truck is moving, and an open door alerts | `5` |
 //! | `door_severity` | of the door alert | `critical` |
 //! | `presence_severity` | of the presence alert | `critical` |
-//! | `connectivity_ignore` | comma-separated `disconnectReason`s that are not a loss (AWS's names, e.g. `CLIENT_INITIATED_DISCONNECT`, `SERVER_INITIATED_DISCONNECT`; an unknown name is refused); empty: none | `CLIENT_INITIATED_DISCONNECT` |
+//! | `connectivity_ignore` | comma-separated `disconnectReason`s that are not a loss (AWS's names, e.g. `CLIENT_INITIATED_DISCONNECT`, `SERVER_INITIATED_DISCONNECT`; an unknown name is refused); empty: none | `CLIENT_INITIATED_DISCONNECT,SERVER_INITIATED_DISCONNECT` |
 //! | `connectivity_severity` | of the connectivity alert | `warning` |
 //! | `shadow_limits` | read per-truck maxima from the shadow's desired state (`true`/`false`) | `true` |
 //! | `shadow_name` | read this named shadow instead of the classic one (for the maxima) | classic |
@@ -686,7 +687,7 @@ impl Connectivity {
     fn from_config(config: &Config) -> Result<Self, PluginError> {
         let raw = config
             .get("connectivity_ignore")
-            .unwrap_or("CLIENT_INITIATED_DISCONNECT");
+            .unwrap_or("CLIENT_INITIATED_DISCONNECT,SERVER_INITIATED_DISCONNECT");
         let mut ignore = Vec::new();
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !DISCONNECT_REASONS.contains(&name) {

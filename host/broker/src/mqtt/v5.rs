@@ -275,14 +275,16 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         );
     }
     let retain = p.retain();
-    if !b.authorizer().authorize(
-        &conn.principal,
-        &conn.client_id,
-        Action::Publish {
-            topic: &topic,
-            retain,
-        },
-    ) {
+    if crate::lifecycle::is_reserved(&topic)
+        || !b.authorizer().authorize(
+            &conn.principal,
+            &conn.client_id,
+            Action::Publish {
+                topic: &topic,
+                retain,
+            },
+        )
+    {
         BrokerMetrics::inc(&b.metrics.publish_denied);
         let msg = format!("not authorized to publish to {topic}");
         return refuse_publish(conn, p, PublishAckReason::NotAuthorized, Dis::NotAuthorized, msg);

@@ -105,7 +105,12 @@ impl Clock for FakeClock {
 pub struct FixedShadows(pub Vec<(String, String)>);
 
 impl ShadowReader for FixedShadows {
-    fn get_shadow(&self, thing: &str, shadow_name: Option<&str>) -> Result<Option<String>, String> {
+    fn get_shadow(
+        &self,
+        thing: &str,
+        shadow_name: Option<&str>,
+        _timeout: std::time::Duration,
+    ) -> Result<Option<String>, String> {
         if thing == "broken" {
             return Err("store unavailable".into());
         }

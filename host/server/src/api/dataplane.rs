@@ -167,6 +167,13 @@ async fn publish(
     let topic =
         Topic::parse(topic, b.topic_limits()).map_err(|e| ApiError::bad_request(format!("topic: {e}")))?;
     let retain = q.retain.unwrap_or(false);
+    if shoal_broker::lifecycle::is_reserved(&topic) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            error_type: "ForbiddenException",
+            body: serde_json::json!({ "message": format!("{topic} is published by the broker only") }),
+        });
+    }
     require(&caller, Action::Publish, topic.as_str())?;
     if retain {
         require(&caller, Action::RetainPublish, topic.as_str())?;
