@@ -565,7 +565,13 @@ def test_management_api_rejects_bad_bodies_in_the_aws_shape(shoal):
     code, body, headers = raw("POST", "/api/v1/certificates/from-csr",
                               json.dumps({"certificateSigningRequest": "-----BEGIN CERTIFICATE REQUEST-----\nxx"}).encode())
     assert code == 400 and headers.get("x-amzn-errortype"), (code, body)
-    code, body, _ = raw("POST", "/api/v1/policies", b'{"policyName":"big","policyDocument":"' + b"x" * 3_000_000 + b'"}')
+    # 3 MB against a 1 MiB cap: 413 before the body is read. The server then closes the
+    # connection, so a client still uploading may see the socket cut before it reads the 413.
+    try:
+        code, body, _ = raw("POST", "/api/v1/policies", b'{"policyName":"big","policyDocument":"' + b"x" * 3_000_000 + b'"}')
+    except rq.URLError as e:  # type: ignore[attr-defined]
+        assert isinstance(e.reason, (BrokenPipeError, ConnectionResetError)), e
+        code = 413
     assert code in (400, 413), code
     assert Api(shoal).ok("GET", "/api/v1/policies") is not None
 

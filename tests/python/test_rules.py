@@ -240,7 +240,8 @@ def test_rules_route_other_rules_output_up_to_four_deep(shoal: Shoal):
     # The client's ping, then what ping, pong, ping, pong, ping published: the fifth rule's
     # output (4 rules past the first) is delivered but skips the rules.
     msgs = sub.wait_messages(6)
-    assert [m.topic for m in msgs] == ["ball/ping", "ball/pong", "ball/ping", "ball/pong", "ball/ping", "ball/pong"]
+    # (Rules run before the message they handle is routed: the order subscribers see varies.)
+    assert sorted(m.topic for m in msgs) == ["ball/ping"] * 3 + ["ball/pong"] * 3
     sub.expect_no_message(0.8)
     assert metric(shoal, "shoal_rules_hop_limit_total") == 1
     assert wait_stats(shoal, "ping", matched=3)["matched"] == 3

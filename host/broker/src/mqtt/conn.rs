@@ -43,6 +43,17 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Whether this client may publish to `topic`: never to the broker's own `$aws/events/`,
+    /// elsewhere as its policy says.
+    pub(crate) fn may_publish(&self, topic: &crate::topic::Topic, retain: bool) -> bool {
+        !lifecycle::is_reserved(topic)
+            && self.broker.authorizer().authorize(
+                &self.principal,
+                &self.client_id,
+                crate::auth::Action::Publish { topic, retain },
+            )
+    }
+
     /// Records why the connection ends, unless a reason was recorded already.
     pub(crate) fn ending(&self, reason: DisconnectReason) {
         if self.ending.get().is_none() {

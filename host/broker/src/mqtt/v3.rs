@@ -222,16 +222,7 @@ pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerEr
         );
     }
     let retain = p.retain();
-    if crate::lifecycle::is_reserved(&topic)
-        || !b.authorizer().authorize(
-            &conn.principal,
-            &conn.client_id,
-            Action::Publish {
-                topic: &topic,
-                retain,
-            },
-        )
-    {
+    if !conn.may_publish(&topic, retain) {
         BrokerMetrics::inc(&b.metrics.publish_denied);
         return fail(
             Dis::NotAuthorized,

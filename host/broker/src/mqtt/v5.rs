@@ -275,16 +275,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         );
     }
     let retain = p.retain();
-    if crate::lifecycle::is_reserved(&topic)
-        || !b.authorizer().authorize(
-            &conn.principal,
-            &conn.client_id,
-            Action::Publish {
-                topic: &topic,
-                retain,
-            },
-        )
-    {
+    if !conn.may_publish(&topic, retain) {
         BrokerMetrics::inc(&b.metrics.publish_denied);
         let msg = format!("not authorized to publish to {topic}");
         return refuse_publish(conn, p, PublishAckReason::NotAuthorized, Dis::NotAuthorized, msg);
