@@ -197,6 +197,6 @@ def test_dashboard_shows_the_fleet_live_in_chromium(demo):
         finally:
             browser.close()
     assert not problems, problems
-    # Only the deliberately wrong login may have been refused.
-    assert all("/api/v1/" not in f or "things" in f for f in failed), failed
-    assert not [f for f in failed if "/claims/" in f], failed
+    # The signed-in page had no call refused (the wrong login was on another page, not watched):
+    # no management call, no presigned claim frame, no MQTT upgrade.
+    assert not [f for f in failed if "/api/v1/" in f or "/mqtt" in f], failed

@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
@@ -19,124 +17,12 @@ use shoal_coldchain::{Credentials, Fleet, FleetConfig, ShoalHttp};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 
-/// Where the `shoal` binary is.
-fn shoal_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHOAL_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut candidates = Vec::new();
-    // target/<profile>/deps/<test-exe> -> target/<profile>/shoal
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(mut dir) = exe.parent().map(Path::to_path_buf)
-    {
-        if dir.ends_with("deps") {
-            dir.pop();
-        }
-        candidates.push(dir.join("shoal"));
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("debug").join("shoal"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/shoal"));
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "shoal binary not found (looked at {candidates:?}): run `cargo build -p shoal-server` first or set SHOAL_BIN"
-        )
-    })
-}
+/// A running `shoal serve` (the workspace's end-to-end harness), killed on drop.
+type Shoal = shoal_tests::TestHost;
 
-/// A running `shoal serve`, killed on drop.
-struct Shoal {
-    child: Child,
-    _tmp: tempfile::TempDir,
-    data_dir: PathBuf,
-    mqtt: SocketAddr,
-    mqtts: SocketAddr,
-    http: SocketAddr,
-    log: PathBuf,
-}
-
-impl Shoal {
-    async fn start() -> Shoal {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
-        std::fs::create_dir_all(&data_dir).expect("data dir");
-        let log = tmp.path().join("shoal.log");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(shoal_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args([
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--mqtts-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .env("SHOAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn shoal");
-        let ports = data_dir.join("ports.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let v = loop {
-            if let Ok(text) = std::fs::read_to_string(&ports)
-                && let Ok(v) = serde_json::from_str::<Value>(&text)
-            {
-                break v;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "shoal exited during start-up ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "shoal did not write ports.json in time"
-            );
-            sleep(Duration::from_millis(20)).await;
-        };
-        let addr = |k: &str| -> SocketAddr {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("ports.json lacks {k}: {v}"))
-                .parse()
-                .expect("address")
-        };
-        Shoal {
-            mqtt: addr("mqtt"),
-            mqtts: addr("mqtts"),
-            http: addr("http"),
-            child,
-            _tmp: tmp,
-            data_dir,
-            log,
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn credentials(&self) -> Credentials {
-        Credentials::from_file(&self.data_dir.join("credentials")).expect("credentials")
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.data_dir.join("tls").join("ca.pem")
-    }
-}
-
-impl Drop for Shoal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The admin key shoal wrote to its data directory.
+fn credentials(shoal: &Shoal) -> Credentials {
+    Credentials::from_file(&shoal.data_dir.join("credentials")).expect("credentials")
 }
 
 /// An anonymous observer on the plain MQTT listener (allowed by default on loopback),
@@ -267,8 +153,8 @@ fn check_telemetry(topic: &str, v: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fleet_reports_obeys_its_shadow_and_stays_on_its_own_topics() {
-    let shoal = Shoal::start().await;
-    let creds = shoal.credentials();
+    let shoal = Shoal::start(&[]);
+    let creds = credentials(&shoal);
     let (_obs, mut telemetry) = observer(shoal.mqtt, "fleet/+/telemetry").await;
 
     let state = tempfile::tempdir().expect("state dir");
@@ -281,7 +167,7 @@ async fn fleet_reports_obeys_its_shadow_and_stays_on_its_own_topics() {
         ..FleetConfig::new(
             format!("http://{}", shoal.http),
             shoal.mqtts.to_string(),
-            shoal.ca(),
+            shoal.ca_path(),
             creds.clone(),
         )
     };
@@ -403,8 +289,12 @@ async fn fleet_reports_obeys_its_shadow_and_stays_on_its_own_topics() {
     // The policy: truck-1's certificate may publish its own telemetry, not truck-2's, and may
     // not connect as truck-2.
     let t1 = &cfg.state_dir.join("truck-1");
-    let tls = tls_config_from_files(&shoal.ca(), &t1.join("certificate.pem"), &t1.join("private.key"))
-        .expect("tls");
+    let tls = tls_config_from_files(
+        &shoal.ca_path(),
+        &t1.join("certificate.pem"),
+        &t1.join("private.key"),
+    )
+    .expect("tls");
     let mqtts = shoal.mqtts.to_string();
 
     let opts = device_options("truck-2", &mqtts, tls.clone()).expect("options");
@@ -481,8 +371,8 @@ async fn fleet_reports_obeys_its_shadow_and_stays_on_its_own_topics() {
             String::from_utf8_lossy(&payload)
         );
     }
-    let denied: Vec<String> = std::fs::read_to_string(&shoal.log)
-        .unwrap_or_default()
+    let denied: Vec<String> = shoal
+        .log_text()
         .lines()
         .filter(|l| l.contains("fleet/truck-2/telemetry"))
         .map(str::to_owned)
@@ -524,11 +414,11 @@ async fn unreachable_shoal_and_bad_credentials_are_clear_errors() {
         "{msg}"
     );
 
-    let shoal = Shoal::start().await;
+    let shoal = Shoal::start(&[]);
     let cfg = FleetConfig {
         http: format!("http://{}", shoal.http),
         mqtts: shoal.mqtts.to_string(),
-        ca_file: shoal.ca(),
+        ca_file: shoal.ca_path(),
         ..cfg
     };
     let e = Fleet::start(&cfg).await.expect_err("bad key");

@@ -71,10 +71,11 @@ async fn serve(s: &AppState, name: &str) -> Response {
     let Some(&(name, content_type, embedded)) = FILES.iter().find(|(n, _, _)| *n == name) else {
         return (StatusCode::NOT_FOUND, "no such dashboard file\n").into_response();
     };
+    // The embedded copy is served as it is, without copying it per request.
     let body = match &s.dashboard_dir {
-        None => embedded.to_owned(),
+        None => axum::body::Body::from(embedded),
         Some(dir) => match tokio::fs::read_to_string(dir.join(name)).await {
-            Ok(text) => text,
+            Ok(text) => axum::body::Body::from(text),
             Err(e) => {
                 tracing::warn!(file = %dir.join(name).display(), error = %e, "cannot read a dashboard file");
                 return (
