@@ -34,6 +34,22 @@ step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd, schemathes
 python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 playwright==1.65.2 \
   2>&1 | grep -v "Running pip as the 'root' user" || true
 
+step "Disk space for $CARGO_TARGET_DIR"
+# The target dir is shared by every checkout and CI run on this machine, and each checkout path
+# gets its own artifact hashes, so it grows without bound. A full disk makes the linker die with
+# SIGBUS, so prune before building: first the incremental caches, then everything.
+mkdir -p "$CARGO_TARGET_DIR"
+free_gib() { df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print int($4 / 1048576)}'; }
+echo "free: $(free_gib) GiB"
+if [ "$(free_gib)" -lt 30 ]; then
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/release/incremental"
+  echo "pruned incremental caches; free: $(free_gib) GiB"
+fi
+if [ "$(free_gib)" -lt 20 ]; then
+  rm -rf "$CARGO_TARGET_DIR/debug"
+  echo "removed the debug build; free: $(free_gib) GiB"
+fi
+
 step "Format and lint"
 cargo +"$TOOLCHAIN" fmt --all --check
 cargo +"$TOOLCHAIN" clippy --workspace --all-targets --locked -- -D warnings
