@@ -15,6 +15,9 @@
 //! * During a connectivity-loss incident it disconnects and keeps its readings; when the
 //!   network is back it reconnects (the session, subscriptions and queued deltas resumed) and
 //!   publishes the held readings in order, with their original timestamps, before new ones.
+//! * During a telemetry stall it stays connected (its client answers keep-alives) but sends
+//!   nothing, and keeps its readings; when the stall ends it publishes them in order, as after
+//!   a connectivity loss. Only silence gives it away (a watchdog, not a lifecycle event).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
@@ -632,6 +635,11 @@ async fn truck_task(
                         // DISCONNECT, so Shoal sees the connection lost (and says so in a
                         // lifecycle event).
                         let _ = offline_tx.send(true);
+                    }
+                    held.push_back(reading);
+                } else if truck.is_stalled() {
+                    if held.is_empty() {
+                        tracing::info!(truck = %name, "telemetry stalled: holding readings, connection kept");
                     }
                     held.push_back(reading);
                 } else {

@@ -33,6 +33,7 @@
 //! | presence | a person is inside the container for 10–45 min |
 //! | humidity rise | the cargo thaws: humidity climbs to 92–98 %, temperature creeps up, for 30–90 min |
 //! | connectivity loss | no network for 10–60 reporting intervals: readings are buffered and sent late |
+//! | telemetry stall | the data logger hangs for 10–60 reporting intervals while the connection stays up (the MQTT client still answers keep-alives): readings are buffered and sent late; half the random connectivity losses are stalls |
 //!
 //! The door and presence in a reading are *latched*: `true` if the door was open (someone was
 //! inside) at any moment since the previous reading, so short events are never lost between
@@ -75,11 +76,25 @@ pub enum IncidentKind {
     HumidityRise,
     /// The truck loses its network and reports late.
     ConnectivityLoss,
+    /// The truck stays connected but sends nothing for a while, then reports late.
+    TelemetryStall,
 }
 
 impl IncidentKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [IncidentKind; 6] = [
+    pub const ALL: [IncidentKind; 7] = [
+        IncidentKind::CompressorFailure,
+        IncidentKind::DoorOpen,
+        IncidentKind::Detour,
+        IncidentKind::Presence,
+        IncidentKind::HumidityRise,
+        IncidentKind::ConnectivityLoss,
+        IncidentKind::TelemetryStall,
+    ];
+
+    /// The kinds a random draw picks from (a stall is a connectivity loss drawn as one, so
+    /// the seeds of earlier versions keep their schedules).
+    const DRAWN: [IncidentKind; 6] = [
         IncidentKind::CompressorFailure,
         IncidentKind::DoorOpen,
         IncidentKind::Detour,
@@ -97,6 +112,7 @@ impl IncidentKind {
             IncidentKind::Presence => "presence",
             IncidentKind::HumidityRise => "humidity-rise",
             IncidentKind::ConnectivityLoss => "connectivity-loss",
+            IncidentKind::TelemetryStall => "telemetry-stall",
         }
     }
 
@@ -342,6 +358,7 @@ pub struct Truck {
     presence: bool,
     compressor_failed: bool,
     offline: bool,
+    stalled: bool,
     offset_m: f64,
     active_mask: u32,
     // Latched since the last reading.
@@ -393,6 +410,7 @@ impl Truck {
             presence: false,
             compressor_failed: false,
             offline: false,
+            stalled: false,
             offset_m: 0.0,
             active_mask: 0,
             door_latch: false,
@@ -438,6 +456,12 @@ impl Truck {
     /// Whether the truck has no network right now (a connectivity-loss incident).
     pub fn is_offline(&self) -> bool {
         self.offline
+    }
+
+    /// Whether a telemetry stall is under way (connected, sending nothing; a connectivity
+    /// loss at the same time wins).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled && !self.offline
     }
 
     /// The incidents under way, as a bit set of [`IncidentKind::bit`].
@@ -569,12 +593,15 @@ impl Truck {
         // Always draw the same numbers, whatever the outcome, so that one window's decision
         // does not shift the next window's draws.
         let happens = rng.random::<f64>() < self.incident_rate;
-        let kind = IncidentKind::ALL[rng.random_range(0..IncidentKind::ALL.len())];
+        let mut kind = IncidentKind::DRAWN[rng.random_range(0..IncidentKind::DRAWN.len())];
         let from = (w as f64 * HOUR_S).max(2.0 * MINUTE_S);
         let start_s = rng.random_range(from..(w + 1) as f64 * HOUR_S - MINUTE_S);
         let (a, b) = (rng.random::<f64>(), rng.random::<f64>());
         if !happens {
             return;
+        }
+        if kind == IncidentKind::ConnectivityLoss && b < 0.5 {
+            kind = IncidentKind::TelemetryStall;
         }
         let lerp = |lo: f64, hi: f64, x: f64| lo + (hi - lo) * x;
         let (duration_s, magnitude) = match kind {
@@ -583,7 +610,9 @@ impl Truck {
             IncidentKind::Detour => (lerp(20.0, 60.0, a) * MINUTE_S, lerp(3000.0, 8000.0, b)),
             IncidentKind::Presence => (lerp(10.0, 45.0, a) * MINUTE_S, 0.0),
             IncidentKind::HumidityRise => (lerp(30.0, 90.0, a) * MINUTE_S, lerp(92.0, 98.0, b)),
-            IncidentKind::ConnectivityLoss => (lerp(10.0, 60.0, a).round() * self.interval_s, 0.0),
+            IncidentKind::ConnectivityLoss | IncidentKind::TelemetryStall => {
+                (lerp(10.0, 60.0, a).round() * self.interval_s, 0.0)
+            }
         };
         self.incidents.push(Incident {
             kind,
@@ -627,6 +656,7 @@ impl Truck {
         self.presence = has(IncidentKind::Presence);
         self.compressor_failed = has(IncidentKind::CompressorFailure);
         self.offline = has(IncidentKind::ConnectivityLoss);
+        self.stalled = has(IncidentKind::TelemetryStall);
         self.offset_m = detour_m;
         self.door_latch |= self.door_open;
         self.presence_latch |= self.presence;
@@ -911,6 +941,28 @@ mod tests {
         assert_eq!(flags.iter().filter(|&&f| f).count(), 10, "{flags:?}");
         // Readings at minutes 5..=14 (indexes 4..14) are taken offline.
         assert!(flags[4..14].iter().all(|&f| f), "{flags:?}");
+    }
+
+    #[test]
+    fn a_stall_is_not_offline() {
+        let c = cfg(9, 0.0);
+        let mut t = Truck::with_incidents(
+            &c,
+            vec![
+                incident(IncidentKind::TelemetryStall, 5.0, 10.0, 0.0),
+                incident(IncidentKind::ConnectivityLoss, 12.0, 2.0, 0.0),
+            ],
+        );
+        let flags: Vec<(bool, bool)> = (0..20)
+            .map(|_| {
+                t.tick();
+                (t.is_stalled(), t.is_offline())
+            })
+            .collect();
+        // Minutes 5..=14 stalled, of which 12 and 13 offline (which wins).
+        assert_eq!(flags.iter().filter(|f| f.0).count(), 8, "{flags:?}");
+        assert_eq!(flags.iter().filter(|f| f.1).count(), 2, "{flags:?}");
+        assert!(flags.iter().all(|f| !(f.0 && f.1)), "{flags:?}");
     }
 
     #[test]

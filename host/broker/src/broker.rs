@@ -25,6 +25,7 @@ use crate::router::Router;
 use crate::session::{ConnCtl, KickReason, Outgoing, Session, SubOptions, subs_from_stored};
 use crate::store::{self, QueuedRecord, SharedStore, StoreError, StoreOp, StoredSession};
 use crate::topic::{TopicFilter, TopicLimits};
+use crate::watchdog::{self, ArmError, Request, Watchdogs};
 
 /// What a CONNECT asks of the session layer (after authentication).
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ pub struct Will {
 }
 
 /// The result of routing a message.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Routed {
     /// Sessions it was queued for.
     pub matched: usize,
@@ -71,6 +72,8 @@ pub struct Routed {
     pub durable_ticket: Option<u64>,
     /// A hook consumed it (reserved topic).
     pub consumed: bool,
+    /// It was a watchdog request (`$shoal/watchdog/...`) the broker refused, and why.
+    pub refused: Option<ArmError>,
 }
 
 /// Why a SUBSCRIBE entry was refused.
@@ -134,6 +137,9 @@ pub struct Broker {
     timers: Mutex<Timers>,
     store_kind: &'static str,
     closing: AtomicBool,
+    watchdogs: Watchdogs,
+    /// The client id of the messages watchdogs fire.
+    watchdog_id: ClientId,
 }
 
 impl std::fmt::Debug for Broker {
@@ -158,6 +164,7 @@ impl Broker {
         let session_rows = store.load_sessions().await?;
         let store_kind = store.kind();
         let persist = Persister::start(store, metrics.clone(), rt);
+        let watchdogs = Watchdogs::new(cfg.limits.max_watchdogs, metrics.watchdogs.clone());
         let broker = Arc::new(Broker {
             topic_limits: cfg.limits.topic_limits(),
             cfg,
@@ -174,6 +181,8 @@ impl Broker {
             timers: Mutex::new(Timers::default()),
             store_kind,
             closing: AtomicBool::new(false),
+            watchdogs,
+            watchdog_id: ClientId::parse("$watchdog", usize::MAX).unwrap_or_else(|_| ClientId::generate()),
         });
         broker.load_retained(retained_rows);
         broker.load_sessions(session_rows);
@@ -688,6 +697,14 @@ impl Broker {
             for h in self.hooks.load().iter() {
                 consumed |= h.on_publish(&msg, o) == HookOutcome::Consumed;
             }
+            if let Some(name) = watchdog::name_of(&msg.topic) {
+                // Never delivered: the broker serves these topics itself.
+                return Routed {
+                    consumed: true,
+                    refused: self.watchdog_request(name, &msg.payload, o).err(),
+                    ..Routed::default()
+                };
+            }
             if consumed {
                 return Routed {
                     consumed: true,
@@ -716,6 +733,68 @@ impl Broker {
             matched,
             durable_ticket,
             consumed: false,
+            refused: None,
+        }
+    }
+
+    /// Arms, re-arms or cancels the watchdog `name` (see [`crate::watchdog`]).
+    fn watchdog_request(&self, name: &str, payload: &[u8], o: Origin<'_>) -> Result<(), ArmError> {
+        let result = match watchdog::parse(payload, &self.topic_limits) {
+            Ok(Request::Cancel) => {
+                self.watchdogs.cancel(name);
+                Ok(())
+            }
+            Ok(Request::Arm(arm)) => {
+                let allowed = self.authorizer.authorize(
+                    o.principal,
+                    o.client_id,
+                    Action::Publish {
+                        topic: &arm.topic,
+                        retain: arm.retain,
+                    },
+                );
+                if allowed {
+                    self.watchdogs
+                        .arm(name, arm, o.principal.attributes.clone(), now_ms())
+                } else {
+                    Err(ArmError::Forbidden(arm.topic.as_str().to_owned()))
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let n = self.metrics.watchdogs_rejected.fetch_add(1, Relaxed);
+            if n < 10 || n.is_power_of_two() {
+                tracing::warn!(client_id = %o.client_id.as_str(), watchdog = name, error = %e, "watchdog request refused");
+            }
+        }
+        result
+    }
+
+    /// When the watchdog `name` fires (broker clock, ms since the epoch), if it is armed.
+    pub fn watchdog_deadline(&self, name: &str) -> Option<u64> {
+        self.watchdogs.deadline(name)
+    }
+
+    /// Publishes the watchdogs that are due.
+    fn fire_watchdogs(&self, now: u64) {
+        for due in self.watchdogs.take_due(now) {
+            BrokerMetrics::inc(&self.metrics.watchdogs_fired);
+            tracing::debug!(watchdog = %due.name, topic = %due.arm.topic, "watchdog fired");
+            let principal = Principal {
+                id: Arc::from("watchdog"),
+                attributes: due.attributes,
+                grants: None,
+            };
+            let mut msg = Message::new(due.arm.topic, due.arm.payload, due.arm.qos, due.arm.retain);
+            msg.received_ms = now;
+            self.publish(
+                msg,
+                Some(Origin {
+                    client_id: &self.watchdog_id,
+                    principal: &principal,
+                }),
+            );
         }
     }
 
@@ -921,6 +1000,7 @@ impl Broker {
 
     fn sweep(&self) {
         let now = now_ms();
+        self.fire_watchdogs(now);
         let (wills, expired) = {
             let mut t = self.timers.lock();
             let mut wills = Vec::new();
@@ -1108,6 +1188,109 @@ mod tests {
         assert_eq!(b.metrics.subscriptions.load(Relaxed), 0);
         b.detach(&a2.session, a2.ctl.generation, None);
         assert_eq!(b.session_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn watchdogs_fire_unless_rearmed_and_are_never_delivered() {
+        let b = broker_with(Arc::new(MemoryStore::default()), |_| {}).await;
+        let watcher = b.attach(params("watcher", true, 0));
+        for f in ["alarm/#", "$shoal/#"] {
+            b.subscribe(&watcher.session, filter(&b, f), SubOptions::qos(QoS::AtLeastOnce))
+                .unwrap();
+        }
+        let id = ClientId::parse("dev", 64).unwrap();
+        let mut principal = Principal::anonymous();
+        principal.attributes.insert("thingName".into(), "truck-7".into());
+        let origin = Origin {
+            client_id: &id,
+            principal: &principal,
+        };
+        let arm = |timeout: u64| {
+            msg(
+                &b,
+                "$shoal/watchdog/dev/silence",
+                &format!(
+                    r#"{{"timeoutMs":{timeout},"topic":"alarm/dev","payload":{{"quiet":true}},"qos":1}}"#
+                ),
+                QoS::AtMostOnce,
+            )
+        };
+        let r = b.publish(arm(300), Some(origin));
+        assert!(r.consumed && r.refused.is_none() && r.matched == 0);
+        let first = b.watchdog_deadline("dev/silence").unwrap();
+        // Re-armed before it is due: it moves, and does not fire at the first deadline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.publish(arm(300), Some(origin));
+        assert!(b.watchdog_deadline("dev/silence").unwrap() >= first + 150);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(drain(&b, &watcher).is_empty(), "neither delivered nor fired yet");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = drain(&b, &watcher);
+        assert_eq!(got.len(), 1, "fired once");
+        assert_eq!(got[0].msg.topic.as_str(), "alarm/dev");
+        assert_eq!(&got[0].msg.payload[..], br#"{"quiet":true}"#);
+        assert_eq!(got[0].msg.qos, QoS::AtLeastOnce);
+        assert_eq!(b.watchdog_deadline("dev/silence"), None);
+        assert_eq!(b.metrics.watchdogs_fired.load(Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(drain(&b, &watcher).is_empty(), "fires once");
+        // An empty payload cancels.
+        b.publish(arm(100), Some(origin));
+        b.publish(
+            msg(&b, "$shoal/watchdog/dev/silence", "", QoS::AtMostOnce),
+            Some(origin),
+        );
+        assert_eq!(b.watchdog_deadline("dev/silence"), None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(drain(&b, &watcher).is_empty(), "cancelled");
+        // A bad arming is refused and leaves the armed one alone.
+        b.publish(arm(10_000), Some(origin));
+        let bad = b.publish(
+            msg(
+                &b,
+                "$shoal/watchdog/dev/silence",
+                r#"{"timeoutMs":"soon","topic":"x"}"#,
+                QoS::AtMostOnce,
+            ),
+            Some(origin),
+        );
+        assert!(bad.refused.unwrap().to_string().contains("timeoutMs"));
+        assert!(b.watchdog_deadline("dev/silence").is_some());
+        assert_eq!(b.metrics.watchdogs_rejected.load(Relaxed), 1);
+        assert!(b.metrics.render().contains("shoal_watchdogs 1\n"));
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_limit_holds() {
+        let b = broker_with(Arc::new(MemoryStore::default()), |c| c.limits.max_watchdogs = 1).await;
+        let id = ClientId::parse("dev", 64).unwrap();
+        let principal = Principal::anonymous();
+        let origin = Origin {
+            client_id: &id,
+            principal: &principal,
+        };
+        let body = r#"{"timeoutMs":60000,"topic":"a"}"#;
+        assert!(
+            b.publish(
+                msg(&b, "$shoal/watchdog/one", body, QoS::AtMostOnce),
+                Some(origin)
+            )
+            .refused
+            .is_none()
+        );
+        let r = b.publish(
+            msg(&b, "$shoal/watchdog/two", body, QoS::AtMostOnce),
+            Some(origin),
+        );
+        assert_eq!(r.refused, Some(ArmError::Full(1)));
+        assert!(
+            b.publish(
+                msg(&b, "$shoal/watchdog/one", body, QoS::AtMostOnce),
+                Some(origin)
+            )
+            .refused
+            .is_none()
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_session_expiry_secs: u32,
     /// A client whose socket stays full (it does not read) this long is disconnected.
     pub write_timeout_secs: u16,
+    /// Watchdogs (`$shoal/watchdog/...`) armed at once on this node; further armings of new
+    /// names are refused.
+    pub max_watchdogs: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_subscriptions_per_session: 1000,
             max_session_expiry_secs: 7 * 24 * 3600,
             write_timeout_secs: 30,
+            max_watchdogs: 100_000,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`mqtt`]: the wire, on ntex-mqtt: listeners (TCP, TLS), v3.1.1 and v5 handlers, and one
 //!   writer task per connection that drains its session queue.
 //! - [`lifecycle`]: AWS IoT's presence events (`$aws/events/presence/...`).
+//! - [`watchdog`]: dead man's switches (`$shoal/watchdog/...`): a message published when an
+//!   expected one does not come.
 //! - [`auth`], [`hook`]: the seams where identity/policy and the services behind the broker
 //!   (shadows, rules) plug in.
 #![deny(missing_docs)]
@@ -28,6 +30,7 @@ pub mod router;
 pub mod session;
 pub mod store;
 pub mod topic;
+pub mod watchdog;
 
 pub use broker::{Broker, ConnectParams, Routed, Will};
 pub use config::{BrokerConfig, Limits};

@@ -3,6 +3,7 @@
 //! renders them in the Prometheus text format with [`BrokerMetrics::render`].
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Counters and gauges of one broker.
@@ -52,6 +53,12 @@ pub struct BrokerMetrics {
     pub subscribe_denied: AtomicU64,
     /// Wills published.
     pub wills_published: AtomicU64,
+    /// Watchdogs armed (gauge; shared with the watchdogs).
+    pub watchdogs: Arc<AtomicI64>,
+    /// Watchdogs that fired.
+    pub watchdogs_fired: AtomicU64,
+    /// Watchdog requests refused (malformed, forbidden topic, limit).
+    pub watchdogs_rejected: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -171,6 +178,24 @@ impl BrokerMetrics {
             "shoal_wills_published_total",
             "Will messages published.",
             self.wills_published.load(Relaxed),
+        );
+        g(
+            &mut out,
+            "shoal_watchdogs",
+            "Watchdogs armed ($shoal/watchdog/...).",
+            self.watchdogs.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_watchdogs_fired_total",
+            "Watchdogs that fired (were not re-armed in time).",
+            self.watchdogs_fired.load(Relaxed),
+        );
+        c(
+            &mut out,
+            "shoal_watchdogs_rejected_total",
+            "Watchdog requests refused (malformed, forbidden topic, limit).",
+            self.watchdogs_rejected.load(Relaxed),
         );
         c(
             &mut out,

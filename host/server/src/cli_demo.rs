@@ -207,7 +207,7 @@ fn run(args: DemoArgs) -> Result<(), String> {
     let rt = cli::runtime().map_err(|_| "cannot start a runtime".to_string())?;
     let plugin = find_plugin(&args);
     let api = Api::new(&ep);
-    let mut alerts = rt.block_on(setup(&api, plugin.as_deref()))?;
+    let mut alerts = rt.block_on(setup(&api, plugin.as_deref(), args.time_scale))?;
     alerts.push_str(&rt.block_on(notify(&api, &args))?);
 
     let sim_child = Command::new(&sim)
@@ -348,7 +348,7 @@ async fn notify(api: &Api, args: &DemoArgs) -> Result<String, String> {
 }
 
 /// The demo's rules (and plugin): what the alerts come from, for the banner.
-async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
+async fn setup(api: &Api, plugin: Option<&Path>, time_scale: f64) -> Result<String, String> {
     put_rule(
         api,
         "telemetry",
@@ -372,7 +372,15 @@ async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
     let bytes = std::fs::read(wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))?;
     // Each reading costs the plugin two shadow reads and a key-value read and write: on a busy
     // two-core machine (a debug build, a thousand trucks) the default 10 ms deadline is tight.
-    let config = json!({ "deadline_ms": 100, "max_consecutive_failures": 50 }).to_string();
+    // Silence: a truck that stays connected but sends nothing for 3 of its reporting intervals
+    // (its shadow's `interval`, simulated seconds, so scaled by the time scale) raises the
+    // connectivity alert, through a watchdog the plugin re-arms with every reading.
+    let config = json!({
+        "deadline_ms": 100,
+        "max_consecutive_failures": 50,
+        "settings": [["silence_intervals", "3"], ["time_scale", time_scale.to_string()]],
+    })
+    .to_string();
     let url = api.url(
         "/plugins/cold-chain-alerts/versions",
         &["activate=true".into(), format!("config={}", cli::encode(&config))],
@@ -399,6 +407,14 @@ async fn setup(api: &Api, plugin: Option<&Path>) -> Result<String, String> {
         "SELECT * FROM '$aws/events/presence/+/+' WHERE startswith(clientId, 'truck-')",
         json!([{ "plugin": { "name": "cold-chain-alerts" } }]),
         "trucks whose connection is lost, and back (lifecycle events, plugin cold-chain-alerts)",
+    )
+    .await?;
+    put_rule(
+        api,
+        "cold_chain_silence",
+        "SELECT * FROM 'fleet/+/silence'",
+        json!([{ "plugin": { "name": "cold-chain-alerts" } }]),
+        "trucks connected but silent for 3 reporting intervals (watchdogs the plugin arms)",
     )
     .await?;
     Ok(format!("plugin cold-chain-alerts from {}", wasm.display()))

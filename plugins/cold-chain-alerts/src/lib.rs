@@ -18,9 +18,11 @@
 //! Point two rules at the plugin: one selecting the telemetry (`SELECT * FROM
 //! 'fleet/+/telemetry'`) and one selecting the lifecycle events (`SELECT * FROM
 //! '$aws/events/presence/+/+'`; add e.g. `WHERE startswith(clientId, 'truck-')` when other
-//! clients connect to the broker too, or their disconnections alert as well). A message whose
-//! topic starts with `$aws/events/presence/` is a lifecycle event; every other message is a
-//! reading.
+//! clients connect to the broker too, or their disconnections alert as well). With silence
+//! detection on (`silence_intervals`, see below), point a third rule at the fired watchdogs
+//! (`SELECT * FROM 'fleet/+/silence'`, after `silence_topic`). A message whose topic starts with
+//! `$aws/events/presence/` is a lifecycle event, one whose topic matches `silence_topic` (whether
+//! or not silence detection is on) a silence message; every other message is a reading.
 //!
 //! Six checks, each raising an alert once when its condition starts and an `info` recovery alert
 //! once when it clears:
@@ -52,7 +54,10 @@
 //!   the lost one), or any reading of the truck that the broker received after the
 //!   disconnection, recovers it. A `disconnected` event whose `versionNumber` is lower than the
 //!   highest of the truck's `connected` events is stale (the client id was taken over by a
-//!   newer connection) and ignored.
+//!   newer connection) and ignored. With `silence_intervals` K above 0, it also raises when a
+//!   truck stays connected but goes silent: no reading for K reporting intervals (`value`
+//!   `NO_TELEMETRY`; see *Silence* below), recovered the same way (a reading the broker received
+//!   after the last one before the silence, or a `connected` event of a newer connection).
 //!
 //! Every alert and recovery is an [`Action::alert`] naming the truck and, unless `republish` is
 //! empty, a QoS 1 publish of this JSON event:
@@ -72,13 +77,14 @@
 //! | `corridor` | the distance from the planned route, rounded to whole metres | the corridor width (m) |
 //! | `door` | the speed (km/h; `null` when a closing reading has none) | `moving_kmh` (km/h) |
 //! | `presence` | `presence` | `null` |
-//! | `connectivity` | raised: the `disconnectReason`; recovered: how many seconds (whole) the truck was away, from the disconnected event's `timestamp` to the broker receiving the `connected` event or the reading | `null` |
+//! | `connectivity` | raised: the `disconnectReason`, or `NO_TELEMETRY` for a silent truck; recovered: how many seconds (whole) the truck was away, from the disconnected event's `timestamp` (for `NO_TELEMETRY`: the broker receiving the last reading before the silence) to the broker receiving the `connected` event or the reading | `null` |
 //!
 //! For the events of a reading, `ts` is the reading's `ts`, else the broker's receive time, and
 //! `lat`/`lon` are the reading's (`null` when absent). For the events of a lifecycle event
 //! (`connectivity` only), `ts` is the event's `timestamp` and `lat`/`lon` the truck's last known
 //! position: that of its latest reading (by `ts`) with a position, remembered while
-//! `connectivity` runs (`null` when none is known).
+//! `connectivity` runs (`null` when none is known). The same holds for the events of a silence
+//! message, with `ts` the broker's receive time of the silence message.
 //!
 //! Configuration (all values are strings, as the host passes them):
 //!
@@ -105,15 +111,23 @@
 //! | `republish` | topic template of the JSON events (`{thing}` is the truck; a lifecycle event's topic levels are not a reading's, so prefer `{thing}` to `{level:N}`); empty: none | `fleet/{thing}/alerts` |
 //! | `thing_level` | topic level naming the truck of a reading when the connection has no registry thing | `1` |
 //! | `state_ttl_secs` | forget a truck's state after this long without readings or lifecycle events | `86400` |
+//! | `silence_intervals` | K: raise `connectivity` when a truck sends no reading for K reporting intervals (0 to 1000; only while `connectivity` runs); `0`: off, no watchdog traffic at all | `0` |
+//! | `interval_s` | a truck's reporting interval (s, > 0) when its shadow gives none | `60` |
+//! | `interval_field` | the field of the truck's shadow (`state.reported`, else `state.desired`) holding its reporting interval (s); empty: never read the shadow for it | `interval` |
+//! | `time_scale` | simulated seconds per real second of the trucks' clock (> 0; a simulator at 60 reports an interval of 10 s every 1/6 s) | `1` |
+//! | `silence_min_ms` | the shortest silence timeout (ms, 1 to 2592000000) | `1000` |
+//! | `silence_watchdog` | the name of a truck's watchdog (`$shoal/watchdog/{name}`): a template whose only placeholder is `{thing}`, which it must contain | `cold-chain/{thing}` |
+//! | `silence_topic` | the topic of a truck's fired watchdog: a template whose only placeholder is `{thing}`, exactly once and as a whole topic level (not under `$shoal/watchdog/` or `$aws/events/`) | `fleet/{thing}/silence` |
 //!
 //! The truck of a reading is the connection's registry thing, else topic level `thing_level`,
 //! else the payload's `truck`. The truck of a lifecycle event is the client's registry thing,
 //! else the event's `clientId`, else the topic's client id level (the last one): a truck without
 //! a registry thing must connect with its name as client id for its readings and its lifecycle
 //! events to meet. The shadow is read on every message that has a temperature or humidity to
-//! judge, the route shadow on every reading with a position while `corridor` runs (nothing is
-//! cached in the instance, so a new desired maximum or route applies to the next reading); a
-//! desired maximum that is not a number is logged and the configured one used.
+//! judge (and, while silence detection is on, on every reading, for the reporting interval),
+//! the route shadow on every reading with a position while `corridor` runs (nothing is cached
+//! in the instance, so a new desired maximum, interval or route applies to the next reading);
+//! a desired maximum that is not a number is logged and the configured one used.
 //!
 //! A reading without the fields a check needs is ignored by that check (a `null` counts as
 //! absent); `connectivity` needs none (any reading recovers it), `corridor` needs `lat` and `lon`.
@@ -128,13 +142,55 @@
 //! failure is a plugin failure.
 //!
 //! A truck's state (the three windows, the door, presence and connectivity flags, the highest
-//! `connected` `versionNumber` and the last known position) is one JSON document in the host's
-//! key-value store, scope the truck, so it survives the host discarding instances, new plugin
-//! versions and restarts; documents written by earlier versions of the plugin load (what they
-//! lack starts empty). A connectivity alert open for longer than `state_ttl_secs` is forgotten
-//! with the rest, and never recovered. As with `debounce-alert`, two instances handling the same
-//! truck at the same moment may both read the old state (no compare-and-swap yet): route one
-//! truck's messages to one node if exactly-once alerts matter.
+//! `connected` `versionNumber`, the last known position, when the truck went offline and, for
+//! silence detection, when the broker received its latest reading) is one JSON document in the
+//! host's key-value store, scope the truck, so it survives the host discarding instances, new
+//! plugin versions and restarts; documents written by earlier versions of the plugin load (what
+//! they lack starts empty). A connectivity alert open for longer than `state_ttl_secs` is
+//! forgotten with the rest, and never recovered. As with `debounce-alert`, two instances
+//! handling the same truck at the same moment may both read the old state (no compare-and-swap
+//! yet): route one truck's messages to one node if exactly-once alerts matter.
+//!
+//! *Silence.* A truck can stay connected and send nothing (a hung telemetry process, a modem
+//! that keeps TCP alive): no lifecycle event tells. With `silence_intervals` K above 0 (and
+//! `connectivity` running), the plugin uses the broker's watchdogs (a dead man's switch). Every
+//! reading it accepts (re-)arms the truck's watchdog with a QoS 0 publish to
+//! `$shoal/watchdog/{silence_watchdog}` (here K = 3 and an interval of 20 s):
+//!
+//! ```json
+//! {"timeoutMs":60000,"topic":"fleet/truck-7/silence",
+//!  "payload":{"truck":"truck-7","lastSeen":1767225600000,"timeoutMs":60000}}
+//! ```
+//!
+//! `lastSeen` is the broker's receive time of the reading, and `timeoutMs` is
+//! `max(silence_min_ms, round(K × interval × 1000 / time_scale))`, at most 30 days (the
+//! broker's longest), with `interval` the truck's reporting interval in seconds: its shadow's
+//! `state.reported.{interval_field}`, else `state.desired.{interval_field}`, else `interval_s`
+//! (a value that is neither absent nor `null` nor a positive number is logged and skipped). The
+//! shadow is `shadow_name`'s (the one the maxima come from), read once per reading: the read for
+//! the maxima serves both, and while silence detection is on it is read for the interval even
+//! when no maximum is needed or `shadow_limits` is `false` (an empty `interval_field` never
+//! reads it). A reading the broker received before the truck's latest (not stale)
+//! `disconnected` event does not arm; neither does a truck whose name is not one topic level
+//! (empty, or with `/`, `+`, `#`), which is logged. Every `disconnected` event that is not
+//! stale cancels the watchdog (an empty publish to the same topic), so a truck switched off, or
+//! lost, raises no silence later.
+//!
+//! Unless a reading re-arms it within `timeoutMs`, the broker publishes the `payload` on the
+//! `topic`: the silence message. Its truck is the payload's `truck`, else the topic's `{thing}`
+//! level; a payload that is not a JSON object with a numeric `lastSeen` (or with a `truck` that
+//! is not a string) is rejected, state untouched, even with silence detection off. It raises
+//! the `connectivity` alert (`value` `NO_TELEMETRY`, `ts` the silence message's broker time,
+//! the last known position) unless silence detection or `connectivity` is off, the alert is
+//! already raised, the broker received a reading of the truck after `lastSeen` (the message is
+//! stale), or the truck is offline (its latest `disconnected` event that is not stale came after
+//! every `connected` event and every reading the broker received); then it is ignored.
+//! Raised, it is open like a lost connection: a reading the broker received after `lastSeen`
+//! recovers it (`value`: the seconds from `lastSeen` to that reading), and so does a `connected`
+//! event of a connection newer than the truck's highest `versionNumber` seen. The rule running
+//! the plugin must be allowed to publish on `$shoal/watchdog/...` and on the `silence_topic`
+//! (the broker checks both at arming). Watchdogs live in the broker's memory: after a broker
+//! restart, a truck's next reading arms it again.
 
 use serde::{Deserialize, Serialize};
 use shoal_sdk::geo::{self, Position};
@@ -147,6 +203,15 @@ const STATE_KEY: &str = "cold-chain-state";
 
 /// The topics of the broker's lifecycle events: `{prefix}{connected|disconnected}/{clientId}`.
 const LIFECYCLE_PREFIX: &str = "$aws/events/presence/";
+
+/// Where the broker's watchdogs are armed and cancelled: `{prefix}{name}`.
+const WATCHDOG_PREFIX: &str = "$shoal/watchdog/";
+
+/// The broker's longest watchdog timeout: 30 days.
+const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3_600 * 1_000;
+
+/// The connectivity alert's `value` (in place of a `disconnectReason`) for a silent truck.
+const NO_TELEMETRY: &str = "NO_TELEMETRY";
 
 /// AWS IoT's `disconnectReason` names (Shoal's broker uses a subset), for `connectivity_ignore`.
 const DISCONNECT_REASONS: [&str; 13] = [
@@ -298,15 +363,19 @@ struct Fix {
     ts: u64,
 }
 
-/// A lost connection: the open connectivity alert.
+/// A lost connection (or a silent truck): the open connectivity alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Lost {
-    /// The disconnected event's `timestamp`.
+    /// The disconnected event's `timestamp`; for a silent truck, the silence message's
+    /// `lastSeen` (the broker's receive time of the last reading before the silence).
     at_ms: u64,
-    /// Its `disconnectReason`.
+    /// Its `disconnectReason`; for a silent truck, [`NO_TELEMETRY`].
     reason: String,
-    /// Its `versionNumber`.
+    /// Its `versionNumber`; for a silent truck, the highest `connected` one then (0 if none).
     version: u64,
+    /// Raised by a silence message, not by a disconnected event.
+    #[serde(default)]
+    silent: bool,
 }
 
 /// What the connectivity check remembers of a truck's connections.
@@ -317,6 +386,11 @@ struct Link {
     connected_version: Option<u64>,
     /// The open alert, if any.
     lost: Option<Lost>,
+    /// When the broker received the truck's latest reading (kept while silence detection runs).
+    last_rx_ms: Option<u64>,
+    /// The `timestamp` of the truck's latest `disconnected` event that is not stale, while no
+    /// `connected` event or reading the broker received after it came: the truck is offline.
+    offline: Option<u64>,
 }
 
 /// Everything the plugin remembers about one truck: one key-value document. Every field has a
@@ -707,20 +781,29 @@ impl Connectivity {
     /// The recovery of `lost`, `back_ms` the broker's time of the message that ends it.
     fn recovery(truck: &str, lost: &Lost, back_ms: u64, how: &str) -> Event {
         let away = seconds_between(lost.at_ms, back_ms);
+        let since = if lost.silent {
+            "its last reading before it went silent"
+        } else {
+            "the connection was lost"
+        };
         Event {
             kind: Kind::Connectivity,
             raised: false,
             severity: Severity::Info,
             title: format!("{truck}: {how} after {}", duration_text(away)),
-            body: format!("{how} {away} s after the connection was lost ({})", lost.reason),
+            body: format!("{how} {away} s after {since} ({})", lost.reason),
             value: json!(away),
             limit: Value::Null,
         }
     }
 
-    /// A reading of the truck, received by the broker at `received_ms`: recovers an open alert
-    /// when it came after the disconnection.
+    /// A reading of the truck, received by the broker at `received_ms`: ends the truck being
+    /// offline, and recovers an open alert, when it came after the disconnection (or the last
+    /// reading before the silence).
     fn on_reading(&self, link: &mut Link, truck: &str, received_ms: u64) -> Option<Event> {
+        if link.offline.is_some_and(|at| at <= received_ms) {
+            link.offline = None;
+        }
         if link.lost.as_ref()?.at_ms > received_ms {
             return None;
         }
@@ -728,7 +811,8 @@ impl Connectivity {
         Some(Self::recovery(truck, &lost, received_ms, "reporting again"))
     }
 
-    /// A lifecycle event of the truck.
+    /// A lifecycle event of the truck: the event it raises or recovers, and whether it is a
+    /// `disconnected` event that is not stale (the truck is offline now).
     fn on_event(
         &self,
         link: &mut Link,
@@ -736,17 +820,23 @@ impl Connectivity {
         event: &LifecycleEvent,
         change: Change,
         received_ms: u64,
-    ) -> Option<Event> {
+    ) -> (Option<Event>, bool) {
         let version = event.version_number;
         match change {
             Change::Connected => {
                 link.connected_version = Some(link.connected_version.map_or(version, |v| v.max(version)));
-                // Only a newer connection ends the loss (events may arrive out of order).
-                if link.lost.as_ref()?.version >= version {
-                    return None;
+                // Back online, unless this is a late event of the connection that ended.
+                if link.offline.is_some_and(|at| at <= event.timestamp) {
+                    link.offline = None;
                 }
-                let lost = link.lost.take()?;
-                Some(Self::recovery(truck, &lost, received_ms, "connected again"))
+                // Only a newer connection ends the loss (events may arrive out of order).
+                let Some(lost) = link.lost.take_if(|lost| lost.version < version) else {
+                    return (None, false);
+                };
+                (
+                    Some(Self::recovery(truck, &lost, received_ms, "connected again")),
+                    false,
+                )
             }
             Change::Disconnected { reason } => {
                 if let Some(newest) = link.connected_version
@@ -756,10 +846,11 @@ impl Connectivity {
                         "{truck}: stale disconnected event ignored (versionNumber {version}; \
                          connection {newest} is newer)"
                     );
-                    return None;
+                    return (None, false);
                 }
+                link.offline = Some(link.offline.map_or(event.timestamp, |at| at.max(event.timestamp)));
                 if self.ignore.contains(&reason) || link.lost.is_some() {
-                    return None;
+                    return (None, true);
                 }
                 let alert = Event {
                     kind: Kind::Connectivity,
@@ -777,10 +868,316 @@ impl Connectivity {
                     at_ms: event.timestamp,
                     reason,
                     version,
+                    silent: false,
                 });
-                Some(alert)
+                (Some(alert), true)
             }
         }
+    }
+
+    /// A silence message of the truck: the watchdog armed by the reading the broker received
+    /// at `last_seen_ms` fired at `now_ms` (after `timeout_ms`, when the message says). Raises
+    /// the alert unless it is open, the message is stale or the truck is offline.
+    fn on_silence(
+        &self,
+        link: &mut Link,
+        truck: &str,
+        last_seen_ms: u64,
+        now_ms: u64,
+        timeout_ms: Option<u64>,
+    ) -> Option<Event> {
+        if link.lost.is_some() {
+            return None;
+        }
+        if let Some(rx) = link.last_rx_ms
+            && rx > last_seen_ms
+        {
+            shoal_sdk::info!(
+                "{truck}: stale silence message ignored (lastSeen {last_seen_ms}; a reading \
+                 arrived at {rx})"
+            );
+            return None;
+        }
+        if let Some(at) = link.offline {
+            shoal_sdk::info!("{truck}: silence message ignored: the truck is offline (disconnected at {at})");
+            return None;
+        }
+        let silent_s = seconds_between(last_seen_ms, now_ms);
+        let timeout = match timeout_ms {
+            Some(ms) => format!(" (silence timeout {ms} ms)"),
+            None => String::new(),
+        };
+        let alert = Event {
+            kind: Kind::Connectivity,
+            raised: true,
+            severity: self.severity,
+            title: format!("{truck}: no telemetry for {}", duration_text(silent_s)),
+            body: format!(
+                "no reading of the truck reached the broker for {silent_s} s{timeout}, although \
+                 no disconnection was reported"
+            ),
+            value: json!(NO_TELEMETRY),
+            limit: Value::Null,
+        };
+        link.lost = Some(Lost {
+            at_ms: last_seen_ms,
+            reason: NO_TELEMETRY.to_string(),
+            version: link.connected_version.unwrap_or(0),
+            silent: true,
+        });
+        Some(alert)
+    }
+}
+
+/// A piece of a [`ThingTemplate`].
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Thing,
+}
+
+/// A template whose only placeholder is `{thing}` (`{{` and `}}` are literal braces), rendered
+/// as the `republish` template renders `{thing}`: the watchdog name and the silence topic, which
+/// must come out the same for a reading, a lifecycle event and the fired watchdog (whose topic
+/// levels differ, so `{topic}`, `{client_id}` and `{level:N}` are refused).
+#[derive(Debug, Clone, PartialEq)]
+struct ThingTemplate {
+    pieces: Vec<Piece>,
+}
+
+impl ThingTemplate {
+    /// Parses `source`, the value of config key `key`; it must be (part of) a topic name.
+    fn parse(key: &str, source: &str) -> Result<Self, PluginError> {
+        let bad = |why: &str| PluginError::config(format!("`{key}` = {source:?}: {why}"));
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = source.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '}' => return Err(bad("unmatched `}`")),
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(bad("unmatched `{`")),
+                        }
+                    }
+                    if name != "thing" {
+                        return Err(bad(&format!(
+                            "unknown placeholder {{{name}}} (the only one is {{thing}})"
+                        )));
+                    }
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Thing);
+                }
+                '+' | '#' | '\0' => return Err(bad("a topic name has no `+`, `#` or NUL")),
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        if !pieces.contains(&Piece::Thing) {
+            return Err(bad("needs {thing}, or every truck would share it"));
+        }
+        Ok(ThingTemplate { pieces })
+    }
+
+    fn render(&self, truck: &str) -> String {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(text) => text.as_str(),
+                Piece::Thing => truck,
+            })
+            .collect()
+    }
+}
+
+/// `silence_topic`: a [`ThingTemplate`] with `{thing}` exactly once, as a whole topic level, so
+/// that a topic tells whether it is a silence message, and of which truck.
+#[derive(Debug, Clone, PartialEq)]
+struct SilenceTopic {
+    template: ThingTemplate,
+    /// Each level: literal text, or (`None`) the truck.
+    levels: Vec<Option<String>>,
+}
+
+impl SilenceTopic {
+    fn parse(source: &str) -> Result<Self, PluginError> {
+        let template = ThingTemplate::parse("silence_topic", source)?;
+        let bad = |why: &str| PluginError::config(format!("`silence_topic` = {source:?}: {why}"));
+        // NUL is in no literal, so it marks where the truck goes.
+        let marked = template.render("\0");
+        let levels: Vec<Option<String>> = marked
+            .split('/')
+            .map(|level| match level {
+                "\0" => Ok(None),
+                _ if level.contains('\0') => Err(bad("{thing} must be a whole topic level")),
+                _ => Ok(Some(level.to_string())),
+            })
+            .collect::<Result<_, _>>()?;
+        if levels.iter().filter(|l| l.is_none()).count() != 1 {
+            return Err(bad("{thing} must be there exactly once"));
+        }
+        if [WATCHDOG_PREFIX, "$aws/events/"]
+            .iter()
+            .any(|prefix| template.render("x").starts_with(prefix))
+        {
+            return Err(bad(
+                "topics under $shoal/watchdog/ and $aws/events/ are the broker's",
+            ));
+        }
+        Ok(SilenceTopic { template, levels })
+    }
+
+    /// The truck of `topic` when it is a silence topic: its `{thing}` level (never empty).
+    fn truck_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let mut truck = None;
+        let mut levels = topic.split('/');
+        for want in &self.levels {
+            let level = levels.next()?;
+            match want {
+                Some(text) if text != level => return None,
+                Some(_) => {}
+                None if level.is_empty() => return None,
+                None => truck = Some(level),
+            }
+        }
+        if levels.next().is_some() {
+            return None;
+        }
+        truck
+    }
+}
+
+/// Silence detection: a broker watchdog per truck, re-armed by every reading.
+#[derive(Debug, Clone, PartialEq)]
+struct Silence {
+    /// K: how many reporting intervals without a reading are a silence; 0: off.
+    intervals: u32,
+    /// The reporting interval (s) when the shadow gives none.
+    interval_s: f64,
+    /// The shadow field holding the interval; `None`: never read.
+    interval_field: Option<String>,
+    /// Simulated seconds per real second.
+    time_scale: f64,
+    /// The shortest timeout (ms).
+    min_ms: u64,
+    watchdog: ThingTemplate,
+    topic: SilenceTopic,
+}
+
+impl Silence {
+    fn from_config(config: &Config) -> Result<Self, PluginError> {
+        let intervals: u32 = config.parse_or("silence_intervals", 0)?;
+        if intervals > 1_000 {
+            return Err(PluginError::config(format!(
+                "`silence_intervals` = {intervals}: need 0 (off) to 1000"
+            )));
+        }
+        let positive = |key: &str, default: f64| -> Result<f64, PluginError> {
+            let value: f64 = config.parse_or(key, default)?;
+            if !value.is_finite() || value <= 0.0 {
+                return Err(PluginError::config(format!(
+                    "`{key}` = {value}: need a finite number > 0"
+                )));
+            }
+            Ok(value)
+        };
+        let interval_s = positive("interval_s", 60.0)?;
+        let time_scale = positive("time_scale", 1.0)?;
+        let min_ms: u64 = config.parse_or("silence_min_ms", 1_000)?;
+        if !(1..=MAX_TIMEOUT_MS).contains(&min_ms) {
+            return Err(PluginError::config(format!(
+                "`silence_min_ms` = {min_ms}: need 1 to {MAX_TIMEOUT_MS} (30 days)"
+            )));
+        }
+        let interval_field = config.get("interval_field").unwrap_or("interval").trim();
+        let watchdog = config
+            .get("silence_watchdog")
+            .unwrap_or("cold-chain/{thing}")
+            .trim();
+        let topic = config
+            .get("silence_topic")
+            .unwrap_or("fleet/{thing}/silence")
+            .trim();
+        Ok(Silence {
+            intervals,
+            interval_s,
+            interval_field: (!interval_field.is_empty()).then(|| interval_field.to_string()),
+            time_scale,
+            min_ms,
+            watchdog: ThingTemplate::parse("silence_watchdog", watchdog)?,
+            topic: SilenceTopic::parse(topic)?,
+        })
+    }
+
+    /// The truck's reporting interval (s): the shadow's reported one, else its desired one,
+    /// else `interval_s`; a value that is not a positive number is logged and skipped.
+    fn interval(&self, shadow: Option<&Value>, truck: &str) -> f64 {
+        let (Some(field), Some(state)) = (&self.interval_field, shadow.and_then(|d| d.get("state"))) else {
+            return self.interval_s;
+        };
+        for part in ["reported", "desired"] {
+            match state.get(part).and_then(|s| s.get(field)) {
+                None | Some(Value::Null) => {}
+                Some(raw) => match raw.as_f64().filter(|s| s.is_finite() && *s > 0.0) {
+                    Some(interval) => return interval,
+                    None => shoal_sdk::warn!(
+                        "{truck}: shadow {part}.{field} = {raw} is not a positive number of \
+                         seconds; ignored"
+                    ),
+                },
+            }
+        }
+        self.interval_s
+    }
+
+    /// How long (ms) without a reading is a silence, for a reporting interval of `interval_s`.
+    fn timeout_ms(&self, interval_s: f64) -> u64 {
+        let ms = (f64::from(self.intervals) * interval_s * 1_000.0 / self.time_scale).round();
+        // `as` saturates (an infinite product too); the broker takes at most 30 days.
+        (ms as u64).clamp(self.min_ms, MAX_TIMEOUT_MS)
+    }
+
+    /// The topic of the truck's watchdog, `None` (logged) when the truck's name is not one
+    /// topic level (the fired message would not come back as a silence message).
+    fn watchdog_topic(&self, truck: &str) -> Option<String> {
+        if truck.is_empty() || truck.contains(['/', '+', '#', '\0']) {
+            shoal_sdk::warn!("{truck:?} is not a topic level; no silence watchdog for it");
+            return None;
+        }
+        Some(format!("{WATCHDOG_PREFIX}{}", self.watchdog.render(truck)))
+    }
+
+    /// (Re-)arms the truck's watchdog for its reading the broker received at `received_ms`.
+    fn arm(&self, truck: &str, received_ms: u64, interval_s: f64) -> Option<Action> {
+        let watchdog = self.watchdog_topic(truck)?;
+        let timeout_ms = self.timeout_ms(interval_s);
+        let arming = json!({
+            "timeoutMs": timeout_ms,
+            "topic": self.topic.template.render(truck),
+            "payload": {"truck": truck, "lastSeen": received_ms, "timeoutMs": timeout_ms},
+        });
+        Some(Action::publish_json(watchdog, &arming).into())
+    }
+
+    /// Cancels the truck's watchdog: an empty publish.
+    fn cancel(&self, truck: &str) -> Option<Action> {
+        Some(Action::publish(self.watchdog_topic(truck)?, Vec::new()).into())
     }
 }
 
@@ -806,6 +1203,27 @@ struct Stamp {
     note: String,
 }
 
+impl Stamp {
+    /// For the events of a message without a position (a lifecycle event, a silence message)
+    /// at `ts`: the truck's last known position.
+    fn last_known(position: Option<&Fix>, ts: u64) -> Self {
+        Stamp {
+            ts,
+            lat: position.map(|p| p.lat),
+            lon: position.map(|p| p.lon),
+            note: match position {
+                Some(p) => format!(
+                    " (last known position {}, {}, reported {} before this event)",
+                    p.lat,
+                    p.lon,
+                    duration_text(seconds_between(p.ts, ts))
+                ),
+                None => " (no known position)".to_string(),
+            },
+        }
+    }
+}
+
 /// The configured plugin.
 pub struct ColdChainAlerts {
     temperature: Option<Excursion>,
@@ -815,6 +1233,8 @@ pub struct ColdChainAlerts {
     door: Option<(f64, Severity)>,
     presence: Option<Severity>,
     connectivity: Option<Connectivity>,
+    /// Parsed even when off (its topic tells silence messages apart); see [`Self::silence`].
+    silence: Silence,
     shadow_limits: bool,
     shadow_name: Option<String>,
     republish: Option<Template>,
@@ -846,6 +1266,11 @@ fn parse_checks(raw: Option<&str>) -> Result<Vec<Kind>, PluginError> {
 }
 
 impl ColdChainAlerts {
+    /// Silence detection, when it is on: `silence_intervals` above 0 and `connectivity` running.
+    fn silence(&self) -> Option<&Silence> {
+        Some(&self.silence).filter(|s| s.intervals > 0 && self.connectivity.is_some())
+    }
+
     /// Loads the truck's state: the state and whether it was stored.
     fn load(truck: &str) -> Result<(TruckState, bool), PluginError> {
         let stored: Option<TruckState> = kv::get_json(Scope::Thing(truck), STATE_KEY)?;
@@ -946,13 +1371,19 @@ impl ColdChainAlerts {
             ok
         });
 
-        // The shadow's desired state, read once per message and only when a maximum is needed.
-        let desired = if self.shadow_limits && (temperature.is_some() || humidity.is_some()) {
+        // The shadow, read once per message and only when a maximum or, for silence
+        // detection, the reporting interval is needed.
+        let limits = self.shadow_limits && (temperature.is_some() || humidity.is_some());
+        let silence = self.silence();
+        let shadow_doc = if limits || silence.is_some_and(|s| s.interval_field.is_some()) {
             shadow::get(truck, self.shadow_name.as_deref())?
-                .and_then(|mut doc| doc.pointer_mut("/state/desired").map(Value::take))
         } else {
             None
         };
+        let desired = shadow_doc
+            .as_ref()
+            .filter(|_| limits)
+            .and_then(|doc| doc.pointer("/state/desired"));
         // The planned route, read only for a position to judge.
         let route = match corridor.zip(position) {
             Some((check, position)) => check.route(truck)?.map(|route| (check, route, position)),
@@ -961,21 +1392,32 @@ impl ColdChainAlerts {
 
         let (mut state, existed) = Self::load(truck)?;
         let mut events = Vec::new();
+        let mut watchdog = None;
         if let Some(check) = &self.connectivity {
-            events.extend(check.on_reading(&mut state.link, truck, msg.timestamp_ms()));
+            let received_ms = msg.timestamp_ms();
+            events.extend(check.on_reading(&mut state.link, truck, received_ms));
             if let Some((lat, lon)) = position {
-                let ts = reading.ts.unwrap_or(msg.timestamp_ms());
+                let ts = reading.ts.unwrap_or(received_ms);
                 if state.position.as_ref().is_none_or(|last| ts >= last.ts) {
                     state.position = Some(Fix { lat, lon, ts });
                 }
             }
+            if let Some(silence) = silence {
+                let link = &mut state.link;
+                link.last_rx_ms = Some(link.last_rx_ms.map_or(received_ms, |rx| rx.max(received_ms)));
+                // Not for a reading from before the truck went offline (its watchdog is off).
+                if link.offline.is_none() {
+                    let interval_s = silence.interval(shadow_doc.as_ref(), truck);
+                    watchdog = silence.arm(truck, received_ms, interval_s);
+                }
+            }
         }
         if let Some((check, value)) = temperature {
-            let limit = check.limit(desired.as_ref(), truck);
+            let limit = check.limit(desired, truck);
             events.extend(check.step(&mut state.temperature, truck, value, limit));
         }
         if let Some((check, value)) = humidity {
-            let limit = check.limit(desired.as_ref(), truck);
+            let limit = check.limit(desired, truck);
             events.extend(check.step(&mut state.humidity, truck, value, limit));
         }
         if let Some((check, route, position)) = &route {
@@ -1053,7 +1495,8 @@ impl ColdChainAlerts {
                 None => String::new(),
             },
         };
-        let actions = self.emit(msg, truck, events, &stamp)?;
+        let mut actions = self.emit(msg, truck, events, &stamp)?;
+        actions.extend(watchdog);
         self.save(truck, &state, existed)?;
         Ok(actions)
     }
@@ -1077,24 +1520,59 @@ impl ColdChainAlerts {
                 ))
             })?;
         let (mut state, existed) = Self::load(truck)?;
+        let (event_out, offline) = check.on_event(&mut state.link, truck, &event, change, msg.timestamp_ms());
+        let stamp = Stamp::last_known(state.position.as_ref(), event.timestamp);
+        let mut actions = self.emit(msg, truck, event_out.into_iter().collect(), &stamp)?;
+        // Gone (cleanly or not): no silence alert for it later.
+        if offline && let Some(silence) = self.silence() {
+            actions.extend(silence.cancel(truck));
+        }
+        self.save(truck, &state, existed)?;
+        Ok(actions)
+    }
+
+    /// A silence message: the payload of a truck's fired watchdog, on a `silence_topic` whose
+    /// `{thing}` level is `level_truck`.
+    fn on_silence(&self, msg: &Message, level_truck: &str) -> Result<Vec<Action>, PluginError> {
+        let topic = msg.topic();
+        let bad = |why: String| PluginError::rejected(format!("silence message on {topic}: {why}"));
+        let doc: Value =
+            serde_json::from_slice(msg.payload()).map_err(|e| bad(format!("payload is not JSON: {e}")))?;
+        let Value::Object(fields) = &doc else {
+            return Err(bad("payload is not a JSON object".to_string()));
+        };
+        let last_seen_ms = fields
+            .get("lastSeen")
+            .and_then(|raw| {
+                raw.as_u64().or_else(|| {
+                    raw.as_f64()
+                        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                        .map(|ms| ms.round() as u64)
+                })
+            })
+            .ok_or_else(|| {
+                bad("no numeric `lastSeen` (the broker's receive time of the last reading, ms)".to_string())
+            })?;
+        let truck = match fields.get("truck") {
+            None | Some(Value::Null) => level_truck,
+            Some(Value::String(truck)) if truck.is_empty() => level_truck,
+            Some(Value::String(truck)) => truck.as_str(),
+            Some(other) => return Err(bad(format!("`truck` = {other} is not a string"))),
+        };
+        let (Some(check), Some(_)) = (&self.connectivity, self.silence()) else {
+            return Ok(vec![]);
+        };
+        let timeout_ms = fields.get("timeoutMs").and_then(Value::as_u64);
+        let (mut state, existed) = Self::load(truck)?;
+        let now_ms = msg.timestamp_ms();
         let events: Vec<Event> = check
-            .on_event(&mut state.link, truck, &event, change, msg.timestamp_ms())
+            .on_silence(&mut state.link, truck, last_seen_ms, now_ms, timeout_ms)
             .into_iter()
             .collect();
-        let stamp = Stamp {
-            ts: event.timestamp,
-            lat: state.position.as_ref().map(|p| p.lat),
-            lon: state.position.as_ref().map(|p| p.lon),
-            note: match &state.position {
-                Some(p) => format!(
-                    " (last known position {}, {}, reported {} before this event)",
-                    p.lat,
-                    p.lon,
-                    duration_text(seconds_between(p.ts, event.timestamp))
-                ),
-                None => " (no known position)".to_string(),
-            },
-        };
+        if events.is_empty() {
+            return Ok(vec![]);
+        }
+        let stamp = Stamp::last_known(state.position.as_ref(), now_ms);
         let actions = self.emit(msg, truck, events, &stamp)?;
         self.save(truck, &state, existed)?;
         Ok(actions)
@@ -1131,6 +1609,7 @@ impl Plugin for ColdChainAlerts {
         let door_severity = config.parse_or("door_severity", Severity::Critical)?;
         let presence_severity = config.parse_or("presence_severity", Severity::Critical)?;
         let connectivity = Connectivity::from_config(&config)?;
+        let silence = Silence::from_config(&config)?;
         let republish = match config.get("republish") {
             None => Some(Template::parse("fleet/{thing}/alerts")?),
             Some(raw) if raw.trim().is_empty() => None,
@@ -1148,6 +1627,7 @@ impl Plugin for ColdChainAlerts {
             door: on(Kind::Door).then_some((moving_kmh, door_severity)),
             presence: on(Kind::Presence).then_some(presence_severity),
             connectivity: on(Kind::Connectivity).then_some(connectivity),
+            silence,
             shadow_limits: config.parse_or("shadow_limits", true)?,
             shadow_name: config
                 .get("shadow_name")
@@ -1163,6 +1643,8 @@ impl Plugin for ColdChainAlerts {
     fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
         if msg.topic().starts_with(LIFECYCLE_PREFIX) {
             self.on_lifecycle(msg)
+        } else if let Some(truck) = self.silence.topic.truck_of(msg.topic()) {
+            self.on_silence(msg, truck)
         } else {
             self.on_reading(msg)
         }
@@ -1174,6 +1656,7 @@ export_plugin!(ColdChainAlerts);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_sdk::Publish;
     use shoal_sdk::testing::Harness;
 
     const TS: u64 = 1_767_225_600_000;
@@ -2307,5 +2790,580 @@ mod tests {
         let mut h = harness(&[("checks", "presence,corridor")]);
         h.send(reading_with("t1", json!({}))).unwrap();
         assert_eq!(h.kv_keys(), [], "nothing to remember");
+    }
+
+    // --- silence ---
+
+    /// A silence message as the broker publishes it when `truck`'s watchdog, armed by the
+    /// reading it received at `last_seen`, fires at `at_ms` (from `$watchdog`, no thing name).
+    fn silence(truck: &str, last_seen: u64, at_ms: u64) -> Message {
+        Message::json(
+            format!("fleet/{truck}/silence"),
+            json!({"truck": truck, "lastSeen": last_seen, "timeoutMs": 180_000}),
+        )
+        .with_client_id("$watchdog")
+        .with_timestamp_ms(at_ms)
+    }
+
+    /// `actions` without the watchdog publishes (to `$shoal/watchdog/...`), and those.
+    fn split_watchdogs(actions: Vec<Action>) -> (Vec<Action>, Vec<Publish>) {
+        let (watchdogs, rest): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+            a.as_publish()
+                .is_some_and(|p| p.topic.starts_with(WATCHDOG_PREFIX))
+        });
+        let watchdogs = watchdogs
+            .iter()
+            .map(|a| a.as_publish().unwrap().clone())
+            .collect();
+        (rest, watchdogs)
+    }
+
+    /// The one arming among `actions`, the last one: its topic and JSON, checking it is QoS 0.
+    fn arming(actions: &[Action]) -> (String, Value) {
+        let (_, watchdogs) = split_watchdogs(actions.to_vec());
+        assert_eq!(watchdogs.len(), 1, "{actions:?}");
+        assert_eq!(actions.last().and_then(Action::as_publish), Some(&watchdogs[0]));
+        let publish = &watchdogs[0];
+        assert_eq!((publish.qos, publish.retain), (0, false));
+        (
+            publish.topic.clone(),
+            serde_json::from_slice(&publish.payload).unwrap(),
+        )
+    }
+
+    /// The `timeoutMs` a reading of `truck` arms its watchdog with.
+    fn timeout(h: &mut Harness<ColdChainAlerts>, truck: &str) -> u64 {
+        let (_, doc) = arming(&h.send(reading_with(truck, json!({}))).unwrap());
+        assert_eq!(doc["payload"]["timeoutMs"], doc["timeoutMs"]);
+        doc["timeoutMs"].as_u64().unwrap()
+    }
+
+    /// Whether `action` cancels `truck`'s watchdog (the default name): an empty QoS 0 publish.
+    fn is_cancel(action: &Action, truck: &str) -> bool {
+        action.as_publish().is_some_and(|p| {
+            p.topic == format!("$shoal/watchdog/cold-chain/{truck}")
+                && p.payload.is_empty()
+                && p.qos == 0
+                && !p.retain
+        })
+    }
+
+    #[test]
+    fn readings_arm_the_watchdog_with_k_reporting_intervals() {
+        let mut h = harness(&[("silence_intervals", "3")]);
+        let rx = h.now_ms();
+        let actions = h.send(reading_with("truck-7", json!({}))).unwrap();
+        assert_eq!(actions.len(), 1, "no alert, one arming");
+        let (topic, doc) = arming(&actions);
+        assert_eq!(topic, "$shoal/watchdog/cold-chain/truck-7");
+        assert_eq!(
+            doc,
+            json!({
+                "timeoutMs": 180_000, "topic": "fleet/truck-7/silence",
+                "payload": {"truck": "truck-7", "lastSeen": rx, "timeoutMs": 180_000},
+            }),
+            "3 × the default 60 s"
+        );
+        assert_eq!(state_of(&h, "truck-7").link.last_rx_ms, Some(rx));
+        // The broker's receive time, not the reading's `ts`.
+        let msg = reading_with("truck-7", json!({"ts": 5})).with_timestamp_ms(rx + 2_000);
+        let (_, doc) = arming(&h.send(msg).unwrap());
+        assert_eq!(doc["payload"]["lastSeen"], json!(rx + 2_000));
+        assert_eq!(state_of(&h, "truck-7").link.last_rx_ms, Some(rx + 2_000));
+
+        // The shadow's reported interval, else its desired one (read with the maxima).
+        h.set_shadow(
+            "t1",
+            None,
+            json!({"state": {"reported": {"interval": 10}, "desired": {"interval": 20}}}),
+        );
+        assert_eq!(timeout(&mut h, "t1"), 30_000);
+        h.set_shadow(
+            "t1",
+            None,
+            json!({"state": {"desired": {"interval": 20, "maxTempC": -10}}}),
+        );
+        assert_eq!(timeout(&mut h, "t1"), 60_000, "the desired one");
+        h.set_reported("t1", json!({"interval": 2.5}));
+        assert_eq!(timeout(&mut h, "t1"), 7_500);
+        // Values that are not a positive number are logged and skipped.
+        for bad in [json!("10"), json!(0), json!(-10), json!(true), json!({"s": 5})] {
+            h.take_logs();
+            h.set_shadow(
+                "t1",
+                None,
+                json!({"state": {"reported": {"interval": bad}, "desired": {"interval": 20}}}),
+            );
+            assert_eq!(timeout(&mut h, "t1"), 60_000, "{bad}");
+            assert!(
+                h.logs().iter().any(|l| l.message.contains("reported.interval")),
+                "{bad}: {:?}",
+                h.logs()
+            );
+            h.set_reported("t1", json!({"interval": bad}));
+            assert_eq!(timeout(&mut h, "t1"), 180_000, "{bad}: the configured interval");
+        }
+        h.take_logs();
+        h.set_reported("t1", json!({"interval": null}));
+        assert_eq!(timeout(&mut h, "t1"), 180_000);
+        assert_eq!(h.logs(), [], "null is absent");
+        // Nothing is cached; the broker takes at most 30 days.
+        h.remove_shadow("t1", None);
+        assert_eq!(timeout(&mut h, "t1"), 180_000);
+        h.set_reported("t1", json!({"interval": 1e12}));
+        assert_eq!(timeout(&mut h, "t1"), MAX_TIMEOUT_MS);
+
+        // The trucks' clock: interval / time_scale real seconds; silence_min_ms is the floor.
+        let mut h = harness(&[
+            ("silence_intervals", "3"),
+            ("time_scale", "60"),
+            ("interval_s", "30"),
+        ]);
+        assert_eq!(timeout(&mut h, "t1"), 1_500, "3 × 30 s / 60");
+        h.set_reported("t1", json!({"interval": 10}));
+        assert_eq!(timeout(&mut h, "t1"), 1_000, "500 ms is under the floor");
+        let mut h = harness(&[
+            ("silence_intervals", "5"),
+            ("time_scale", "60"),
+            ("silence_min_ms", "100"),
+        ]);
+        h.set_reported("t1", json!({"interval": 5}));
+        assert_eq!(timeout(&mut h, "t1"), 417, "416.7 rounded");
+
+        // Read for the interval even without maxima to judge, from `shadow_name`'s shadow.
+        let mut h = harness(&[
+            ("silence_intervals", "2"),
+            ("shadow_limits", "false"),
+            ("shadow_name", "reefer"),
+            ("interval_field", "periodS"),
+        ]);
+        h.set_shadow(
+            "t1",
+            Some("reefer"),
+            json!({"state": {"reported": {"periodS": 15, "interval": 99}}}),
+        );
+        h.set_reported("t1", json!({"periodS": 99}));
+        assert_eq!(timeout(&mut h, "t1"), 30_000);
+        let mut h = harness(&[("checks", "connectivity"), ("silence_intervals", "2")]);
+        h.fail_shadow_reads(Some("timeout"));
+        assert!(
+            matches!(h.send(reading_with("t1", json!({}))), Err(PluginError::Failed(_))),
+            "read for the interval"
+        );
+        // An empty `interval_field`: never read, the configured interval.
+        let mut h = harness(&[
+            ("checks", "connectivity"),
+            ("silence_intervals", "2"),
+            ("interval_field", ""),
+            ("interval_s", "45"),
+        ]);
+        h.fail_shadow_reads(Some("timeout"));
+        assert_eq!(timeout(&mut h, "t1"), 90_000);
+
+        // Other templates; the arming comes after the events.
+        let mut h = harness(&[
+            ("checks", "presence,connectivity"),
+            ("silence_intervals", "1"),
+            ("silence_watchdog", " wd/{thing}-quiet "),
+            ("silence_topic", "cold/{thing}/quiet"),
+        ]);
+        let actions = h.send(reading_with("t1", json!({"presence": true}))).unwrap();
+        assert_eq!(actions.len(), 3);
+        assert_eq!(
+            events("t1", &actions[..2]),
+            [ev("presence", "raised", Severity::Critical)]
+        );
+        let (topic, doc) = arming(&actions);
+        assert_eq!(topic, "$shoal/watchdog/wd/t1-quiet");
+        assert_eq!(
+            (doc["topic"].clone(), doc["timeoutMs"].clone()),
+            (json!("cold/t1/quiet"), json!(60_000))
+        );
+        // A truck whose name is not one topic level gets no watchdog (logged).
+        h.take_logs();
+        let msg = Message::json("telemetry", json!({"truck": "a/b", "presence": false}));
+        assert_eq!(h.send(msg).unwrap(), []);
+        assert!(
+            h.logs().iter().any(|l| l.message.contains("no silence watchdog")),
+            "{:?}",
+            h.logs()
+        );
+    }
+
+    #[test]
+    fn silence_detection_off_means_no_watchdog_traffic() {
+        for config in [
+            &[][..],
+            &[("silence_intervals", "0")],
+            &[("silence_intervals", "3"), ("checks", "temperature,presence")],
+        ] {
+            let mut h = harness(config);
+            let mut all = Vec::new();
+            all.extend(h.send(connected("t1", 1, TS)).unwrap());
+            all.extend(h.send(reading_with("t1", json!({"presence": true}))).unwrap());
+            all.extend(
+                h.send(disconnected("t1", 1, TS + 1, "CLIENT_INITIATED_DISCONNECT"))
+                    .unwrap(),
+            );
+            all.extend(h.send(disconnected("t1", 1, TS + 2, "CONNECTION_LOST")).unwrap());
+            all.extend(h.send(reading_with("t1", json!({}))).unwrap());
+            assert_eq!(split_watchdogs(all).1, [], "{config:?}");
+            let state: TruckState = h.kv_get_json(Scope::Thing("t1"), STATE_KEY).unwrap();
+            assert_eq!(state.link.last_rx_ms, None, "{config:?}");
+            // A silence message is ignored (not taken for a reading, which would recover).
+            h.send(disconnected("t1", 1, TS + 3, "CONNECTION_LOST")).unwrap();
+            assert_eq!(h.send(silence("t1", TS, TS + 200_000)).unwrap(), [], "{config:?}");
+        }
+    }
+
+    #[test]
+    fn a_silent_truck_raises_no_telemetry_once_and_its_next_reading_recovers() {
+        let mut h = harness(&[("checks", "connectivity"), ("silence_intervals", "3")]);
+        h.send(connected("truck-7", 5, TS)).unwrap();
+        h.set_now_ms(TS + 1_000);
+        let seen = h.now_ms();
+        h.send(reading_with("truck-7", json!({"lat": 54.1, "lon": 10.2})))
+            .unwrap();
+        // Its watchdog fires 3 min later; the state is in kv.
+        h.restart().unwrap();
+        let fired = seen + 180_250;
+        let actions = h.send(silence("truck-7", seen, fired)).unwrap();
+        assert_eq!(
+            events("truck-7", &actions),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+        assert_eq!(
+            publish_body(&actions[1]),
+            json!({
+                "truck": "truck-7", "kind": "connectivity", "state": "raised",
+                "value": "NO_TELEMETRY", "limit": null, "ts": fired, "lat": 54.1, "lon": 10.2,
+            })
+        );
+        let alert = actions[0].as_alert().unwrap();
+        assert_eq!(alert.title, "truck-7: no telemetry for 3 min 0 s");
+        for part in ["(silence timeout 180000 ms)", "last known position 54.1, 10.2"] {
+            assert!(alert.body.contains(part), "{part}: {}", alert.body);
+        }
+        assert_eq!(
+            state_of(&h, "truck-7").link.lost,
+            Some(Lost {
+                at_ms: seen,
+                reason: NO_TELEMETRY.to_string(),
+                version: 5,
+                silent: true
+            })
+        );
+        // Once: a repeat, or a disconnection now, raises nothing more.
+        assert_eq!(h.send(silence("truck-7", seen, fired + 5)).unwrap(), []);
+        let actions = h
+            .send(disconnected("truck-7", 5, fired + 10, "MQTT_KEEP_ALIVE_TIMEOUT"))
+            .unwrap();
+        assert!(
+            actions.len() == 1 && is_cancel(&actions[0], "truck-7"),
+            "{actions:?}"
+        );
+        assert_eq!(h.counter("alerts_raised"), 1);
+        // A reading the broker received before lastSeen does not recover; one after it does,
+        // after whole seconds from lastSeen to its receive time, and re-arms.
+        let (alerts, armed) = split_watchdogs(
+            h.send(reading_with("truck-7", json!({})).with_timestamp_ms(seen - 1))
+                .unwrap(),
+        );
+        assert_eq!((alerts, armed), (vec![], vec![]), "and it stays offline");
+        h.set_now_ms(seen + 200_400);
+        let (alerts, armed) = split_watchdogs(h.send(reading_with("truck-7", json!({}))).unwrap());
+        assert_eq!(
+            events("truck-7", &alerts),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        assert_eq!(publish_body(&alerts[1])["value"], json!(200));
+        let alert = alerts[0].as_alert().unwrap();
+        assert_eq!(alert.title, "truck-7: reporting again after 3 min 20 s");
+        assert!(
+            alert.body.contains("went silent (NO_TELEMETRY)"),
+            "{}",
+            alert.body
+        );
+        assert_eq!(armed.len(), 1);
+        assert_eq!(h.counter("alerts_recovered"), 1);
+        assert_eq!(
+            h.send(reading_with("truck-7", json!({}))).unwrap().len(),
+            1,
+            "only the arming"
+        );
+
+        // Silent again: raised again. A connected event of the highest connection seen does not
+        // recover it, a newer one does.
+        let seen = h.now_ms();
+        h.set_now_ms(seen + 181_000);
+        let actions = h.send(silence("truck-7", seen, h.now_ms())).unwrap();
+        assert_eq!(
+            events("truck-7", &actions),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+        assert_eq!(h.send(connected("truck-7", 5, h.now_ms())).unwrap(), []);
+        h.advance_secs(10);
+        let actions = h.send(connected("truck-7", 6, h.now_ms())).unwrap();
+        assert_eq!(
+            events("truck-7", &actions),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        assert_eq!(publish_body(&actions[1])["value"], json!(191));
+        assert_eq!(
+            actions[0].as_alert().unwrap().title,
+            "truck-7: connected again after 3 min 11 s"
+        );
+        assert_eq!(h.counter("alerts_raised"), 2);
+    }
+
+    #[test]
+    fn stale_silence_and_silence_of_an_offline_truck_are_ignored() {
+        let mut h = harness(&[("checks", "connectivity"), ("silence_intervals", "3")]);
+        h.send(connected("t1", 7, TS)).unwrap();
+        let first = h.now_ms();
+        h.send(reading_with("t1", json!({}))).unwrap();
+        h.advance_secs(60);
+        h.send(reading_with("t1", json!({}))).unwrap();
+        // The watchdog of the first reading fired as the second one re-armed it: stale.
+        let before = h.kv_get(Scope::Thing("t1"), STATE_KEY);
+        h.take_logs();
+        assert_eq!(h.send(silence("t1", first, h.now_ms() + 1)).unwrap(), []);
+        assert!(h.logs().iter().any(|l| l.message.contains("stale")));
+        assert_eq!(h.kv_get(Scope::Thing("t1"), STATE_KEY), before, "untouched");
+
+        // Switched off cleanly: no alert, but the watchdog is cancelled.
+        h.advance_secs(10);
+        let off_at = h.now_ms();
+        let actions = h
+            .send(disconnected("t1", 7, off_at, "CLIENT_INITIATED_DISCONNECT"))
+            .unwrap();
+        assert!(actions.len() == 1 && is_cancel(&actions[0], "t1"), "{actions:?}");
+        assert_eq!(state_of(&h, "t1").link.offline, Some(off_at));
+        // Had the watchdog fired anyway (the cancel lost a race): ignored.
+        let last = state_of(&h, "t1").link.last_rx_ms.unwrap();
+        h.advance_secs(180);
+        h.take_logs();
+        assert_eq!(h.send(silence("t1", last, h.now_ms())).unwrap(), []);
+        assert!(h.logs().iter().any(|l| l.message.contains("offline")));
+        // A reading the broker received before the disconnection, or a late connected event of
+        // the connection that ended: still offline, nothing armed.
+        let late = reading_with("t1", json!({})).with_timestamp_ms(off_at - 1);
+        assert_eq!(h.send(late).unwrap(), []);
+        assert_eq!(h.send(connected("t1", 7, off_at - 70_000)).unwrap(), []);
+        assert_eq!(state_of(&h, "t1").link.offline, Some(off_at));
+        assert_eq!(h.send(silence("t1", last, h.now_ms())).unwrap(), []);
+
+        // Back (a newer connection) and reporting: armed again.
+        h.send(connected("t1", 8, h.now_ms())).unwrap();
+        assert_eq!(state_of(&h, "t1").link.offline, None);
+        assert_eq!(timeout(&mut h, "t1"), 180_000);
+        // A stale disconnection neither cancels nor makes it offline.
+        let actions = h
+            .send(disconnected("t1", 7, h.now_ms(), "DUPLICATE_CLIENTID"))
+            .unwrap();
+        assert_eq!(actions, []);
+        assert_eq!(state_of(&h, "t1").link.offline, None);
+        // A lost connection raises as before, and cancels.
+        h.advance_secs(1);
+        let lost_at = h.now_ms();
+        let actions = h
+            .send(disconnected("t1", 8, lost_at, "MQTT_KEEP_ALIVE_TIMEOUT"))
+            .unwrap();
+        assert_eq!(actions.len(), 3, "{actions:?}");
+        assert_eq!(
+            events("t1", &actions[..2]),
+            [ev("connectivity", "raised", Severity::Warning)]
+        );
+        assert!(is_cancel(&actions[2], "t1"));
+        // The next reading recovers it, ends the offline state and re-arms.
+        h.advance_secs(30);
+        let (alerts, armed) = split_watchdogs(h.send(reading_with("t1", json!({}))).unwrap());
+        assert_eq!(
+            events("t1", &alerts),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        assert_eq!(armed.len(), 1);
+        assert_eq!(state_of(&h, "t1").link.offline, None);
+
+        // With the check off, silence messages are ignored.
+        let mut h = harness(&[("checks", "temperature"), ("silence_intervals", "3")]);
+        assert_eq!(h.send(silence("t1", TS, TS + 200_000)).unwrap(), []);
+        assert_eq!(h.kv_keys(), []);
+    }
+
+    #[test]
+    fn malformed_silence_messages_are_rejected_without_touching_state() {
+        for config in [&[("silence_intervals", "3")][..], &[]] {
+            let mut h = harness(config);
+            h.send(reading_with("t1", json!({}))).unwrap();
+            let before = h.kv_get(Scope::Thing("t1"), STATE_KEY);
+            for payload in [
+                &b"not json"[..],
+                b"",
+                b"[1]",
+                b"\"fleet\"",
+                b"{}",
+                br#"{"truck":"t1","timeoutMs":180000}"#,
+                br#"{"lastSeen":"yesterday"}"#,
+                br#"{"lastSeen":-5}"#,
+                br#"{"lastSeen":null}"#,
+                br#"{"lastSeen":[1]}"#,
+                br#"{"truck":7,"lastSeen":1}"#,
+                br#"{"truck":["t1"],"lastSeen":1}"#,
+            ] {
+                let result = h.send(Message::new("fleet/t1/silence", payload));
+                assert!(
+                    matches!(&result, Err(PluginError::Rejected(why)) if why.starts_with("silence message on fleet/t1/silence: ")),
+                    "{config:?}: {}: {result:?}",
+                    String::from_utf8_lossy(payload)
+                );
+            }
+            assert_eq!(
+                h.kv_get(Scope::Thing("t1"), STATE_KEY),
+                before,
+                "{config:?}: untouched"
+            );
+        }
+
+        // The truck is the payload's, else the topic's; lastSeen may be any number >= 0.
+        let mut h = harness(&[("silence_intervals", "3")]);
+        let raised = [ev("connectivity", "raised", Severity::Warning)];
+        let msg = Message::json("fleet/t9/silence", json!({"lastSeen": 1.767e12}));
+        assert_eq!(events("t9", &h.send(msg).unwrap()), raised);
+        assert_eq!(
+            state_of(&h, "t9").link.lost.map(|l| l.at_ms),
+            Some(1_767_000_000_000)
+        );
+        let msg = Message::json("fleet/x/silence", json!({"truck": "t8", "lastSeen": TS}));
+        assert_eq!(events("t8", &h.send(msg).unwrap()), raised);
+        let msg = Message::json("fleet/t7/silence", json!({"truck": "", "lastSeen": TS}));
+        assert_eq!(events("t7", &h.send(msg).unwrap()), raised);
+    }
+
+    #[test]
+    fn silence_topics_are_matched_level_by_level() {
+        let topic = SilenceTopic::parse("fleet/{thing}/silence").unwrap();
+        assert_eq!(topic.truck_of("fleet/t1/silence"), Some("t1"));
+        for other in [
+            "fleet/t1/silence/x",
+            "fleet/t1/silence/",
+            "fleet//silence",
+            "fleet/t1",
+            "fleet/t1/telemetry",
+            "x/t1/silence",
+            "$aws/events/presence/connected/t1",
+        ] {
+            assert_eq!(topic.truck_of(other), None, "{other}");
+        }
+        let topic = SilenceTopic::parse("{thing}").unwrap();
+        assert_eq!(topic.truck_of("t1"), Some("t1"));
+        assert_eq!(topic.truck_of("a/b"), None);
+        let topic = SilenceTopic::parse("q/{{x}}//{thing}").unwrap();
+        assert_eq!(topic.template.render("t1"), "q/{x}//t1");
+        assert_eq!(topic.truck_of("q/{x}//t1"), Some("t1"));
+        assert_eq!(topic.truck_of("q/{x}/t1"), None);
+
+        // A reading on another topic is a reading; one on the silence topic is not.
+        let mut h = harness(&[("checks", "presence"), ("silence_topic", "quiet/{thing}")]);
+        let msg = Message::json("quiet/t1", json!({"presence": true, "lastSeen": TS}));
+        assert_eq!(h.send(msg).unwrap(), [], "a silence message, ignored");
+        let msg = Message::json("fleet/t1/silence", json!({"presence": true}));
+        assert_eq!(h.send(msg).unwrap().len(), 2, "a reading");
+    }
+
+    #[test]
+    fn bad_silence_configs_are_refused() {
+        for (key, value) in [
+            ("silence_intervals", "-1"),
+            ("silence_intervals", "1001"),
+            ("silence_intervals", "many"),
+            ("interval_s", "0"),
+            ("interval_s", "-5"),
+            ("interval_s", "inf"),
+            ("interval_s", "NaN"),
+            ("interval_s", "a minute"),
+            ("time_scale", "0"),
+            ("time_scale", "-60"),
+            ("time_scale", "inf"),
+            ("silence_min_ms", "0"),
+            ("silence_min_ms", "1.5"),
+            ("silence_min_ms", "2592000001"),
+            ("silence_topic", "fleet/silence"),
+            ("silence_topic", ""),
+            ("silence_topic", "fleet/truck-{thing}/silence"),
+            ("silence_topic", "fleet/{thing}x/silence"),
+            ("silence_topic", "fleet/{thing}/{thing}"),
+            ("silence_topic", "fleet/{level:1}/silence"),
+            ("silence_topic", "{topic}/{thing}"),
+            ("silence_topic", "fleet/{truck}/silence"),
+            ("silence_topic", "fleet/{thing"),
+            ("silence_topic", "fleet/thing}/{thing}"),
+            ("silence_topic", "fleet/+/{thing}"),
+            ("silence_topic", "fleet/{thing}/#"),
+            ("silence_topic", "$shoal/watchdog/{thing}"),
+            ("silence_topic", "$aws/events/silence/{thing}"),
+            ("silence_watchdog", "cold-chain"),
+            ("silence_watchdog", ""),
+            ("silence_watchdog", "cold-chain/#/{thing}"),
+            ("silence_watchdog", "{client_id}/{thing}"),
+        ] {
+            // Refused even while off (no connectivity, or K = 0).
+            for checks in ["connectivity", "temperature"] {
+                let result = Harness::<ColdChainAlerts>::new(&[("checks", checks), (key, value)]);
+                assert!(
+                    matches!(&result, Err(PluginError::Config(why)) if why.contains(key)),
+                    "{key} = {value:?}: {:?}",
+                    result.err()
+                );
+            }
+        }
+        for config in [
+            &[("silence_intervals", "0")][..],
+            &[("silence_intervals", "1000")],
+            &[
+                ("silence_intervals", " 7 "),
+                ("interval_s", "0.5"),
+                ("time_scale", "3600"),
+            ],
+            &[("silence_min_ms", "1"), ("interval_field", "")],
+            &[("silence_min_ms", "2592000000")],
+            &[("silence_topic", "{thing}"), ("silence_watchdog", "{thing}")],
+            &[
+                ("silence_topic", " a/{thing}/b/c "),
+                ("silence_watchdog", "x{{y}}/{thing}-z"),
+            ],
+            &[("silence_topic", "$aws/things/{thing}/silence")],
+        ] {
+            assert!(Harness::<ColdChainAlerts>::new(config).is_ok(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn documents_without_the_silence_fields_load() {
+        let mut h = harness(&[("checks", "connectivity"), ("silence_intervals", "3")]);
+        // As the version before silence detection wrote it: connection 5 lost.
+        let old = br#"{"temperature":{"bits":0,"len":0,"alerting":false},"humidity":{"bits":0,"len":0,"alerting":false},"door_open":false,"presence":false,"corridor":{"bits":0,"len":0,"alerting":false},"link":{"connected_version":5,"lost":{"at_ms":1767225600000,"reason":"CONNECTION_LOST","version":5}},"position":{"lat":54.0,"lon":10.0,"ts":1767225600000}}"#;
+        h.kv_set(Scope::Thing("t1"), STATE_KEY, old, Some(86_400));
+        let state = state_of(&h, "t1");
+        assert_eq!((state.link.last_rx_ms, state.link.offline), (None, None));
+        assert!(!state.link.lost.is_some_and(|l| l.silent));
+        // The open loss stays open through a silence message; a reading recovers it and arms.
+        assert_eq!(h.send(silence("t1", TS, TS + 1)).unwrap(), []);
+        h.advance_secs(30);
+        let (alerts, armed) = split_watchdogs(h.send(reading_with("t1", json!({}))).unwrap());
+        assert_eq!(
+            events("t1", &alerts),
+            [ev("connectivity", "recovered", Severity::Info)]
+        );
+        let alert = alerts[0].as_alert().unwrap();
+        assert!(
+            alert
+                .body
+                .contains("after the connection was lost (CONNECTION_LOST)"),
+            "{}",
+            alert.body
+        );
+        assert_eq!(armed.len(), 1);
+        assert_eq!(state_of(&h, "t1").link.last_rx_ms, Some(h.now_ms()));
     }
 }

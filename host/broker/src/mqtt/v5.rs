@@ -23,6 +23,7 @@ use crate::message::{ClientId, Message, MessageProps, QoS};
 use crate::metrics::BrokerMetrics;
 use crate::session::SubOptions;
 use crate::topic::{Topic, TopicFilter};
+use crate::watchdog::ArmError;
 
 pub(crate) type Session = v5::Session<Rc<Conn>>;
 
@@ -307,6 +308,22 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         && let Some(t) = routed.durable_ticket
     {
         b.wait_durable(t).await;
+    }
+    // A refused watchdog request: a QoS 1 publisher learns why from its PUBACK (a QoS 0 one
+    // only from the log; it is no protocol error, so the connection stays).
+    if let Some(e) = routed.refused
+        && qos != QoS::AtMostOnce
+    {
+        let code = match e {
+            ArmError::Forbidden(_) | ArmError::Reserved(_) => PublishAckReason::NotAuthorized,
+            ArmError::Full(_) => PublishAckReason::QuotaExceeded,
+            ArmError::Payload(_) | ArmError::Topic(_) => PublishAckReason::ImplementationSpecificError,
+        };
+        let ack = p.ack().reason_code(code);
+        return Ok(match reason(conn, e.to_string()) {
+            Some(r) => ack.reason(r),
+            None => ack,
+        });
     }
     Ok(p.ack())
 }

@@ -178,6 +178,19 @@ async fn publish(
     if retain {
         require(&caller, Action::RetainPublish, topic.as_str())?;
     }
+    if shoal_broker::watchdog::name_of(&topic).is_some() {
+        // A watchdog's topic is published later in the caller's name: they must be allowed it.
+        match shoal_broker::watchdog::parse(&body, b.topic_limits()) {
+            Ok(shoal_broker::watchdog::Request::Arm(arm)) => {
+                require(&caller, Action::Publish, arm.topic.as_str())?;
+                if arm.retain {
+                    require(&caller, Action::RetainPublish, arm.topic.as_str())?;
+                }
+            }
+            Ok(shoal_broker::watchdog::Request::Cancel) => {}
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        }
+    }
     let qos = q.qos.unwrap_or(0);
     if qos > 1 {
         return Err(ApiError::bad_request("qos must be 0 or 1"));
@@ -237,6 +250,16 @@ async fn publish(
         && let Some(t) = routed.durable_ticket
     {
         b.wait_durable(t).await;
+    }
+    if let Some(e) = routed.refused {
+        return Err(match e {
+            shoal_broker::watchdog::ArmError::Full(_) => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error_type: "ThrottlingException",
+                body: json!({ "message": e.to_string() }),
+            },
+            _ => ApiError::bad_request(e.to_string()),
+        });
     }
     Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
 }
