@@ -127,3 +127,15 @@ def test_the_shadow_interval_sets_the_timeout(shoal: Shoal):
     ev = json.loads(w.wait_message(timeout=6.0).payload)
     assert (ev["state"], ev["value"]) == ("raised", "NO_TELEMETRY"), ev
     assert time.monotonic() - last >= 4.2
+
+
+def test_a_truck_that_connects_and_never_reports_is_noticed(shoal: Shoal):
+    deploy(shoal)
+    truck = unique("truck")
+    w = shoal.client()
+    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    t0 = time.monotonic()
+    shoal.client(client_id=truck)  # its connected event arms the watchdog
+    ev = json.loads(w.wait_message(timeout=6.0).payload)
+    assert (ev["kind"], ev["state"], ev["value"]) == ("connectivity", "raised", "NO_TELEMETRY"), ev
+    assert time.monotonic() - t0 >= 1.0

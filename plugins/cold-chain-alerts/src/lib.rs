@@ -174,7 +174,9 @@
 //! `disconnected` event does not arm; neither does a truck whose name is not one topic level
 //! (empty, or with `/`, `+`, `#`), which is logged. Every `disconnected` event that is not
 //! stale cancels the watchdog (an empty publish to the same topic), so a truck switched off, or
-//! lost, raises no silence later.
+//! lost, raises no silence later; a `connected` event that leaves the truck online arms it
+//! (`lastSeen` the event's receive time, the interval read as for a reading), so a truck that
+//! connects and never reports is noticed too.
 //!
 //! Unless a reading re-arms it within `timeoutMs`, the broker publishes the `payload` on the
 //! `topic`: the silence message. Its truck is the payload's `truck`, else the topic's `{thing}`
@@ -1520,12 +1522,23 @@ impl ColdChainAlerts {
                 ))
             })?;
         let (mut state, existed) = Self::load(truck)?;
+        let connected = matches!(change, Change::Connected);
         let (event_out, offline) = check.on_event(&mut state.link, truck, &event, change, msg.timestamp_ms());
         let stamp = Stamp::last_known(state.position.as_ref(), event.timestamp);
         let mut actions = self.emit(msg, truck, event_out.into_iter().collect(), &stamp)?;
-        // Gone (cleanly or not): no silence alert for it later.
-        if offline && let Some(silence) = self.silence() {
-            actions.extend(silence.cancel(truck));
+        if let Some(silence) = self.silence() {
+            if offline {
+                // Gone (cleanly or not): no silence alert for it later.
+                actions.extend(silence.cancel(truck));
+            } else if connected && state.link.offline.is_none() {
+                // Back (or new): watched from now on, even if no reading ever comes.
+                let shadow_doc = match silence.interval_field {
+                    Some(_) => shadow::get(truck, self.shadow_name.as_deref())?,
+                    None => None,
+                };
+                let interval_s = silence.interval(shadow_doc.as_ref(), truck);
+                actions.extend(silence.arm(truck, msg.timestamp_ms(), interval_s));
+            }
         }
         self.save(truck, &state, existed)?;
         Ok(actions)
@@ -3101,9 +3114,18 @@ mod tests {
             events("truck-7", &actions),
             [ev("connectivity", "raised", Severity::Warning)]
         );
-        assert_eq!(h.send(connected("truck-7", 5, h.now_ms())).unwrap(), []);
+        let actions = h.send(connected("truck-7", 5, h.now_ms())).unwrap();
+        let (topic, doc) = arming(&actions);
+        assert_eq!(actions.len(), 1, "no alert, only the arming");
+        assert_eq!(
+            topic, "$shoal/watchdog/cold-chain/truck-7",
+            "a connection arms the watchdog"
+        );
+        assert_eq!(doc["payload"]["lastSeen"], json!(h.now_ms()));
         h.advance_secs(10);
         let actions = h.send(connected("truck-7", 6, h.now_ms())).unwrap();
+        arming(&actions);
+        let (actions, _) = split_watchdogs(actions);
         assert_eq!(
             events("truck-7", &actions),
             [ev("connectivity", "recovered", Severity::Info)]
