@@ -739,7 +739,7 @@ impl Broker {
 
     /// Arms, re-arms or cancels the watchdog `name` (see [`crate::watchdog`]).
     fn watchdog_request(&self, name: &str, payload: &[u8], o: Origin<'_>) -> Result<(), ArmError> {
-        let result = match watchdog::parse(payload, &self.topic_limits) {
+        let result = match watchdog::parse(name, payload, &self.topic_limits) {
             Ok(Request::Cancel) => {
                 self.watchdogs.cancel(name);
                 Ok(())

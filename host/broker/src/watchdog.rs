@@ -27,10 +27,15 @@
 //!   `sweep_interval` (250 ms by default): it fires no earlier than `timeoutMs` after the last
 //!   arming and normally within one sweep interval of it.
 //! - A malformed arming (not a JSON object, unknown field, bad `timeoutMs`, topic, `qos`...) is
-//!   refused and logged, and leaves a watchdog already armed under that name as it was; so does
-//!   arming beyond `max_watchdogs` ([`crate::config::Limits`]). Over HTTP the data plane answers
-//!   400 with the reason; MQTT has no way to say it, so the broker logs and counts it
-//!   (`shoal_watchdogs_rejected_total`).
+//!   refused, logged and counted (`shoal_watchdogs_rejected_total`), and leaves a watchdog
+//!   already armed under that name as it was; so does arming beyond `max_watchdogs`
+//!   ([`crate::config::Limits`]), and any request to `$shoal/watchdog/` itself (no name). The
+//!   publisher learns why where the protocol can say it: an MQTT 5 QoS 1 PUBACK's reason code
+//!   (0x83 malformed, 0x87 forbidden, 0x97 the limit) and reason string, the data plane's 400,
+//!   403 or 429; MQTT 3.1.1 and QoS 0 publishers only from the log. A rule's republish that is
+//!   refused is that action's failure (its error action runs).
+//! - A `payload` that is not a string is published as its JSON re-serialized: the same JSON,
+//!   but object keys may come out in another order than they were sent.
 //! - Watchdogs live in the memory of the node that received the arming: a restart forgets them
 //!   (the next arming starts them again), and two nodes hold separate ones.
 
@@ -52,9 +57,10 @@ pub const PREFIX: &str = "$shoal/watchdog/";
 /// The longest timeout: 30 days.
 pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
-/// The watchdog name of a topic under [`PREFIX`], if it is one.
+/// The watchdog name of a topic under [`PREFIX`], if it is one (empty for `$shoal/watchdog/`
+/// itself, which is refused but never delivered either).
 pub fn name_of(topic: &Topic) -> Option<&str> {
-    topic.as_str().strip_prefix(PREFIX).filter(|n| !n.is_empty())
+    topic.as_str().strip_prefix(PREFIX)
 }
 
 /// Why an arming was refused.
@@ -75,6 +81,9 @@ pub enum ArmError {
     /// `max_watchdogs` are armed.
     #[error("{0} watchdogs are armed, the most this broker holds (limits.max_watchdogs)")]
     Full(usize),
+    /// `$shoal/watchdog/` with nothing after it.
+    #[error("a watchdog needs a name: publish to $shoal/watchdog/{{name}}")]
+    NoName,
 }
 
 #[derive(Deserialize)]
@@ -114,8 +123,11 @@ pub enum Request {
     Cancel,
 }
 
-/// Parses the payload of a message to `$shoal/watchdog/{name}`.
-pub fn parse(payload: &[u8], limits: &TopicLimits) -> Result<Request, ArmError> {
+/// Parses a request to `$shoal/watchdog/{name}`: its name and payload.
+pub fn parse(name: &str, payload: &[u8], limits: &TopicLimits) -> Result<Request, ArmError> {
+    if name.is_empty() {
+        return Err(ArmError::NoName);
+    }
     if payload.is_empty() {
         return Ok(Request::Cancel);
     }
@@ -280,14 +292,14 @@ mod tests {
     }
 
     fn arm(body: &str) -> Arm {
-        match parse(body.as_bytes(), &limits()).unwrap() {
+        match parse("n", body.as_bytes(), &limits()).unwrap() {
             Request::Arm(a) => a,
             Request::Cancel => panic!("not an arming"),
         }
     }
 
     fn err(body: &str) -> String {
-        parse(body.as_bytes(), &limits()).unwrap_err().to_string()
+        parse("n", body.as_bytes(), &limits()).unwrap_err().to_string()
     }
 
     #[test]
@@ -305,7 +317,8 @@ mod tests {
         assert_eq!(s.qos, QoS::AtMostOnce);
         assert!(!s.retain);
         assert!(arm(r#"{"timeoutMs": 5, "topic": "a"}"#).payload.is_empty());
-        assert_eq!(parse(b"", &limits()).unwrap(), Request::Cancel);
+        assert_eq!(parse("n", b"", &limits()).unwrap(), Request::Cancel);
+        assert_eq!(parse("", b"", &limits()), Err(ArmError::NoName));
     }
 
     #[test]
@@ -332,7 +345,8 @@ mod tests {
             name_of(&t("$shoal/watchdog/cold-chain/truck-7")),
             Some("cold-chain/truck-7")
         );
-        assert_eq!(name_of(&t("$shoal/watchdog/")), None);
+        assert_eq!(name_of(&t("$shoal/watchdog/")), Some(""));
+        assert_eq!(name_of(&t("$shoal/watchdog")), None);
         assert_eq!(name_of(&t("fleet/$shoal/watchdog/x")), None);
     }
 

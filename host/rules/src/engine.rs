@@ -1367,14 +1367,18 @@ fn publish(inner: &Inner, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) 
     } else {
         QoS::AtMostOnce
     };
-    broker.publish(
+    let routed = broker.publish(
         Message::new(topic, payload.into(), qos, retain),
         Some(Origin {
             client_id: &inner.own_id,
             principal: &inner.own_principal,
         }),
     );
-    Ok(())
+    match routed.refused {
+        // A watchdog request the broker refused (malformed, over the limit).
+        Some(e) => Err(e.to_string()),
+        None => Ok(()),
+    }
 }
 
 fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) -> Result<(), String> {

@@ -317,7 +317,9 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         let code = match e {
             ArmError::Forbidden(_) | ArmError::Reserved(_) => PublishAckReason::NotAuthorized,
             ArmError::Full(_) => PublishAckReason::QuotaExceeded,
-            ArmError::Payload(_) | ArmError::Topic(_) => PublishAckReason::ImplementationSpecificError,
+            ArmError::Payload(_) | ArmError::Topic(_) | ArmError::NoName => {
+                PublishAckReason::ImplementationSpecificError
+            }
         };
         let ack = p.ack().reason_code(code);
         return Ok(match reason(conn, e.to_string()) {

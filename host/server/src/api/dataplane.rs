@@ -178,9 +178,9 @@ async fn publish(
     if retain {
         require(&caller, Action::RetainPublish, topic.as_str())?;
     }
-    if shoal_broker::watchdog::name_of(&topic).is_some() {
+    if let Some(name) = shoal_broker::watchdog::name_of(&topic) {
         // A watchdog's topic is published later in the caller's name: they must be allowed it.
-        match shoal_broker::watchdog::parse(&body, b.topic_limits()) {
+        match shoal_broker::watchdog::parse(name, &body, b.topic_limits()) {
             Ok(shoal_broker::watchdog::Request::Arm(arm)) => {
                 require(&caller, Action::Publish, arm.topic.as_str())?;
                 if arm.retain {
