@@ -145,8 +145,15 @@ def test_dashboard_shows_the_fleet_live_in_chromium(demo):
                        const b = before.find(x => x[0] === e.dataset.truck);
                        return b && (b[1] !== e.getAttribute('cx') || b[2] !== e.getAttribute('cy'));
                    })""", arg=positions, timeout=30_000)
-            temps = page.eval_on_selector_all("#trucks tr[data-truck] td.temp", "els => els.map(e => e.textContent)")
-            assert all(re.fullmatch(r"-?\d+(\.\d+)?", t.strip()) for t in temps), temps
+            # Every truck's temperature shows once its first reading arrived (a truck whose
+            # telemetry stalls or whose connection is lost at the start shows "—" until then).
+            try:
+                page.wait_for_function(
+                    """() => [...document.querySelectorAll('#trucks tr[data-truck] td.temp')]
+                           .every(e => /^-?\d+(\.\d+)?$/.test(e.textContent.trim()))""", timeout=30_000)
+            except Exception:
+                temps = page.eval_on_selector_all("#trucks tr[data-truck] td.temp", "els => els.map(e => e.textContent)")
+                raise AssertionError(f"temperatures never all shown: {temps}") from None
 
             # An alert arrives in the feed (the plugin's, over MQTT-over-WebSocket).
             page.wait_for_selector("#alerts li[data-kind][data-truck][data-state]", timeout=120_000)

@@ -10,7 +10,7 @@ Refusals (malformed, reserved or forbidden target, `limits.max_watchdogs`) leave
 as it was; a v5 QoS 1 publisher learns why from its PUBACK (0x83 / 0x87 / 0x97 with a reason
 string), a QoS 0 or v3.1.1 one only from the log and `shoal_watchdogs_rejected_total` (the
 connection stays). Over HTTP (`POST /topics/$shoal/watchdog/{name}`) a malformed arming is a 400,
-the limit a 429, and a SigV4 caller must be allowed to publish the target (403).
+a reserved target a 403, the limit a 429, and a SigV4 caller must be allowed to publish the target (403).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_rearming_keeps_it_quiet_and_the_last_arming_fires(shoal: Shoal):
         n += 1
         last = arm(dev, name, arming(topic, payload={"n": n}, qos=1))
         assert w.drain(0.3) == [], f"fired while being re-armed (arming #{n})"
-    assert n >= 5, f"only {n} armings in 2 s"
+    assert n >= 3, f"only {n} armings in 2 s"
     m = w.wait_message(FIRE_WITHIN)
     assert (m.topic, json.loads(m.payload), m.qos) == (topic, {"n": n}, 1), m
     assert m.at - last >= 0.95 * T / 1000, f"fired {m.at - last:.3f}s after the last arming (T = {T} ms)"
@@ -113,7 +113,7 @@ def test_an_empty_payload_cancels(shoal: Shoal):
     w = watcher(shoal)
     dev = shoal.client()
     cancelled, kept = unique("cancelled"), unique("kept")
-    arm(dev, cancelled, arming("alarm/cancelled", payload="no"))
+    arm(dev, cancelled, arming("alarm/cancelled", timeout_ms=2500, payload="no"))
     arm(dev, kept, arming("alarm/kept", timeout_ms=2000, payload="yes"))
     assert metric(shoal, "shoal_watchdogs") == 2
     assert dev.publish(wd(cancelled), b"", qos=1).reason_code == SUCCESS
@@ -121,7 +121,7 @@ def test_an_empty_payload_cancels(shoal: Shoal):
     assert metric(shoal, "shoal_watchdogs") == 1
     m = w.wait_message(FIRE_WITHIN + 1)
     assert (m.topic, m.payload) == ("alarm/kept", b"yes"), m
-    w.expect_no_message(1.0)
+    w.expect_no_message(1.5)
     assert metric(shoal, "shoal_watchdogs") == 0
 
 
@@ -293,6 +293,23 @@ def test_a_rule_republish_arms_a_heartbeat_watchdog(shoal: Shoal):
     w.expect_no_message(1.0)
 
 
+def test_a_will_on_a_watchdog_topic_is_dropped(shoal: Shoal):
+    """A will cannot arm (it has no principal to check the target against) and, like every
+    message on a watchdog topic, is never delivered (retained or not)."""
+    w = watcher(shoal, "$shoal/#")
+    alarms = watcher(shoal)
+    before = metric(shoal, "shoal_watchdogs_rejected_total")
+    dev = shoal.client(will=dict(topic=wd(unique("will")), payload=arming("alarm/will", timeout_ms=300),
+                                 qos=1, retain=True))
+    dev.abort()
+    wait_until(lambda: metric(shoal, "shoal_watchdogs_rejected_total") == before + 1, timeout=5,
+               what="the will refused")
+    assert metric(shoal, "shoal_watchdogs") == 0
+    late = watcher(shoal, "$shoal/#")
+    for c in (w, alarms, late):
+        c.expect_no_message(1.0)
+
+
 def test_a_rules_refused_arming_runs_its_error_action(shoal: Shoal):
     """A rule's republish the broker refuses (here `timeoutMs` is a string) is that action's
     failure: the rule's error action gets AWS's error document naming the reason."""
@@ -374,8 +391,8 @@ def test_refusals_without_a_reason_code_keep_the_connection(shoal: Shoal, versio
     w = watcher(shoal)
     dev = shoal.client(version=version)
     name, topic = unique("kept"), f"alarm/{unique('kept')}"
-    dev.publish(wd(name), arming(topic, timeout_ms=1500, payload="still armed"), qos=qos)
     t0 = time.monotonic()
+    dev.publish(wd(name), arming(topic, timeout_ms=1500, payload="still armed"), qos=qos)
     before = metric(shoal, "shoal_watchdogs_rejected_total")
     for body in (b"{not json", arming("alarm/+"), arming("alarm/x", 0), arming("$aws/events/x/y")):
         ack = dev.publish(wd(name), body, qos=qos)
@@ -439,27 +456,30 @@ def test_metrics(shoal: Shoal):
 # -- HTTP ------------------------------------------------------------------------------------------
 
 def test_http_arming(shoal: Shoal):
-    """`POST /topics/$shoal/watchdog/{name}`: a malformed or reserved arming is a 400
-    InvalidRequestException naming the problem (leaving the armed watchdog alone); a valid one
-    is a 200 and fires; an empty body cancels. The `$` may be sent as `%24`."""
+    """`POST /topics/$shoal/watchdog/{name}`: a malformed arming is a 400
+    InvalidRequestException and a reserved target a 403 ForbiddenException, naming the problem
+    (leaving the armed watchdog alone); a valid one is a 200 and fires; an empty body cancels.
+    The `$` may be sent as `%24`."""
     w = watcher(shoal)
     name = unique("http")
     topic = f"alarm/{unique('h')}"
+    t0 = time.monotonic()
     a = api_post(shoal, wd(name), arming(topic, timeout_ms=1500, payload={"via": "http"}, qos=1))
     assert a.status == 200, a
-    t0 = time.monotonic()
-    for body, word in [(b"nope", "expected"), (arming(topic, 0), "timeoutMs"),
-                       (arming(topic, timeout=1), "unknown field"), (arming("alarm/#"), "topic"),
-                       (arming(topic, qos=2), "qos"), (arming("$shoal/watchdog/x"), "reserved")]:
+    bad = (400, "InvalidRequestException")
+    for body, word, want in [(b"nope", "expected", bad), (arming(topic, 0), "timeoutMs", bad),
+                             (arming(topic, timeout=1), "unknown field", bad),
+                             (arming("alarm/#"), "topic", bad), (arming(topic, qos=2), "qos", bad),
+                             (arming("$shoal/watchdog/x"), "reserved", (403, "ForbiddenException"))]:
         a = api_post(shoal, wd(name), body)
-        assert (a.status, a.error_type) == (400, "InvalidRequestException"), (body, a)
+        assert (a.status, a.error_type) == want, (body, a)
         assert word in a.message, (body, a)
     m = w.wait_message(FIRE_WITHIN)
     assert (m.topic, json.loads(m.payload), m.qos) == (topic, {"via": "http"}, 1), m
     assert m.at - t0 >= 1.4, f"fired {m.at - t0:.2f}s after the arming: moved by a refused one"
     # %24-encoded `$`, then cancelled over HTTP: nothing fires.
     other = unique("enc")
-    assert api_post(shoal, "%24shoal/watchdog/" + other, arming("alarm/cancelled", timeout_ms=500)).status == 200
+    assert api_post(shoal, "%24shoal/watchdog/" + other, arming("alarm/cancelled", timeout_ms=3000)).status == 200
     assert metric(shoal, "shoal_watchdogs") == 1
     assert api_post(shoal, wd(other), b"").status == 200
     assert metric(shoal, "shoal_watchdogs") == 0

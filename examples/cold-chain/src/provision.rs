@@ -65,8 +65,9 @@ pub struct ProvisionedTruck {
 }
 
 /// The `truck-policy` document for the ARN prefix `arn:aws:iot:{region}:{account}`: connect
-/// only as the thing the certificate is attached to, publish only below
-/// `fleet/{thing}/` and to the thing's own classic shadow (`get`, `update`), subscribe to and
+/// only as the thing the certificate is attached to, publish only its telemetry
+/// (`fleet/{thing}/telemetry`: not its alerts or silence, which the rules publish) and to the
+/// thing's own classic shadow (`get`, `update`), subscribe to and
 /// receive only that shadow's answers. Named shadows (the planned route) stay out of reach.
 pub fn truck_policy_document(arn_prefix: &str) -> Value {
     let thing = "${iot:Connection.Thing.ThingName}";
@@ -84,7 +85,7 @@ pub fn truck_policy_document(arn_prefix: &str) -> Value {
                 "Effect": "Allow",
                 "Action": "iot:Publish",
                 "Resource": [
-                    format!("{arn_prefix}:topic/fleet/{thing}/*"),
+                    format!("{arn_prefix}:topic/fleet/{thing}/telemetry"),
                     format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/get"),
                     format!("{arn_prefix}:topic/$aws/things/{thing}/shadow/update"),
                 ],
@@ -357,7 +358,7 @@ mod tests {
         let doc = truck_policy_document("arn:aws:iot:us-east-1:000000000000");
         let text = doc.to_string();
         assert!(text.contains("arn:aws:iot:us-east-1:000000000000:client/${iot:Connection.Thing.ThingName}"));
-        assert!(text.contains(":topic/fleet/${iot:Connection.Thing.ThingName}/*"));
+        assert!(text.contains(":topic/fleet/${iot:Connection.Thing.ThingName}/telemetry\""));
         assert!(text.contains(":topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/update/*"));
         assert!(
             !text.contains("/shadow/*"),

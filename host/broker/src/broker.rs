@@ -690,6 +690,17 @@ impl Broker {
     /// Routes a message: hooks first, then the retained store, then every matching session.
     pub fn publish(&self, msg: Message, origin: Option<Origin<'_>>) -> Routed {
         let msg = Arc::new(msg);
+        if origin.is_none() && watchdog::name_of(&msg.topic).is_some() {
+            // A will on a watchdog topic: never delivered, and without a principal it cannot
+            // arm (whose policy would the target be checked against?).
+            BrokerMetrics::inc(&self.metrics.watchdogs_rejected);
+            tracing::warn!(topic = %msg.topic, "a will cannot arm or cancel a watchdog; dropped");
+            return Routed {
+                consumed: true,
+                refused: Some(ArmError::NoOrigin),
+                ..Routed::default()
+            };
+        }
         if let Some(o) = origin {
             // Every hook sees the message (a rule may watch shadow requests the shadow service
             // consumes); it is routed only if none consumed it.
@@ -1215,16 +1226,16 @@ mod tests {
                 QoS::AtMostOnce,
             )
         };
-        let r = b.publish(arm(300), Some(origin));
+        let r = b.publish(arm(1000), Some(origin));
         assert!(r.consumed && r.refused.is_none() && r.matched == 0);
         let first = b.watchdog_deadline("dev/silence").unwrap();
         // Re-armed before it is due: it moves, and does not fire at the first deadline.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        b.publish(arm(300), Some(origin));
-        assert!(b.watchdog_deadline("dev/silence").unwrap() >= first + 150);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.publish(arm(1000), Some(origin));
+        assert!(b.watchdog_deadline("dev/silence").unwrap() >= first + 450);
+        tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(drain(&b, &watcher).is_empty(), "neither delivered nor fired yet");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
         let got = drain(&b, &watcher);
         assert_eq!(got.len(), 1, "fired once");
         assert_eq!(got[0].msg.topic.as_str(), "alarm/dev");
@@ -1258,6 +1269,19 @@ mod tests {
         assert!(b.watchdog_deadline("dev/silence").is_some());
         assert_eq!(b.metrics.watchdogs_rejected.load(Relaxed), 1);
         assert!(b.metrics.render().contains("shoal_watchdogs 1\n"));
+        // A will (no origin) neither arms nor is delivered.
+        let will = b.publish(
+            msg(
+                &b,
+                "$shoal/watchdog/dev/will",
+                r#"{"timeoutMs":1,"topic":"alarm/w"}"#,
+                QoS::AtMostOnce,
+            ),
+            None,
+        );
+        assert_eq!(will.refused, Some(ArmError::NoOrigin));
+        assert!(will.consumed && will.matched == 0);
+        assert_eq!(b.watchdog_deadline("dev/will"), None);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 //! a will nor a lifecycle event reports.
 //!
 //! - `payload`: a JSON string is published as its text, any other JSON value as its JSON;
-//!   absent, an empty payload. `qos` (0 or 1) and `retain` default to 0 and `false`.
+//!   absent, an empty payload; at most [`MAX_MESSAGE_BYTES`] (4 KiB) either way. `qos` (0 or 1) and `retain` default to 0 and `false`.
 //! - The message to `$shoal/watchdog/...` is authorized like any publish (`iot:Publish` on its
 //!   topic), goes through the hooks (rules see it) and is never delivered to subscribers. At
 //!   arming, the publisher must also be allowed to publish `topic` (with `retain` if set);
@@ -29,7 +29,8 @@
 //! - A malformed arming (not a JSON object, unknown field, bad `timeoutMs`, topic, `qos`...) is
 //!   refused, logged and counted (`shoal_watchdogs_rejected_total`), and leaves a watchdog
 //!   already armed under that name as it was; so does arming beyond `max_watchdogs`
-//!   ([`crate::config::Limits`]), and any request to `$shoal/watchdog/` itself (no name). The
+//!   ([`crate::config::Limits`]), any request to `$shoal/watchdog/` itself (no name), and a
+//!   will on a watchdog topic (which is never delivered either). The
 //!   publisher learns why where the protocol can say it: an MQTT 5 QoS 1 PUBACK's reason code
 //!   (0x83 malformed, 0x87 forbidden, 0x97 the limit) and reason string, the data plane's 400,
 //!   403 or 429; MQTT 3.1.1 and QoS 0 publishers only from the log. A rule's republish that is
@@ -56,6 +57,10 @@ pub const PREFIX: &str = "$shoal/watchdog/";
 
 /// The longest timeout: 30 days.
 pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The largest message a watchdog holds (it is a notification, and `max_watchdogs` of them
+/// stay in memory: 100,000 x 4 KiB is 400 MiB at most).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// The watchdog name of a topic under [`PREFIX`], if it is one (empty for `$shoal/watchdog/`
 /// itself, which is refused but never delivered either).
@@ -84,6 +89,9 @@ pub enum ArmError {
     /// `$shoal/watchdog/` with nothing after it.
     #[error("a watchdog needs a name: publish to $shoal/watchdog/{{name}}")]
     NoName,
+    /// A message the server publishes (a will): no principal to authorize the target with.
+    #[error("only a client's own publish can arm or cancel a watchdog (not a will)")]
+    NoOrigin,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +171,12 @@ pub fn parse(name: &str, payload: &[u8], limits: &TopicLimits) -> Result<Request
         Some(Value::String(s)) => Bytes::from(s.into_bytes()),
         Some(v) => Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
     };
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(ArmError::Payload(format!(
+            "the message to publish is {} bytes, more than a watchdog holds ({MAX_MESSAGE_BYTES})",
+            payload.len()
+        )));
+    }
     Ok(Request::Arm(Arm {
         timeout_ms,
         topic,
@@ -336,6 +350,16 @@ mod tests {
         assert!(err(r#"{"timeoutMs": 5, "topic": "a", "timeout": 3}"#).contains("unknown field"));
         assert!(err(r#"{"timeoutMs": 5, "topic": "$shoal/watchdog/x"}"#).contains("reserved"));
         assert!(err(r#"{"timeoutMs": 5, "topic": "$aws/events/presence/connected/x"}"#).contains("reserved"));
+        let big = format!(
+            r#"{{"timeoutMs": 5, "topic": "a", "payload": "{}"}}"#,
+            "x".repeat(4097)
+        );
+        assert!(err(&big).contains("more than a watchdog holds"));
+        let fits = format!(
+            r#"{{"timeoutMs": 5, "topic": "a", "payload": "{}"}}"#,
+            "x".repeat(4096)
+        );
+        assert_eq!(arm(&fits).payload.len(), 4096);
     }
 
     #[test]

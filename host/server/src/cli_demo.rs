@@ -73,14 +73,19 @@ pub struct DemoArgs {
     pub dashboard_dir: Option<PathBuf>,
 }
 
-/// Children killed when the demo ends, however it ends.
-struct Children(Vec<(&'static str, Child)>);
+/// Children stopped when the demo ends, however it ends, in order: each with its signal.
+struct Children(Vec<(&'static str, Child, &'static str)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (name, child) in &mut self.0 {
-            // SIGTERM first so shoal flushes its store; then make sure.
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
+        for (name, child, signal) in &mut self.0 {
+            // The signal first (the simulator's trucks disconnect cleanly on SIGINT, so the
+            // demo's end raises no connectivity alerts; shoal flushes its store on SIGTERM);
+            // then make sure.
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -183,7 +188,7 @@ fn run(args: DemoArgs) -> Result<(), String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start shoal serve: {e}"))?;
-    let mut children = Children(vec![("shoal serve", serve)]);
+    let mut children = Children(vec![("shoal serve", serve, "TERM")]);
     let ports = wait_for_ports(data, &mut children.0[0].1)?;
     let port = |name: &str| {
         ports
@@ -226,7 +231,7 @@ fn run(args: DemoArgs) -> Result<(), String> {
         .args(["--incident-rate", &args.incident_rate.to_string()])
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", sim.display()))?;
-    children.0.insert(0, ("the simulator", sim_child));
+    children.0.insert(0, ("the simulator", sim_child, "INT"));
 
     let dashboard = dashboard_url(&http, &data.join("credentials"));
     cli::print_text(&format!(
@@ -253,7 +258,7 @@ fn run(args: DemoArgs) -> Result<(), String> {
     let stop = rt.block_on(async {
         let wait_children = async {
             loop {
-                for (name, child) in &mut children.0 {
+                for (name, child, _) in &mut children.0 {
                     if let Ok(Some(status)) = child.try_wait() {
                         return format!("{name} exited ({status})");
                     }

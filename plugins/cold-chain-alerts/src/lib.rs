@@ -179,9 +179,11 @@
 //! connects and never reports is noticed too.
 //!
 //! Unless a reading re-arms it within `timeoutMs`, the broker publishes the `payload` on the
-//! `topic`: the silence message. Its truck is the payload's `truck`, else the topic's `{thing}`
-//! level; a payload that is not a JSON object with a numeric `lastSeen` (or with a `truck` that
-//! is not a string) is rejected, state untouched, even with silence detection off. It raises
+//! `topic`: the silence message. Its truck is the topic's `{thing}` level (so a client allowed
+//! to publish on one truck's silence topic can speak for that truck only); a payload that is
+//! not a JSON object with a numeric `lastSeen` no later than the message's broker time, or
+//! whose `truck` is not a string naming that same truck, is rejected, state untouched, even
+//! with silence detection off. It raises
 //! the `connectivity` alert (`value` `NO_TELEMETRY`, `ts` the silence message's broker time,
 //! the last known position) unless silence detection or `connectivity` is off, the alert is
 //! already raised, the broker received a reading of the truck after `lastSeen` (the message is
@@ -1566,12 +1568,26 @@ impl ColdChainAlerts {
             .ok_or_else(|| {
                 bad("no numeric `lastSeen` (the broker's receive time of the last reading, ms)".to_string())
             })?;
-        let truck = match fields.get("truck") {
-            None | Some(Value::Null) => level_truck,
-            Some(Value::String(truck)) if truck.is_empty() => level_truck,
-            Some(Value::String(truck)) => truck.as_str(),
+        // The truck is the topic's: whoever may publish on a truck's silence topic can only
+        // speak for that truck. A payload naming another one is refused.
+        let truck = level_truck;
+        match fields.get("truck") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(named)) if named.is_empty() || named == truck => {}
+            Some(Value::String(named)) => {
+                return Err(bad(format!(
+                    "`truck` {named:?} is not the topic's truck {truck:?}"
+                )));
+            }
             Some(other) => return Err(bad(format!("`truck` = {other} is not a string"))),
-        };
+        }
+        // A `lastSeen` in the future would hold the alert open against every reading.
+        if last_seen_ms > msg.timestamp_ms() {
+            return Err(bad(format!(
+                "`lastSeen` {last_seen_ms} is later than the message ({})",
+                msg.timestamp_ms()
+            )));
+        }
         let (Some(check), Some(_)) = (&self.connectivity, self.silence()) else {
             return Ok(vec![]);
         };
@@ -3232,6 +3248,8 @@ mod tests {
                 br#"{"lastSeen":[1]}"#,
                 br#"{"truck":7,"lastSeen":1}"#,
                 br#"{"truck":["t1"],"lastSeen":1}"#,
+                br#"{"truck":"t2","lastSeen":1}"#,
+                br#"{"lastSeen":99999999999999}"#,
             ] {
                 let result = h.send(Message::new("fleet/t1/silence", payload));
                 assert!(
@@ -3247,7 +3265,8 @@ mod tests {
             );
         }
 
-        // The truck is the payload's, else the topic's; lastSeen may be any number >= 0.
+        // The truck is the topic's (the payload may name it too); lastSeen may be any number
+        // >= 0 up to the message's time.
         let mut h = harness(&[("silence_intervals", "3")]);
         let raised = [ev("connectivity", "raised", Severity::Warning)];
         let msg = Message::json("fleet/t9/silence", json!({"lastSeen": 1.767e12}));
@@ -3256,7 +3275,7 @@ mod tests {
             state_of(&h, "t9").link.lost.map(|l| l.at_ms),
             Some(1_767_000_000_000)
         );
-        let msg = Message::json("fleet/x/silence", json!({"truck": "t8", "lastSeen": TS}));
+        let msg = Message::json("fleet/t8/silence", json!({"truck": "t8", "lastSeen": TS}));
         assert_eq!(events("t8", &h.send(msg).unwrap()), raised);
         let msg = Message::json("fleet/t7/silence", json!({"truck": "", "lastSeen": TS}));
         assert_eq!(events("t7", &h.send(msg).unwrap()), raised);

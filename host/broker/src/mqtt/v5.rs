@@ -317,7 +317,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
         let code = match e {
             ArmError::Forbidden(_) | ArmError::Reserved(_) => PublishAckReason::NotAuthorized,
             ArmError::Full(_) => PublishAckReason::QuotaExceeded,
-            ArmError::Payload(_) | ArmError::Topic(_) | ArmError::NoName => {
+            ArmError::Payload(_) | ArmError::Topic(_) | ArmError::NoName | ArmError::NoOrigin => {
                 PublishAckReason::ImplementationSpecificError
             }
         };

@@ -188,6 +188,13 @@ async fn publish(
                 }
             }
             Ok(shoal_broker::watchdog::Request::Cancel) => {}
+            Err(e @ shoal_broker::watchdog::ArmError::Reserved(_)) => {
+                return Err(ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    error_type: "ForbiddenException",
+                    body: json!({ "message": e.to_string() }),
+                });
+            }
             Err(e) => return Err(ApiError::bad_request(e.to_string())),
         }
     }
