@@ -104,6 +104,26 @@ impl Template {
         Ok(out)
     }
 
+    /// Renders a template whose only placeholder is `{thing}` without a message (`{thing}`
+    /// comes out as in [`Template::render`]); `None` when it has `{topic}`, `{client_id}` or a
+    /// `{level:N}`, which need one.
+    pub fn render_thing(&self, thing: &str) -> Option<String> {
+        let mut out = String::with_capacity(self.source.len() + thing.len());
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Thing => out.push_str(thing),
+                Part::Topic | Part::ClientId | Part::Level(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Whether `{thing}` is in it.
+    pub fn has_thing(&self) -> bool {
+        self.parts.contains(&Part::Thing)
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -125,5 +145,10 @@ mod tests {
         let t = Template::parse("{thing}/{level:9}").unwrap();
         assert!(matches!(t.render(&m, None), Err(PluginError::Rejected(_))));
         assert!(matches!(t.render(&m, Some("t")), Err(PluginError::Rejected(_))));
+        assert_eq!(t.render_thing("t"), None, "a level needs a message");
+        assert!(t.has_thing());
+        let t = Template::parse("q/{{x}}/{thing}").unwrap();
+        assert_eq!(t.render_thing("t7").as_deref(), Some("q/{x}/t7"));
+        assert!(!Template::parse("fleet/{topic}").unwrap().has_thing());
     }
 }

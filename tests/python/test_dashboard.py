@@ -149,7 +149,7 @@ def test_dashboard_shows_the_fleet_live_in_chromium(demo):
             # telemetry stalls or whose connection is lost at the start shows "—" until then).
             try:
                 page.wait_for_function(
-                    """() => [...document.querySelectorAll('#trucks tr[data-truck] td.temp')]
+                    r"""() => [...document.querySelectorAll('#trucks tr[data-truck] td.temp')]
                            .every(e => /^-?\d+(\.\d+)?$/.test(e.textContent.trim()))""", timeout=30_000)
             except Exception:
                 temps = page.eval_on_selector_all("#trucks tr[data-truck] td.temp", "els => els.map(e => e.textContent)")

@@ -55,15 +55,22 @@ def report(c, truck: str, n: int, every: float = 0.3) -> float:
     return time.monotonic()
 
 
+def fleet_of_one(s: Shoal):
+    """Deploys the plugin and its rules; returns a fresh truck name and a client watching its
+    alerts."""
+    deploy(s)
+    truck = unique("truck")
+    w = s.client()
+    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    return truck, w
+
+
 def alerts(w, t: float) -> list[dict]:
     return [json.loads(m.payload) for m in w.drain(t)]
 
 
 def test_a_connected_truck_that_goes_silent_raises_no_telemetry_and_recovers(shoal: Shoal):
-    deploy(shoal)
-    truck = unique("truck")
-    w = shoal.client()
-    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    truck, w = fleet_of_one(shoal)
     c = shoal.client(client_id=truck)
     # Readings closer together than the timeout keep it quiet, however long they go on.
     last = report(c, truck, 8)
@@ -88,10 +95,7 @@ def test_a_connected_truck_that_goes_silent_raises_no_telemetry_and_recovers(sho
 
 
 def test_a_truck_that_disconnects_cleanly_cancels_its_watchdog(shoal: Shoal):
-    deploy(shoal)
-    truck = unique("truck")
-    w = shoal.client()
-    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    truck, w = fleet_of_one(shoal)
     c = shoal.client(client_id=truck)
     report(c, truck, 3)
     wait_until(lambda: metric(shoal, "shoal_watchdogs") >= 1, what="the truck's watchdog armed")
@@ -103,10 +107,7 @@ def test_a_truck_that_disconnects_cleanly_cancels_its_watchdog(shoal: Shoal):
 
 
 def test_a_lost_connection_is_one_alert_not_two(shoal: Shoal):
-    deploy(shoal)
-    truck = unique("truck")
-    w = shoal.client()
-    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    truck, w = fleet_of_one(shoal)
     c = shoal.client(client_id=truck)
     report(c, truck, 3)
     c.abort()  # the socket closes without DISCONNECT: CONNECTION_LOST
@@ -133,10 +134,7 @@ def test_the_shadow_interval_sets_the_timeout(shoal: Shoal):
 
 
 def test_a_truck_that_connects_and_never_reports_is_noticed(shoal: Shoal):
-    deploy(shoal)
-    truck = unique("truck")
-    w = shoal.client()
-    assert w.subscribe(f"fleet/{truck}/alerts", qos=1)[0] < 0x80
+    truck, w = fleet_of_one(shoal)
     t0 = time.monotonic()
     shoal.client(client_id=truck)  # its connected event arms the watchdog
     ev = json.loads(w.wait_message(timeout=6.0).payload)

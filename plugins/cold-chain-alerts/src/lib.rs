@@ -933,80 +933,35 @@ impl Connectivity {
     }
 }
 
-/// A piece of a [`ThingTemplate`].
-#[derive(Debug, Clone, PartialEq)]
-enum Piece {
-    Text(String),
-    Thing,
-}
-
 /// A template whose only placeholder is `{thing}` (`{{` and `}}` are literal braces), rendered
 /// as the `republish` template renders `{thing}`: the watchdog name and the silence topic, which
 /// must come out the same for a reading, a lifecycle event and the fired watchdog (whose topic
 /// levels differ, so `{topic}`, `{client_id}` and `{level:N}` are refused).
 #[derive(Debug, Clone, PartialEq)]
 struct ThingTemplate {
-    pieces: Vec<Piece>,
+    template: Template,
 }
 
 impl ThingTemplate {
     /// Parses `source`, the value of config key `key`; it must be (part of) a topic name.
     fn parse(key: &str, source: &str) -> Result<Self, PluginError> {
         let bad = |why: &str| PluginError::config(format!("`{key}` = {source:?}: {why}"));
-        let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut chars = source.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    text.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    text.push('}');
-                }
-                '}' => return Err(bad("unmatched `}`")),
-                '{' => {
-                    let mut name = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) => name.push(c),
-                            None => return Err(bad("unmatched `{`")),
-                        }
-                    }
-                    if name != "thing" {
-                        return Err(bad(&format!(
-                            "unknown placeholder {{{name}}} (the only one is {{thing}})"
-                        )));
-                    }
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    pieces.push(Piece::Thing);
-                }
-                '+' | '#' | '\0' => return Err(bad("a topic name has no `+`, `#` or NUL")),
-                c => text.push(c),
-            }
+        let template = Template::parse(source).map_err(|e| bad(&e.to_string()))?;
+        let Some(literal) = template.render_thing("") else {
+            return Err(bad("the only placeholder it may have is {thing}"));
+        };
+        if literal.contains(['+', '#', '\0']) {
+            return Err(bad("a topic name has no `+`, `#` or NUL"));
         }
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
-        }
-        if !pieces.contains(&Piece::Thing) {
+        if !template.has_thing() {
             return Err(bad("needs {thing}, or every truck would share it"));
         }
-        Ok(ThingTemplate { pieces })
+        Ok(ThingTemplate { template })
     }
 
     fn render(&self, truck: &str) -> String {
-        self.pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::Text(text) => text.as_str(),
-                Piece::Thing => truck,
-            })
-            .collect()
+        // Parsing checked that `{thing}` is the only placeholder.
+        self.template.render_thing(truck).unwrap_or_default()
     }
 }
 
