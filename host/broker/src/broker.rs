@@ -690,38 +690,27 @@ impl Broker {
     /// Routes a message: hooks first, then the retained store, then every matching session.
     pub fn publish(&self, msg: Message, origin: Option<Origin<'_>>) -> Routed {
         let msg = Arc::new(msg);
-        if origin.is_none() && watchdog::name_of(&msg.topic).is_some() {
-            // A will on a watchdog topic: never delivered, and without a principal it cannot
-            // arm (whose policy would the target be checked against?).
-            BrokerMetrics::inc(&self.metrics.watchdogs_rejected);
-            tracing::warn!(topic = %msg.topic, "a will cannot arm or cancel a watchdog; dropped");
-            return Routed {
-                consumed: true,
-                refused: Some(ArmError::NoOrigin),
-                ..Routed::default()
-            };
-        }
+        // Every hook sees the message (a rule may watch shadow requests the shadow service
+        // consumes); it is routed only if none consumed it.
+        let mut consumed = false;
         if let Some(o) = origin {
-            // Every hook sees the message (a rule may watch shadow requests the shadow service
-            // consumes); it is routed only if none consumed it.
-            let mut consumed = false;
             for h in self.hooks.load().iter() {
                 consumed |= h.on_publish(&msg, o) == HookOutcome::Consumed;
             }
-            if let Some(name) = watchdog::name_of(&msg.topic) {
-                // Never delivered: the broker serves these topics itself.
-                return Routed {
-                    consumed: true,
-                    refused: self.watchdog_request(name, &msg.payload, o).err(),
-                    ..Routed::default()
-                };
-            }
-            if consumed {
-                return Routed {
-                    consumed: true,
-                    ..Routed::default()
-                };
-            }
+        }
+        if let Some(name) = watchdog::name_of(&msg.topic) {
+            // Never delivered: the broker serves these topics itself.
+            return Routed {
+                consumed: true,
+                refused: self.watchdog_request(name, &msg.payload, origin).err(),
+                ..Routed::default()
+            };
+        }
+        if consumed {
+            return Routed {
+                consumed: true,
+                ..Routed::default()
+            };
         }
         let mut durable_ticket = None;
         if msg.retain {
@@ -748,38 +737,45 @@ impl Broker {
         }
     }
 
-    /// Arms, re-arms or cancels the watchdog `name` (see [`crate::watchdog`]).
-    fn watchdog_request(&self, name: &str, payload: &[u8], o: Origin<'_>) -> Result<(), ArmError> {
-        let result = match watchdog::parse(name, payload, &self.topic_limits) {
-            Ok(Request::Cancel) => {
-                self.watchdogs.cancel(name);
-                Ok(())
-            }
-            Ok(Request::Arm(arm)) => {
-                let allowed = self.authorizer.authorize(
-                    o.principal,
-                    o.client_id,
-                    Action::Publish {
-                        topic: &arm.topic,
-                        retain: arm.retain,
-                    },
-                );
-                if allowed {
-                    self.watchdogs
-                        .arm(name, arm, o.principal.attributes.clone(), now_ms())
-                } else {
-                    Err(ArmError::Forbidden(arm.topic.as_str().to_owned()))
-                }
-            }
-            Err(e) => Err(e),
+    /// Arms, re-arms or cancels the watchdog `name` (see [`crate::watchdog`]). Without an
+    /// origin (a will) there is no principal to check the target against: refused.
+    fn watchdog_request(
+        &self,
+        name: &str,
+        payload: &[u8],
+        origin: Option<Origin<'_>>,
+    ) -> Result<(), ArmError> {
+        let result = match origin {
+            Some(o) => self.watchdog_request_from(name, payload, o),
+            None => Err(ArmError::NoOrigin),
         };
         if let Err(e) = &result {
             let n = self.metrics.watchdogs_rejected.fetch_add(1, Relaxed);
             if n < 10 || n.is_power_of_two() {
-                tracing::warn!(client_id = %o.client_id.as_str(), watchdog = name, error = %e, "watchdog request refused");
+                let client_id = origin.map_or("-", |o| o.client_id.as_str());
+                tracing::warn!(client_id, watchdog = name, error = %e, "watchdog request refused");
             }
         }
         result
+    }
+
+    fn watchdog_request_from(&self, name: &str, payload: &[u8], o: Origin<'_>) -> Result<(), ArmError> {
+        let arm = match watchdog::parse(name, payload, &self.topic_limits)? {
+            Request::Cancel => {
+                self.watchdogs.cancel(name);
+                return Ok(());
+            }
+            Request::Arm(arm) => arm,
+        };
+        let target = Action::Publish {
+            topic: &arm.topic,
+            retain: arm.retain,
+        };
+        if !self.authorizer.authorize(o.principal, o.client_id, target) {
+            return Err(ArmError::Forbidden(arm.topic.as_str().to_owned()));
+        }
+        self.watchdogs
+            .arm(name, arm, o.principal.attributes.clone(), now_ms())
     }
 
     /// When the watchdog `name` fires (broker clock, ms since the epoch), if it is armed.
@@ -1201,9 +1197,25 @@ mod tests {
         assert_eq!(b.session_count(), 0);
     }
 
+    /// Who published each message on `alarm/...`, as hooks see it: (client id, thing name).
+    #[derive(Default)]
+    struct AlarmOrigins(Mutex<Vec<(String, Option<String>)>>);
+
+    impl MessageHook for AlarmOrigins {
+        fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
+            if msg.topic.as_str().starts_with("alarm/") {
+                let thing = origin.principal.attributes.get("thingName").cloned();
+                self.0.lock().push((origin.client_id.as_str().to_owned(), thing));
+            }
+            HookOutcome::Continue
+        }
+    }
+
     #[tokio::test]
     async fn watchdogs_fire_unless_rearmed_and_are_never_delivered() {
         let b = broker_with(Arc::new(MemoryStore::default()), |_| {}).await;
+        let origins = Arc::new(AlarmOrigins::default());
+        b.add_hook(origins.clone());
         let watcher = b.attach(params("watcher", true, 0));
         for f in ["alarm/#", "$shoal/#"] {
             b.subscribe(&watcher.session, filter(&b, f), SubOptions::qos(QoS::AtLeastOnce))
@@ -1243,6 +1255,11 @@ mod tests {
         assert_eq!(got[0].msg.qos, QoS::AtLeastOnce);
         assert_eq!(b.watchdog_deadline("dev/silence"), None);
         assert_eq!(b.metrics.watchdogs_fired.load(Relaxed), 1);
+        // Hooks (the rules) see it from `$watchdog`, with the arming device's thing name.
+        assert_eq!(
+            *origins.0.lock(),
+            [("$watchdog".to_owned(), Some("truck-7".to_owned()))]
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(drain(&b, &watcher).is_empty(), "fires once");
         // An empty payload cancels.

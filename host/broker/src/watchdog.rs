@@ -94,6 +94,31 @@ pub enum ArmError {
     NoOrigin,
 }
 
+/// What kind of refusal an [`ArmError`] is, for the protocols' codes (MQTT 5 PUBACK 0x83 /
+/// 0x87 / 0x97, HTTP 400 / 403 / 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request itself is wrong.
+    Malformed,
+    /// The target is not the publisher's to publish on.
+    Forbidden,
+    /// `max_watchdogs` is reached.
+    Limit,
+}
+
+impl ArmError {
+    /// The kind of refusal.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            ArmError::Forbidden(_) | ArmError::Reserved(_) => Refusal::Forbidden,
+            ArmError::Full(_) => Refusal::Limit,
+            ArmError::Payload(_) | ArmError::Topic(_) | ArmError::NoName | ArmError::NoOrigin => {
+                Refusal::Malformed
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ArmJson {

@@ -23,7 +23,7 @@ use crate::message::{ClientId, Message, MessageProps, QoS};
 use crate::metrics::BrokerMetrics;
 use crate::session::SubOptions;
 use crate::topic::{Topic, TopicFilter};
-use crate::watchdog::ArmError;
+use crate::watchdog::Refusal;
 
 pub(crate) type Session = v5::Session<Rc<Conn>>;
 
@@ -314,12 +314,10 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
     if let Some(e) = routed.refused
         && qos != QoS::AtMostOnce
     {
-        let code = match e {
-            ArmError::Forbidden(_) | ArmError::Reserved(_) => PublishAckReason::NotAuthorized,
-            ArmError::Full(_) => PublishAckReason::QuotaExceeded,
-            ArmError::Payload(_) | ArmError::Topic(_) | ArmError::NoName | ArmError::NoOrigin => {
-                PublishAckReason::ImplementationSpecificError
-            }
+        let code = match e.refusal() {
+            Refusal::Forbidden => PublishAckReason::NotAuthorized,
+            Refusal::Limit => PublishAckReason::QuotaExceeded,
+            Refusal::Malformed => PublishAckReason::ImplementationSpecificError,
         };
         let ack = p.ack().reason_code(code);
         return Ok(match reason(conn, e.to_string()) {

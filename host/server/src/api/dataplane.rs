@@ -188,14 +188,7 @@ async fn publish(
                 }
             }
             Ok(shoal_broker::watchdog::Request::Cancel) => {}
-            Err(e @ shoal_broker::watchdog::ArmError::Reserved(_)) => {
-                return Err(ApiError {
-                    status: StatusCode::FORBIDDEN,
-                    error_type: "ForbiddenException",
-                    body: json!({ "message": e.to_string() }),
-                });
-            }
-            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+            Err(e) => return Err(watchdog_refused(&e)),
         }
     }
     let qos = q.qos.unwrap_or(0);
@@ -259,16 +252,24 @@ async fn publish(
         b.wait_durable(t).await;
     }
     if let Some(e) = routed.refused {
-        return Err(match e {
-            shoal_broker::watchdog::ArmError::Full(_) => ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                error_type: "ThrottlingException",
-                body: json!({ "message": e.to_string() }),
-            },
-            _ => ApiError::bad_request(e.to_string()),
-        });
+        return Err(watchdog_refused(&e));
     }
     Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
+}
+
+/// A refused watchdog request (`$shoal/watchdog/...`) as AWS-style HTTP errors.
+fn watchdog_refused(e: &shoal_broker::watchdog::ArmError) -> ApiError {
+    use shoal_broker::watchdog::Refusal;
+    let (status, error_type) = match e.refusal() {
+        Refusal::Malformed => return ApiError::bad_request(e.to_string()),
+        Refusal::Forbidden => (StatusCode::FORBIDDEN, "ForbiddenException"),
+        Refusal::Limit => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
+    };
+    ApiError {
+        status,
+        error_type,
+        body: json!({ "message": e.to_string() }),
+    }
 }
 
 /// One element of the `x-amz-mqtt5-user-properties` array. AWS documents one-pair objects
