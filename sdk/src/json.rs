@@ -39,21 +39,83 @@ pub fn path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 /// assert_eq!(got, [Some((-3.5).into()), Some("b".into()), Some("2.1".into()), None]);
 /// ```
 pub fn select(json: &[u8], paths: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
-    let split: Vec<Vec<Cow<'_, str>>> = paths.iter().map(|p| segments(p)).collect();
-    let mut out = vec![None; paths.len()];
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let wanted: Vec<usize> = (0..paths.len()).collect();
-    serde::de::DeserializeSeed::deserialize(
-        Select {
-            paths: &split,
-            wanted,
-            depth: 0,
-            out: &mut out,
-        },
-        &mut de,
-    )?;
-    de.end()?;
-    Ok(out)
+    Paths::new(paths).select(json)
+}
+
+/// Paths split once, for [`Paths::select`] on every message: the same as [`select`] without
+/// splitting the paths again per call. Build it in `init`.
+///
+/// ```
+/// let paths = shoal_sdk::json::Paths::new(&["temp", "meta.fw"]);
+/// let got = paths.select(br#"{"temp": -3.5, "meta": {"fw": "2.1"}}"#).unwrap();
+/// assert_eq!(got, [Some((-3.5).into()), Some("2.1".into())]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    steps: Vec<Vec<String>>,
+}
+
+impl Paths {
+    /// Splits `paths` (the syntax of [`path`]).
+    pub fn new(paths: &[&str]) -> Paths {
+        Paths {
+            steps: paths
+                .iter()
+                .map(|p| segments(p).into_iter().map(Cow::into_owned).collect())
+                .collect(),
+        }
+    }
+
+    /// How many paths there are.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The values at the paths in `json`, in order, as [`select`] returns them.
+    pub fn select(&self, json: &[u8]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+        let mut out = vec![None; self.steps.len()];
+        if self.steps.is_empty() {
+            // Nothing to take, but the payload must still be JSON.
+            serde_json::from_slice::<serde::de::IgnoredAny>(json)?;
+        }
+        // The paths a step is wanted by are a bit set, so walking allocates nothing; more than
+        // 64 paths take one pass per 64.
+        for (n, chunk) in self.steps.chunks(64).enumerate() {
+            let mut de = serde_json::Deserializer::from_slice(json);
+            serde::de::DeserializeSeed::deserialize(
+                Select {
+                    paths: chunk,
+                    wanted: all(chunk.len()),
+                    depth: 0,
+                    out: &mut out[n * 64..],
+                },
+                &mut de,
+            )?;
+            de.end()?;
+        }
+        Ok(out)
+    }
+}
+
+/// The set of the first `n` (at most 64) paths.
+fn all(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// The indices in a set, lowest first.
+fn members(mut set: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (set != 0).then(|| {
+            let i = set.trailing_zeros() as usize;
+            set &= set - 1;
+            i
+        })
+    })
 }
 
 /// A path's steps: JSON Pointer (`/a/b`, with `~1` and `~0` escapes) or dotted (`a.b`).
@@ -76,8 +138,8 @@ fn segments(path: &str) -> Vec<Cow<'_, str>> {
 
 /// Walks one JSON value on behalf of the `wanted` paths that reach it at `depth`.
 struct Select<'p, 'o> {
-    paths: &'p [Vec<Cow<'p, str>>],
-    wanted: Vec<usize>,
+    paths: &'p [Vec<String>],
+    wanted: u64,
     depth: usize,
     out: &'o mut [Option<Value>],
 }
@@ -86,15 +148,15 @@ impl<'de, 'p> serde::de::DeserializeSeed<'de> for Select<'p, '_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        if self.wanted.iter().any(|&i| self.paths[i].len() == self.depth) {
+        if members(self.wanted).any(|i| self.paths[i].len() == self.depth) {
             // A path ends here: build this value once and answer every path below it from it.
             let value = <Value as serde::Deserialize>::deserialize(de)?;
-            for &i in &self.wanted {
+            for i in members(self.wanted) {
                 let rest = &self.paths[i][self.depth..];
                 self.out[i] = rest
                     .iter()
                     .try_fold(&value, |v, step| match v {
-                        Value::Object(map) => map.get(&**step),
+                        Value::Object(map) => map.get(step.as_str()),
                         Value::Array(items) => step.parse::<usize>().ok().and_then(|n| items.get(n)),
                         _ => None,
                     })
@@ -120,19 +182,13 @@ impl<'de, 'p> serde::de::Visitor<'de> for Select<'p, '_> {
             depth,
             out,
         } = self;
-        while let Some(hit) = map.next_key_seed(KeyMatch {
-            paths,
-            wanted: &wanted,
-            depth,
-        })? {
+        while let Some(hit) = map.next_key_seed(KeyMatch { paths, wanted, depth })? {
             match hit {
                 Some(key_of) => {
                     let step = &paths[key_of][depth];
-                    let below: Vec<usize> = wanted
-                        .iter()
-                        .copied()
+                    let below = members(wanted)
                         .filter(|&i| &paths[i][depth] == step)
-                        .collect();
+                        .fold(0u64, |set, i| set | 1 << i);
                     map.next_value_seed(Select {
                         paths,
                         wanted: below,
@@ -157,12 +213,10 @@ impl<'de, 'p> serde::de::Visitor<'de> for Select<'p, '_> {
         } = self;
         let mut index = 0usize;
         loop {
-            let below: Vec<usize> = wanted
-                .iter()
-                .copied()
+            let below = members(wanted)
                 .filter(|&i| paths[i][depth].parse() == Ok(index))
-                .collect();
-            let more = if below.is_empty() {
+                .fold(0u64, |set, i| set | 1 << i);
+            let more = if below == 0 {
                 seq.next_element::<serde::de::IgnoredAny>()?.is_some()
             } else {
                 seq.next_element_seed(Select {
@@ -207,8 +261,8 @@ impl<'de, 'p> serde::de::Visitor<'de> for Select<'p, '_> {
 /// Reads an object key and says which wanted path (by index) takes that step, without
 /// allocating the key.
 struct KeyMatch<'a> {
-    paths: &'a [Vec<Cow<'a, str>>],
-    wanted: &'a [usize],
+    paths: &'a [Vec<String>],
+    wanted: u64,
     depth: usize,
 }
 
@@ -228,11 +282,7 @@ impl serde::de::Visitor<'_> for KeyMatch<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self
-            .wanted
-            .iter()
-            .copied()
-            .find(|&i| self.paths[i][self.depth] == key))
+        Ok(members(self.wanted).find(|&i| self.paths[i][self.depth] == key))
     }
 }
 
@@ -272,5 +322,22 @@ mod tests {
             "skipped parts are still checked"
         );
         assert_eq!(select(b"3", &["a"]).unwrap(), [None]);
+        assert!(select(b"{", &[]).is_err(), "no paths: still checked");
+        assert_eq!(select(b"{}", &[]).unwrap(), []);
+    }
+
+    #[test]
+    fn more_than_64_paths() {
+        let doc =
+            json!({"k": (0..100).map(|i| (format!("f{i}"), json!(i))).collect::<serde_json::Map<_, _>>()});
+        let names: Vec<String> = (0..130).map(|i| format!("k.f{}", i % 100)).collect();
+        let paths: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = select(doc.to_string().as_bytes(), &paths).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g, &Some(json!(i % 100)), "{i}");
+        }
+        let reused = Paths::new(&paths);
+        assert_eq!(reused.len(), 130);
+        assert_eq!(reused.select(doc.to_string().as_bytes()).unwrap(), got);
     }
 }

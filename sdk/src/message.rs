@@ -108,7 +108,14 @@ impl Message {
     /// The values at `paths` in the JSON payload, in order, parsing only those (see
     /// [`json::select`](crate::json::select)). Invalid JSON is a [`PluginError::Rejected`].
     pub fn json_fields(&self, paths: &[&str]) -> Result<Vec<Option<Value>>, PluginError> {
-        crate::json::select(&self.payload, paths)
+        self.json_select(&crate::json::Paths::new(paths))
+    }
+
+    /// [`json_fields`](Self::json_fields) with paths split once (keep the
+    /// [`Paths`](crate::json::Paths) in your plugin from `init`).
+    pub fn json_select(&self, paths: &crate::json::Paths) -> Result<Vec<Option<Value>>, PluginError> {
+        paths
+            .select(&self.payload)
             .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic)))
     }
 

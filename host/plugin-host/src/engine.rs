@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    ProfilingStrategy,
+};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView as _};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
@@ -49,6 +52,11 @@ impl Runtime {
         // Plain synchronous component calls skip the bookkeeping for concurrent (async
         // component model) execution: ~300 ns per call measured with wasmtime 48.
         config.concurrency_support(false);
+        // `SHOAL_PLUGIN_PROFILER=perfmap` writes /tmp/perf-{pid}.map, so `perf` names the
+        // plugins' compiled functions (for plugin authors and for profiling the host).
+        if std::env::var_os("SHOAL_PLUGIN_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
 
         let n = host.max_instances;
         let mut pool = PoolingAllocationConfig::new();

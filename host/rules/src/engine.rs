@@ -49,6 +49,7 @@ use shoal_broker::Broker;
 use shoal_broker::auth::Principal;
 use shoal_broker::hook::{HookOutcome, MessageHook, Origin};
 use shoal_broker::message::{ClientId, Message, QoS, now_ms};
+use shoal_broker::metrics::StripedCounter;
 use shoal_broker::topic::Topic;
 use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcome, PluginHost};
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
@@ -201,10 +202,11 @@ pub struct EngineDeps {
 /// Counters of one rule.
 #[derive(Debug, Default)]
 struct RuleCounters {
-    matched: AtomicU64,
-    selected: AtomicU64,
+    // Bumped for every message by every worker: striped.
+    matched: StripedCounter,
+    selected: StripedCounter,
     sql_errors: AtomicU64,
-    actions_ok: AtomicU64,
+    actions_ok: StripedCounter,
     actions_failed: AtomicU64,
     error_actions: AtomicU64,
     error_action_failures: AtomicU64,
@@ -267,10 +269,10 @@ impl Live {
                 .topic_filter()
                 .map_or_else(String::new, |f| f.filter().to_string()),
             stats: RuleStats {
-                matched: c.matched.load(Relaxed),
-                selected: c.selected.load(Relaxed),
+                matched: c.matched.get(),
+                selected: c.selected.get(),
                 sql_errors: c.sql_errors.load(Relaxed),
-                actions_ok: c.actions_ok.load(Relaxed),
+                actions_ok: c.actions_ok.get(),
                 actions_failed: c.actions_failed.load(Relaxed),
                 error_actions: c.error_actions.load(Relaxed),
                 error_action_failures: c.error_action_failures.load(Relaxed),
@@ -1102,7 +1104,7 @@ fn aws_action_name(kind: &str) -> &'static str {
 
 fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     let c = &live.counters;
-    c.matched.fetch_add(1, Relaxed);
+    c.matched.add(1);
     let output = match live.rule.sql.evaluate(ctx) {
         Ok(Some(out)) => out,
         Ok(None) => return,
@@ -1118,13 +1120,13 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
             return;
         }
     };
-    c.selected.fetch_add(1, Relaxed);
+    c.selected.add(1);
     let _running = Running::enter(&live.rule.name, job.hops);
     let mut failures = Vec::new();
     for entry @ (spec, _) in &live.rule.actions {
         match run_action(inner, live, entry, job, ctx, &output, false) {
             Ok(()) => {
-                c.actions_ok.fetch_add(1, Relaxed);
+                c.actions_ok.add(1);
             }
             Err((resource, message)) => {
                 c.actions_failed.fetch_add(1, Relaxed);

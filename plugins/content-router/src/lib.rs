@@ -121,8 +121,8 @@ fn same(a: &Value, b: &Value) -> bool {
 /// The configured plugin.
 pub struct ContentRouter {
     routes: Vec<Route>,
-    /// The distinct fields the routes read, parsed once per message.
-    fields: Vec<String>,
+    /// The distinct fields the routes read (split once), parsed once per message.
+    fields: shoal_sdk::json::Paths,
     first_only: bool,
     thing_level: usize,
 }
@@ -144,9 +144,10 @@ impl Plugin for ContentRouter {
             "first" => true,
             other => return Err(PluginError::config(format!("`mode` = {other:?} (all, first)"))),
         };
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
         Ok(ContentRouter {
             routes,
-            fields,
+            fields: shoal_sdk::json::Paths::new(&names),
             first_only,
             thing_level: config.parse_or("thing_level", 1)?,
         })
@@ -154,8 +155,7 @@ impl Plugin for ContentRouter {
 
     fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
         // Parses only the fields the routes read (the rest is checked and skipped).
-        let paths: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let values = msg.json_fields(&paths)?;
+        let values = msg.json_select(&self.fields)?;
         let thing = msg.thing_or_level(self.thing_level);
         let mut actions = Vec::new();
         for route in self.routes.iter().filter(|r| r.matches(&values)) {

@@ -63,6 +63,8 @@ impl Rule {
 /// The configured plugin.
 pub struct ThresholdAlert {
     rules: Vec<Rule>,
+    /// The rules' fields, split once.
+    paths: shoal_sdk::json::Paths,
     severity: Severity,
     republish: Option<Template>,
     republish_qos: u8,
@@ -105,7 +107,9 @@ impl Plugin for ThresholdAlert {
                 )));
             }
         };
+        let fields: Vec<&str> = rules.iter().map(|r| r.field.as_str()).collect();
         Ok(ThresholdAlert {
+            paths: shoal_sdk::json::Paths::new(&fields),
             rules,
             severity: config.parse_or("severity", Severity::Warning)?,
             republish: config.get("republish").map(Template::parse).transpose()?,
@@ -117,9 +121,7 @@ impl Plugin for ThresholdAlert {
 
     fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
         // Parses only the configured fields of the payload (the rest is checked and skipped).
-        let paths: Vec<&str> = self.rules.iter().map(|r| r.field.as_str()).collect();
-        let values = msg.json_fields(&paths)?;
-        let thing = msg.thing_or_level(self.thing_level);
+        let values = msg.json_select(&self.paths)?;
         let mut actions = Vec::new();
         for (rule, raw) in self.rules.iter().zip(values) {
             let Some(raw) = raw else {
@@ -137,6 +139,8 @@ impl Plugin for ThresholdAlert {
             let Some((bound, limit)) = rule.violation(value) else {
                 continue;
             };
+            // Only a violation needs the thing (splitting the topic costs on every reading).
+            let thing = msg.thing_or_level(self.thing_level);
             let subject = thing.unwrap_or(msg.topic());
             let word = if bound == "max" { "above" } else { "below" };
             let mut alert = Action::alert(

@@ -160,7 +160,7 @@ impl<'a> Reader<'a> {
     /// A string, borrowed unless it has escapes.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         let start = self.i + 1;
-        let mut j = start;
+        let mut j = plain_run(self.b, start);
         loop {
             match *self.b.get(j)? {
                 b'"' => {
@@ -169,7 +169,7 @@ impl<'a> Reader<'a> {
                 }
                 b'\\' => break,
                 0..=0x1f => return None,
-                _ => j += 1,
+                _ => j = plain_run(self.b, j + 1),
             }
         }
         let mut out = String::with_capacity(j - start + 16);
@@ -219,12 +219,7 @@ impl<'a> Reader<'a> {
                     // Copy a run of plain bytes at once (the input is valid UTF-8 and runs end
                     // on ASCII bytes, so the slice is on character boundaries).
                     let run = j;
-                    while let Some(&c) = self.b.get(j) {
-                        if c == b'"' || c == b'\\' || c < 0x20 {
-                            break;
-                        }
-                        j += 1;
-                    }
+                    j = plain_run(self.b, j);
                     out.push_str(&self.s[run..j]);
                 }
             }
@@ -395,6 +390,230 @@ pub(crate) fn write_json(v: &Value<'_>, out: &mut String) {
     }
 }
 
+/// `bytes` as text if it is a JSON object exactly as [`write_json`] would write it back after
+/// [`parse_payload`]: compact (no whitespace outside strings), every string escape in the
+/// writer's form, every number in its normalised form (`10` not `10.0`, `1500` not `1.5e3`).
+/// Then `SELECT *` can pass the payload on as it is instead of parsing and re-writing it,
+/// which is most of what the rule costs. Checked without building a tree: one pass, no
+/// allocation except for numbers with a fraction or an exponent, which are read and written
+/// back to compare. `None` only means "take the slow path".
+pub(crate) fn canonical_object(bytes: &[u8]) -> Option<&str> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let s = std::str::from_utf8(bytes).ok()?;
+    let mut c = Canonical {
+        s,
+        b: bytes,
+        i: 0,
+        scratch: String::new(),
+    };
+    (c.value(0) && c.i == bytes.len()).then_some(s)
+}
+
+struct Canonical<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    scratch: String,
+}
+
+impl Canonical<'_> {
+    fn value(&mut self, depth: usize) -> bool {
+        match self.b.get(self.i) {
+            Some(b'{') => depth < MAX_DEPTH && self.object(depth + 1),
+            Some(b'[') => depth < MAX_DEPTH && self.array(depth + 1),
+            Some(b'"') => self.string(),
+            Some(b't') => self.word(b"true"),
+            Some(b'f') => self.word(b"false"),
+            Some(b'n') => self.word(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => false,
+        }
+    }
+
+    fn word(&mut self, w: &[u8]) -> bool {
+        if self.b[self.i..].starts_with(w) {
+            self.i += w.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> bool {
+        self.i += 1; // {
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return true;
+        }
+        loop {
+            if self.b.get(self.i) != Some(&b'"') || !self.string() || self.b.get(self.i) != Some(&b':') {
+                return false;
+            }
+            self.i += 1;
+            if !self.value(depth) {
+                return false;
+            }
+            match self.b.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.i += 1; // [
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return true;
+        }
+        loop {
+            if !self.value(depth) {
+                return false;
+            }
+            match self.b.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// A string whose escapes are the ones the writer produces (`\u` escapes and `\/` are
+    /// left to the slow path).
+    fn string(&mut self) -> bool {
+        let mut j = plain_run(self.b, self.i + 1);
+        loop {
+            match self.b.get(j) {
+                Some(b'"') => {
+                    self.i = j + 1;
+                    return true;
+                }
+                Some(b'\\') => match self.b.get(j + 1) {
+                    Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') => j += 2,
+                    // The writer's `\u` form: a control character without a short escape.
+                    Some(b'u') => match self.b.get(j + 2..j + 6) {
+                        Some([b'0', b'0', hi @ (b'0' | b'1'), lo @ (b'0'..=b'9' | b'a'..=b'f')])
+                            if !matches!((hi, lo), (b'0', b'8' | b'9' | b'a' | b'c' | b'd')) =>
+                        {
+                            j += 6
+                        }
+                        _ => return false,
+                    },
+                    _ => return false,
+                },
+                Some(0..=0x1f) | None => return false,
+                Some(_) => j = plain_run(self.b, j + 1),
+            }
+        }
+    }
+
+    /// A number the writer would write back byte for byte.
+    fn number(&mut self) -> bool {
+        let start = self.i;
+        let mut j = start;
+        if self.b[j] == b'-' {
+            j += 1;
+        }
+        let digits = j;
+        while self.b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        let int_digits = j - digits;
+        let plain = !matches!(self.b.get(j), Some(b'.' | b'e' | b'E'));
+        if plain && (1..=18).contains(&int_digits) {
+            // A short integer: canonical unless it has a leading zero or is `-0`.
+            let first = self.b[digits];
+            self.i = j;
+            return first != b'0' || (int_digits == 1 && start == digits);
+        }
+        if self.b.get(j) == Some(&b'.') && int_digits > 0 {
+            // A plain decimal (`-20.5`) of at most 15 significant digits, the last one not 0,
+            // and not below 1e-7: the shortest digits that read back as the same double are
+            // its own (any two decimals of 15 digits or fewer are different doubles), and the
+            // writer prints them without an exponent, so it is canonical as written.
+            let fraction = j + 1;
+            let mut end = fraction;
+            while self.b.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
+            }
+            let whole_zero = int_digits == 1 && self.b[digits] == b'0';
+            let lead_zeros = if whole_zero {
+                self.b[fraction..end].iter().take_while(|&&c| c == b'0').count()
+            } else {
+                0
+            };
+            let significant = if whole_zero { 0 } else { int_digits } + (end - fraction) - lead_zeros;
+            if end > fraction
+                && !matches!(self.b.get(end), Some(b'e' | b'E'))
+                && self.b[end - 1] != b'0'
+                && (self.b[digits] != b'0' || whole_zero)
+                && significant <= 15
+                && lead_zeros <= 6
+            {
+                self.i = end;
+                return true;
+            }
+        }
+        // An exponent, a long integer or a long decimal: read it as the parser does and write
+        // it back.
+        let Some(s) = self.s.get(start..) else {
+            return false;
+        };
+        let mut reader = Reader {
+            s,
+            b: s.as_bytes(),
+            i: 0,
+            depth: 0,
+        };
+        let Some(v) = reader.number() else {
+            return false;
+        };
+        self.scratch.clear();
+        write_json(&v, &mut self.scratch);
+        let end = start + reader.i;
+        self.i = end;
+        self.scratch.as_bytes() == &self.b[start..end]
+    }
+}
+
+/// The index of the first byte at or after `from` that a string scan must look at: `"`, `\\`
+/// or a control character (or `b.len()`). Eight bytes at a time while none is there.
+fn plain_run(b: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut j = from;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x20 (exact for thresholds up to 0x80), a quote or a backslash.
+        let special = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')));
+        if special {
+            break;
+        }
+        j += 8;
+    }
+    while let Some(&c) = b.get(j) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
 fn write_json_str(s: &str, out: &mut String) {
     out.push('"');
     let mut start = 0;
@@ -562,6 +781,161 @@ mod tests {
         assert!(parse_json(deep_ok.as_bytes()).is_some());
         let too_deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
         assert!(parse_json(too_deep.as_bytes()).is_none());
+    }
+
+    /// What the fast check must agree with: the payload parses to an object that writes back
+    /// to the same bytes.
+    fn slow_canonical(bytes: &[u8]) -> bool {
+        match parse_payload(bytes) {
+            v @ Value::Object(_) => json(&v).as_bytes() == bytes,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn canonical_objects_are_recognised_exactly() {
+        for (text, want) in [
+            (r#"{"shlg":"h","temp":-20.5,"humidity":80,"pad":"xxxx"}"#, true),
+            (r#"{}"#, true),
+            (r#"{"a":[1,[],{},null,true,false,"s"],"b":{"c":{"d":0}}}"#, true),
+            (r#"{"a":"q\"b\\c\nd\re\tf\bg\fh"}"#, true),
+            (r#"{"a":"é€😀"}"#, true),
+            (r#"{"a":1,"a":2}"#, true),
+            (
+                r#"{"a":0.1,"b":-0.000123,"c":123456.789012,"d":0.30000000000000004}"#,
+                true,
+            ),
+            (r#"{"a":1e23,"b":7e22,"c":1e-28}"#, true),
+            (r#"{"a":-9223372036854775}"#, true),
+            (r#"{ "a":1}"#, false),
+            (r#"{"a": 1}"#, false),
+            (r#"{"a":1} "#, false),
+            (r#" {"a":1}"#, false),
+            (r#"{"a":10.0}"#, false),
+            (r#"{"a":1.50}"#, false),
+            (r#"{"a":1e2}"#, false),
+            (r#"{"a":-0}"#, false),
+            (r#"{"a":1E23}"#, false),
+            (r#"{"a":0.00000001}"#, false),
+            (r#"{"a":1e400}"#, false),
+            (r#"{"a":9223372036854775807}"#, true),
+            (r#"{"a":9223372036854775808}"#, false),
+            (r#"{"a":"\u0001\u001f"}"#, true),
+            (r#"{"a":"\u0008"}"#, false),
+            (r#"{"a":"\u001F"}"#, false),
+            (r#"{"a":"\/"}"#, false),
+            (r#"{"a":"\u00e9"}"#, false),
+            (r#"{"a":01}"#, false),
+            (r#"{"a":1,}"#, false),
+            (r#"{"a"}"#, false),
+            (r#"{"a":tru}"#, false),
+            (r#"{"a":"x"#, false),
+            (r#"[1]"#, false),
+            (r#"80"#, false),
+            ("{\"a\":\"\t\"}", false),
+            ("", false),
+        ] {
+            assert_eq!(canonical_object(text.as_bytes()).is_some(), want, "{text}");
+            assert_eq!(
+                slow_canonical(text.as_bytes()),
+                want,
+                "slow path disagrees on {text}"
+            );
+        }
+        assert!(canonical_object(b"{\"a\":\"\xff\"}").is_none());
+        let deep_ok = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
+        assert!(canonical_object(deep_ok.as_bytes()).is_some());
+        let too_deep = format!("{}{{}}{}", "{\"a\":".repeat(128), "}".repeat(128));
+        assert!(canonical_object(too_deep.as_bytes()).is_none());
+        assert!(!slow_canonical(too_deep.as_bytes()));
+    }
+
+    #[test]
+    fn canonical_check_agrees_with_parse_and_write_on_generated_documents() {
+        // A fixed-seed generator of near-JSON: pieces that are canonical, not canonical, or
+        // not JSON at all, so all three outcomes are exercised.
+        let pieces: &[&str] = &[
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "10.0",
+            "1.5",
+            "-20.5",
+            "1e2",
+            "2.5e-3",
+            "1E5",
+            "0.1",
+            "1.10",
+            "123456789012345678",
+            "1234567890123456789",
+            "1e400",
+            "0.00000001",
+            "\"s\"",
+            "\"\"",
+            "\"a\\\"b\"",
+            "\"\\/\"",
+            "\"\\u0041\"",
+            "\"\\u0001\"",
+            "\"\\u000a\"",
+            "\"é\"",
+            "true",
+            "false",
+            "null",
+            "tru",
+            "[]",
+            "{}",
+            " ",
+            "01",
+            ".5",
+            "0.0000001",
+            "0.00000001",
+            "-0.05",
+            "0.50",
+            "12345678901234.5",
+            "123456789012345.5",
+            "1.0e1",
+            "-1.25",
+            "0.000001234",
+            "\"aaaaaaaa\\\"bbbbbbbbb\"",
+            "\"0123456789abcdefghij\"",
+            "\"0123456789\\nabcdef\u{1}ghij\"",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n
+        };
+        let mut agree = (0, 0);
+        for _ in 0..20_000 {
+            let mut doc = String::from("{");
+            for k in 0..next(5) {
+                if k > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(&format!("\"k{}\":", next(3)));
+                match next(4) {
+                    0 => doc.push_str(&format!(
+                        "[{},{}]",
+                        pieces[next(pieces.len())],
+                        pieces[next(pieces.len())]
+                    )),
+                    1 => doc.push_str(&format!("{{\"n\":{}}}", pieces[next(pieces.len())])),
+                    _ => doc.push_str(pieces[next(pieces.len())]),
+                }
+            }
+            doc.push('}');
+            let fast = canonical_object(doc.as_bytes()).is_some();
+            assert_eq!(fast, slow_canonical(doc.as_bytes()), "{doc}");
+            if fast {
+                agree.0 += 1;
+            } else {
+                agree.1 += 1;
+            }
+        }
+        assert!(agree.0 > 1_000 && agree.1 > 1_000, "{agree:?}");
     }
 
     #[test]

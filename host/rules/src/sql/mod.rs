@@ -43,7 +43,7 @@ pub use template::Template;
 use ast::{Item, Query, Select};
 use eval::{Env, passes, project};
 use functions::Func;
-use json::write_json;
+use json::{canonical_object, write_json};
 use value::Value;
 
 /// A parsed rule statement: `SELECT ... [FROM '<topic filter>'] [WHERE ...]`.
@@ -159,7 +159,12 @@ impl Sql {
             return Ok(None);
         }
         if self.star_only {
-            // The common `SELECT *`: a JSON object re-serialized, anything else passed on.
+            // The common `SELECT *`: a JSON object re-serialized, anything else passed on. A
+            // payload already written as Shoal writes JSON goes on as it is: no tree, no
+            // re-writing (the same bytes either way).
+            if let Some(text) = canonical_object(ctx.payload()) {
+                return Ok(Some(Output::Json(text.to_owned())));
+            }
             let doc = env.doc();
             return Ok(Some(match doc {
                 Value::Object(_) => Output::Json(to_text(doc)),
