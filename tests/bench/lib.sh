@@ -1,5 +1,6 @@
-# Shared helpers of the identity benchmarks (tests/bench/auth.sh, tests/bench/tls.sh): the same
-# measurement and disturbance handling as tests/bench/run.sh (which keeps its own copy).
+# Shared helpers of the identity, plugin and rules benchmarks (tests/bench/auth.sh, tls.sh,
+# plugin.sh, thread-cpu.sh): the same measurement and disturbance handling as
+# tests/bench/run.sh (which keeps its own copy).
 # Source it after setting MAX_OTHER (% of a core) and QUIET_WAIT (s); it uses BROKER_PID.
 # shellcheck shell=bash
 
@@ -154,3 +155,40 @@ for l in sys.stdin:
             pass
 print(json.dumps(m))'
 }
+
+# Writes the rules (and uploads the plugin) of the rules/plugin benchmarks (tests/bench/plugin.sh,
+# tests/bench/thread-cpu.sh) to the Shoal whose HTTP API is at $2. $1: none, plugin (the rule
+# `SELECT * FROM 'bench/#'` calling plugin $4, the threshold plugin on `temp` > -15) or rules10
+# (nine rules `SELECT temp, topic(2) AS dev ... WHERE temp > N` / `temp < -100` that never fire
+# on the load's -20.5, and one that republishes every message to rollup/${topic(2)}). $3: a
+# scratch directory for the rule files.
+bench_rules() {
+    local mode=$1 http=$2 work=$3 wasm=${4:-} i where config
+    case "$mode" in
+        plugin)
+            config=$(python3 -c 'import urllib.parse; print(urllib.parse.quote("{\"settings\":[[\"field\",\"temp\"],[\"max\",\"-15\"]]}"))')
+            curl -sf -X POST -H 'content-type: application/wasm' --data-binary "@$wasm" \
+                "http://$http/api/v1/plugins/threshold/versions?activate=true&config=$config" >/dev/null
+            echo '{"sql":"SELECT * FROM '"'bench/#'"'","actions":[{"plugin":{"name":"threshold"}}]}' >"$work/rule.json"
+            shoal_post "$http" /api/v1/rules/bench "$work/rule.json" >/dev/null
+            ;;
+        rules10)
+            for i in 0 1 2 3 4 5 6 7 8; do
+                if [ "$i" = 8 ]; then where="temp < -100"; else where="temp > $((i * 10))"; fi
+                echo '{"sql":"SELECT temp, topic(2) AS dev FROM '"'bench/#'"' WHERE '"$where"'","actions":[{"republish":{"topic":"alerts/${topic(2)}"}}]}' >"$work/rule$i.json"
+            done
+            echo '{"sql":"SELECT temp, clientid() AS c FROM '"'bench/#'"' WHERE temp < 0","actions":[{"republish":{"topic":"rollup/${topic(2)}"}}]}' >"$work/rule9.json"
+            for i in 0 1 2 3 4 5 6 7 8 9; do shoal_post "$http" "/api/v1/rules/bench$i" "$work/rule$i.json" >/dev/null; done
+            ;;
+    esac
+}
+
+# CPU ticks per thread name of process $1 (numbered names like shoal-rules-0 summed as
+# shoal-rules), one "name ticks" line each, sorted.
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(cat "$t/comm")" "$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "$t/stat")"
+    done 2>/dev/null | awk '{ k = $1; sub(/-[0-9]+$/, "", k); a[k] += $2 } END { for (k in a) print k, a[k] }' | sort
+}
+

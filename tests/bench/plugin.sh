@@ -78,14 +78,6 @@ fi
 : >"$RESULTS"
 trap '[ -n "$BROKER_PID" ] && kill -KILL "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
-echo '{"sql":"SELECT * FROM '"'bench/#'"'","actions":[{"plugin":{"name":"threshold"}}]}' >"$WORK/rule.json"
-for i in 0 1 2 3 4 5 6 7 8; do
-    if [ "$i" = 8 ]; then where="temp < -100"; else where="temp > $((i * 10))"; fi
-    echo '{"sql":"SELECT temp, topic(2) AS dev FROM '"'bench/#'"' WHERE '"$where"'","actions":[{"republish":{"topic":"alerts/${topic(2)}"}}]}' >"$WORK/rule$i.json"
-done
-echo '{"sql":"SELECT temp, clientid() AS c FROM '"'bench/#'"' WHERE temp < 0","actions":[{"republish":{"topic":"rollup/${topic(2)}"}}]}' >"$WORK/rule9.json"
-CONFIG=$(python3 -c 'import urllib.parse; print(urllib.parse.quote("{\"settings\":[[\"field\",\"temp\"],[\"max\",\"-15\"]]}"))')
-
 run_one() {
     local key=$1 mode=$2 rep=$3 dir port http args
     dir="$WORK/$key-$mode-$rep"
@@ -97,14 +89,7 @@ run_one() {
         --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none ${BROKER_ARGS[@]+"${BROKER_ARGS[@]}"} >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
     wait_listen "$port" && http=$(shoal_addr "$dir/data" http) || { tail "$dir/broker.log" >&2; exit 1; }
-    if [ "$mode" = rules10 ]; then
-        for i in 0 1 2 3 4 5 6 7 8 9; do shoal_post "$http" "/api/v1/rules/bench$i" "$WORK/rule$i.json" >/dev/null; done
-    fi
-    if [ "$mode" = plugin ]; then
-        curl -sf -X POST -H 'content-type: application/wasm' --data-binary "@$WASM" \
-            "http://$http/api/v1/plugins/threshold/versions?activate=true&config=$CONFIG" >/dev/null
-        shoal_post "$http" /api/v1/rules/bench "$WORK/rule.json" >/dev/null
-    fi
+    bench_rules "$mode" "$http" "$dir" "$WASM"
     sleep 0.5
     case "$key" in
         fan-in-qos0) args=(fan-in --publishers 8) ;;

@@ -442,43 +442,34 @@ impl Canonical<'_> {
     }
 
     fn object(&mut self, depth: usize) -> bool {
-        self.i += 1; // {
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            return true;
-        }
-        loop {
-            if self.b.get(self.i) != Some(&b'"') || !self.string() || self.b.get(self.i) != Some(&b':') {
-                return false;
-            }
-            self.i += 1;
-            if !self.value(depth) {
-                return false;
-            }
-            match self.b.get(self.i) {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return true;
-                }
-                _ => return false,
-            }
-        }
+        self.members(depth, b'}', true)
     }
 
     fn array(&mut self, depth: usize) -> bool {
-        self.i += 1; // [
-        if self.b.get(self.i) == Some(&b']') {
+        self.members(depth, b']', false)
+    }
+
+    /// The members of an object (`"key":value`, `keyed`) or an array up to `close`, with no
+    /// whitespace anywhere.
+    fn members(&mut self, depth: usize, close: u8, keyed: bool) -> bool {
+        self.i += 1; // { or [
+        if self.b.get(self.i) == Some(&close) {
             self.i += 1;
             return true;
         }
         loop {
+            if keyed {
+                if self.b.get(self.i) != Some(&b'"') || !self.string() || self.b.get(self.i) != Some(&b':') {
+                    return false;
+                }
+                self.i += 1;
+            }
             if !self.value(depth) {
                 return false;
             }
             match self.b.get(self.i) {
                 Some(b',') => self.i += 1,
-                Some(b']') => {
+                Some(&c) if c == close => {
                     self.i += 1;
                     return true;
                 }
