@@ -25,6 +25,7 @@ BIN=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}/release
     echo "thread-cpu.sh: build first: cargo +1.97.0 build --release -p shoal-server -p shoal-tests" >&2
     exit 2
 }
+wait_quiet # (at most QUIET_WAIT s) so a leftover load does not share the cores
 WORK=$(mktemp -d /tmp/shoal-thread-cpu.XXXXXX)
 trap '[ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 port=$(free_port)
