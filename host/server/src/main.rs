@@ -160,6 +160,10 @@ impl Command {
     }
 }
 
+/// mimalloc instead of glibc's malloc: the shadow path spent 19 % of its samples in malloc/free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(ep) = cli.command.endpoint() {
