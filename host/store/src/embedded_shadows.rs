@@ -37,6 +37,16 @@
 //!
 //! Reads ([`ShadowStore::get`], [`ShadowStore::list_named`]) use read transactions on tokio's
 //! blocking pool and never wait for the writer; they see the last committed batch.
+//!
+//! # The writer's document cache
+//!
+//! The writer is the one stage every mutation passes through, so its work per mutation bounds
+//! the store's throughput. It therefore keeps the documents it last read or wrote, decoded, in
+//! memory ([`DocCache`], bounded by [`CACHE_BYTES`] of encoded JSON), and a mutation of a
+//! recently used shadow neither reads nor decodes it. The cache cannot go stale: this writer
+//! is the only one that changes the shadow tables (the redb file is locked to this process),
+//! and when a batch fails (its transaction aborted) the cache is emptied, since it may hold
+//! documents that were never committed.
 
 use std::any::Any;
 use std::ops::Bound;
@@ -68,6 +78,10 @@ const MAX_LINGER: Duration = Duration::from_millis(1);
 /// Upper bound on the mutations committed in one transaction, so one commit's latency (and the
 /// memory held for it) stays bounded under a flood; the rest go into the next batch at once.
 const MAX_BATCH: usize = 1024;
+
+/// Bound on the writer's document cache, counted as the documents' encoded JSON size (their
+/// decoded size in memory is a small multiple of it). When full, arbitrary entries make room.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Sorts after every character a shadow name may contain (all ASCII below `~`), so
 /// `(thing, NAME_MAX)` bounds one thing's range in `named_shadows` from above.
@@ -152,9 +166,59 @@ fn decode(storage_name: &str, bytes: &[u8]) -> Result<StoredShadow, ShadowStoreE
         .map_err(|e| ShadowStoreError::Corrupt(format!("shadow {storage_name:?} does not decode: {e}")))
 }
 
+/// The documents the writer last read or wrote, by storage name, with their encoded size (see
+/// the [module docs](self)).
+struct DocCache {
+    docs: std::collections::HashMap<String, (Arc<StoredShadow>, usize)>,
+    bytes: usize,
+    /// At most this many encoded bytes are kept ([`CACHE_BYTES`] outside tests).
+    budget: usize,
+}
+
+impl DocCache {
+    fn new(budget: usize) -> Self {
+        DocCache {
+            docs: std::collections::HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<StoredShadow>> {
+        self.docs.get(name).map(|(doc, _)| Arc::clone(doc))
+    }
+
+    /// Remembers `doc` (encoded as `size` bytes) for `name`, evicting arbitrary entries to stay
+    /// within the budget. A document bigger than the whole budget is not kept.
+    fn put(&mut self, name: String, doc: Arc<StoredShadow>, size: usize) {
+        if let Some((_, old)) = self.docs.remove(&name) {
+            self.bytes -= old;
+        }
+        if size > self.budget {
+            return;
+        }
+        while self.bytes + size > self.budget {
+            let Some(evict) = self.docs.keys().next().cloned() else {
+                break;
+            };
+            if let Some((_, old)) = self.docs.remove(&evict) {
+                self.bytes -= old;
+            }
+        }
+        self.bytes += size;
+        self.docs.insert(name, (doc, size));
+    }
+
+    fn clear(&mut self) {
+        self.docs.clear();
+        self.bytes = 0;
+    }
+}
+
 /// The writer thread: one batch per wake-up until every sender is gone.
 fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
     let mut previous_len = 0;
+    let mut cache = DocCache::new(CACHE_BYTES);
     while let Ok(first) = rx.recv() {
         // Only upgraded for the batch: between batches the thread does not keep the file open.
         let Some(db) = db.upgrade() else {
@@ -163,7 +227,7 @@ fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
             continue;
         };
         // A lone caller (the last batch had one mutation) does not wait for company.
-        previous_len = run_batch(&db, first, rx, previous_len > 1);
+        previous_len = run_batch(&db, &mut cache, first, rx, previous_len > 1);
     }
 }
 
@@ -178,10 +242,16 @@ fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
 /// the next batch would hold only those that were already queued, and the callers would settle
 /// into two cohorts taking turns, each commit carrying half of them: more commits (whose cost
 /// is mostly per page written, not per mutation) for the same work.
-fn run_batch(db: &Database, first: Job, rx: &mpsc::Receiver<Job>, linger: bool) -> usize {
+fn run_batch(
+    db: &Database,
+    cache: &mut DocCache,
+    first: Job,
+    rx: &mpsc::Receiver<Job>,
+    linger: bool,
+) -> usize {
     let mut jobs = Vec::new();
     let mut replies = Vec::new();
-    let result = write_batch(db, first, rx, linger, &mut jobs, &mut replies);
+    let result = write_batch(db, cache, first, rx, linger, &mut jobs, &mut replies);
     let n = jobs.len();
     match result {
         Ok(()) => {
@@ -191,6 +261,8 @@ fn run_batch(db: &Database, first: Job, rx: &mpsc::Receiver<Job>, linger: bool) 
             }
         }
         Err(e) => {
+            // The cache may hold documents of the aborted transaction.
+            cache.clear();
             tracing::warn!(mutations = n, error = %e, "embedded shadow batch failed");
             for job in jobs {
                 let _ = job.reply.send(Reply::Done(Err(e.clone())));
@@ -206,6 +278,7 @@ fn run_batch(db: &Database, first: Job, rx: &mpsc::Receiver<Job>, linger: bool) 
 /// answers are only true once the commit succeeded, which is why they are not sent here.
 fn write_batch(
     db: &Database,
+    cache: &mut DocCache,
     first: Job,
     rx: &mpsc::Receiver<Job>,
     linger: bool,
@@ -222,7 +295,7 @@ fn write_batch(
         let mut docs = txn.open_table(SHADOWS).map_err(open)?;
         let mut named = txn.open_table(NAMED_SHADOWS).map_err(open)?;
         while let Some(job) = jobs.get(replies.len()) {
-            replies.push(apply_job(&mut docs, &mut named, job)?);
+            replies.push(apply_job(&mut docs, &mut named, cache, job)?);
             if jobs.len() >= MAX_BATCH {
                 break;
             }
@@ -242,12 +315,14 @@ fn write_batch(
     txn.commit().map_err(|e| redb_err("commit", e))
 }
 
-/// Reads the current document through the write transaction (so earlier mutations of the
-/// batch are visible), runs the function and writes its result. A storage error aborts the
-/// batch (`Err`); an undecodable document only fails this mutation (`Ok(Reply::Done(Err))`).
+/// Reads the current document (from the cache, else through the write transaction, so earlier
+/// mutations of the batch are visible either way), runs the function and writes its result. A
+/// storage error aborts the batch (`Err`); an undecodable document only fails this mutation
+/// (`Ok(Reply::Done(Err))`).
 fn apply_job(
     docs: &mut Table<&str, &[u8]>,
     named: &mut Table<(&str, &str), ()>,
+    cache: &mut DocCache,
     job: &Job,
 ) -> Result<Reply, ShadowStoreError> {
     if job.reply.is_closed() {
@@ -258,19 +333,27 @@ fn apply_job(
         ))));
     }
     let name = job.key.storage_name();
-    let previous = match docs.get(name.as_str()).map_err(|e| redb_err("read", e))? {
-        Some(bytes) => match decode(&name, bytes.value()) {
-            Ok(doc) => Some(doc),
-            Err(e) => return Ok(Reply::Done(Err(e))),
+    let previous = match cache.get(&name) {
+        Some(doc) => Some(doc),
+        None => match docs.get(name.as_str()).map_err(|e| redb_err("read", e))? {
+            Some(bytes) => match decode(&name, bytes.value()) {
+                Ok(doc) => {
+                    let doc = Arc::new(doc);
+                    cache.put(name.clone(), Arc::clone(&doc), bytes.value().len());
+                    Some(doc)
+                }
+                Err(e) => return Ok(Reply::Done(Err(e))),
+            },
+            None => None,
         },
-        None => None,
     };
-    let current = match std::panic::catch_unwind(AssertUnwindSafe(|| (job.f)(previous.as_ref()))) {
+    let current = match std::panic::catch_unwind(AssertUnwindSafe(|| (job.f)(previous.as_deref()))) {
         Ok(Ok(current)) => current,
         Ok(Err(rejection)) => return Ok(Reply::Done(Ok(Mutated::Rejected(rejection)))),
         Err(panic) => return Ok(Reply::Panicked(panic)),
     };
-    docs.insert(name.as_str(), current.to_json_bytes().as_slice())
+    let bytes = current.to_json_bytes();
+    docs.insert(name.as_str(), bytes.as_slice())
         .map_err(|e| redb_err("write", e))?;
     if let Some(shadow) = &job.key.shadow {
         let index_key = (job.key.thing.as_str(), shadow.as_str());
@@ -280,6 +363,8 @@ fn apply_job(
             named.remove(index_key).map_err(|e| redb_err("write", e))?;
         }
     }
+    let current = Arc::new(current);
+    cache.put(name, Arc::clone(&current), bytes.len());
     Ok(Reply::Done(Ok(Mutated::Applied { previous, current })))
 }
 
@@ -366,5 +451,43 @@ impl ShadowStore for EmbeddedShadowStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(version: u64) -> Arc<StoredShadow> {
+        Arc::new(StoredShadow {
+            desired: None,
+            reported: None,
+            version,
+            updated_secs: 0,
+            deleted: false,
+        })
+    }
+
+    #[test]
+    fn the_document_cache_stays_within_its_budget() {
+        let mut cache = DocCache::new(100);
+        cache.put("a".into(), doc(1), 40);
+        cache.put("b".into(), doc(1), 40);
+        assert_eq!(cache.bytes, 80);
+        // Replacing an entry counts its new size only.
+        cache.put("a".into(), doc(2), 50);
+        assert_eq!(cache.bytes, 90);
+        assert_eq!(cache.get("a").map(|d| d.version), Some(2));
+        // Over budget: something is evicted, the new entry is kept.
+        cache.put("c".into(), doc(1), 30);
+        assert!(cache.bytes <= 100, "{} bytes cached", cache.bytes);
+        assert_eq!(cache.get("c").map(|d| d.version), Some(1));
+        assert_eq!(cache.bytes, cache.docs.values().map(|(_, n)| n).sum::<usize>());
+        // Bigger than the whole budget: not kept, and an older copy is dropped.
+        cache.put("c".into(), doc(2), 101);
+        assert!(cache.get("c").is_none());
+        assert_eq!(cache.bytes, cache.docs.values().map(|(_, n)| n).sum::<usize>());
+        cache.clear();
+        assert_eq!((cache.bytes, cache.docs.len()), (0, 0));
     }
 }

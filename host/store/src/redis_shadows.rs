@@ -88,15 +88,15 @@ const STRIPE_CACHE: usize = 64;
 /// The last document and revision this node wrote or read for some keys of one stripe.
 #[derive(Default)]
 struct StripeCache {
-    entries: std::collections::HashMap<String, (u64, Option<StoredShadow>)>,
+    entries: std::collections::HashMap<String, (u64, Option<Arc<StoredShadow>>)>,
 }
 
 impl StripeCache {
-    fn take(&mut self, key: &str) -> Option<(u64, Option<StoredShadow>)> {
+    fn take(&mut self, key: &str) -> Option<(u64, Option<Arc<StoredShadow>>)> {
         self.entries.remove(key)
     }
 
-    fn put(&mut self, key: String, rev: u64, doc: Option<StoredShadow>) {
+    fn put(&mut self, key: String, rev: u64, doc: Option<Arc<StoredShadow>>) {
         if self.entries.len() >= STRIPE_CACHE
             && !self.entries.contains_key(&key)
             && let Some(evict) = self.entries.keys().next().cloned()
@@ -198,6 +198,11 @@ fn decode(key: &str, doc: Option<Vec<u8>>) -> Result<Option<StoredShadow>, Shado
     .transpose()
 }
 
+/// [`decode`], shared for [`Mutated`] and the stripe cache.
+fn decode_shared(key: &str, doc: Option<Vec<u8>>) -> Result<Option<Arc<StoredShadow>>, ShadowStoreError> {
+    Ok(decode(key, doc)?.map(Arc::new))
+}
+
 impl RedisShadowStore {
     /// Connects to `url` (`redis://` or `rediss://`) on a connection of its own, keeping every
     /// key under `prefix`. Fails within about 5 s if Redis is unreachable.
@@ -265,7 +270,7 @@ impl RedisShadowStore {
         &self,
         conn: &mut ConnectionManager,
         doc_key: &str,
-    ) -> Result<(u64, Option<StoredShadow>), ShadowStoreError> {
+    ) -> Result<(u64, Option<Arc<StoredShadow>>), ShadowStoreError> {
         let (doc, rev): (Option<Vec<u8>>, Option<u64>) = self
             .call(
                 "read shadow",
@@ -276,7 +281,7 @@ impl RedisShadowStore {
                     .query_async(conn),
             )
             .await?;
-        Ok((rev.unwrap_or(0), decode(doc_key, doc)?))
+        Ok((rev.unwrap_or(0), decode_shared(doc_key, doc)?))
     }
 
     /// The read, run, compare-and-set loop of [`ShadowStore::mutate`].
@@ -301,7 +306,7 @@ impl RedisShadowStore {
         };
 
         for attempt in 0..MAX_ATTEMPTS {
-            let current = match f(previous.as_ref()) {
+            let current = match f(previous.as_deref()) {
                 Ok(current) => current,
                 Err(rejection) if verified => {
                     turn.put(doc_key, rev, previous);
@@ -330,12 +335,13 @@ impl RedisShadowStore {
                 .await?;
             match Cas::parse(reply)? {
                 Cas::Written => {
-                    turn.put(doc_key, rev + 1, Some(current.clone()));
+                    let current = Arc::new(current);
+                    turn.put(doc_key, rev + 1, Some(Arc::clone(&current)));
                     return Ok(Mutated::Applied { previous, current });
                 }
                 Cas::Conflict { rev: now, doc } => {
                     tracing::trace!(key = %doc_key, attempt, "shadow write conflict, retrying");
-                    previous = decode(&doc_key, doc)?;
+                    previous = decode_shared(&doc_key, doc)?;
                     rev = now;
                     if !verified {
                         // Our memory was stale (another node wrote): no backoff, this was

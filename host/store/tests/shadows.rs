@@ -42,7 +42,7 @@ async fn embedded_shadow_conformance() {
 
 async fn applied(store: &dyn ShadowStore, k: &shoal_things::shadow::ShadowKey, body: &str) -> StoredShadow {
     match store.mutate(k, update(body)).await.unwrap() {
-        Mutated::Applied { current, .. } => current,
+        Mutated::Applied { current, .. } => StoredShadow::clone(&current),
         Mutated::Rejected(e) => panic!("{k:?}: rejected: {e}"),
     }
 }
@@ -65,7 +65,7 @@ async fn embedded_shadows_survive_reopen() {
         v_named = applied(&shadows, &named, r#"{"state":{"reported":{"fw":"1.1"}}}"#).await;
         applied(&shadows, &gone, r#"{"state":{"reported":{"x":1}}}"#).await;
         v_gone = match shadows.mutate(&gone, delete(&gone)).await.unwrap() {
-            Mutated::Applied { current, .. } => current,
+            Mutated::Applied { current, .. } => StoredShadow::clone(&current),
             other => panic!("{other:?}"),
         };
         store
@@ -294,7 +294,7 @@ async fn redis_shadow_key_layout() {
 
     // A delete keeps the version but moves the revision, and leaves the index.
     let t = match shadows.mutate(&k, delete(&k)).await.unwrap() {
-        Mutated::Applied { current, .. } => current,
+        Mutated::Applied { current, .. } => StoredShadow::clone(&current),
         other => panic!("{other:?}"),
     };
     assert_eq!(t.version, 1);
@@ -389,13 +389,13 @@ async fn redis_shadow_conflict_retries_from_the_current_document() {
     };
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one conflict, one retry");
     assert_eq!(
-        previous.as_ref(),
+        previous.as_deref(),
         Some(&interloper),
         "the retry starts from the other write"
     );
     assert_eq!(current.version, interloper.version + 1);
     assert_eq!(counter(Some(&current)), 101);
-    assert_eq!(shadows.get(&k).await.unwrap(), Some(current));
+    assert_eq!(shadows.get(&k).await.unwrap().as_ref(), Some(&*current));
     let rev: u64 = redis::cmd("HGET")
         .arg("shoal:shadow:dev~cfg")
         .arg("rev")
@@ -513,7 +513,7 @@ async fn redis_shadow_unavailable_when_killed_then_recovers() {
         match store.mutate(&k, update(r#"{"state":{"desired":{"a":1}}}"#)).await {
             Ok(Mutated::Applied { previous, current }) => {
                 assert_eq!(previous, None, "the restarted server is empty");
-                break current;
+                break StoredShadow::clone(&current);
             }
             Ok(other) => panic!("{other:?}"),
             Err(e) if started.elapsed() < Duration::from_secs(10) => {

@@ -132,7 +132,7 @@ async fn applied(
     match mutate(s, case, k, f).await {
         Mutated::Applied { previous, current } => {
             assert_eq!(
-                previous.as_ref(),
+                previous.as_deref(),
                 want_previous,
                 "[{}] {case}: previous document of {k:?}",
                 s.kind()
@@ -140,11 +140,11 @@ async fn applied(
             let stored = get(s, case, k).await;
             assert_eq!(
                 stored.as_ref(),
-                Some(&current),
+                Some(&*current),
                 "[{}] {case}: get {k:?} must return what mutate stored",
                 s.kind()
             );
-            current
+            StoredShadow::clone(&current)
         }
         Mutated::Rejected(e) => panic!("[{}] {case}: mutate {k:?} was rejected: {e}", s.kind()),
     }
@@ -617,7 +617,7 @@ pub async fn shadow_concurrency(
         assert_eq!(current.version, before + 1, "[{kind}] {case}: version step");
         assert_eq!(
             counter(Some(&current)),
-            counter(previous.as_ref()) + 1,
+            counter(previous.as_deref()) + 1,
             "[{kind}] {case}: counter step"
         );
         assert!(

@@ -130,14 +130,6 @@ impl StoredShadow {
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
-
-    fn snapshot(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("state".into(), self.state_json());
-        map.insert("metadata".into(), self.metadata_json());
-        map.insert("version".into(), self.version.into());
-        Value::Object(map)
-    }
 }
 
 fn state_size(desired: Option<&Section>, reported: Option<&Section>) -> usize {
@@ -177,7 +169,44 @@ pub struct DeleteOutcome {
     pub accepted: Value,
 }
 
+/// The messages an accepted update publishes, as [`update_payloads`] builds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatePayloads {
+    /// The `/update/accepted` payload (see [`UpdateOutcome::accepted`]).
+    pub accepted: Value,
+    /// The `/update/delta` payload (see [`UpdateOutcome::delta`]).
+    pub delta: Option<Value>,
+    /// The `/update/documents` payload as compact JSON bytes, written straight from the two
+    /// documents (no intermediate `Value`; see [`documents_json`]).
+    pub documents: Vec<u8>,
+}
+
 /// Applies a validated update to the stored shadow (`None`: never existed).
+///
+/// This is [`updated_shadow`] followed by [`update_payloads`]; a store that must apply the
+/// update under a lock (see [`crate::shadow::ShadowStore::mutate`]) runs only the first there
+/// and builds the payloads afterwards, from the documents before and after.
+///
+/// Returns the new document and the `accepted`, `delta` and `documents` payloads, each
+/// carrying the request's `clientToken` when it had one.
+pub fn apply_update(
+    current: Option<&StoredShadow>,
+    request: &UpdateRequest,
+    now_secs: u64,
+    limits: &ShadowLimits,
+) -> Result<UpdateOutcome, ShadowError> {
+    let shadow = updated_shadow(current, request, now_secs, limits)?;
+    let payloads = update_payloads(current, &shadow, request, now_secs);
+    Ok(UpdateOutcome {
+        accepted: payloads.accepted,
+        delta: payloads.delta,
+        // Bytes this module just wrote always parse.
+        documents: serde_json::from_slice(&payloads.documents).unwrap_or(Value::Null),
+        shadow,
+    })
+}
+
+/// The document an update leaves, or the rejection.
 ///
 /// 1. **Version check.** If the request has a `version`, it must equal the current version,
 ///    else 409 `Version conflict`. The current version of a shadow that never existed is 0,
@@ -192,15 +221,12 @@ pub struct DeleteOutcome {
 ///    does not make it larger is still accepted, so such shadows can be shrunk.
 /// 4. **Version** becomes current + 1 (a new shadow gets 1, a re-created one continues after
 ///    its tombstone) and `updated_secs` becomes `now_secs`.
-///
-/// Returns the new document and the `accepted`, `delta` and `documents` payloads, each
-/// carrying the request's `clientToken` when it had one.
-pub fn apply_update(
+pub fn updated_shadow(
     current: Option<&StoredShadow>,
     request: &UpdateRequest,
     now_secs: u64,
     limits: &ShadowLimits,
-) -> Result<UpdateOutcome, ShadowError> {
+) -> Result<StoredShadow, ShadowError> {
     let live = current.filter(|shadow| shadow.exists());
     let current_version = current.map_or(0, |shadow| shadow.version);
     if request
@@ -228,14 +254,26 @@ pub fn apply_update(
     }
 
     let version = current_version.checked_add(1).ok_or_else(ShadowError::internal)?;
-    let shadow = StoredShadow {
+    Ok(StoredShadow {
         desired,
         reported,
         version,
         updated_secs: now_secs,
         deleted: false,
-    };
+    })
+}
+
+/// The messages of an accepted update: `previous` is the stored document the update was
+/// applied to (tombstones included, `None` if there was none), `shadow` the document it left
+/// ([`updated_shadow`]).
+pub fn update_payloads(
+    previous: Option<&StoredShadow>,
+    shadow: &StoredShadow,
+    request: &UpdateRequest,
+    now_secs: u64,
+) -> UpdatePayloads {
     let client_token = request.client_token();
+    let version = shadow.version;
 
     let echoed = request.state().to_json();
     let mut accepted = Map::new();
@@ -255,19 +293,75 @@ pub fn apply_update(
         envelope(payload, client_token, now_secs)
     });
 
-    let mut documents = Map::new();
-    documents.insert(
-        "previous".into(),
-        live.map_or(Value::Null, StoredShadow::snapshot),
-    );
-    documents.insert("current".into(), shadow.snapshot());
-
-    Ok(UpdateOutcome {
+    UpdatePayloads {
         accepted: envelope(accepted, client_token, now_secs),
         delta,
-        documents: envelope(documents, client_token, now_secs),
-        shadow,
-    })
+        documents: documents_json(previous, shadow, client_token, now_secs),
+    }
+}
+
+/// The `/update/documents` payload as compact JSON:
+/// `{"clientToken"?, "current": {"metadata","state","version"}, "previous": {…} | null,
+/// "timestamp"}`, keys in lexicographic order like every other payload here. `previous` is
+/// `null` when the shadow did not exist before (never created, or a tombstone).
+///
+/// Written straight from the stored sections: building it as a `Value` would clone both
+/// documents' state and metadata trees only to serialize and drop them.
+pub fn documents_json(
+    previous: Option<&StoredShadow>,
+    current: &StoredShadow,
+    client_token: Option<&str>,
+    now_secs: u64,
+) -> Vec<u8> {
+    let payload = DocumentsView {
+        client_token,
+        current: SnapshotView::of(current),
+        previous: previous.filter(|p| p.exists()).map(SnapshotView::of),
+        timestamp: now_secs,
+    };
+    // Maps of strings and JSON values always serialize.
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// The borrowed shape [`documents_json`] serializes (field order = key order).
+#[derive(Serialize)]
+struct DocumentsView<'a> {
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+    current: SnapshotView<'a>,
+    previous: Option<SnapshotView<'a>>,
+    timestamp: u64,
+}
+
+/// `{"metadata": {...}, "state": {...}, "version": N}` of one document.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    metadata: SectionsView<'a>,
+    state: SectionsView<'a>,
+    version: u64,
+}
+
+/// `{"desired"?: ..., "reported"?: ...}`: one part (state or metadata) of both sections.
+#[derive(Serialize)]
+struct SectionsView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desired: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported: Option<&'a Map<String, Value>>,
+}
+
+impl<'a> SnapshotView<'a> {
+    fn of(shadow: &'a StoredShadow) -> Self {
+        let part = |f: fn(&Section) -> &Map<String, Value>| SectionsView {
+            desired: shadow.desired.as_ref().map(f),
+            reported: shadow.reported.as_ref().map(f),
+        };
+        SnapshotView {
+            metadata: part(|s| &s.metadata),
+            state: part(|s| &s.state),
+            version: shadow.version,
+        }
+    }
 }
 
 /// Adds `timestamp` and, when present, `clientToken`.

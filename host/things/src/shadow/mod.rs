@@ -79,8 +79,8 @@ mod topic;
 
 pub use delta::{compute_delta, delta_metadata};
 pub use document::{
-    DeleteOutcome, Section, StoredShadow, UpdateOutcome, apply_delete, apply_update, delete_payload,
-    get_payload, get_response,
+    DeleteOutcome, Section, StoredShadow, UpdateOutcome, UpdatePayloads, apply_delete, apply_update,
+    delete_payload, documents_json, get_payload, get_response, update_payloads, updated_shadow,
 };
 pub use error::ShadowError;
 pub use limits::ShadowLimits;

@@ -8,7 +8,7 @@
 //! MQTT requests arrive through [`ShadowHook`] on the broker's I/O threads, which must not
 //! block: the hook hands each request to one of [`SHARDS`] worker tasks chosen by the shadow's
 //! key, so requests for one shadow are applied in the order they were published while
-//! different shadows proceed in parallel. Each client may have at most
+//! different shadows proceed in parallel (within a worker too, see [`worker`]). Each client may have at most
 //! [`ShadowConfig::max_inflight_per_client`] requests waiting (AWS: 10); beyond that the
 //! request is rejected with 429.
 
@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 
 use super::{
     Mutated, ShadowError, ShadowKey, ShadowLimits, ShadowName, ShadowOp, ShadowResponse, ShadowStore,
-    ShadowStoreError, ShadowTopic, StoredShadow, ThingName, UpdateOutcome, UpdateRequest, apply_delete,
-    get_response, request_client_token, response_topic,
+    ShadowStoreError, ShadowTopic, StoredShadow, ThingName, UpdateRequest, apply_delete, get_response,
+    request_client_token, response_topic,
 };
 
 /// Worker tasks serving MQTT shadow requests (per-shadow order is kept within a worker).
@@ -225,13 +225,18 @@ impl ShadowService {
     /// `/update/delta` and `/update/documents` as on AWS, and the rules engine skips the
     /// answers to its own requests, so a rule cannot loop through a shadow.
     fn publish_as(&self, topic: &str, payload: &Value, requester: Option<&ClientId>) {
+        // A `Value` always serializes.
+        self.publish_bytes(topic, serde_json::to_vec(payload).unwrap_or_default(), requester);
+    }
+
+    /// [`ShadowService::publish_as`] with the payload already serialized.
+    fn publish_bytes(&self, topic: &str, body: Vec<u8>, requester: Option<&ClientId>) {
         let unlimited = TopicLimits {
             max_length: usize::MAX,
             max_levels: usize::MAX,
         };
         match Topic::parse(topic.to_owned(), &unlimited) {
             Ok(t) => {
-                let body = serde_json::to_vec(payload).unwrap_or_default();
                 let origin = Origin {
                     client_id: requester.unwrap_or(&self.service_id),
                     principal: &self.principal,
@@ -275,19 +280,15 @@ impl ShadowService {
         let token = req.client_token().map(str::to_owned);
         let now = now_secs();
         let req = Arc::new(req);
-        let slot: Arc<Mutex<Option<UpdateOutcome>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        let mutation: super::Mutation = Arc::new(move |cur: Option<&StoredShadow>| {
-            let o = super::apply_update(cur, &req, now, &limits)?;
-            let doc = o.shadow.clone();
-            *out.lock() = Some(o);
-            Ok(doc)
-        });
+        // Only the merge runs inside the store's critical section (for the embedded store, its
+        // one writer thread); the payloads are built here afterwards from the documents before
+        // and after.
+        let for_store = Arc::clone(&req);
+        let mutation: super::Mutation =
+            Arc::new(move |cur: Option<&StoredShadow>| super::updated_shadow(cur, &for_store, now, &limits));
         match self.store.mutate(key, mutation).await {
-            Ok(Mutated::Applied { .. }) => {
-                let Some(o) = slot.lock().take() else {
-                    return Err(Rejection::new(ShadowError::internal(), token));
-                };
+            Ok(Mutated::Applied { previous, current }) => {
+                let o = super::update_payloads(previous.as_deref(), &current, &req, now);
                 let (thing, shadow) = (&key.thing, key.shadow.as_ref());
                 self.publish_as(
                     &response_topic(thing, shadow, ShadowResponse::UpdateAccepted),
@@ -301,9 +302,9 @@ impl ShadowService {
                         requester,
                     );
                 }
-                self.publish_as(
+                self.publish_bytes(
                     &response_topic(thing, shadow, ShadowResponse::UpdateDocuments),
-                    &o.documents,
+                    o.documents,
                     requester,
                 );
                 Ok(o.accepted)
@@ -408,17 +409,16 @@ impl ShadowService {
     }
 
     /// Runs one MQTT request and publishes its outcome (rejections to `…/rejected`).
-    async fn serve_mqtt(&self, job: Job) {
-        let key = ShadowKey::new(job.topic.thing.clone(), job.topic.shadow.clone());
+    async fn serve_mqtt(&self, job: Job, key: &ShadowKey) {
         let result = match job.topic.op {
-            ShadowOp::Get => self.get(&key, &job.payload).await.map(Some),
+            ShadowOp::Get => self.get(key, &job.payload).await.map(Some),
             // Update and delete publish their own accepted messages.
             ShadowOp::Update => self
-                .update_as(&key, &job.payload, Some(&job.client_id))
+                .update_as(key, &job.payload, Some(&job.client_id))
                 .await
                 .map(|_| None),
             ShadowOp::Delete => self
-                .delete_as(&key, &job.payload, Some(&job.client_id))
+                .delete_as(key, &job.payload, Some(&job.client_id))
                 .await
                 .map(|_| None),
         };
@@ -485,10 +485,60 @@ impl ShadowService {
     }
 }
 
+/// One shard: runs its requests concurrently, except that requests for the same shadow run one
+/// after another in arrival order.
+///
+/// A request waits for its store round trip (for the embedded store, the commit of its batch),
+/// so a worker that ran one request at a time would cap the service at [`SHARDS`] requests per
+/// commit however many devices report at once. Instead every request whose shadow is idle
+/// starts at once; one for a shadow that is busy waits in that shadow's queue and starts when
+/// the request before it has been answered. How many requests run is bounded by the callers:
+/// each client may have [`ShadowConfig::max_inflight_per_client`] requests waiting, and the
+/// shard's channel holds [`SHARD_QUEUE`].
 async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
-        let Some(s) = svc.upgrade() else { return };
-        s.serve_mqtt(job).await;
+    use futures::StreamExt as _;
+    use futures::stream::FuturesUnordered;
+    use std::collections::VecDeque;
+
+    /// Serves `job` and gives back its shadow's key, so the next request for it can start.
+    async fn run(svc: Arc<ShadowService>, job: Job, key: ShadowKey) -> ShadowKey {
+        svc.serve_mqtt(job, &key).await;
+        key
+    }
+
+    let mut running = FuturesUnordered::new();
+    // A shadow is busy while it has an entry here; the entry holds the requests waiting for it.
+    let mut busy: HashMap<ShadowKey, VecDeque<Job>> = HashMap::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            job = rx.recv(), if open => {
+                let Some(job) = job else {
+                    // Every sender is gone: finish what was taken, then stop.
+                    open = false;
+                    continue;
+                };
+                let key = ShadowKey::new(job.topic.thing.clone(), job.topic.shadow.clone());
+                match busy.get_mut(&key) {
+                    Some(waiting) => waiting.push_back(job),
+                    None => {
+                        let Some(s) = svc.upgrade() else { return };
+                        busy.insert(key.clone(), VecDeque::new());
+                        running.push(run(s, job, key));
+                    }
+                }
+            }
+            Some(key) = running.next() => {
+                let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
+                match (next, svc.upgrade()) {
+                    (Some(job), Some(s)) => running.push(run(s, job, key)),
+                    (Some(_), None) => return,
+                    (None, _) => {
+                        busy.remove(&key);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -517,5 +567,142 @@ impl MessageHook for ShadowHook {
             }
         }
         HookOutcome::Consumed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use shoal_broker::auth::AllowAll;
+    use shoal_broker::config::BrokerConfig;
+    use shoal_broker::store::MemoryStore;
+
+    use super::*;
+    use crate::shadow::{MemoryShadowStore, Mutation};
+
+    /// A memory store whose mutations take a while (0-2 ms, varying), counting how many run at
+    /// once: slow enough that a worker running requests of one shadow concurrently would apply
+    /// them out of order.
+    #[derive(Default)]
+    struct SlowStore {
+        inner: MemoryShadowStore,
+        running: AtomicUsize,
+        most: AtomicUsize,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ShadowStore for SlowStore {
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+
+        async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
+            self.inner.get(key).await
+        }
+
+        async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_micros(((call * 7919) % 2000) as u64)).await;
+            let r = self.inner.mutate(key, f).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            r
+        }
+
+        async fn list_named(
+            &self,
+            thing: &ThingName,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<ShadowName>, ShadowStoreError> {
+            self.inner.list_named(thing, after, limit).await
+        }
+    }
+
+    /// Every `/update/accepted` payload, per thing, in publish order.
+    #[derive(Default)]
+    struct Accepted(parking_lot::Mutex<BTreeMap<String, Vec<Value>>>);
+
+    impl MessageHook for Accepted {
+        fn on_publish(&self, msg: &Arc<Message>, _origin: Origin<'_>) -> HookOutcome {
+            let topic = msg.topic.as_str();
+            if let (Some(rest), true) = (
+                topic.strip_prefix("$aws/things/"),
+                topic.ends_with("/shadow/update/accepted"),
+            ) && let Some((thing, _)) = rest.split_once('/')
+                && let Ok(v) = serde_json::from_slice(&msg.payload)
+            {
+                self.0.lock().entry(thing.to_owned()).or_default().push(v);
+            }
+            HookOutcome::Continue
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mqtt_requests_of_one_shadow_apply_in_order_while_shadows_run_concurrently() {
+        const THINGS: usize = 8;
+        const PER_THING: usize = 40;
+        let rt = tokio::runtime::Handle::current();
+        let broker = Broker::start(
+            BrokerConfig::default(),
+            Arc::new(MemoryStore::default()),
+            Arc::new(AllowAll),
+            &rt,
+        )
+        .await
+        .unwrap();
+        let store = Arc::new(SlowStore::default());
+        let cfg = ShadowConfig::default();
+        let svc = ShadowService::start(store.clone(), broker.clone(), cfg, &rt);
+        let accepted = Arc::new(Accepted::default());
+        broker.add_hook(accepted.clone());
+
+        // Every request goes to one worker (a shard of its own), so the concurrency seen is
+        // within a worker, not between shards.
+        let (tx, rx) = mpsc::channel(THINGS * PER_THING);
+        rt.spawn(worker(Arc::downgrade(&svc), rx));
+        // Interleaved: n-th request of every thing, then the next.
+        for n in 0..PER_THING {
+            for t in 0..THINGS {
+                let topic = ShadowTopic::parse(&format!("$aws/things/thing-{t}/shadow/update"))
+                    .unwrap()
+                    .unwrap();
+                let job = Job {
+                    topic,
+                    payload: format!(r#"{{"state":{{"reported":{{"n":{n}}}}}}}"#).into_bytes(),
+                    client_id: ClientId::parse(format!("dev-{t}").as_str(), 64).unwrap(),
+                };
+                tx.send(job).await.unwrap();
+            }
+        }
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while accepted.0.lock().values().map(Vec::len).sum::<usize>() < THINGS * PER_THING {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every request was answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = accepted.0.lock();
+        assert_eq!(seen.len(), THINGS);
+        for (thing, payloads) in seen.iter() {
+            for (i, p) in payloads.iter().enumerate() {
+                // Request n of a thing must be its (n+1)-th update, answered n-th.
+                assert_eq!(p["version"], json!(i + 1), "{thing}: answer {i}: {p}");
+                assert_eq!(p["state"]["reported"]["n"], json!(i), "{thing}: answer {i}: {p}");
+            }
+        }
+        let most = store.most.load(Ordering::SeqCst);
+        assert!(
+            most > 1,
+            "one worker must update different shadows concurrently; at most {most} mutation ran at once"
+        );
     }
 }

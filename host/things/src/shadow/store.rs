@@ -57,9 +57,12 @@ pub enum Mutated {
     /// The new document was stored.
     Applied {
         /// The document before (tombstones included), `None` if there was none.
-        previous: Option<StoredShadow>,
+        ///
+        /// Shared, so a store that keeps recent documents in memory hands them out without
+        /// copying them.
+        previous: Option<Arc<StoredShadow>>,
         /// The document stored.
-        current: StoredShadow,
+        current: Arc<StoredShadow>,
     },
     /// The function rejected the request; nothing was written.
     Rejected(ShadowError),
@@ -105,7 +108,7 @@ pub trait ShadowStore: Send + Sync + 'static {
 /// An in-memory [`ShadowStore`] (tests, `--store memory`).
 #[derive(Debug, Default)]
 pub struct MemoryShadowStore {
-    docs: parking_lot::Mutex<BTreeMap<ShadowKey, StoredShadow>>,
+    docs: parking_lot::Mutex<BTreeMap<ShadowKey, Arc<StoredShadow>>>,
 }
 
 #[async_trait]
@@ -115,15 +118,16 @@ impl ShadowStore for MemoryShadowStore {
     }
 
     async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
-        Ok(self.docs.lock().get(key).cloned())
+        Ok(self.docs.lock().get(key).map(|doc| StoredShadow::clone(doc)))
     }
 
     async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
         let mut docs = self.docs.lock();
         let previous = docs.get(key).cloned();
-        match f(previous.as_ref()) {
+        match f(previous.as_deref()) {
             Ok(current) => {
-                docs.insert(key.clone(), current.clone());
+                let current = Arc::new(current);
+                docs.insert(key.clone(), Arc::clone(&current));
                 Ok(Mutated::Applied { previous, current })
             }
             Err(e) => Ok(Mutated::Rejected(e)),

@@ -660,3 +660,36 @@ fn metadata_tracks_nested_objects_and_arrays_across_updates() {
         json!({"reported": {"pos": {"lat": 1.75, "lon": 2.5}, "wheels": [{"psi": 29}], "tags": ["a", ["b"]]}})
     );
 }
+
+/// `/update/documents` is written straight from the documents: compact, keys in the same
+/// lexicographic order as every `Value`-built payload, a tombstone's `previous` is `null`.
+#[test]
+fn documents_payload_bytes_are_compact_with_sorted_keys() {
+    let before = stored(
+        3,
+        Some(json!({"b": 1, "a": {"z": true}})),
+        Some(json!({"t": -1.5})),
+    );
+    let body = json!({"state": {"reported": {"t": 2}}, "clientToken": "tok"});
+    let after = updated_shadow(Some(&before), &request(body.clone()), 200, &limits()).unwrap();
+    let bytes = documents_json(Some(&before), &after, Some("tok"), 200);
+    let expected = json!({
+        "clientToken": "tok",
+        "current": {"state": after.state_json(), "metadata": after.metadata_json(), "version": 4},
+        "previous": {"state": before.state_json(), "metadata": before.metadata_json(), "version": 3},
+        "timestamp": 200,
+    });
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        serde_json::to_string(&expected).unwrap()
+    );
+    // The same bytes as the payloads built for a whole update.
+    let payloads = update_payloads(Some(&before), &after, &request(body), 200);
+    assert_eq!(payloads.documents, serde_json::to_vec(&expected).unwrap());
+
+    let tombstone = before.tombstone(150);
+    let recreated = documents_json(Some(&tombstone), &after, None, 200);
+    let v: Value = serde_json::from_slice(&recreated).unwrap();
+    assert_eq!(v["previous"], Value::Null);
+    assert!(v.get("clientToken").is_none());
+}
