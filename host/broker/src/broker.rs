@@ -24,7 +24,7 @@ use crate::retained::RetainedTree;
 use crate::router::Router;
 use crate::session::{ConnCtl, KickReason, Outgoing, Session, SubOptions, subs_from_stored};
 use crate::store::{self, QueuedRecord, SharedStore, StoreError, StoreOp, StoredSession};
-use crate::topic::{TopicFilter, TopicLimits};
+use crate::topic::{Topic, TopicFilter, TopicLimits};
 use crate::watchdog::{self, ArmError, Request, Watchdogs};
 
 /// What a CONNECT asks of the session layer (after authentication).
@@ -686,6 +686,18 @@ impl Broker {
     }
 
     // ----- publishing --------------------------------------------------------------------
+
+    /// Whether a message published on `topic` would reach anyone: a matching subscription
+    /// (online or not, shared or not), or a hook that might act on it ([`MessageHook::wants`]),
+    /// or the broker's own watchdog service. A service may skip building a message for which
+    /// this is `false` (say, a shadow's `/update/documents` nobody subscribes to); it is a
+    /// snapshot, so a subscription made right after may miss that message, as it would miss
+    /// one published just before.
+    pub fn has_audience(&self, topic: &Topic) -> bool {
+        watchdog::name_of(topic).is_some()
+            || self.hooks.load().iter().any(|h| h.wants(topic))
+            || self.router.read().has_match(topic)
+    }
 
     /// Routes a message: hooks first, then the retained store, then every matching session.
     pub fn publish(&self, msg: Message, origin: Option<Origin<'_>>) -> Routed {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::message::{ClientId, Message};
+use crate::topic::Topic;
 
 /// What a hook decided about a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,4 +30,12 @@ pub struct Origin<'a> {
 pub trait MessageHook: Send + Sync + 'static {
     /// Called once per accepted PUBLISH.
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome;
+
+    /// Whether this hook might act on a message published on `topic` (see
+    /// [`crate::Broker::has_audience`]: a service may skip building a message nobody would act
+    /// on). Answering `true` is always correct, and is the default; `false` promises that
+    /// [`MessageHook::on_publish`] would ignore any message on `topic`.
+    fn wants(&self, _topic: &Topic) -> bool {
+        true
+    }
 }

@@ -111,6 +111,26 @@ impl Router {
         removed
     }
 
+    /// Whether any subscription (plain or shared) matches `topic`: [`Router::targets`] would
+    /// find someone, unless No Local excludes the publisher. Allocates nothing.
+    pub fn has_match(&self, topic: &Topic) -> bool {
+        if self.count == 0 {
+            return false;
+        }
+        let mut levels = [""; 16];
+        let mut n = 0;
+        for level in topic.levels() {
+            if n == levels.len() {
+                // Deeper than the stack buffer: take the allocating path.
+                let all: Vec<&str> = topic.levels().collect();
+                return any_match(&self.root, &all, 0, topic.is_system());
+            }
+            levels[n] = level;
+            n += 1;
+        }
+        any_match(&self.root, &levels[..n], 0, topic.is_system())
+    }
+
     /// Every session that should receive a message on `topic` published by `publisher`,
     /// one [`Target`] per session (overlapping subscriptions merged, No Local applied, one
     /// member picked per shared group).
@@ -161,6 +181,30 @@ impl Router {
         }
         out
     }
+}
+
+/// Whether any subscription, plain or shared, matches `topic` (No Local not considered).
+fn any_match(node: &Node, levels: &[&str], idx: usize, system: bool) -> bool {
+    let wildcard_ok = !(idx == 0 && system);
+    if wildcard_ok
+        && let Some(h) = node.children.get("#")
+        && !(h.direct.is_empty() && h.groups.is_empty())
+    {
+        return true;
+    }
+    if idx == levels.len() {
+        return !(node.direct.is_empty() && node.groups.is_empty());
+    }
+    if let Some(c) = node.children.get(levels[idx])
+        && any_match(c, levels, idx + 1, system)
+    {
+        return true;
+    }
+    wildcard_ok
+        && node
+            .children
+            .get("+")
+            .is_some_and(|p| any_match(p, levels, idx + 1, system))
 }
 
 fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
@@ -302,6 +346,60 @@ mod tests {
         assert!(r.unsubscribe(&f("a/+"), 2));
         assert!(!r.unsubscribe(&f("a/+"), 2));
         assert_eq!(ids(&r, "a/b"), vec![1, 3, 4]);
+    }
+
+    /// `has_match` agrees with `targets` finding someone, for plain, wildcard, shared and
+    /// `$`-topic cases, and for topics deeper than its stack buffer.
+    #[test]
+    fn has_match_agrees_with_targets() {
+        let unlimited = TopicLimits {
+            max_length: usize::MAX,
+            max_levels: usize::MAX,
+        };
+        let t = |s: &str| Topic::parse(s, &unlimited).unwrap();
+        let deep: String = (0..20).map(|i| format!("l{i}")).collect::<Vec<_>>().join("/");
+        let topics = [
+            "a",
+            "a/b",
+            "a/b/c",
+            "x/y",
+            "$SYS/a",
+            "$aws/things/t/shadow/update/documents",
+            "s/1",
+            &deep,
+        ];
+        let mut r = Router::default();
+        for topic in topics {
+            assert!(!r.has_match(&t(topic)), "empty router matched {topic}");
+        }
+        let filters = [
+            "a/b",
+            "a/+/c",
+            "$aws/things/+/shadow/update/accepted",
+            "$share/g/s/+",
+            "#",
+            "+/y",
+            "l0/l1/#",
+        ];
+        for (i, filter) in filters.iter().enumerate() {
+            r.subscribe(
+                &f(filter),
+                &session(i as u64 + 1),
+                SubOptions::qos(QoS::AtMostOnce),
+            );
+            for topic in topics {
+                assert_eq!(
+                    r.has_match(&t(topic)),
+                    !r.targets(&t(topic), None).is_empty(),
+                    "{topic} after subscribing {:?}",
+                    &filters[..=i]
+                );
+            }
+        }
+        // `#` does not reach `$` topics; the shadow filter matches only `accepted`.
+        assert!(!r.has_match(&t("$aws/things/t/shadow/update/documents")));
+        assert!(r.has_match(&t("$aws/things/t/shadow/update/accepted")));
+        assert!(r.has_match(&t(&deep)));
     }
 
     #[test]

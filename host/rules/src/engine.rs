@@ -377,6 +377,16 @@ impl Index {
         index
     }
 
+    /// Whether any enabled rule's FROM filter matches `topic` ([`Index::matching`] is `Some`).
+    fn any_matching(&self, topic: &Topic) -> bool {
+        self.by_first
+            .get(first_level(topic.as_str()))
+            .into_iter()
+            .flatten()
+            .chain(&self.wildcard_first)
+            .any(|g| g.filter.matches(topic))
+    }
+
     /// The enabled rules whose FROM filter matches `topic`, `None` when there are none.
     fn matching(&self, topic: &Topic) -> Option<Matched> {
         let groups = self
@@ -917,6 +927,11 @@ fn poll_shared_rules(inner: std::sync::Weak<Inner>, interval: Duration) {
 struct Hook(Arc<Inner>);
 
 impl MessageHook for Hook {
+    /// Basic Ingest topics, and topics some enabled rule selects FROM.
+    fn wants(&self, topic: &Topic) -> bool {
+        topic.as_str().starts_with(BASIC_INGEST) || self.0.index.load().any_matching(topic)
+    }
+
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         let inner = &self.0;
         // The engine's own output: which rule published it, how deep.

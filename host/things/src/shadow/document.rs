@@ -273,15 +273,28 @@ pub fn update_payloads(
     now_secs: u64,
 ) -> UpdatePayloads {
     let client_token = request.client_token();
-    let version = shadow.version;
+    UpdatePayloads {
+        accepted: accepted_payload(request, shadow.version, now_secs),
+        delta: delta_payload(shadow, client_token, now_secs),
+        documents: documents_json(previous, shadow, client_token, now_secs),
+    }
+}
 
+/// The `/update/accepted` payload of `request`, accepted as `version`: the request's state
+/// with a timestamp for each of its leaves, the version, the timestamp and the clientToken.
+pub fn accepted_payload(request: &UpdateRequest, version: u64, now_secs: u64) -> Value {
     let echoed = request.state().to_json();
     let mut accepted = Map::new();
     accepted.insert("metadata".into(), fresh_metadata(&echoed, now_secs));
     accepted.insert("state".into(), echoed);
     accepted.insert("version".into(), version.into());
+    envelope(accepted, request.client_token(), now_secs)
+}
 
-    let delta = shadow.delta().map(|delta| {
+/// The `/update/delta` payload of an updated shadow, `None` when it has no delta (see
+/// [`UpdateOutcome::delta`]).
+pub fn delta_payload(shadow: &StoredShadow, client_token: Option<&str>, now_secs: u64) -> Option<Value> {
+    shadow.delta().map(|delta| {
         let mut payload = Map::new();
         let metadata = shadow
             .desired
@@ -289,15 +302,9 @@ pub fn update_payloads(
             .map(|desired| delta_metadata(&delta, &desired.metadata));
         payload.insert("metadata".into(), Value::Object(metadata.unwrap_or_default()));
         payload.insert("state".into(), Value::Object(delta));
-        payload.insert("version".into(), version.into());
+        payload.insert("version".into(), shadow.version.into());
         envelope(payload, client_token, now_secs)
-    });
-
-    UpdatePayloads {
-        accepted: envelope(accepted, client_token, now_secs),
-        delta,
-        documents: documents_json(previous, shadow, client_token, now_secs),
-    }
+    })
 }
 
 /// The `/update/documents` payload as compact JSON:

@@ -225,29 +225,40 @@ impl ShadowService {
     /// `/update/delta` and `/update/documents` as on AWS, and the rules engine skips the
     /// answers to its own requests, so a rule cannot loop through a shadow.
     fn publish_as(&self, topic: &str, payload: &Value, requester: Option<&ClientId>) {
-        // A `Value` always serializes.
-        self.publish_bytes(topic, serde_json::to_vec(payload).unwrap_or_default(), requester);
+        if let Some(t) = self.audience(topic.to_owned()) {
+            // A `Value` always serializes.
+            self.send(t, serde_json::to_vec(payload).unwrap_or_default(), requester);
+        }
     }
 
-    /// [`ShadowService::publish_as`] with the payload already serialized.
-    fn publish_bytes(&self, topic: &str, body: Vec<u8>, requester: Option<&ClientId>) {
+    /// The response topic parsed, when a message on it would reach anyone: a subscriber, or a
+    /// hook such as a rule selecting from it ([`Broker::has_audience`]). A response nobody
+    /// would receive is neither built nor published: most devices subscribe to
+    /// `/update/accepted` and `/update/delta` only, and HTTP callers often to nothing.
+    fn audience(&self, topic: String) -> Option<Topic> {
         let unlimited = TopicLimits {
             max_length: usize::MAX,
             max_levels: usize::MAX,
         };
-        match Topic::parse(topic.to_owned(), &unlimited) {
-            Ok(t) => {
-                let origin = Origin {
-                    client_id: requester.unwrap_or(&self.service_id),
-                    principal: &self.principal,
-                };
-                self.broker.publish(
-                    Message::new(t, body.into(), QoS::AtLeastOnce, false),
-                    Some(origin),
-                );
+        match Topic::parse(topic, &unlimited) {
+            Ok(t) => self.broker.has_audience(&t).then_some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish a shadow response");
+                None
             }
-            Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a shadow response"),
         }
+    }
+
+    /// Publishes `body` on `topic` (see [`ShadowService::publish_as`]).
+    fn send(&self, topic: Topic, body: Vec<u8>, requester: Option<&ClientId>) {
+        let origin = Origin {
+            client_id: requester.unwrap_or(&self.service_id),
+            principal: &self.principal,
+        };
+        self.broker.publish(
+            Message::new(topic, body.into(), QoS::AtLeastOnce, false),
+            Some(origin),
+        );
     }
 
     /// Update (`POST /things/{thing}/shadow`, `…/update`): the `/update/accepted` payload.
@@ -288,26 +299,27 @@ impl ShadowService {
             Arc::new(move |cur: Option<&StoredShadow>| super::updated_shadow(cur, &for_store, now, &limits));
         match self.store.mutate(key, mutation).await {
             Ok(Mutated::Applied { previous, current }) => {
-                let o = super::update_payloads(previous.as_deref(), &current, &req, now);
+                // Each response is built only if someone would receive it (see `audience`).
                 let (thing, shadow) = (&key.thing, key.shadow.as_ref());
+                let client_token = req.client_token();
+                let accepted = super::accepted_payload(&req, current.version, now);
                 self.publish_as(
                     &response_topic(thing, shadow, ShadowResponse::UpdateAccepted),
-                    &o.accepted,
+                    &accepted,
                     requester,
                 );
-                if let Some(delta) = &o.delta {
-                    self.publish_as(
-                        &response_topic(thing, shadow, ShadowResponse::UpdateDelta),
-                        delta,
-                        requester,
-                    );
+                if let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateDelta))
+                    && let Some(delta) = super::delta_payload(&current, client_token, now)
+                {
+                    // A `Value` always serializes.
+                    self.send(t, serde_json::to_vec(&delta).unwrap_or_default(), requester);
                 }
-                self.publish_bytes(
-                    &response_topic(thing, shadow, ShadowResponse::UpdateDocuments),
-                    o.documents,
-                    requester,
-                );
-                Ok(o.accepted)
+                if let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateDocuments))
+                {
+                    let body = super::documents_json(previous.as_deref(), &current, client_token, now);
+                    self.send(t, body, requester);
+                }
+                Ok(accepted)
             }
             Ok(Mutated::Rejected(e)) => Err(Rejection::new(e, token)),
             Err(e) => Err(store_failure(e, token)),
@@ -548,6 +560,12 @@ struct ShadowHook {
 }
 
 impl MessageHook for ShadowHook {
+    /// Only shadow requests (never the service's own responses).
+    fn wants(&self, topic: &Topic) -> bool {
+        let t = topic.as_str();
+        t.starts_with("$aws/things/") && ShadowTopic::parse(t).is_some()
+    }
+
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         if !msg.topic.as_str().starts_with("$aws/things/") {
             return HookOutcome::Continue;
@@ -703,6 +721,74 @@ mod tests {
         assert!(
             most > 1,
             "one worker must update different shadows concurrently; at most {most} mutation ran at once"
+        );
+    }
+
+    /// Records the topic of every message it sees; wants only topics ending in `suffix`.
+    struct Tap {
+        suffix: &'static str,
+        seen: parking_lot::Mutex<Vec<String>>,
+    }
+
+    impl MessageHook for Tap {
+        fn wants(&self, topic: &Topic) -> bool {
+            topic.as_str().ends_with(self.suffix)
+        }
+
+        fn on_publish(&self, msg: &Arc<Message>, _origin: Origin<'_>) -> HookOutcome {
+            self.seen.lock().push(msg.topic.as_str().to_owned());
+            HookOutcome::Continue
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_nobody_would_receive_are_not_published() {
+        let rt = tokio::runtime::Handle::current();
+        let broker = Broker::start(
+            BrokerConfig::default(),
+            Arc::new(MemoryStore::default()),
+            Arc::new(AllowAll),
+            &rt,
+        )
+        .await
+        .unwrap();
+        let svc = ShadowService::start(
+            Arc::new(MemoryShadowStore::default()),
+            broker.clone(),
+            ShadowConfig::default(),
+            &rt,
+        );
+        let accepted = Arc::new(Tap {
+            suffix: "/update/accepted",
+            seen: Default::default(),
+        });
+        broker.add_hook(accepted.clone());
+        let key = ShadowKey::new(ThingName::parse("lamp").unwrap(), None);
+        // desired differs from reported: there is a delta too.
+        let body = br#"{"state":{"desired":{"on":true},"reported":{"on":false}}}"#;
+        svc.update(&key, body).await.unwrap();
+        assert_eq!(
+            *accepted.seen.lock(),
+            ["$aws/things/lamp/shadow/update/accepted"],
+            "only /update/accepted has an audience"
+        );
+
+        // Someone wants `/update/documents` now: it is built and published (and every hook
+        // sees it); `/update/delta` still has no audience.
+        broker.add_hook(Arc::new(Tap {
+            suffix: "/update/documents",
+            seen: Default::default(),
+        }));
+        accepted.seen.lock().clear();
+        svc.update(&key, br#"{"state":{"reported":{"x":1}}}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            *accepted.seen.lock(),
+            [
+                "$aws/things/lamp/shadow/update/accepted",
+                "$aws/things/lamp/shadow/update/documents"
+            ]
         );
     }
 }
