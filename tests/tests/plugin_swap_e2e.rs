@@ -24,7 +24,12 @@ const PUBLISHERS: u64 = 4;
 const SWAPS: usize = 50;
 
 fn echo_wasm() -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/echo.wasm");
+    // The directory cargo runs the test from, not the one it was compiled in: a test binary
+    // built from another checkout (a shared CARGO_TARGET_DIR) must not read that checkout.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let path = manifest_dir.join("../plugins/dist/echo.wasm");
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} — build the plugin fixtures first with plugins/build.sh",

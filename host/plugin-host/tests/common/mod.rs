@@ -47,7 +47,12 @@ pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn build_guests() -> PathBuf {
-    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    // Where cargo runs the test, not where it was compiled: a test binary built from another
+    // checkout (a shared CARGO_TARGET_DIR) must build this checkout's guests.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let guests = manifest_dir.join("tests/guests");
     let target_dir = std::env::var_os("SHOAL_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
