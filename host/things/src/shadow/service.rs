@@ -201,7 +201,7 @@ impl ShadowService {
             metrics: ShadowMetrics::default(),
         });
         for rx in receivers {
-            rt.spawn(worker(Arc::downgrade(&svc), rx));
+            rt.spawn(worker(Arc::downgrade(&svc), rx, SHARD_QUEUE));
         }
         broker.add_hook(Arc::new(ShadowHook {
             svc: Arc::downgrade(&svc),
@@ -504,10 +504,12 @@ impl ShadowService {
 /// so a worker that ran one request at a time would cap the service at [`SHARDS`] requests per
 /// commit however many devices report at once. Instead every request whose shadow is idle
 /// starts at once; one for a shadow that is busy waits in that shadow's queue and starts when
-/// the request before it has been answered. How many requests run is bounded by the callers:
-/// each client may have [`ShadowConfig::max_inflight_per_client`] requests waiting, and the
-/// shard's channel holds [`SHARD_QUEUE`].
-async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>) {
+/// the request before it has been answered. The worker holds at most `limit` requests
+/// (running or waiting; [`SHARD_QUEUE`] in service); beyond that it stops taking requests
+/// from its channel, which then fills up (another [`SHARD_QUEUE`]) until the hook answers 429.
+/// Each client may also have at most [`ShadowConfig::max_inflight_per_client`] requests
+/// waiting.
+async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>, limit: usize) {
     use futures::StreamExt as _;
     use futures::stream::FuturesUnordered;
     use std::collections::VecDeque;
@@ -522,14 +524,17 @@ async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>
     // A shadow is busy while it has an entry here; the entry holds the requests waiting for it.
     let mut busy: HashMap<ShadowKey, VecDeque<Job>> = HashMap::new();
     let mut open = true;
+    // Requests taken from the channel and not yet answered (running or waiting).
+    let mut held = 0usize;
     while open || !running.is_empty() {
         tokio::select! {
-            job = rx.recv(), if open => {
+            job = rx.recv(), if open && held < limit => {
                 let Some(job) = job else {
                     // Every sender is gone: finish what was taken, then stop.
                     open = false;
                     continue;
                 };
+                held += 1;
                 let key = ShadowKey::new(job.topic.thing.clone(), job.topic.shadow.clone());
                 match busy.get_mut(&key) {
                     Some(waiting) => waiting.push_back(job),
@@ -541,6 +546,7 @@ async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>
                 }
             }
             Some(key) = running.next() => {
+                held -= 1;
                 let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
                 match (next, svc.upgrade()) {
                     (Some(job), Some(s)) => running.push(run(s, job, key)),
@@ -684,7 +690,7 @@ mod tests {
         // Every request goes to one worker (a shard of its own), so the concurrency seen is
         // within a worker, not between shards.
         let (tx, rx) = mpsc::channel(THINGS * PER_THING);
-        rt.spawn(worker(Arc::downgrade(&svc), rx));
+        rt.spawn(worker(Arc::downgrade(&svc), rx, SHARD_QUEUE));
         // Interleaved: n-th request of every thing, then the next.
         for n in 0..PER_THING {
             for t in 0..THINGS {
@@ -790,5 +796,103 @@ mod tests {
                 "$aws/things/lamp/shadow/update/documents"
             ]
         );
+    }
+
+    /// A memory store whose mutations wait until the test opens the gate, counting how many
+    /// have started.
+    struct GatedStore {
+        inner: MemoryShadowStore,
+        gate: tokio::sync::Semaphore,
+        started: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ShadowStore for GatedStore {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
+            self.inner.get(key).await
+        }
+
+        async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let Ok(permit) = self.gate.acquire().await else {
+                return Err(ShadowStoreError::Unavailable("gate closed".into()));
+            };
+            permit.forget();
+            self.inner.mutate(key, f).await
+        }
+
+        async fn list_named(
+            &self,
+            thing: &ThingName,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<ShadowName>, ShadowStoreError> {
+            self.inner.list_named(thing, after, limit).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_holds_at_most_its_limit_and_leaves_the_rest_in_its_channel() {
+        let rt = tokio::runtime::Handle::current();
+        let broker = Broker::start(
+            BrokerConfig::default(),
+            Arc::new(MemoryStore::default()),
+            Arc::new(AllowAll),
+            &rt,
+        )
+        .await
+        .unwrap();
+        let store = Arc::new(GatedStore {
+            inner: MemoryShadowStore::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            started: AtomicUsize::new(0),
+        });
+        let svc = ShadowService::start(store.clone(), broker.clone(), ShadowConfig::default(), &rt);
+        let (tx, rx) = mpsc::channel(16);
+        rt.spawn(worker(Arc::downgrade(&svc), rx, 3));
+        // Five shadows plus a second request for the first: nothing is answered yet.
+        for t in [0, 1, 2, 3, 4, 0] {
+            let job = Job {
+                topic: ShadowTopic::parse(&format!("$aws/things/t{t}/shadow/update"))
+                    .unwrap()
+                    .unwrap(),
+                payload: br#"{"state":{"reported":{"a":1}}}"#.to_vec(),
+                client_id: ClientId::parse(format!("c{t}").as_str(), 64).unwrap(),
+            };
+            tx.send(job).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.started.load(Ordering::SeqCst),
+            3,
+            "three requests taken and running"
+        );
+        assert_eq!(tx.capacity(), 16 - 3, "the other three wait in the channel");
+        // Answer everything: the rest is taken, the second request of t0 after its first.
+        store.gate.add_permits(100);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.started.load(Ordering::SeqCst) < 6 || tx.capacity() < 16 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not drain its channel"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let key = ShadowKey::new(ThingName::parse("t0").unwrap(), None);
+        loop {
+            let version = store.inner.get(&key).await.unwrap().map(|d| d.version);
+            if version == Some(2) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "t0 is at version {version:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
