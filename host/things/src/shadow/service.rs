@@ -308,7 +308,9 @@ impl ShadowService {
                     &accepted,
                     requester,
                 );
-                if let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateDelta))
+                // Without a desired section there is no delta: no topic to check.
+                if current.desired.is_some()
+                    && let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateDelta))
                     && let Some(delta) = super::delta_payload(&current, client_token, now)
                 {
                     // A `Value` always serializes.
