@@ -610,21 +610,22 @@ mod tests {
     use super::*;
     use crate::shadow::{MemoryShadowStore, Mutation};
 
-    /// A memory store whose mutations take a while (0-2 ms, varying), counting how many run at
-    /// once: slow enough that a worker running requests of one shadow concurrently would apply
-    /// them out of order.
+    /// A memory store whose mutations are held up: for a varying 0-2 ms (long enough that a
+    /// worker running requests of one shadow concurrently would apply them out of order), or,
+    /// with a gate, until the test adds permits. Counts mutations started and running at once.
     #[derive(Default)]
-    struct SlowStore {
+    struct TestStore {
         inner: MemoryShadowStore,
+        gate: Option<tokio::sync::Semaphore>,
+        started: AtomicUsize,
         running: AtomicUsize,
         most: AtomicUsize,
-        calls: AtomicUsize,
     }
 
     #[async_trait]
-    impl ShadowStore for SlowStore {
+    impl ShadowStore for TestStore {
         fn kind(&self) -> &'static str {
-            "slow"
+            "test"
         }
 
         async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
@@ -632,10 +633,16 @@ mod tests {
         }
 
         async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+            let call = self.started.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            let call = self.calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_micros(((call * 7919) % 2000) as u64)).await;
+            match &self.gate {
+                Some(gate) => match gate.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Err(ShadowStoreError::Unavailable("gate closed".into())),
+                },
+                None => tokio::time::sleep(Duration::from_micros(((call * 7919) % 2000) as u64)).await,
+            }
             let r = self.inner.mutate(key, f).await;
             self.running.fetch_sub(1, Ordering::SeqCst);
             r
@@ -649,6 +656,18 @@ mod tests {
         ) -> Result<Vec<ShadowName>, ShadowStoreError> {
             self.inner.list_named(thing, after, limit).await
         }
+    }
+
+    async fn test_broker() -> Arc<Broker> {
+        let rt = tokio::runtime::Handle::current();
+        Broker::start(
+            BrokerConfig::default(),
+            Arc::new(MemoryStore::default()),
+            Arc::new(AllowAll),
+            &rt,
+        )
+        .await
+        .unwrap()
     }
 
     /// Every `/update/accepted` payload, per thing, in publish order.
@@ -675,15 +694,8 @@ mod tests {
         const THINGS: usize = 8;
         const PER_THING: usize = 40;
         let rt = tokio::runtime::Handle::current();
-        let broker = Broker::start(
-            BrokerConfig::default(),
-            Arc::new(MemoryStore::default()),
-            Arc::new(AllowAll),
-            &rt,
-        )
-        .await
-        .unwrap();
-        let store = Arc::new(SlowStore::default());
+        let broker = test_broker().await;
+        let store = Arc::new(TestStore::default());
         let cfg = ShadowConfig::default();
         let svc = ShadowService::start(store.clone(), broker.clone(), cfg, &rt);
         let accepted = Arc::new(Accepted::default());
@@ -752,14 +764,7 @@ mod tests {
     #[tokio::test]
     async fn responses_nobody_would_receive_are_not_published() {
         let rt = tokio::runtime::Handle::current();
-        let broker = Broker::start(
-            BrokerConfig::default(),
-            Arc::new(MemoryStore::default()),
-            Arc::new(AllowAll),
-            &rt,
-        )
-        .await
-        .unwrap();
+        let broker = test_broker().await;
         let svc = ShadowService::start(
             Arc::new(MemoryShadowStore::default()),
             broker.clone(),
@@ -800,58 +805,13 @@ mod tests {
         );
     }
 
-    /// A memory store whose mutations wait until the test opens the gate, counting how many
-    /// have started.
-    struct GatedStore {
-        inner: MemoryShadowStore,
-        gate: tokio::sync::Semaphore,
-        started: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl ShadowStore for GatedStore {
-        fn kind(&self) -> &'static str {
-            "gated"
-        }
-
-        async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
-            self.inner.get(key).await
-        }
-
-        async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
-            self.started.fetch_add(1, Ordering::SeqCst);
-            let Ok(permit) = self.gate.acquire().await else {
-                return Err(ShadowStoreError::Unavailable("gate closed".into()));
-            };
-            permit.forget();
-            self.inner.mutate(key, f).await
-        }
-
-        async fn list_named(
-            &self,
-            thing: &ThingName,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Vec<ShadowName>, ShadowStoreError> {
-            self.inner.list_named(thing, after, limit).await
-        }
-    }
-
     #[tokio::test]
     async fn a_worker_holds_at_most_its_limit_and_leaves_the_rest_in_its_channel() {
         let rt = tokio::runtime::Handle::current();
-        let broker = Broker::start(
-            BrokerConfig::default(),
-            Arc::new(MemoryStore::default()),
-            Arc::new(AllowAll),
-            &rt,
-        )
-        .await
-        .unwrap();
-        let store = Arc::new(GatedStore {
-            inner: MemoryShadowStore::default(),
-            gate: tokio::sync::Semaphore::new(0),
-            started: AtomicUsize::new(0),
+        let broker = test_broker().await;
+        let store = Arc::new(TestStore {
+            gate: Some(tokio::sync::Semaphore::new(0)),
+            ..TestStore::default()
         });
         let svc = ShadowService::start(store.clone(), broker.clone(), ShadowConfig::default(), &rt);
         let (tx, rx) = mpsc::channel(16);
@@ -875,7 +835,9 @@ mod tests {
         );
         assert_eq!(tx.capacity(), 16 - 3, "the other three wait in the channel");
         // Answer everything: the rest is taken, the second request of t0 after its first.
-        store.gate.add_permits(100);
+        if let Some(gate) = &store.gate {
+            gate.add_permits(100);
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.started.load(Ordering::SeqCst) < 6 || tx.capacity() < 16 {
             assert!(
