@@ -42,7 +42,7 @@
 //!
 //! The writer is the one stage every mutation passes through, so its work per mutation bounds
 //! the store's throughput. It therefore keeps the documents it last read or wrote, decoded, in
-//! memory ([`DocCache`], bounded by [`CACHE_BYTES`] of encoded JSON), and a mutation of a
+//! memory ([`DocCache`], bounded by [`CACHE_BYTES`] of encoded JSON, about 160 MiB decoded), and a mutation of a
 //! recently used shadow neither reads nor decodes it. The cache cannot go stale: this writer
 //! is the only one that changes the shadow tables (the redb file is locked to this process),
 //! and when a batch fails (its transaction aborted) the cache is emptied, since it may hold
@@ -79,9 +79,11 @@ const MAX_LINGER: Duration = Duration::from_millis(1);
 /// memory held for it) stays bounded under a flood; the rest go into the next batch at once.
 const MAX_BATCH: usize = 1024;
 
-/// Bound on the writer's document cache, counted as the documents' encoded JSON size (their
-/// decoded size in memory is a small multiple of it). When full, arbitrary entries make room.
-const CACHE_BYTES: usize = 64 << 20;
+/// Bound on the writer's document cache, counted as the documents' encoded JSON size. Decoded,
+/// a document takes roughly 20 times that (a B-tree node per JSON object, and every metadata
+/// leaf `{"timestamp":T}` is an object), so this is about 160 MiB of memory: some 20,000
+/// typical small shadows. When full, random entries make room.
+const CACHE_BYTES: usize = 8 << 20;
 
 /// Sorts after every character a shadow name may contain (all ASCII below `~`), so
 /// `(thing, NAME_MAX)` bounds one thing's range in `named_shadows` from above.
@@ -169,18 +171,21 @@ fn decode(storage_name: &str, bytes: &[u8]) -> Result<StoredShadow, ShadowStoreE
 /// The documents the writer last read or wrote, by storage name, with their encoded size (see
 /// the [module docs](self)).
 struct DocCache {
-    docs: std::collections::HashMap<String, (Arc<StoredShadow>, usize)>,
+    docs: indexmap::IndexMap<String, (Arc<StoredShadow>, usize)>,
     bytes: usize,
     /// At most this many encoded bytes are kept ([`CACHE_BYTES`] outside tests).
     budget: usize,
+    /// State of the xorshift generator that picks the entries to evict.
+    rng: u64,
 }
 
 impl DocCache {
     fn new(budget: usize) -> Self {
         DocCache {
-            docs: std::collections::HashMap::new(),
+            docs: indexmap::IndexMap::new(),
             bytes: 0,
             budget,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -188,20 +193,21 @@ impl DocCache {
         self.docs.get(name).map(|(doc, _)| Arc::clone(doc))
     }
 
-    /// Remembers `doc` (encoded as `size` bytes) for `name`, evicting arbitrary entries to stay
-    /// within the budget. A document bigger than the whole budget is not kept.
+    /// Remembers `doc` (encoded as `size` bytes) for `name`, evicting random entries (O(1)
+    /// each) to stay within the budget. A document bigger than the whole budget is not kept.
     fn put(&mut self, name: String, doc: Arc<StoredShadow>, size: usize) {
-        if let Some((_, old)) = self.docs.remove(&name) {
+        if let Some((_, old)) = self.docs.swap_remove(&name) {
             self.bytes -= old;
         }
         if size > self.budget {
             return;
         }
-        while self.bytes + size > self.budget {
-            let Some(evict) = self.docs.keys().next().cloned() else {
-                break;
-            };
-            if let Some((_, old)) = self.docs.remove(&evict) {
+        while self.bytes + size > self.budget && !self.docs.is_empty() {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let i = usize::try_from(self.rng % self.docs.len() as u64).unwrap_or(0);
+            if let Some((_, (_, old))) = self.docs.swap_remove_index(i) {
                 self.bytes -= old;
             }
         }

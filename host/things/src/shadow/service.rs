@@ -516,9 +516,23 @@ async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>
     use futures::stream::FuturesUnordered;
     use std::collections::VecDeque;
 
-    /// Serves `job` and gives back its shadow's key, so the next request for it can start.
+    /// Serves `job` and gives back its shadow's key, so the next request for it can start. A
+    /// panic (say, from a store) loses this request only, not the worker and every request it
+    /// holds: it is logged and the client's in-flight slot released.
     async fn run(svc: Arc<ShadowService>, job: Job, key: ShadowKey) -> ShadowKey {
-        svc.serve_mqtt(job, &key).await;
+        use futures::FutureExt as _;
+        let client_id = job.client_id.clone();
+        let served = std::panic::AssertUnwindSafe(svc.serve_mqtt(job, &key))
+            .catch_unwind()
+            .await;
+        if served.is_err() {
+            tracing::error!(
+                shadow = %key.storage_name(),
+                client_id = %client_id,
+                "a shadow request panicked; it is dropped unanswered"
+            );
+            svc.done(&client_id);
+        }
         key
     }
 
@@ -617,6 +631,9 @@ mod tests {
     struct TestStore {
         inner: MemoryShadowStore,
         gate: Option<tokio::sync::Semaphore>,
+        /// The first mutation of this thing panics.
+        panic_thing: Option<&'static str>,
+        panicked: std::sync::atomic::AtomicBool,
         started: AtomicUsize,
         running: AtomicUsize,
         most: AtomicUsize,
@@ -633,6 +650,9 @@ mod tests {
         }
 
         async fn mutate(&self, key: &ShadowKey, f: Mutation) -> Result<Mutated, ShadowStoreError> {
+            if self.panic_thing == Some(key.thing.as_str()) && !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("test store: {} panics", key.thing.as_str());
+            }
             let call = self.started.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
@@ -858,5 +878,59 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_loses_only_itself() {
+        let rt = tokio::runtime::Handle::current();
+        let broker = test_broker().await;
+        let store = Arc::new(TestStore {
+            panic_thing: Some("boom"),
+            ..TestStore::default()
+        });
+        let cfg = ShadowConfig {
+            max_inflight_per_client: 1,
+            ..ShadowConfig::default()
+        };
+        let svc = ShadowService::start(store.clone(), broker.clone(), cfg, &rt);
+        let accepted = Arc::new(Accepted::default());
+        broker.add_hook(accepted.clone());
+        let client = ClientId::parse("dev", 64).unwrap();
+        let principal = Principal::anonymous();
+        let update = |thing: &str| {
+            let topic = Topic::parse(
+                format!("$aws/things/{thing}/shadow/update"),
+                &TopicLimits::default(),
+            )
+            .unwrap();
+            let body = br#"{"state":{"reported":{"a":1}}}"#.to_vec();
+            broker.publish(
+                Message::new(topic, body.into(), QoS::AtLeastOnce, false),
+                Some(Origin {
+                    client_id: &client,
+                    principal: &principal,
+                }),
+            );
+        };
+        update("boom");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // The client's one slot is released although its request was never answered...
+        while !svc.inflight.lock().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the in-flight slot leaked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ...and the same worker (same shadow, so the same shard) serves the next request.
+        update("boom");
+        while accepted.0.lock().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the retry was not served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = accepted.0.lock();
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["boom"]);
+        assert_eq!(
+            seen["boom"][0]["version"],
+            json!(1),
+            "the panicked update wrote nothing"
+        );
     }
 }
