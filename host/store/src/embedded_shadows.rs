@@ -42,7 +42,7 @@
 //!
 //! The writer is the one stage every mutation passes through, so its work per mutation bounds
 //! the store's throughput. It therefore keeps the documents it last read or wrote, decoded, in
-//! memory ([`DocCache`], bounded by [`CACHE_BYTES`] of encoded JSON, about 160 MiB decoded), and a mutation of a
+//! memory ([`DocCache`], bounded by [`CACHE_BYTES`] of encoded JSON), and a mutation of a
 //! recently used shadow neither reads nor decodes it. The cache cannot go stale: this writer
 //! is the only one that changes the shadow tables (the redb file is locked to this process),
 //! and when a batch fails (its transaction aborted) the cache is emptied, since it may hold
@@ -80,9 +80,10 @@ const MAX_LINGER: Duration = Duration::from_millis(1);
 const MAX_BATCH: usize = 1024;
 
 /// Bound on the writer's document cache, counted as the documents' encoded JSON size. Decoded,
-/// a document takes roughly 20 times that (a B-tree node per JSON object, and every metadata
-/// leaf `{"timestamp":T}` is an object), so this is about 160 MiB of memory: some 20,000
-/// typical small shadows. When full, random entries make room.
+/// a document takes several times that (a B-tree node per JSON object, and every metadata
+/// leaf `{"timestamp":T}` is an object; estimated at up to ~20x, not measured), so budget up
+/// to ~160 MiB of memory for it (some 20,000 typical small shadows). When full, random
+/// entries make room.
 const CACHE_BYTES: usize = 8 << 20;
 
 /// Sorts after every character a shadow name may contain (all ASCII below `~`), so
