@@ -1,7 +1,8 @@
 //! The subscription trie: which sessions want a message published on a topic.
 //!
-//! One node per topic level; `+` and `#` are children like any other level and are followed
-//! during matching. A node holds plain subscriptions by session id and shared-subscription
+//! One node per topic level. A node's literal children are in a map by level; its `+` and `#`
+//! children are fields of their own, so matching a level costs one map lookup (the literal
+//! level: a topic name holds no wildcards) and two pointer checks, instead of three lookups. A node holds plain subscriptions by session id and shared-subscription
 //! groups by name. The whole trie sits behind one `RwLock` in the broker: matching takes the read
 //! lock for a walk of a few levels, (un)subscribing takes the write lock. A lock-free trie was
 //! rejected for now: subscription changes are rare next to publishes, and an uncontended read
@@ -29,14 +30,50 @@ struct Group {
 
 #[derive(Debug, Default)]
 struct Node {
+    /// Children by literal level.
     children: HashMap<Box<str>, Node>,
+    /// The `+` child.
+    plus: Option<Box<Node>>,
+    /// The `#` child.
+    hash: Option<Box<Node>>,
     direct: HashMap<u64, Entry>,
     groups: HashMap<Box<str>, Group>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.direct.is_empty() && self.groups.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.direct.is_empty()
+            && self.groups.is_empty()
+    }
+
+    /// The child for filter level `level` (`+`, `#` or a literal), created if missing.
+    fn child_or_default(&mut self, level: &str) -> &mut Node {
+        match level {
+            "+" => self.plus.get_or_insert_default().as_mut(),
+            "#" => self.hash.get_or_insert_default().as_mut(),
+            _ => self.children.entry(Box::from(level)).or_default(),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.children.remove(level);
+            }
+        }
     }
 }
 
@@ -76,7 +113,7 @@ impl Router {
     pub fn subscribe(&mut self, filter: &TopicFilter, session: &Arc<Session>, opts: SubOptions) -> bool {
         let mut node = &mut self.root;
         for level in filter.filter().split('/') {
-            node = node.children.entry(Box::from(level)).or_default();
+            node = node.child_or_default(level);
         }
         let entry = Entry {
             session: session.clone(),
@@ -187,7 +224,7 @@ impl Router {
 fn any_match(node: &Node, levels: &[&str], idx: usize, system: bool) -> bool {
     let wildcard_ok = !(idx == 0 && system);
     if wildcard_ok
-        && let Some(h) = node.children.get("#")
+        && let Some(h) = &node.hash
         && !(h.direct.is_empty() && h.groups.is_empty())
     {
         return true;
@@ -202,19 +239,19 @@ fn any_match(node: &Node, levels: &[&str], idx: usize, system: bool) -> bool {
     }
     wildcard_ok
         && node
-            .children
-            .get("+")
+            .plus
+            .as_deref()
             .is_some_and(|p| any_match(p, levels, idx + 1, system))
 }
 
 fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
     if let Some((first, rest)) = levels.split_first() {
-        let Some(child) = node.children.get_mut(*first) else {
+        let Some(child) = node.child_mut(first) else {
             return false;
         };
         let removed = remove(child, rest, group, session_id);
         if removed && child.is_empty() {
-            node.children.remove(*first);
+            node.remove_child(first);
         }
         removed
     } else {
@@ -246,7 +283,7 @@ fn collect<'a>(
 ) {
     let wildcard_ok = !(idx == 0 && system);
     if wildcard_ok
-        && let Some(h) = node.children.get("#")
+        && let Some(h) = &node.hash
         && !h.direct.is_empty()
     {
         *nodes += 1;
@@ -262,14 +299,14 @@ fn collect<'a>(
     if let Some(c) = node.children.get(levels[idx]) {
         collect(c, levels, idx + 1, system, out, nodes);
     }
-    if wildcard_ok && let Some(p) = node.children.get("+") {
+    if wildcard_ok && let Some(p) = &node.plus {
         collect(p, levels, idx + 1, system, out, nodes);
     }
 }
 
 fn collect_groups(node: &Node, levels: &[&str], idx: usize, system: bool, f: &mut dyn FnMut(&Group)) {
     let wildcard_ok = !(idx == 0 && system);
-    if wildcard_ok && let Some(h) = node.children.get("#") {
+    if wildcard_ok && let Some(h) = &node.hash {
         h.groups.values().for_each(&mut *f);
     }
     if idx == levels.len() {
@@ -279,7 +316,7 @@ fn collect_groups(node: &Node, levels: &[&str], idx: usize, system: bool, f: &mu
     if let Some(c) = node.children.get(levels[idx]) {
         collect_groups(c, levels, idx + 1, system, f);
     }
-    if wildcard_ok && let Some(p) = node.children.get("+") {
+    if wildcard_ok && let Some(p) = &node.plus {
         collect_groups(p, levels, idx + 1, system, f);
     }
 }
@@ -346,6 +383,31 @@ mod tests {
         assert!(r.unsubscribe(&f("a/+"), 2));
         assert!(!r.unsubscribe(&f("a/+"), 2));
         assert_eq!(ids(&r, "a/b"), vec![1, 3, 4]);
+    }
+
+    /// Wildcard children are pruned like literal ones: after every unsubscribe the trie is
+    /// empty again, and a removal leaves the other filters' matches alone.
+    #[test]
+    fn unsubscribing_prunes_wildcard_nodes() {
+        let mut r = Router::default();
+        let filters = ["a/+/#", "+/b", "#", "a/+", "a/b/c", "$share/g/+/b"];
+        for (i, filter) in filters.iter().enumerate() {
+            assert!(r.subscribe(
+                &f(filter),
+                &session(i as u64 + 1),
+                SubOptions::qos(QoS::AtMostOnce)
+            ));
+        }
+        assert_eq!(ids(&r, "a/b"), vec![1, 2, 3, 4, 6]);
+        assert!(r.unsubscribe(&f("+/b"), 2));
+        assert!(!r.unsubscribe(&f("+/b"), 2));
+        assert_eq!(ids(&r, "a/b"), vec![1, 3, 4, 6]);
+        for (i, filter) in filters.iter().enumerate() {
+            r.unsubscribe(&f(filter), i as u64 + 1);
+        }
+        assert!(r.is_empty());
+        assert!(r.root.is_empty(), "{:?}", r.root);
+        assert!(!r.has_match(&t("a/b")));
     }
 
     /// `has_match` agrees with `targets` finding someone, for plain, wildcard, shared and

@@ -6,7 +6,7 @@ use crate::outcome::FaultKind;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the call-duration histogram, in nanoseconds (1 µs .. 100 ms).
@@ -32,9 +32,44 @@ const BUCKETS_NS: [u64; 16] = [
 /// Most distinct custom counter (and gauge) names a plugin may create.
 pub(crate) const MAX_CUSTOM_METRICS: usize = 64;
 
+/// Threads bump a version's call counters on stripes of their own (see [`VersionMetrics`]).
+const STRIPES: usize = 4;
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's stripe: threads take stripes in turn as they first call a plugin.
+    static MY_STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+}
+
+/// The stripe the calling thread uses, in `0..STRIPES` (also the instance pool's, see
+/// `version.rs`).
+pub(crate) fn my_stripe() -> usize {
+    MY_STRIPE.with(|i| *i)
+}
+
+/// The number of stripes.
+pub(crate) const fn stripes() -> usize {
+    STRIPES
+}
+
 /// Counters of one plugin version.
+///
+/// The counters every call bumps are striped: each thread adds to its own stripe (a cache
+/// line apart from the others), and reading sums the stripes. Two rules workers calling the
+/// same version used to bounce five shared counters' cache line between the cores on every
+/// call.
 #[derive(Default)]
 pub(crate) struct VersionMetrics {
+    stripes: [CallStripe; STRIPES],
+    memory_high_water: AtomicU64,
+    instances_created: AtomicU64,
+}
+
+/// One thread stripe of a version's call counters.
+#[derive(Default)]
+#[repr(align(128))]
+struct CallStripe {
     invocations: AtomicU64,
     ok: AtomicU64,
     rejected: AtomicU64,
@@ -43,8 +78,6 @@ pub(crate) struct VersionMetrics {
     duration_count: AtomicU64,
     duration_sum_ns: AtomicU64,
     fuel_consumed: AtomicU64,
-    memory_high_water: AtomicU64,
-    instances_created: AtomicU64,
 }
 
 /// A snapshot of a version's call counters, for the health API.
@@ -67,34 +100,54 @@ pub struct CallCounts {
 }
 
 impl VersionMetrics {
+    fn mine(&self) -> &CallStripe {
+        &self.stripes[my_stripe()]
+    }
+
+    fn sum(&self, field: impl Fn(&CallStripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     pub(crate) fn invoked(&self) {
-        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.mine().invocations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn ok(&self) {
-        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.mine().ok.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.mine().rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn failed(&self, kind: FaultKind) {
-        self.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.mine().failures[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn duration(&self, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_NS.partition_point(|&le| le < ns);
-        if let Some(b) = self.buckets.get(bucket) {
+        let mine = self.mine();
+        if let Some(b) = mine.buckets.get(bucket) {
             b.fetch_add(1, Ordering::Relaxed);
         }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        mine.duration_count.fetch_add(1, Ordering::Relaxed);
+        mine.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     pub(crate) fn fuel(&self, consumed: u64) {
-        self.fuel_consumed.fetch_add(consumed, Ordering::Relaxed);
+        self.mine().fuel_consumed.fetch_add(consumed, Ordering::Relaxed);
+    }
+
+    fn invocations(&self) -> u64 {
+        self.sum(|s| &s.invocations)
+    }
+
+    fn failures(&self, kind: FaultKind) -> u64 {
+        self.sum(|s| &s.failures[kind.index()])
     }
 
     pub(crate) fn memory(&self, bytes: u64) {
@@ -113,16 +166,16 @@ impl VersionMetrics {
         let failures = FaultKind::ALL
             .iter()
             .filter_map(|k| {
-                let n = self.failures[k.index()].load(Ordering::Relaxed);
+                let n = self.failures(*k);
                 (n > 0).then(|| (k.as_str().to_string(), n))
             })
             .collect();
         CallCounts {
-            invocations: self.invocations.load(Ordering::Relaxed),
-            ok: self.ok.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
+            invocations: self.invocations(),
+            ok: self.sum(|s| &s.ok),
+            rejected: self.sum(|s| &s.rejected),
             failures,
-            fuel_consumed: self.fuel_consumed.load(Ordering::Relaxed),
+            fuel_consumed: self.sum(|s| &s.fuel_consumed),
             memory_high_water_bytes: self.memory_high_water.load(Ordering::Relaxed),
             instances_created: self.instances_created.load(Ordering::Relaxed),
         }
@@ -231,7 +284,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_invocations_total",
         "counter",
         "Calls made to a plugin version.",
-        |v| Some(load(&v.metrics.invocations)),
+        |v| Some(v.metrics.invocations()),
     );
     per_version(
         out,
@@ -239,7 +292,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_ok_total",
         "counter",
         "Calls that returned actions.",
-        |v| Some(load(&v.metrics.ok)),
+        |v| Some(v.metrics.sum(|s| &s.ok)),
     );
     per_version(
         out,
@@ -247,7 +300,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_rejected_total",
         "counter",
         "Business rejections.",
-        |v| Some(load(&v.metrics.rejected)),
+        |v| Some(v.metrics.sum(|s| &s.rejected)),
     );
     header(
         out,
@@ -263,7 +316,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
                 v.plugin,
                 v.version,
                 kind.as_str(),
-                load(&v.metrics.failures[kind.index()])
+                v.metrics.failures(kind)
             );
         }
     }
@@ -273,7 +326,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_traps_total",
         "counter",
         "Calls that trapped.",
-        |v| Some(load(&v.metrics.failures[FaultKind::Trap.index()])),
+        |v| Some(v.metrics.failures(FaultKind::Trap)),
     );
     per_version(
         out,
@@ -281,7 +334,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_timeouts_total",
         "counter",
         "Calls stopped at their deadline.",
-        |v| Some(load(&v.metrics.failures[FaultKind::Timeout.index()])),
+        |v| Some(v.metrics.failures(FaultKind::Timeout)),
     );
     header(
         out,
@@ -292,20 +345,21 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
     for v in versions {
         let labels = format!("plugin=\"{}\",version=\"{}\"", v.plugin, v.version);
         let mut cumulative = 0;
-        for (le, bucket) in BUCKETS_NS.iter().zip(&v.metrics.buckets) {
-            cumulative += load(bucket);
+        for (i, le) in BUCKETS_NS.iter().enumerate() {
+            cumulative += v.metrics.sum(|s| &s.buckets[i]);
             let _ = writeln!(
                 out,
                 "shoal_plugin_call_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
                 *le as f64 / 1e9
             );
         }
-        let count = load(&v.metrics.duration_count);
+        // Read after the buckets, so `+Inf` is never below the last bucket.
+        let count = v.metrics.sum(|s| &s.duration_count).max(cumulative);
         let _ = writeln!(
             out,
             "shoal_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
         );
-        let sum = load(&v.metrics.duration_sum_ns) as f64 / 1e9;
+        let sum = v.metrics.sum(|s| &s.duration_sum_ns) as f64 / 1e9;
         let _ = writeln!(out, "shoal_plugin_call_duration_seconds_sum{{{labels}}} {sum}");
         let _ = writeln!(
             out,
@@ -318,7 +372,7 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "shoal_plugin_fuel_consumed_total",
         "counter",
         "Fuel used by metered versions.",
-        |v| v.metered.then(|| load(&v.metrics.fuel_consumed)),
+        |v| v.metered.then(|| v.metrics.sum(|s| &s.fuel_consumed)),
     );
     per_version(
         out,
@@ -420,6 +474,32 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn striped_counters_sum_every_thread() {
+        let m = std::sync::Arc::new(VersionMetrics::default());
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.invoked();
+                        m.ok();
+                        m.duration(Duration::from_micros(3));
+                    }
+                    m.failed(FaultKind::Trap);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let counts = m.counts();
+        assert_eq!((counts.invocations, counts.ok), (6000, 6000));
+        assert_eq!(counts.failures.get("trap"), Some(&6));
+        assert_eq!(m.sum(|s| &s.duration_count), 6000);
+        assert_eq!(m.sum(|s| &s.buckets[2]), 6000, "3 µs falls in the 5 µs bucket");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_custom_names_are_checked() {

@@ -22,6 +22,67 @@ struct Instance {
     plugin: RulePlugin,
 }
 
+/// A version's idle instances, kept in one list per thread stripe (the stripes of
+/// [`crate::metrics::my_stripe`]): a thread takes and returns instances on its own stripe, so
+/// two threads calling the same version do not contend for one lock on every call. A thread
+/// whose stripe is empty takes an instance from another stripe (the one `warm` started on the
+/// activating thread, say) before starting a fresh one. Each stripe keeps at most
+/// `max_idle / stripes` instances, rounded up.
+struct IdlePool {
+    stripes: Vec<Mutex<Vec<Instance>>>,
+    per_stripe: usize,
+}
+
+impl IdlePool {
+    fn new(max_idle: usize) -> Self {
+        let n = crate::metrics::stripes();
+        IdlePool {
+            stripes: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            per_stripe: max_idle.div_ceil(n),
+        }
+    }
+
+    fn pop(&self) -> Option<Instance> {
+        let mine = crate::metrics::my_stripe();
+        if let Some(instance) = self.stripes.get(mine).and_then(|s| s.lock().pop()) {
+            return Some(instance);
+        }
+        self.stripes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != mine)
+            .find_map(|(_, s)| s.lock().pop())
+    }
+
+    fn push(&self, instance: Instance) {
+        if let Some(stripe) = self.stripes.get(crate::metrics::my_stripe()) {
+            let mut idle = stripe.lock();
+            if idle.len() < self.per_stripe {
+                idle.push(instance);
+            }
+        }
+    }
+
+    /// Keeps `instance` whatever the bound (the one instance `warm` starts).
+    fn keep(&self, instance: Instance) {
+        if let Some(stripe) = self.stripes.get(crate::metrics::my_stripe()) {
+            stripe.lock().push(instance);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stripes.iter().all(|s| s.lock().is_empty())
+    }
+
+    fn clear(&self) {
+        for stripe in &self.stripes {
+            // Dropped outside the lock: dropping a store returns its pool slot.
+            let dropped = std::mem::take(&mut *stripe.lock());
+            drop(dropped);
+        }
+    }
+}
+
 /// What [`LoadedVersion::call`] reports besides the outcome.
 pub(crate) struct CallReport {
     pub outcome: Outcome,
@@ -37,8 +98,7 @@ pub(crate) struct LoadedVersion {
     pub metrics: VersionMetrics,
     runtime: Arc<Runtime>,
     pre: RulePluginPre<StoreState>,
-    idle: Mutex<Vec<Instance>>,
-    max_idle: usize,
+    idle: IdlePool,
     retired: AtomicBool,
     failures_in_row: AtomicU32,
     suspended: AtomicBool,
@@ -81,8 +141,7 @@ impl LoadedVersion {
             metrics: VersionMetrics::default(),
             runtime,
             pre,
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            idle: IdlePool::new(max_idle),
             retired: AtomicBool::new(false),
             failures_in_row: AtomicU32::new(0),
             suspended: AtomicBool::new(false),
@@ -111,7 +170,7 @@ impl LoadedVersion {
             };
         }
         let started = Instant::now();
-        let pooled = self.idle.lock().pop();
+        let pooled = self.idle.pop();
         let mut instance = match pooled {
             Some(instance) => instance,
             None => match self.instantiate() {
@@ -135,10 +194,7 @@ impl LoadedVersion {
         self.metrics
             .memory(instance.store.data().limiter.high_water as u64);
         if matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_)) && !self.retired.load(Ordering::Acquire) {
-            let mut idle = self.idle.lock();
-            if idle.len() < self.max_idle {
-                idle.push(instance);
-            }
+            self.idle.push(instance);
         }
         self.finish(started, outcome)
     }
@@ -322,7 +378,7 @@ impl LoadedVersion {
             return None;
         }
         *self.suspension.lock() = Some(reason.clone());
-        self.idle.lock().clear();
+        self.idle.clear();
         tracing::warn!(
             plugin = %self.env.plugin.name,
             version = self.number(),
@@ -364,19 +420,19 @@ impl LoadedVersion {
     /// Starts one instance ahead of traffic (activation), proving `init` accepts the config.
     pub(crate) fn warm(&self) -> Result<(), PluginFault> {
         self.retired.store(false, Ordering::Release);
-        if !self.idle.lock().is_empty() {
+        if !self.idle.is_empty() {
             return Ok(());
         }
         let instance = self.instantiate()?;
         self.metrics
             .memory(instance.store.data().limiter.high_water as u64);
-        self.idle.lock().push(instance);
+        self.idle.keep(instance);
         Ok(())
     }
 
     /// No longer active: drop idle instances and do not keep the ones still in calls.
     pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        self.idle.lock().clear();
+        self.idle.clear();
     }
 }
