@@ -177,7 +177,18 @@ impl Router {
         // Number of trie nodes that contributed: a session has at most one entry per node, so
         // with a single contributing node there is nothing to merge (the common case).
         let mut nodes = 0usize;
-        collect(&self.root, &levels, 0, topic.is_system(), &mut hits, &mut nodes);
+        let mut groups: Vec<&Group> = Vec::new();
+        collect(
+            &self.root,
+            &levels,
+            0,
+            topic.is_system(),
+            &mut Hits {
+                entries: &mut hits,
+                groups: &mut groups,
+                nodes: &mut nodes,
+            },
+        );
         let mut out: Vec<Target> = Vec::with_capacity(hits.len());
         for e in &hits {
             if e.opts.no_local && publisher.is_some_and(|p| *p == e.session.client_id) {
@@ -191,10 +202,10 @@ impl Router {
             });
         }
         // Shared groups: one member each, preferring members that are online.
-        collect_groups(&self.root, &levels, 0, topic.is_system(), &mut |g: &Group| {
+        for g in groups {
             nodes += 1;
             if g.members.is_empty() {
-                return;
+                continue;
             }
             let n = g.members.len();
             let start = g.next.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +223,7 @@ impl Router {
                     .map(|i| vec![i.get()])
                     .unwrap_or_default(),
             });
-        });
+        }
         if nodes > 1 && out.len() > 1 {
             merge_per_session(&mut out);
         }
@@ -273,51 +284,38 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64
     }
 }
 
-fn collect<'a>(
-    node: &'a Node,
-    levels: &[&str],
-    idx: usize,
-    system: bool,
-    out: &mut Vec<&'a Entry>,
-    nodes: &mut usize,
-) {
+/// What one walk of the trie finds for a topic: plain subscriptions, shared groups, and the
+/// number of nodes that contributed plain ones.
+struct Hits<'a, 'o> {
+    entries: &'o mut Vec<&'a Entry>,
+    groups: &'o mut Vec<&'a Group>,
+    nodes: &'o mut usize,
+}
+
+/// Collects the plain subscriptions and the shared groups matching `levels[idx..]` under
+/// `node`, in one walk.
+fn collect<'a>(node: &'a Node, levels: &[&str], idx: usize, system: bool, hits: &mut Hits<'a, '_>) {
     let wildcard_ok = !(idx == 0 && system);
-    if wildcard_ok
-        && let Some(h) = &node.hash
-        && !h.direct.is_empty()
-    {
-        *nodes += 1;
-        out.extend(h.direct.values());
+    if wildcard_ok && let Some(h) = &node.hash {
+        if !h.direct.is_empty() {
+            *hits.nodes += 1;
+            hits.entries.extend(h.direct.values());
+        }
+        hits.groups.extend(h.groups.values());
     }
     if idx == levels.len() {
         if !node.direct.is_empty() {
-            *nodes += 1;
-            out.extend(node.direct.values());
+            *hits.nodes += 1;
+            hits.entries.extend(node.direct.values());
         }
+        hits.groups.extend(node.groups.values());
         return;
     }
     if let Some(c) = node.children.get(levels[idx]) {
-        collect(c, levels, idx + 1, system, out, nodes);
+        collect(c, levels, idx + 1, system, hits);
     }
     if wildcard_ok && let Some(p) = &node.plus {
-        collect(p, levels, idx + 1, system, out, nodes);
-    }
-}
-
-fn collect_groups(node: &Node, levels: &[&str], idx: usize, system: bool, f: &mut dyn FnMut(&Group)) {
-    let wildcard_ok = !(idx == 0 && system);
-    if wildcard_ok && let Some(h) = &node.hash {
-        h.groups.values().for_each(&mut *f);
-    }
-    if idx == levels.len() {
-        node.groups.values().for_each(&mut *f);
-        return;
-    }
-    if let Some(c) = node.children.get(levels[idx]) {
-        collect_groups(c, levels, idx + 1, system, f);
-    }
-    if wildcard_ok && let Some(p) = &node.plus {
-        collect_groups(p, levels, idx + 1, system, f);
+        collect(p, levels, idx + 1, system, hits);
     }
 }
 
