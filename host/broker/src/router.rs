@@ -2,8 +2,8 @@
 //!
 //! One node per topic level. A node's literal children are in a map by level; its `+` and `#`
 //! children are fields of their own, so matching a level costs one map lookup (the literal
-//! level: a topic name holds no wildcards) and two pointer checks, instead of three lookups. A node holds plain subscriptions by session id and shared-subscription
-//! groups by name. The whole trie sits behind one `RwLock` in the broker: matching takes the read
+//! level: a topic name holds no wildcards) and two pointer checks, instead of three lookups.
+//! A node holds plain subscriptions by session id and shared-subscription groups by name. The whole trie sits behind one `RwLock` in the broker: matching takes the read
 //! lock for a walk of a few levels, (un)subscribing takes the write lock. A lock-free trie was
 //! rejected for now: subscription changes are rare next to publishes, and an uncontended read
 //! lock costs tens of nanoseconds.

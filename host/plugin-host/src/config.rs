@@ -26,8 +26,7 @@ pub struct HostConfig {
     pub max_memory_bytes: u64,
     /// How often the epoch advances; deadlines are counted in these ticks.
     pub epoch_tick: Duration,
-    /// Idle instances kept per version for reuse (split over the host's four thread
-    /// stripes, each keeping a quarter, rounded up).
+    /// Idle instances kept per version for reuse.
     pub max_idle_instances: usize,
     /// Log lines kept per plugin for the API.
     pub log_lines_kept: usize,

@@ -33,12 +33,12 @@ const BUCKETS_NS: [u64; 16] = [
 pub(crate) const MAX_CUSTOM_METRICS: usize = 64;
 
 /// Threads bump a version's call counters on stripes of their own (see [`VersionMetrics`]).
-const STRIPES: usize = 4;
+pub(crate) const STRIPES: usize = 4;
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread's stripe: threads take stripes in turn as they first call a plugin.
+    /// This thread's stripe: threads take stripes in turn, the first time they ask for one.
     static MY_STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
 }
 
@@ -48,17 +48,11 @@ pub(crate) fn my_stripe() -> usize {
     MY_STRIPE.with(|i| *i)
 }
 
-/// The number of stripes.
-pub(crate) const fn stripes() -> usize {
-    STRIPES
-}
-
 /// Counters of one plugin version.
 ///
 /// The counters every call bumps are striped: each thread adds to its own stripe (a cache
-/// line apart from the others), and reading sums the stripes. Two rules workers calling the
-/// same version used to bounce five shared counters' cache line between the cores on every
-/// call.
+/// line apart from the others), and reading sums the stripes, so threads calling the same
+/// version at once (the rules workers) do not bounce one cache line between their cores.
 #[derive(Default)]
 pub(crate) struct VersionMetrics {
     stripes: [CallStripe; STRIPES],
@@ -353,7 +347,8 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
                 *le as f64 / 1e9
             );
         }
-        // Read after the buckets, so `+Inf` is never below the last bucket.
+        // Clamped to the buckets' total: the stripes are read one by one while calls go on,
+        // and `+Inf` must never be below the last bucket.
         let count = v.metrics.sum(|s| &s.duration_count).max(cumulative);
         let _ = writeln!(
             out,

@@ -11,7 +11,7 @@ use crate::sandbox::{MemoryLimitExceeded, StoreState, VersionEnv};
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
@@ -24,60 +24,64 @@ struct Instance {
 
 /// A version's idle instances, kept in one list per thread stripe (the stripes of
 /// [`crate::metrics::my_stripe`]): a thread takes and returns instances on its own stripe, so
-/// two threads calling the same version do not contend for one lock on every call. A thread
-/// whose stripe is empty takes an instance from another stripe (the one `warm` started on the
-/// activating thread, say) before starting a fresh one. Each stripe keeps at most
-/// `max_idle / stripes` instances, rounded up.
+/// threads calling the same version do not contend for one lock on every call. A thread whose
+/// stripe is empty takes an instance from another stripe (the one `warm` started on the
+/// activating thread, say) before starting a fresh one. At most `max_idle` instances are kept
+/// in all (`kept` counts them), wherever they are.
 struct IdlePool {
-    stripes: Vec<Mutex<Vec<Instance>>>,
-    per_stripe: usize,
+    stripes: [PoolStripe; crate::metrics::STRIPES],
+    kept: AtomicUsize,
+    max_idle: usize,
 }
+
+/// One stripe's list, a cache line apart from the others.
+#[derive(Default)]
+#[repr(align(128))]
+struct PoolStripe(Mutex<Vec<Instance>>);
 
 impl IdlePool {
     fn new(max_idle: usize) -> Self {
-        let n = crate::metrics::stripes();
         IdlePool {
-            stripes: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            per_stripe: max_idle.div_ceil(n),
+            stripes: Default::default(),
+            kept: AtomicUsize::new(0),
+            max_idle,
         }
     }
 
     fn pop(&self) -> Option<Instance> {
         let mine = crate::metrics::my_stripe();
-        if let Some(instance) = self.stripes.get(mine).and_then(|s| s.lock().pop()) {
-            return Some(instance);
+        let found = self.stripes[mine].0.lock().pop().or_else(|| {
+            self.stripes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != mine)
+                .find_map(|(_, s)| s.0.lock().pop())
+        });
+        if found.is_some() {
+            self.kept.fetch_sub(1, Ordering::Relaxed);
         }
-        self.stripes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != mine)
-            .find_map(|(_, s)| s.lock().pop())
+        found
     }
 
-    fn push(&self, instance: Instance) {
-        if let Some(stripe) = self.stripes.get(crate::metrics::my_stripe()) {
-            let mut idle = stripe.lock();
-            if idle.len() < self.per_stripe {
-                idle.push(instance);
-            }
+    /// Keeps `instance` for the next call, unless `max_idle` are kept already (`force`: keep
+    /// it anyway, for the one instance `warm` starts).
+    fn push(&self, instance: Instance, force: bool) {
+        if self.kept.fetch_add(1, Ordering::Relaxed) >= self.max_idle && !force {
+            self.kept.fetch_sub(1, Ordering::Relaxed);
+            return;
         }
-    }
-
-    /// Keeps `instance` whatever the bound (the one instance `warm` starts).
-    fn keep(&self, instance: Instance) {
-        if let Some(stripe) = self.stripes.get(crate::metrics::my_stripe()) {
-            stripe.lock().push(instance);
-        }
+        self.stripes[crate::metrics::my_stripe()].0.lock().push(instance);
     }
 
     fn is_empty(&self) -> bool {
-        self.stripes.iter().all(|s| s.lock().is_empty())
+        self.kept.load(Ordering::Relaxed) == 0
     }
 
     fn clear(&self) {
         for stripe in &self.stripes {
             // Dropped outside the lock: dropping a store returns its pool slot.
-            let dropped = std::mem::take(&mut *stripe.lock());
+            let dropped = std::mem::take(&mut *stripe.0.lock());
+            self.kept.fetch_sub(dropped.len(), Ordering::Relaxed);
             drop(dropped);
         }
     }
@@ -194,7 +198,7 @@ impl LoadedVersion {
         self.metrics
             .memory(instance.store.data().limiter.high_water as u64);
         if matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_)) && !self.retired.load(Ordering::Acquire) {
-            self.idle.push(instance);
+            self.idle.push(instance, false);
         }
         self.finish(started, outcome)
     }
@@ -426,7 +430,7 @@ impl LoadedVersion {
         let instance = self.instantiate()?;
         self.metrics
             .memory(instance.store.data().limiter.high_water as u64);
-        self.idle.keep(instance);
+        self.idle.push(instance, true);
         Ok(())
     }
 

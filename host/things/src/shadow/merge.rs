@@ -76,8 +76,9 @@ pub(crate) fn merge_section(
 /// The object `state` (with `metadata`, its metadata object) with `patch` merged in, built
 /// afresh: what [`merge_into`] leaves in a copy of both, without copying the members the
 /// patch replaces or deletes only to drop them again. A device usually reports most of its
-/// fields in every update, so this copies about half as much as cloning the section first;
-/// the section's nodes (a `{"timestamp": T}` object per leaf) are most of a merge's cost.
+/// fields in every update; for one that reports all of them, nothing of the old section is
+/// copied (the section's nodes, a `{"timestamp": T}` object per leaf, are most of a merge's
+/// cost).
 fn merged(
     state: &Map<String, Value>,
     metadata: &Map<String, Value>,
@@ -276,11 +277,31 @@ mod tests {
                 metadata: fresh_metadata_map(&state, 1),
                 state,
             };
-            // Now and then a stored section whose metadata does not mirror its state.
-            if round % 7 == 0
-                && let Some(key) = current.metadata.keys().next().cloned()
-            {
-                current.metadata.insert(key, json!({"timestamp": 3}));
+            // Now and then a stored section whose metadata does not mirror its state: a
+            // member's metadata turned into a leaf, missing, or a stray key, at the top or
+            // one level down.
+            let first = current.metadata.keys().next().cloned();
+            match (round % 11, first) {
+                (0, Some(key)) => {
+                    current.metadata.insert(key, json!({"timestamp": 3}));
+                }
+                (1, Some(key)) => {
+                    current.metadata.remove(&key);
+                }
+                (2, _) => {
+                    current.metadata.insert("b".into(), json!({"timestamp": 4}));
+                }
+                (3, _) => {
+                    for value in current.metadata.values_mut() {
+                        if let Value::Object(map) = value
+                            && !is_leaf_metadata(map)
+                        {
+                            map.insert("a".into(), json!([]));
+                            map.remove("c");
+                        }
+                    }
+                }
+                _ => {}
             }
             let patch = g.object(3, true);
             assert_eq!(
