@@ -50,7 +50,11 @@ impl IdlePool {
 
     fn pop(&self) -> Option<Instance> {
         let mine = crate::metrics::my_stripe();
-        let found = self.stripes[mine].0.lock().pop().or_else(|| {
+        // One stripe lock at a time: the own stripe's guard is dropped at the end of this
+        // statement, before any other stripe is locked (two threads each holding their own
+        // stripe while waiting for the other's would deadlock).
+        let own = self.stripes[mine].0.lock().pop();
+        let found = own.or_else(|| {
             self.stripes
                 .iter()
                 .enumerate()
