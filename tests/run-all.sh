@@ -31,7 +31,7 @@ fi
 # Debian starts a redis service on install where systemd runs; our tests start their own.
 
 step "Python packages (paho-mqtt, pytest, boto3, awsiotsdk, aiosmtpd, schemathesis, playwright)"
-python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 playwright==1.65.2 \
+python3 -m pip install -q --disable-pip-version-check paho-mqtt==2.2.0 duckdb==2.0.1 pyarrow==26.0.1 pandas==3.1.1 pytest==9.2.0 pytest-timeout==2.4.0 boto3==1.43.11 awsiotsdk==1.31.0 aiosmtpd==1.4.6 schemathesis==4.32.5 playwright==1.65.2 \
   2>&1 | grep -v "Running pip as the 'root' user" || true
 
 step "Disk space for $CARGO_TARGET_DIR"

@@ -442,6 +442,127 @@ def test_archive_action_writes_json_lines_per_rule_and_day(shoal: Shoal):
     assert "shoal_rules_archive_dropped_total 0" in metrics
 
 
+
+def parquet_parts(folder) -> list:
+    return sorted(p for p in folder.glob("*.parquet")) if folder.exists() else []
+
+
+def test_archive_action_writes_parquet_that_duckdb_and_pandas_read(shoal: Shoal):
+    """`--archive=parquet` buffers a rule's documents and writes one Parquet file per batch under
+    DATA/archive/{rule}/{UTC day}/: when bufferRows documents wait, and when the oldest has waited
+    bufferSeconds. DuckDB and pandas read the day's files, columns typed from the documents;
+    a document that is not an object is a `value` column."""
+    import duckdb
+    import pandas as pd
+
+    made = rule_json(shoal, "create", "cold_parquet", "--sql",
+                     "SELECT temp, topic(2) AS truck, door, tags FROM 'pq/+'",
+                     "--archive=parquet", "--archive-buffer-rows", "3", "--archive-buffer-seconds", "1")
+    assert made["topicRulePayload"]["actions"] == [
+        {"archive": {"format": "parquet", "bufferRows": 3, "bufferSeconds": 1}}], made
+    create(shoal, "value_parquet", "SELECT VALUE temp FROM 'pqv/+'",
+           {"archive": {"format": "parquet", "bufferSeconds": 1}})
+    pub = shoal.client()
+    sent = [("t0", {"temp": -20, "door": False, "tags": ["a", "b"]}),
+            ("t1", {"temp": -19.5, "door": True}),
+            ("t2", {"temp": -18, "tags": {"k": 1}}),
+            ("t3", {"temp": -17})]
+    for truck, doc in sent:
+        pub.publish(f"pq/{truck}", json.dumps(doc), qos=1)
+    pub.publish("pqv/t9", json.dumps({"temp": 4.5}), qos=1)
+    wait_stats(shoal, "cold_parquet", actionsOk=4)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    folder = shoal.data_dir / "archive" / "cold_parquet" / day
+    # Three rows make a full file at once; the fourth is written a second later.
+    wait_until(lambda: len(parquet_parts(folder)) == 2, timeout=10, what="two Parquet files")
+    files = parquet_parts(folder)
+    assert not [p for p in folder.iterdir() if p.suffix != ".parquet"], list(folder.iterdir())
+
+    con = duckdb.connect()
+    first = con.execute(f"SELECT truck, temp, door, tags FROM read_parquet('{files[0]}')").fetchall()
+    assert first == [("t0", -20.0, False, '["a","b"]'), ("t1", -19.5, True, None),
+                     ("t2", -18.0, None, '{"k":1}')], first
+    types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{files[0]}'))").fetchall())
+    assert types == {"temp": "DOUBLE", "truck": "VARCHAR", "door": "BOOLEAN", "tags": "JSON"}, types
+    rows = con.execute(f"SELECT truck, temp, door FROM read_parquet('{folder}/*.parquet', union_by_name = true) "
+                       "ORDER BY truck").fetchall()
+    assert rows == [("t0", -20.0, False), ("t1", -19.5, True), ("t2", -18.0, None), ("t3", -17.0, None)], rows
+    # JSON columns query as JSON.
+    assert con.execute(f"SELECT tags->>'k' FROM read_parquet('{files[0]}') WHERE truck = 't2'").fetchone() == ("1",)
+
+    # pandas: file by file (a folder read takes the first file's columns only).
+    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    assert list(frame["truck"]) == ["t0", "t1", "t2", "t3"], frame
+    assert list(frame["temp"]) == [-20.0, -19.5, -18.0, -17.0], frame
+    assert list(frame.columns) == ["door", "tags", "temp", "truck"], frame.columns
+
+    value_folder = shoal.data_dir / "archive" / "value_parquet" / day
+    wait_until(lambda: len(parquet_parts(value_folder)) == 1, timeout=10, what="the value file")
+    (value_file,) = parquet_parts(value_folder)
+    assert pd.read_parquet(value_file).to_dict("records") == [{"value": 4.5}]
+    assert metric(shoal, "shoal_rules_archive_written_total") == 5
+    assert metric(shoal, "shoal_rules_archive_buffered") == 0
+    assert metric(shoal, "shoal_rules_archive_dropped_total") == 0
+
+
+def test_parquet_archive_of_awkward_documents_stays_readable(shoal: Shoal):
+    """Keys DuckDB and pandas find awkward (empty, dotted, differing only in case), documents
+    with no fields, and a batch of nothing but empty documents: the files are written, every
+    row counted, and both readers open them."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    create(shoal, "odd_keys", "SELECT * FROM 'odd/#'",
+           {"archive": {"format": "parquet", "bufferRows": 3}})
+    create(shoal, "empties", "SELECT missing FROM 'odd/#'",
+           {"archive": {"format": "parquet", "bufferRows": 3}})
+    pub = shoal.client()
+    for doc in [{"": 1, "a.b": 2, "A": 3, "a": 4}, {}, {"nested": {"deep": [1, {"x": None}]}}]:
+        pub.publish("odd/x", json.dumps(doc), qos=1)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    for rule in ("odd_keys", "empties"):
+        folder = shoal.data_dir / "archive" / rule / day
+        wait_until(lambda: len(parquet_parts(folder)) == 1, timeout=10, what=f"{rule}'s file")
+        (part,) = parquet_parts(folder)
+        assert pq.read_table(part).num_rows == 3
+        assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{part}')").fetchone() == (3,)
+    (odd,) = parquet_parts(shoal.data_dir / "archive" / "odd_keys" / day)
+    table = pq.read_table(odd).to_pylist()
+    assert table[0][""] == 1 and table[0]["a.b"] == 2 and table[0]["A"] == 3 and table[0]["a"] == 4, table
+    assert json.loads(table[2]["nested"]) == {"deep": [1, {"x": None}]}, table
+    assert metric(shoal, "shoal_rules_archive_written_total") == 6
+    assert metric(shoal, "shoal_rules_archive_dropped_total") == 0
+
+
+def test_parquet_archive_rows_still_waiting_are_written_at_shutdown(shoal: Shoal):
+    """A graceful stop writes the rows a Parquet archive was still buffering."""
+    import pyarrow.parquet as pq
+
+    create(shoal, "held", "SELECT n FROM 'held/#'", {"archive": {"format": "parquet", "bufferSeconds": 3600}})
+    pub = shoal.client()
+    for n in range(5):
+        pub.publish("held/x", json.dumps({"n": n}), qos=1)
+    wait_stats(shoal, "held", actionsOk=5)
+    wait_until(lambda: metric(shoal, "shoal_rules_archive_buffered") == 5, timeout=10, what="5 rows buffered")
+    folder = shoal.data_dir / "archive" / "held" / time.strftime("%Y-%m-%d", time.gmtime())
+    assert parquet_parts(folder) == []
+    assert shoal.stop() == 0
+    (part,) = parquet_parts(folder)
+    assert pq.read_table(part).column("n").to_pylist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("action, message", [
+    ({"archive": {"format": "csv"}}, "format \"csv\" is not supported"),
+    ({"archive": {"bufferRows": 5}}, "apply to format \"parquet\" only"),
+    ({"archive": {"format": "parquet", "bufferRows": 0}}, "bufferRows 0 is out of range"),
+    ({"archive": {"format": "parquet", "bufferSeconds": 86400}}, "bufferSeconds 86400 is out of range"),
+    ({"archive": {"format": "parquet", "rows": 5}}, "unknown field"),
+])
+def test_bad_archive_actions_are_refused(shoal: Shoal, action: dict, message: str):
+    r = http(shoal, "POST", f"{RULES}/bad_archive", payload("SELECT * FROM 'x'", action))
+    assert r.status == 400, r
+    assert message in r.message, r
+
 class Receiver:
     """A local HTTP server recording POSTs: `/ok` answers 200, `/flaky` 500 twice then 200,
     `/hang` sleeps 5 s, `/gone` answers 404."""

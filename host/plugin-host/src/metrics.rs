@@ -33,7 +33,7 @@ const BUCKETS_NS: [u64; 16] = [
 pub(crate) const MAX_CUSTOM_METRICS: usize = 64;
 
 /// Threads bump a version's call counters on stripes of their own (see [`VersionMetrics`]).
-pub(crate) const STRIPES: usize = 4;
+const STRIPES: usize = 4;
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,9 +42,8 @@ thread_local! {
     static MY_STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
 }
 
-/// The stripe the calling thread uses, in `0..STRIPES` (also the instance pool's, see
-/// `version.rs`).
-pub(crate) fn my_stripe() -> usize {
+/// The stripe the calling thread uses, in `0..STRIPES`.
+fn my_stripe() -> usize {
     MY_STRIPE.with(|i| *i)
 }
 

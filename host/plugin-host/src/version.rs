@@ -11,7 +11,7 @@ use crate::sandbox::{MemoryLimitExceeded, StoreState, VersionEnv};
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
@@ -22,72 +22,47 @@ struct Instance {
     plugin: RulePlugin,
 }
 
-/// A version's idle instances, kept in one list per thread stripe (the stripes of
-/// [`crate::metrics::my_stripe`]): a thread takes and returns instances on its own stripe, so
-/// threads calling the same version do not contend for one lock on every call. A thread whose
-/// stripe is empty takes an instance from another stripe (the one `warm` started on the
-/// activating thread, say) before starting a fresh one. At most `max_idle` instances are kept
-/// in all (`kept` counts them), wherever they are.
+/// A version's idle instances: at most `max_idle` are kept. One lock, held only to push or
+/// pop (striping it per thread measured no gain here, and the exact bound then needed a
+/// counter every thread shares anyway).
 struct IdlePool {
-    stripes: [PoolStripe; crate::metrics::STRIPES],
-    kept: AtomicUsize,
+    list: Mutex<Vec<Instance>>,
     max_idle: usize,
 }
-
-/// One stripe's list, a cache line apart from the others.
-#[derive(Default)]
-#[repr(align(128))]
-struct PoolStripe(Mutex<Vec<Instance>>);
 
 impl IdlePool {
     fn new(max_idle: usize) -> Self {
         IdlePool {
-            stripes: Default::default(),
-            kept: AtomicUsize::new(0),
+            list: Mutex::new(Vec::new()),
             max_idle,
         }
     }
 
     fn pop(&self) -> Option<Instance> {
-        let mine = crate::metrics::my_stripe();
-        // One stripe lock at a time: the own stripe's guard is dropped at the end of this
-        // statement, before any other stripe is locked (two threads each holding their own
-        // stripe while waiting for the other's would deadlock).
-        let own = self.stripes[mine].0.lock().pop();
-        let found = own.or_else(|| {
-            self.stripes
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != mine)
-                .find_map(|(_, s)| s.0.lock().pop())
-        });
-        if found.is_some() {
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-        }
-        found
+        self.list.lock().pop()
     }
 
     /// Keeps `instance` for the next call, unless `max_idle` are kept already (`force`: keep
-    /// it anyway, for the one instance `warm` starts).
+    /// it anyway, for the one instance `warm` starts). An instance not kept is dropped
+    /// outside the lock (dropping a store returns its pool slot).
     fn push(&self, instance: Instance, force: bool) {
-        if self.kept.fetch_add(1, Ordering::Relaxed) >= self.max_idle && !force {
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-            return;
+        let mut list = self.list.lock();
+        if list.len() < self.max_idle || force {
+            list.push(instance);
+        } else {
+            drop(list);
+            drop(instance);
         }
-        self.stripes[crate::metrics::my_stripe()].0.lock().push(instance);
     }
 
     fn is_empty(&self) -> bool {
-        self.kept.load(Ordering::Relaxed) == 0
+        self.list.lock().is_empty()
     }
 
     fn clear(&self) {
-        for stripe in &self.stripes {
-            // Dropped outside the lock: dropping a store returns its pool slot.
-            let dropped = std::mem::take(&mut *stripe.0.lock());
-            self.kept.fetch_sub(dropped.len(), Ordering::Relaxed);
-            drop(dropped);
-        }
+        // Dropped outside the lock.
+        let dropped = std::mem::take(&mut *self.list.lock());
+        drop(dropped);
     }
 }
 

@@ -479,7 +479,7 @@ struct Inner {
     /// is this node's own).
     revision: AtomicU64,
     store: Arc<dyn RuleStore>,
-    queues: Vec<SyncSender<Job>>,
+    queues: Vec<SyncSender<Work>>,
     counters: EngineCounters,
     deps: EngineDeps,
     /// The origin of what the engine publishes: hooks (the shadow service) see it, so a
@@ -737,6 +737,40 @@ impl RulesEngine {
         Ok(result)
     }
 
+    /// At shutdown: waits until the rules workers have done the messages queued so far, then
+    /// writes every buffered Parquet archive row out and flushes the archive's files. Blocks
+    /// for at most `timeout`; `true` when all of it finished in time.
+    pub fn flush_archive(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(self.inner.queues.len());
+        let mut waiting = 0;
+        for queue in &self.inner.queues {
+            let mut work = Work::Barrier(done_tx.clone());
+            loop {
+                match queue.try_send(work) {
+                    Ok(()) => {
+                        waiting += 1;
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                    Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                        work = back;
+                        std::thread::park_timeout(std::time::Duration::from_millis(1));
+                    }
+                    Err(TrySendError::Full(_)) => return false,
+                }
+            }
+        }
+        for _ in 0..waiting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                return false;
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        self.inner.archive.as_ref().is_none_or(|a| a.flush(left))
+    }
+
     /// Appends the `shoal_rules_*` metric families (Prometheus text format).
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -757,9 +791,11 @@ impl RulesEngine {
              # TYPE shoal_rules_hop_limit_total counter\nshoal_rules_hop_limit_total {}\n\
              # HELP shoal_rules_alerts_total Alerts raised by plugin actions.\n\
              # TYPE shoal_rules_alerts_total counter\nshoal_rules_alerts_total {}\n\
-             # HELP shoal_rules_archive_written_total Lines the archive action wrote.\n\
+             # HELP shoal_rules_archive_written_total Documents the archive action wrote (JSON lines, rows of complete Parquet files).\n\
              # TYPE shoal_rules_archive_written_total counter\nshoal_rules_archive_written_total {}\n\
-             # HELP shoal_rules_archive_dropped_total Archive records dropped because the writer was behind.\n\
+             # HELP shoal_rules_archive_buffered Parquet archive rows waiting for their file.\n\
+             # TYPE shoal_rules_archive_buffered gauge\nshoal_rules_archive_buffered {}\n\
+             # HELP shoal_rules_archive_dropped_total Archive records lost: the writer was behind, or their Parquet file could not be written.\n\
              # TYPE shoal_rules_archive_dropped_total counter\nshoal_rules_archive_dropped_total {}\n\
              # HELP shoal_rules_archive_errors_total Archive files that could not be opened or written.\n\
              # TYPE shoal_rules_archive_errors_total counter\nshoal_rules_archive_errors_total {}\n\
@@ -786,6 +822,7 @@ impl RulesEngine {
             c.hop_limit.load(Relaxed),
             c.alerts.load(Relaxed),
             archive.map_or(0, |a| a.written.load(Relaxed)),
+            archive.map_or(0, |a| a.buffered.load(Relaxed)),
             archive.map_or(0, |a| a.dropped.load(Relaxed)),
             archive.map_or(0, |a| a.errors.load(Relaxed)),
             w.sent.load(Relaxed),
@@ -1031,7 +1068,7 @@ impl MessageHook for Hook {
             );
         }
         let shard = shard(origin.client_id.as_str(), inner.queues.len());
-        match inner.queues[shard].try_send(job) {
+        match inner.queues[shard].try_send(Work::Job(job)) {
             Ok(()) => {
                 inner.counters.enqueued.fetch_add(1, Relaxed);
             }
@@ -1086,8 +1123,22 @@ fn shadow_key(thing: &str, shadow: Option<&str>) -> Result<ShadowKey, String> {
     Ok(ShadowKey::new(thing, shadow))
 }
 
-fn worker(inner: Arc<Inner>, rx: Receiver<Job>) {
-    while let Ok(job) = rx.recv() {
+/// What a rules worker's queue carries.
+enum Work {
+    Job(Job),
+    /// Answer once everything queued before is done ([`RulesEngine::flush_archive`]).
+    Barrier(SyncSender<()>),
+}
+
+fn worker(inner: Arc<Inner>, rx: Receiver<Work>) {
+    while let Ok(work) = rx.recv() {
+        let job = match work {
+            Work::Job(job) => job,
+            Work::Barrier(done) => {
+                let _ = done.try_send(());
+                continue;
+            }
+        };
         let services = SqlServices { deps: &inner.deps };
         let ctx = job.ctx(&services);
         for live in job.rules.rules() {
@@ -1227,7 +1278,7 @@ fn run_action(
         Compiled::Plugin { name } => {
             run_plugin(inner, live, name, job, output, error_path).map_err(|e| (name.clone(), e))
         }
-        Compiled::Archive => {
+        Compiled::Archive(format) => {
             let rule = live.rule.name.as_str();
             let Some(archive) = &inner.archive else {
                 return Err((rule.to_string(), "no archive directory is configured".into()));
@@ -1244,6 +1295,7 @@ fn run_action(
                     rule: rule.to_string(),
                     at_ms: job.msg.received_ms,
                     line,
+                    format: *format,
                 })
                 .map_err(|e| (format!("archive/{rule}"), e))
         }

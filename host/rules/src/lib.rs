@@ -13,7 +13,8 @@
 //!
 //! The engine itself: [`rule`] (definitions in AWS's `TopicRulePayload` shape, compiled and
 //! checked), [`engine`] ([`RulesEngine`]: the broker hook, the worker threads, the actions
-//! `republish`, `shadow`, `plugin`, `archive` (its writer thread in `archive`), `webhook` (its
+//! `republish`, `shadow`, `plugin`, `archive` (its writer thread in `archive`, Parquet files in
+//! [`parquet_archive`]), `webhook` (its
 //! sender in `webhook`), `stream` (the [`stream::StreamStore`] seam and its writer in
 //! `stream_sink`) and `email` (the SMTP sender in [`email`]), the error action) and [`store`]
 //! (persistence).
@@ -22,6 +23,7 @@
 mod archive;
 pub mod email;
 pub mod engine;
+pub mod parquet_archive;
 pub mod rule;
 pub mod sql;
 pub mod store;

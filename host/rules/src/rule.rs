@@ -90,8 +90,9 @@ pub enum ActionSpec {
     Shadow(ShadowSpec),
     /// Hand the selected document to a WebAssembly plugin and run the actions it returns.
     Plugin(PluginSpec),
-    /// Append the selected document to the rule's archive: JSON lines, one file per rule and
-    /// UTC day (`DATA/archive/{rule}/{YYYY-MM-DD}.jsonl`), readable by DuckDB or pandas.
+    /// Append the selected document to the rule's archive, partitioned per rule and UTC day,
+    /// readable by DuckDB or pandas: JSON lines (`DATA/archive/{rule}/{YYYY-MM-DD}.jsonl`) or
+    /// Parquet files (`DATA/archive/{rule}/{YYYY-MM-DD}/part-{unix ms}.parquet`).
     Archive(ArchiveSpec),
     /// POST the selected document (or a body template) to an HTTP endpoint, off the message
     /// path, with a timeout and retries; a request that still fails runs the error action.
@@ -160,13 +161,55 @@ pub struct PluginSpec {
     pub name: String,
 }
 
+/// Default rows per Parquet archive file.
+pub const ARCHIVE_BUFFER_ROWS: u64 = 10_000;
+/// Default age of the oldest waiting row at which a Parquet archive file is written.
+pub const ARCHIVE_BUFFER_SECONDS: u64 = 60;
+
+fn archive_format(a: &ArchiveSpec, at: &str) -> Result<crate::archive::Format, RuleError> {
+    let bad = |m: String| Err(RuleError::Invalid(format!("{at}.archive.{m}")));
+    match a.format.as_deref() {
+        None | Some("jsonl") => {
+            if a.buffer_rows.is_some() || a.buffer_seconds.is_some() {
+                return bad("bufferRows and bufferSeconds apply to format \"parquet\" only".into());
+            }
+            Ok(crate::archive::Format::Jsonl)
+        }
+        Some("parquet") => {
+            let rows = a.buffer_rows.unwrap_or(ARCHIVE_BUFFER_ROWS);
+            if !(1..=1_000_000).contains(&rows) {
+                return bad(format!("bufferRows {rows} is out of range (1 to 1000000)"));
+            }
+            let seconds = a.buffer_seconds.unwrap_or(ARCHIVE_BUFFER_SECONDS);
+            if !(1..=3600).contains(&seconds) {
+                return bad(format!("bufferSeconds {seconds} is out of range (1 to 3600)"));
+            }
+            Ok(crate::archive::Format::Parquet {
+                rows: rows as usize,
+                age: std::time::Duration::from_secs(seconds),
+            })
+        }
+        Some(other) => bad(format!(
+            "format {other:?} is not supported: use \"jsonl\" or \"parquet\""
+        )),
+    }
+}
+
 /// `archive`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveSpec {
-    /// `jsonl` (the default and, for now, the only format).
+    /// `jsonl` (the default) or `parquet`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// Parquet only: rows per file (default 10,000; 1 to 1,000,000). A file is written when
+    /// this many rows are waiting...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_rows: Option<u64>,
+    /// Parquet only: ...or when the oldest waiting row is this many seconds old (default 60;
+    /// 1 to 3600), whichever comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_seconds: Option<u64>,
 }
 
 /// `webhook`.
@@ -265,7 +308,7 @@ pub(crate) enum Compiled {
     Plugin {
         name: String,
     },
-    Archive,
+    Archive(crate::archive::Format),
     Webhook {
         url: String,
         headers: Vec<(String, String)>,
@@ -351,15 +394,7 @@ pub(crate) fn compile_action(at: &str, spec: &ActionSpec) -> Result<Compiled, Ru
             }
             Compiled::Plugin { name: p.name.clone() }
         }
-        ActionSpec::Archive(a) => {
-            if a.format.as_deref().is_some_and(|f| f != "jsonl") {
-                return Err(RuleError::Invalid(format!(
-                    "{at}.archive.format {:?} is not supported: use \"jsonl\"",
-                    a.format.as_deref().unwrap_or_default()
-                )));
-            }
-            Compiled::Archive
-        }
+        ActionSpec::Archive(a) => Compiled::Archive(archive_format(a, at)?),
         ActionSpec::Webhook(w) => {
             let bad = |m: String| Err(RuleError::Invalid(format!("{at}.webhook.{m}")));
             let host_ok = w

@@ -1,7 +1,8 @@
 //! Claim verification: did the cold chain hold for one truck over a time window?
 //!
 //! Reads the telemetry a rule archived (`DATA/archive/{rule}/{YYYY-MM-DD}.jsonl`, one JSON
-//! document per line, as the simulator publishes them: `truck`, `ts` epoch ms, `tempC`,
+//! document per line, and the Parquet files `DATA/archive/{rule}/{YYYY-MM-DD}/*.parquet`, one
+//! row per document; documents as the simulator publishes them: `truck`, `ts` epoch ms, `tempC`,
 //! `humidity`, `door`, `presence`, `lat`, `lon`), keeps the thing's readings inside the window,
 //! and reports every temperature and humidity excursion (start, end, duration, peak), door
 //! openings (where and when), human presence, departures from the planned route, data gaps,
@@ -326,29 +327,63 @@ pub fn verify(archive_root: &Path, q: ClaimQuery) -> Result<ClaimReport, ClaimEr
     // Files are partitioned by the day a message arrived: a truck that lost connectivity
     // catches up later, so readings of the window may be in the next days' files too.
     let last_day = (q.to_ms - 1).div_euclid(86_400_000) + LATE_DAYS;
+    // One archived document: a reading of the thing inside the window is kept; a document that
+    // is not JSON or not a reading is counted as skipped.
+    let mut take = |doc: Option<Value>| {
+        let Some(r) = doc.as_ref().and_then(|v| {
+            let thing = v.get("truck").or_else(|| v.get("thing")).and_then(Value::as_str);
+            if thing != Some(q.thing.as_str()) {
+                return Some(None);
+            }
+            reading(v).map(Some)
+        }) else {
+            skipped += 1;
+            return;
+        };
+        if let Some(r) = r.filter(|r| (q.from_ms..q.to_ms).contains(&r.ts)) {
+            rows.push(r);
+        }
+    };
     for day in first_day..=last_day {
         let (y, m, d) = civil_from_days(day);
-        let name = format!("{y:04}-{m:02}-{d:02}.jsonl");
+        let day_name = format!("{y:04}-{m:02}-{d:02}");
+        // JSON lines: `{day}.jsonl`.
+        let name = format!("{day_name}.jsonl");
         let path = dir.join(&name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ClaimError::Io { path, source }),
-        };
-        files.push(format!("{}/{name}", q.archive));
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Some(r) = serde_json::from_str::<Value>(line).ok().as_ref().and_then(|v| {
-                let thing = v.get("truck").or_else(|| v.get("thing")).and_then(Value::as_str);
-                if thing != Some(q.thing.as_str()) {
-                    return Some(None);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                files.push(format!("{}/{name}", q.archive));
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    take(serde_json::from_str::<Value>(line).ok());
                 }
-                reading(v).map(Some)
-            }) else {
-                skipped += 1;
-                continue;
-            };
-            if let Some(r) = r.filter(|r| (q.from_ms..q.to_ms).contains(&r.ts)) {
-                rows.push(r);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ClaimError::Io { path, source }),
+        }
+        // Parquet: `{day}/part-*.parquet`, in the order they were written.
+        let folder = dir.join(&day_name);
+        let parts = match std::fs::read_dir(&folder) {
+            Ok(entries) => {
+                let mut parts: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".parquet") && !n.starts_with('.'))
+                    .collect();
+                parts.sort();
+                parts
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(ClaimError::Io { path: folder, source }),
+        };
+        for part in parts {
+            let path = folder.join(&part);
+            let docs = shoal_rules::parquet_archive::read(&path).map_err(|e| ClaimError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            files.push(format!("{}/{day_name}/{part}", q.archive));
+            for doc in docs {
+                take(Some(doc));
             }
         }
     }
@@ -825,6 +860,66 @@ mod tests {
         assert!(r.temperature_excursions.is_empty() && r.door_openings.is_empty());
         assert_eq!(r.files, ["telemetry/2026-11-26.jsonl"]);
         assert!(html(&r).contains("<b>held</b>"));
+    }
+
+    #[test]
+    fn parquet_archives_give_the_report_json_lines_give() {
+        let q = query("truck-7");
+        let from = q.from_ms;
+        let t = move |m: i64| from + m * 60_000;
+        let mut lines: Vec<String> = (0..60).map(|i| line("truck-7", t(i), -20.0, "closed")).collect();
+        lines[10] = line("truck-7", t(10), -17.0, "open");
+        lines[11] = line("truck-7", t(11), -15.5, "open");
+        lines.push(line("truck-8", t(5), 3.0, "open"));
+        let as_jsonl = tempfile::tempdir().unwrap();
+        write(as_jsonl.path(), "2026-11-26", &lines);
+        let expected = verify(as_jsonl.path(), q.clone()).unwrap();
+        assert_eq!(expected.verdict, "broken");
+
+        // The same documents: the first 20 as JSON lines, the rest in two Parquet files.
+        let mixed = tempfile::tempdir().unwrap();
+        write(mixed.path(), "2026-11-26", &lines[..20]);
+        let folder = mixed.path().join("telemetry/2026-11-26");
+        std::fs::create_dir_all(&folder).unwrap();
+        for (name, part) in [
+            ("part-0000000000001.parquet", &lines[20..40]),
+            ("part-0000000000002.parquet", &lines[40..]),
+        ] {
+            let rows: Vec<_> = part
+                .iter()
+                .map(|l| shoal_rules::parquet_archive::row_of(serde_json::from_str(l).unwrap()))
+                .collect();
+            shoal_rules::parquet_archive::write(&rows, std::fs::File::create(folder.join(name)).unwrap())
+                .unwrap();
+        }
+        // A temporary file of an unfinished write is not read.
+        std::fs::write(folder.join(".part-0000000000003.parquet.tmp"), b"half").unwrap();
+        let got = verify(mixed.path(), q).unwrap();
+        assert_eq!(
+            got.files,
+            [
+                "telemetry/2026-11-26.jsonl",
+                "telemetry/2026-11-26/part-0000000000001.parquet",
+                "telemetry/2026-11-26/part-0000000000002.parquet"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&got.temperature_excursions).unwrap(),
+            serde_json::to_value(&expected.temperature_excursions).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(&got.door_openings).unwrap(),
+            serde_json::to_value(&expected.door_openings).unwrap()
+        );
+        assert_eq!(
+            (got.readings, got.skipped_lines, got.verdict),
+            (60, 0, expected.verdict)
+        );
+
+        // A file that is not Parquet is an error naming it, not a silent gap.
+        std::fs::write(folder.join("part-0000000000004.parquet"), b"junk").unwrap();
+        let err = verify(mixed.path(), query("truck-7")).unwrap_err().to_string();
+        assert!(err.contains("part-0000000000004.parquet"), "{err}");
     }
 
     #[test]

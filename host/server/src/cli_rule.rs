@@ -92,9 +92,18 @@ struct DefinitionFlags {
     /// returns (repeatable).
     #[arg(long, value_name = "NAME")]
     plugin: Vec<String>,
-    /// Append the selected document to the rule's archive (`DATA/archive/{rule}/{day}.jsonl`).
-    #[arg(long)]
-    archive: bool,
+    /// Append the selected document to the rule's archive, as JSON lines (`--archive` or
+    /// `--archive=jsonl`: `DATA/archive/{rule}/{day}.jsonl`) or Parquet (`--archive=parquet`:
+    /// `DATA/archive/{rule}/{day}/part-{unix ms}.parquet`).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "jsonl", value_parser = ["jsonl", "parquet"])]
+    archive: Option<String>,
+    /// With `--archive=parquet`: rows per file (default 10000).
+    #[arg(long, value_name = "ROWS", requires = "archive")]
+    archive_buffer_rows: Option<u64>,
+    /// With `--archive=parquet`: write a file once its oldest row is this old (default 60).
+    #[arg(long, value_name = "SECONDS", requires = "archive")]
+    archive_buffer_seconds: Option<u64>,
     /// POST the selected document to this http:// URL (5 s timeout, 3 retries; repeatable).
     #[arg(long, value_name = "URL")]
     webhook: Vec<String>,
@@ -223,7 +232,13 @@ fn build_payload(flags: &DefinitionFlags, order: &[(Kind, usize)]) -> Result<Val
                 .plugin
                 .get(i)
                 .map(|name| ActionSpec::Plugin(PluginSpec { name: name.clone() })),
-            Kind::Archive => flags.archive.then(|| ActionSpec::Archive(ArchiveSpec::default())),
+            Kind::Archive => flags.archive.as_ref().map(|format| {
+                ActionSpec::Archive(ArchiveSpec {
+                    format: (format != "jsonl").then(|| format.clone()),
+                    buffer_rows: flags.archive_buffer_rows,
+                    buffer_seconds: flags.archive_buffer_seconds,
+                })
+            }),
             Kind::Webhook => flags.webhook.get(i).map(|url| {
                 ActionSpec::Webhook(WebhookSpec {
                     url: url.clone(),
@@ -379,6 +394,49 @@ mod tests {
         // What the flags build is what the server's type reads back.
         let typed: TopicRulePayload = serde_json::from_value(p).unwrap();
         assert_eq!(typed.actions.len(), 5);
+    }
+
+    #[test]
+    fn archive_flag_takes_an_optional_format_after_an_equals_sign() {
+        let actions = |args: &[&str]| {
+            let all: Vec<&str> = ["--sql", "SELECT * FROM 'a'"]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect();
+            payload(&all).map(|p| p["actions"].clone())
+        };
+        assert_eq!(actions(&["--archive"]), Ok(json!([{"archive": {}}])));
+        assert_eq!(actions(&["--archive=jsonl"]), Ok(json!([{"archive": {}}])));
+        assert_eq!(
+            actions(&[
+                "--archive=parquet",
+                "--archive-buffer-rows",
+                "5",
+                "--archive-buffer-seconds",
+                "2"
+            ]),
+            Ok(json!([{"archive": {"format": "parquet", "bufferRows": 5, "bufferSeconds": 2}}]))
+        );
+        assert!(actions(&["--archive=csv"]).is_err());
+        assert!(actions(&["--archive-buffer-rows", "5"]).is_err());
+        // `--archive` does not swallow the argument after it.
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "create",
+            "--archive",
+            "cold",
+            "--sql",
+            "SELECT * FROM 'a'",
+        ])
+        .unwrap();
+        match cli.cmd {
+            RuleCmd::Create { name, definition } => {
+                assert_eq!(name, "cold");
+                assert_eq!(definition.flags.archive.as_deref(), Some("jsonl"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         identity.clone(),
         registry,
         plugins.clone(),
-        rules,
+        rules.clone(),
     );
     state.sigv4 = cfg.http_auth == HttpAuth::SigV4;
     state.ws_socket = ws_socket;
@@ -287,6 +287,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     if !broker.flush(Duration::from_millis(1500)).await {
         tracing::warn!("the store did not confirm every write before exit");
+    }
+    // Buffered Parquet archive rows go to their files (rules workers may still be finishing
+    // the last messages: they had the broker's flush to do so).
+    let flushed = tokio::task::spawn_blocking(move || rules.flush_archive(Duration::from_millis(3000))).await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::warn!("the rules archive was not all written before exit");
     }
     if let Some(kv) = plugin_kv {
         let flushed = tokio::task::spawn_blocking(move || kv.flush(Duration::from_millis(1000))).await;
