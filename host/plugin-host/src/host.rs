@@ -126,6 +126,12 @@ impl PluginHost {
         })
     }
 
+    /// Whether the epoch ticker sleeps (or is about to): no guest code has run for a while
+    /// (100 ticks), so an idle host does not wake every tick. The next call wakes it.
+    pub fn epoch_ticker_parked(&self) -> bool {
+        self.inner.runtimes.ticker_parked()
+    }
+
     /// Validates, compiles (or loads from the cache) and records a new version of `name`
     /// (created on first upload). The version is not active until [`PluginHost::activate`].
     /// Uploading the same bytes with the same configuration again returns the existing

@@ -33,7 +33,7 @@ const BUCKETS_NS: [u64; 16] = [
 pub(crate) const MAX_CUSTOM_METRICS: usize = 64;
 
 /// Threads bump a version's call counters on stripes of their own (see [`VersionMetrics`]).
-const STRIPES: usize = 4;
+pub(crate) const STRIPES: usize = 4;
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
@@ -43,7 +43,7 @@ thread_local! {
 }
 
 /// The stripe the calling thread uses, in `0..STRIPES`.
-fn my_stripe() -> usize {
+pub(crate) fn my_stripe() -> usize {
     MY_STRIPE.with(|i| *i)
 }
 

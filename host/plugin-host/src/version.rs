@@ -208,7 +208,10 @@ impl LoadedVersion {
             thing_name: msg.thing_name.as_deref(),
             user_properties: &properties,
         };
-        let result = instance.plugin.call_on_message(&mut *store, param);
+        let result = {
+            let _running = self.runtime.gate.enter();
+            instance.plugin.call_on_message(&mut *store, param)
+        };
         if let Some(fuel) = budget
             && let Ok(left) = store.get_fuel()
         {
@@ -301,6 +304,8 @@ impl LoadedVersion {
                 .map_err(|e| PluginFault::Init(format!("cannot set fuel: {e}")))?;
         }
         let deadline = self.env.config.init_deadline_ms;
+        // Instantiation runs the component's start code, then `init`: guest code throughout.
+        let _running = self.runtime.gate.enter();
         let plugin = match self.pre.instantiate(&mut store) {
             Ok(plugin) => plugin,
             Err(e) => return Err(self.classify(&e, store.data(), deadline)),

@@ -211,6 +211,56 @@ fn an_infinite_loop_is_stopped_within_twice_its_deadline() {
 }
 
 #[test]
+fn the_epoch_ticker_sleeps_while_idle_and_deadlines_still_hold_after() {
+    let _serial = cpu_heavy();
+    let t = test_host();
+    deploy(&t.host, "echo", "echo", PluginConfig::default());
+    let spin = deploy(&t.host, "spin", "hostile", spin_config(10));
+    let parked = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !t.host.epoch_ticker_parked() {
+            assert!(Instant::now() < deadline, "the ticker never parked");
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    };
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        // Activating again keeps an instance ready (the last call's trap discarded it), so
+        // the call below enters the guest without instantiating: only its own guard can wake
+        // the ticker.
+        t.host.activate("spin", spin).unwrap();
+        parked();
+        let host = t.host.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            let started = Instant::now();
+            let out = host.invoke("spin", &msg("spin", ""));
+            let _ = done_tx.send((out, started.elapsed()));
+        });
+        // A call the ticker does not see would spin for ever: fail instead of hanging.
+        let (out, elapsed) = done_rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the infinite loop was not stopped: the ticker slept through the call");
+        caller.join().unwrap();
+        assert_eq!(out, Outcome::Failed(PluginFault::Timeout { deadline_ms: 10 }));
+        took.push(elapsed);
+    }
+    eprintln!("infinite loop after an idle ticker, 10 ms deadline, stopped after: {took:?}");
+    let med = median(took.clone());
+    assert!(med < Duration::from_millis(20), "median {med:?} of {took:?}");
+    assert!(took.iter().all(|d| *d >= Duration::from_millis(10)), "{took:?}");
+    assert!(took.iter().all(|d| *d < Duration::from_millis(100)), "{took:?}");
+    // A call while the ticker sleeps runs normally, and wakes it.
+    parked();
+    assert_healthy_echo(&t.host, "echo");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while t.host.epoch_ticker_parked() {
+        assert!(Instant::now() < deadline, "a call did not wake the ticker");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
 fn a_memory_hog_hits_its_limit_and_the_host_carries_on() {
     let t = test_host();
     deploy(&t.host, "echo", "echo", PluginConfig::default());

@@ -583,4 +583,75 @@ mod tests {
         assert_eq!(archive.counters.dropped.load(Relaxed), 1);
         assert_eq!(archive.counters.errors.load(Relaxed), 1);
     }
+
+    /// The writer's own rate, JSON lines against Parquet, on ~184-byte documents:
+    /// `cargo +1.97.0 test -p shoal-rules --release --lib -- --ignored --nocapture archive_rate`.
+    #[test]
+    #[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+    #[allow(clippy::print_stdout)]
+    fn archive_rate() {
+        const N: usize = 300_000;
+        for format in [
+            Format::Jsonl,
+            Format::Parquet {
+                rows: 10_000,
+                age: Duration::from_secs(60),
+            },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let archive = Archive::start(dir.path().to_path_buf(), 100_000).unwrap();
+            let started = Instant::now();
+            for i in 0..N {
+                let line = format!(
+                    r#"{{"truck":"truck-{:04}","ts":{},"tempC":-18.{},"humidity":81,"door":"closed","presence":false,"lat":53.55,"lon":9.99,"fw":"2.1.0","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#,
+                    i % 1000,
+                    1_795_000_000_000u64 + i as u64,
+                    i % 10
+                );
+                let mut record = Record {
+                    rule: "bench".into(),
+                    at_ms: 1_795_000_000_000,
+                    line,
+                    format,
+                };
+                // Measure the writer, not the queue: wait for room instead of dropping.
+                loop {
+                    match archive.tx.try_send(Msg::Record(record)) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(Msg::Record(r))) => {
+                            record = r;
+                            std::thread::yield_now();
+                        }
+                        Err(_) => panic!("the writer stopped"),
+                    }
+                }
+            }
+            assert!(archive.flush(Duration::from_secs(120)));
+            let took = started.elapsed();
+            assert_eq!(archive.counters.written.load(Relaxed), N as u64);
+            let bytes: u64 = walk(dir.path())
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            println!(
+                "{format:?}: {N} documents in {took:?}: {:.0} documents/s, {:.1} MB on disk ({:.0} bytes each)",
+                N as f64 / took.as_secs_f64(),
+                bytes as f64 / 1e6,
+                bytes as f64 / N as f64
+            );
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
 }

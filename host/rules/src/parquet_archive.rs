@@ -92,12 +92,19 @@ fn infer(rows: &[Row]) -> Vec<(&str, Kind)> {
     let mut columns: Vec<(&str, Kind)> = Vec::new();
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for row in rows {
+        // Rows of one rule mostly share their keys, in the same order: try the column after
+        // the previous key's before hashing.
+        let mut next = 0;
         for (key, value) in row {
-            let i = *index.entry(key.as_str()).or_insert_with(|| {
-                columns.push((key.as_str(), Kind::Null));
-                columns.len() - 1
-            });
+            let i = match columns.get(next) {
+                Some((name, _)) if *name == key.as_str() => next,
+                _ => *index.entry(key.as_str()).or_insert_with(|| {
+                    columns.push((key.as_str(), Kind::Null));
+                    columns.len() - 1
+                }),
+            };
             columns[i].1 = columns[i].1.with(value);
+            next = i + 1;
         }
     }
     if columns.is_empty() {
@@ -123,16 +130,43 @@ pub fn write<W: std::io::Write + Send>(rows: &[Row], out: W) -> parquet::errors:
         .build();
     let mut writer = SerializedFileWriter::new(out, Arc::new(schema), Arc::new(props))?;
     let mut group = writer.next_row_group()?;
+    // The batch column by column, in one pass over each row: the key of a row's next member is
+    // usually the next column (keys and columns are both sorted), else found by binary search.
+    // Each column lists its (row, value) pairs, so memory follows the values present, not
+    // columns × rows (documents whose keys vary would make that huge).
+    let mut cells: Vec<Vec<(usize, &Value)>> = vec![Vec::new(); columns.len()];
+    for (r, row) in rows.iter().enumerate() {
+        let mut next = 0;
+        for (key, value) in row {
+            let at = match columns.get(next) {
+                Some((name, _)) if *name == key.as_str() => next,
+                _ => columns
+                    .binary_search_by(|(name, _)| (*name).cmp(key.as_str()))
+                    .map_err(|_| {
+                        parquet::errors::ParquetError::General(format!("key {key:?} has no column"))
+                    })?,
+            };
+            next = at + 1;
+            if !value.is_null()
+                && let Some(column) = cells.get_mut(at)
+            {
+                column.push((r, value));
+            }
+        }
+    }
     let mut at = 0;
     while let Some(mut column) = group.next_column()? {
-        let Some(&(name, kind)) = columns.get(at) else {
+        let (Some(&(name, kind)), Some(column_cells)) = (columns.get(at), cells.get(at)) else {
             return Err(parquet::errors::ParquetError::General(
                 "more columns than the schema has".into(),
             ));
         };
         at += 1;
-        let values = rows.iter().map(|r| r.get(name).filter(|v| !v.is_null()));
-        let levels: Vec<i16> = values.clone().map(|v| i16::from(v.is_some())).collect();
+        let values = column_cells.iter().map(|&(_, v)| Some(v));
+        let mut levels = vec![0i16; rows.len()];
+        for &(r, _) in column_cells {
+            levels[r] = 1;
+        }
         match (column.untyped(), kind) {
             (ColumnWriter::Int32ColumnWriter(w), Kind::Null) => {
                 w.write_batch(&[], Some(&levels), None)?;
