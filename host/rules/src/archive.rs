@@ -102,23 +102,40 @@ impl Archive {
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
-        let mut msg = Msg::Flush(ack_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    msg = back;
-                    std::thread::park_timeout(Duration::from_millis(1));
-                }
-            }
+        if send_by(&self.tx, Msg::Flush(ack_tx), deadline).is_err() {
+            return false;
         }
         ack_rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .is_ok()
+    }
+}
+
+/// Why [`send_by`] did not queue its message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendByError {
+    /// The receiving thread has stopped.
+    Stopped,
+    /// The queue stayed full until the deadline.
+    TimedOut,
+}
+
+/// Queues `msg` on a bounded queue, waiting (parked in 1 ms steps) while it is full, but not
+/// past `deadline`. For the rare control messages (flush, barrier) that must not be dropped
+/// the way records are.
+pub(crate) fn send_by<T>(queue: &SyncSender<T>, mut msg: T, deadline: Instant) -> Result<(), SendByError> {
+    loop {
+        match queue.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(SendByError::Stopped),
+            Err(TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    return Err(SendByError::TimedOut);
+                }
+                msg = back;
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+        }
     }
 }
 

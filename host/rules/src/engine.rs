@@ -745,20 +745,10 @@ impl RulesEngine {
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(self.inner.queues.len());
         let mut waiting = 0;
         for queue in &self.inner.queues {
-            let mut work = Work::Barrier(done_tx.clone());
-            loop {
-                match queue.try_send(work) {
-                    Ok(()) => {
-                        waiting += 1;
-                        break;
-                    }
-                    Err(TrySendError::Disconnected(_)) => break,
-                    Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
-                        work = back;
-                        std::thread::park_timeout(std::time::Duration::from_millis(1));
-                    }
-                    Err(TrySendError::Full(_)) => return false,
-                }
+            match crate::archive::send_by(queue, Work::Barrier(done_tx.clone()), deadline) {
+                Ok(()) => waiting += 1,
+                Err(crate::archive::SendByError::Stopped) => {}
+                Err(crate::archive::SendByError::TimedOut) => return false,
             }
         }
         for _ in 0..waiting {

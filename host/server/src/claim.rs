@@ -809,6 +809,16 @@ mod tests {
         )
     }
 
+    /// An hour of truck-7 readings, one a minute from `from`, at -20 °C with the door closed,
+    /// except minutes 10 and 11: door open, -17 and -15.5 °C.
+    fn excursion_lines(from: i64) -> Vec<String> {
+        let t = |m: i64| from + m * 60_000;
+        let mut lines: Vec<String> = (0..60).map(|i| line("truck-7", t(i), -20.0, "closed")).collect();
+        lines[10] = line("truck-7", t(10), -17.0, "open");
+        lines[11] = line("truck-7", t(11), -15.5, "open");
+        lines
+    }
+
     #[test]
     fn times_parse_and_print() {
         assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
@@ -867,9 +877,7 @@ mod tests {
         let q = query("truck-7");
         let from = q.from_ms;
         let t = move |m: i64| from + m * 60_000;
-        let mut lines: Vec<String> = (0..60).map(|i| line("truck-7", t(i), -20.0, "closed")).collect();
-        lines[10] = line("truck-7", t(10), -17.0, "open");
-        lines[11] = line("truck-7", t(11), -15.5, "open");
+        let mut lines = excursion_lines(from);
         lines.push(line("truck-8", t(5), 3.0, "open"));
         let as_jsonl = tempfile::tempdir().unwrap();
         write(as_jsonl.path(), "2026-11-26", &lines);
@@ -928,9 +936,7 @@ mod tests {
         let q = query("truck-7");
         let from = q.from_ms;
         let t = move |m: i64| from + m * 60_000;
-        let mut lines: Vec<String> = (0..60).map(|i| line("truck-7", t(i), -20.0, "closed")).collect();
-        lines[10] = line("truck-7", t(10), -17.0, "open");
-        lines[11] = line("truck-7", t(11), -15.5, "open");
+        let mut lines = excursion_lines(from);
         lines[12] = line("truck-7", t(12), -16.0, "closed");
         // Late (caught-up) readings are ordered by their own time.
         lines.swap(20, 40);
