@@ -23,12 +23,7 @@ BIN=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}/release
 wait_quiet
 WORK=$(mktemp -d /tmp/shoal-idle-cpu.XXXXXX)
 trap '[ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
-port=$(free_port)
-"$BIN/shoal" serve --data-dir "$WORK/data" --store memory --mqtt-listen "127.0.0.1:$port" \
-    --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none >"$WORK/broker.log" 2>&1 &
-BROKER_PID=$!
-wait_listen "$port" && http=$(shoal_addr "$WORK/data" http) || { tail "$WORK/broker.log" >&2; exit 1; }
-bench_rules "$MODE" "$http" "$WORK" "${WASM:-$ROOT/plugins/dist/threshold-alert.wasm}"
+start_rules_broker "$BIN/shoal" "$WORK" "$MODE" "${WASM:-$ROOT/plugins/dist/threshold-alert.wasm}"
 # One message through the rules (the plugin's first call starts its epoch ticker), then time
 # for start-up work and the ticker's idle countdown to finish.
 if command -v mosquitto_pub >/dev/null; then

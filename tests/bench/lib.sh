@@ -183,6 +183,19 @@ bench_rules() {
     esac
 }
 
+# Starts `$1 serve` (embedded store, plain MQTT on a free port, HTTP without auth) in $2/data
+# with the rules of bench_rules mode $3 (plugin mode loads the .wasm $4). Sets BROKER_PID,
+# port and http; exits the script if the broker does not come up.
+start_rules_broker() {
+    local shoal=$1 work=$2 mode=$3 wasm=$4
+    port=$(free_port)
+    "$shoal" serve --data-dir "$work/data" --store memory --mqtt-listen "127.0.0.1:$port" \
+        --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none >"$work/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_listen "$port" && http=$(shoal_addr "$work/data" http) || { tail "$work/broker.log" >&2; exit 1; }
+    bench_rules "$mode" "$http" "$work" "$wasm"
+}
+
 # CPU ticks per thread name of process $1 (numbered names like shoal-rules-0 summed as
 # shoal-rules), one "name ticks" line each, sorted.
 thread_ticks() {

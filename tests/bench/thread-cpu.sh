@@ -9,6 +9,8 @@
 #   tests/bench/thread-cpu.sh plugin p2p          # or: none|rules10, fan-in
 #   tests/bench/thread-cpu.sh plugin p2p --perf   # also `perf record` the window to /tmp/thread-cpu.perf
 #
+# PERF_ARGS replaces perf's call-graph option (default -g), e.g.
+# PERF_ARGS="--call-graph dwarf,16384" for stacks through code built without frame pointers.
 # With SHOAL_PLUGIN_PROFILER=perfmap in the environment the server names the plugin's
 # compiled functions for perf. WASM=path picks another threshold-alert build (A/B).
 set -euo pipefail
@@ -28,12 +30,7 @@ BIN=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}/release
 wait_quiet # (at most QUIET_WAIT s) so a leftover load does not share the cores
 WORK=$(mktemp -d /tmp/shoal-thread-cpu.XXXXXX)
 trap '[ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
-port=$(free_port)
-"$BIN/shoal" serve --data-dir "$WORK/data" --store memory --mqtt-listen "127.0.0.1:$port" \
-    --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none >"$WORK/broker.log" 2>&1 &
-BROKER_PID=$!
-wait_listen "$port" && http=$(shoal_addr "$WORK/data" http) || { tail "$WORK/broker.log" >&2; exit 1; }
-bench_rules "$MODE" "$http" "$WORK" "${WASM:-$ROOT/plugins/dist/threshold-alert.wasm}"
+start_rules_broker "$BIN/shoal" "$WORK" "$MODE" "${WASM:-$ROOT/plugins/dist/threshold-alert.wasm}"
 case "$SCENARIO" in
     p2p) args=(p2p --pairs 50) ;;
     fan-in) args=(fan-in --publishers 8) ;;
@@ -47,7 +44,7 @@ sleep 4
 thread_ticks "$BROKER_PID" >"$WORK/t0"
 m0=$(messages_in)
 if [ "$PERF" = --perf ]; then
-    perf record -F 999 -g -p "$BROKER_PID" -o /tmp/thread-cpu.perf -- sleep 6 >/dev/null 2>&1
+    perf record -F 999 ${PERF_ARGS:--g} -p "$BROKER_PID" -o /tmp/thread-cpu.perf -- sleep 6 >/dev/null 2>&1
 else
     sleep 6
 fi

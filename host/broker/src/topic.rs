@@ -68,11 +68,23 @@ pub enum TopicError {
     BadShare,
 }
 
-fn check_common(s: &str, limits: &TopicLimits) -> Result<(), TopicError> {
+/// Checks what names and filters share; `true` when `s` holds `+` or `#`. One pass over the
+/// bytes (every publish goes through here), reporting errors in the order the rules are
+/// listed: empty, NUL, length, levels.
+fn check_common(s: &str, limits: &TopicLimits) -> Result<bool, TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
-    if s.contains('\0') {
+    let (mut nul, mut wild, mut slashes) = (false, false, 0usize);
+    for &b in s.as_bytes() {
+        match b {
+            b'/' => slashes += 1,
+            b'\0' => nul = true,
+            b'+' | b'#' => wild = true,
+            _ => {}
+        }
+    }
+    if nul {
         return Err(TopicError::NullCharacter);
     }
     if s.len() > limits.max_length {
@@ -81,16 +93,14 @@ fn check_common(s: &str, limits: &TopicLimits) -> Result<(), TopicError> {
             max: limits.max_length,
         });
     }
-    if !s.starts_with("$aws/") {
-        let levels = s.split('/').count();
-        if levels > limits.max_levels {
-            return Err(TopicError::TooManyLevels {
-                levels,
-                max: limits.max_levels,
-            });
-        }
+    let levels = slashes + 1;
+    if levels > limits.max_levels && !s.starts_with("$aws/") {
+        return Err(TopicError::TooManyLevels {
+            levels,
+            max: limits.max_levels,
+        });
     }
-    Ok(())
+    Ok(wild)
 }
 
 /// A validated topic name: what a PUBLISH is sent to.
@@ -101,8 +111,7 @@ impl Topic {
     /// Parses a topic name under `limits`.
     pub fn parse(s: impl Into<ByteString>, limits: &TopicLimits) -> Result<Self, TopicError> {
         let s = s.into();
-        check_common(&s, limits)?;
-        if s.contains(['+', '#']) {
+        if check_common(&s, limits)? {
             return Err(TopicError::WildcardInName);
         }
         Ok(Topic(s))
@@ -211,20 +220,38 @@ impl TopicFilter {
     }
 }
 
-/// Matches a topic name against a filter proper (no `$share` prefix).
+/// Where the level starting at `from` ends: the next `/`, or the end.
+fn level_end(b: &[u8], from: usize) -> usize {
+    b[from..]
+        .iter()
+        .position(|&c| c == b'/')
+        .map_or(b.len(), |p| from + p)
+}
+
+/// Matches a topic name against a filter proper (no `$share` prefix). One walk over both
+/// byte strings, level by level (every publish runs it once per rule group it may match).
 pub fn matches_filter(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    let (mut i, mut j) = (0, 0);
     loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
+        // `i` and `j` are at the start of a level in each.
+        let fe = level_end(f, i);
+        let te = level_end(t, j);
+        match &f[i..fe] {
+            b"#" => return true,
+            b"+" => {}
+            lit if lit == &t[j..te] => {}
             _ => return false,
+        }
+        match (fe == f.len(), te == t.len()) {
+            (true, true) => return true,
+            (false, false) => (i, j) = (fe + 1, te + 1),
+            // The topic ended: only a `#` level next still matches (`a/#` matches `a`).
+            (false, true) => return &f[fe + 1..level_end(f, fe + 1)] == b"#",
+            (true, false) => return false,
         }
     }
 }
@@ -244,6 +271,67 @@ impl fmt::Display for TopicFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The level-splitting definition `matches_filter` must agree with.
+    fn matches_by_split(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let mut f = filter.split('/');
+        let mut t = topic.split('/');
+        loop {
+            match (f.next(), t.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn filter_matching_agrees_with_matching_by_levels() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut word = |wild: bool| {
+            let alphabet: &[&str] = if wild {
+                &["a", "b", "ab", "", "+", "#", "$x"]
+            } else {
+                &["a", "b", "ab", "", "$x"]
+            };
+            let levels = 1 + next(4);
+            (0..levels)
+                .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let mut hits = 0;
+        for _ in 0..200_000 {
+            let (filter, topic) = (word(true), word(false));
+            let want = matches_by_split(&filter, &topic);
+            assert_eq!(matches_filter(&filter, &topic), want, "{filter:?} {topic:?}");
+            hits += usize::from(want);
+        }
+        assert!(hits > 1_000, "only {hits} matches generated");
+        for (filter, topic, want) in [
+            ("a/#", "a", true),
+            ("a/+", "a", false),
+            ("#", "a/b", true),
+            ("+/+", "a/", true),
+            ("a/", "a", false),
+            ("a", "a/", false),
+            ("+", "$SYS", false),
+            ("$SYS/#", "$SYS/x", true),
+        ] {
+            assert_eq!(matches_filter(filter, topic), want, "{filter} {topic}");
+        }
+    }
 
     fn t(s: &str) -> Result<Topic, TopicError> {
         Topic::parse(s, &TopicLimits::default())

@@ -10,7 +10,8 @@
 //! or route at once) is evaluated and run right in the hook, in the publisher's order, without
 //! a hand-off; that saves CPU when many publishers each send a little, and costs throughput
 //! when the I/O threads are the bottleneck (docs/BENCHMARKS.md). Otherwise, and always for
-//! the rules that may wait, the hook matches and enqueues: each worker thread owns a bounded
+//! the rules that may wait, the hook checks for a match and enqueues (the worker looks the
+//! matching rules up itself): each worker thread owns a bounded
 //! queue, and a message goes to the worker chosen
 //! by its publisher's client id, so one device's messages are handled in the order it sent
 //! them (a debouncing plugin sees readings in order). A full queue drops the message for the
@@ -67,25 +68,33 @@ use crate::webhook::{Request as WebhookRequest, Webhooks};
 pub const MAX_HOPS: u8 = 4;
 
 thread_local! {
-    /// While a rule runs its actions on this thread: the rule and the hop count of the message
-    /// it handles, so what those actions publish is attributed to it (see [`Hook`]).
-    static RUNNING: std::cell::RefCell<Option<(RuleName, u8)>> = const { std::cell::RefCell::new(None) };
+    /// While a rule runs its actions on this thread: the rule (the address of its [`Live`],
+    /// see [`live_id`]) and the hop count of the message it handles, so what those actions
+    /// publish is attributed to it (see [`Hook`]).
+    static RUNNING: std::cell::Cell<Option<(usize, u8)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Which rule version a [`Live`] is, for [`RUNNING`]: its address. Cloning the `Arc` instead
+/// would make every worker running the rule bump one shared count per message. A rule
+/// redefined while its output is on the way is a new `Live`, so the new version may see one
+/// output of the old (the hop limit still bounds any chain).
+fn live_id(live: &Arc<Live>) -> usize {
+    Arc::as_ptr(live).addr()
 }
 
 /// Marks the current thread as running `rule`'s actions for a message `hops` rules deep, until
 /// dropped (nested runs restore the outer one).
-struct Running(Option<(RuleName, u8)>);
+struct Running(Option<(usize, u8)>);
 
 impl Running {
-    fn enter(rule: &RuleName, hops: u8) -> Running {
-        Running(RUNNING.with(|r| r.replace(Some((rule.clone(), hops)))))
+    fn enter(rule: &Arc<Live>, hops: u8) -> Running {
+        Running(RUNNING.replace(Some((live_id(rule), hops))))
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let outer = self.0.take();
-        RUNNING.with(|r| *r.borrow_mut() = outer);
+        RUNNING.set(self.0.take());
     }
 }
 
@@ -307,8 +316,9 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-/// Enabled rules that share one FROM filter: the filter is matched once for all of them, and
-/// a message they take carries one reference to the whole group.
+/// Enabled rules that share one FROM filter: the filter is matched once for all of them (an
+/// engine output or a message for inline rules carries one reference to the whole group; a
+/// client's message carries none, its worker looks the group up again).
 struct Group {
     filter: shoal_broker::topic::TopicFilter,
     rules: Arc<[Arc<Live>]>,
@@ -377,27 +387,31 @@ impl Index {
         index
     }
 
-    /// Whether any enabled rule's FROM filter matches `topic` ([`Index::matching`] is `Some`).
-    fn any_matching(&self, topic: &Topic) -> bool {
+    /// The groups whose FROM filter matches `topic`, in index order.
+    fn groups_matching<'i>(&'i self, topic: &'i Topic) -> impl Iterator<Item = &'i Group> {
         self.by_first
             .get(first_level(topic.as_str()))
             .into_iter()
             .flatten()
             .chain(&self.wildcard_first)
-            .any(|g| g.filter.matches(topic))
+            .filter(|g| g.filter.matches(topic))
+    }
+
+    /// Whether any enabled rule's FROM filter matches `topic` ([`Index::matching`] is `Some`).
+    fn any_matching(&self, topic: &Topic) -> bool {
+        self.groups_matching(topic).next().is_some()
+    }
+
+    /// The enabled rules whose FROM filter matches `topic`, borrowed, in the order
+    /// [`Index::matching`] gives them.
+    fn rules_matching<'i>(&'i self, topic: &'i Topic) -> impl Iterator<Item = &'i Arc<Live>> {
+        self.groups_matching(topic).flat_map(|g| g.rules.iter())
     }
 
     /// The enabled rules whose FROM filter matches `topic`, `None` when there are none.
     fn matching(&self, topic: &Topic) -> Option<Matched> {
-        let groups = self
-            .by_first
-            .get(first_level(topic.as_str()))
-            .into_iter()
-            .flatten()
-            .chain(&self.wildcard_first)
-            .filter(|g| g.filter.matches(topic));
         let mut found: Option<Matched> = None;
-        for g in groups {
+        for g in self.groups_matching(topic) {
             found = Some(match found {
                 None => Matched::One(g.rules.clone()),
                 Some(Matched::One(first)) => {
@@ -424,7 +438,10 @@ struct Job {
     client_id: ClientId,
     principal: Arc<str>,
     thing: Option<String>,
-    rules: Matched,
+    /// The rules to run; `None`: the rules of the worker's current index that match the
+    /// topic (a client's message, looked up again by the worker so that the hand-off clones
+    /// no `Arc` shared by every message: its count would bounce between the cores).
+    rules: Option<Matched>,
     /// Rules this message passed through before (0: a client's).
     hops: u8,
 }
@@ -452,7 +469,7 @@ impl Job {
             client_id: self.client_id.clone(),
             principal: self.principal.clone(),
             thing: self.thing.clone(),
-            rules: Matched::Many(Vec::new()),
+            rules: Some(Matched::Many(Vec::new())),
             hops: self.hops,
         }
     }
@@ -961,24 +978,46 @@ impl MessageHook for Hook {
 
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         let inner = &self.0;
-        // The engine's own output: which rule published it, how deep.
-        let mut from_rule = None;
+        // The engine's own output: how deep (which rule published it is looked at below).
+        let own_output = origin.client_id == &inner.own_id;
+        let running = if own_output { RUNNING.get() } else { None };
         let mut hops = 0;
-        if origin.client_id == &inner.own_id {
-            let Some((rule, h)) = RUNNING.with(|r| r.borrow().clone()) else {
+        if own_output {
+            let Some((id, h)) = running else {
                 return HookOutcome::Continue;
             };
             if h >= MAX_HOPS {
                 let n = inner.counters.hop_limit.fetch_add(1, Relaxed);
                 if n.is_power_of_two() {
-                    tracing::warn!(rule = %rule, topic = %msg.topic, "a rule's output is {MAX_HOPS} rules deep: it skips the rules");
+                    let rules = inner.rules.load();
+                    let rule = rules
+                        .values()
+                        .find(|l| live_id(l) == id)
+                        .map(|l| l.rule.name.as_str());
+                    tracing::warn!(rule = rule.unwrap_or("?"), topic = %msg.topic, "a rule's output is {MAX_HOPS} rules deep: it skips the rules");
                 }
                 return HookOutcome::Continue;
             }
-            from_rule = Some(rule);
             hops = h + 1;
         }
         let topic = msg.topic.as_str();
+        if !own_output && !inner.inline && !topic.starts_with(BASIC_INGEST) {
+            // The common case: a client's message for the workers.
+            if !inner.index.load().any_matching(&msg.topic) {
+                return HookOutcome::Continue;
+            }
+            let job = Job {
+                msg: msg.clone(),
+                skip: 0,
+                client_id: origin.client_id.clone(),
+                principal: origin.principal.id.clone(),
+                thing: origin.principal.attributes.get("thingName").cloned(),
+                rules: None,
+                hops,
+            };
+            enqueue(inner, job);
+            return HookOutcome::Continue;
+        }
         let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
                 let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
@@ -1001,15 +1040,11 @@ impl MessageHook for Hook {
             } else {
                 (0, inner.index.load().matching(&msg.topic), HookOutcome::Continue)
             };
-        // A rule never sees its own output.
-        let matched = match (matched, &from_rule) {
-            (Some(m), Some(rule)) if m.rules().iter().any(|l| l.rule.name == *rule) => {
-                let others: Vec<_> = m
-                    .rules()
-                    .iter()
-                    .filter(|l| l.rule.name != *rule)
-                    .cloned()
-                    .collect();
+        // A rule never sees its own output (looked up only when some rule matched: most
+        // outputs go to no rule).
+        let matched = match (matched, running) {
+            (Some(m), Some((id, _))) if m.rules().iter().any(|l| live_id(l) == id) => {
+                let others: Vec<_> = m.rules().iter().filter(|l| live_id(l) != id).cloned().collect();
                 (!others.is_empty()).then_some(Matched::Many(others))
             }
             (m, _) => m,
@@ -1023,13 +1058,13 @@ impl MessageHook for Hook {
             client_id: origin.client_id.clone(),
             principal: origin.principal.id.clone(),
             thing: origin.principal.attributes.get("thingName").cloned(),
-            rules: matched,
+            rules: None,
             hops,
         };
         // Rules that never wait run here, on the I/O thread, in the publisher's order: no
         // hand-off, no worker wake-up. The others go to a worker.
         let (inline, deferred) = {
-            let rules = job.rules.rules();
+            let rules = matched.rules();
             let inline = if inner.inline {
                 rules.iter().filter(|l| l.rule.inline).count()
             } else {
@@ -1040,39 +1075,46 @@ impl MessageHook for Hook {
         if inline > 0 {
             let services = SqlServices { deps: &inner.deps };
             let ctx = job.ctx(&services);
-            for live in job.rules.rules().iter().filter(|l| l.rule.inline) {
+            for live in matched.rules().iter().filter(|l| l.rule.inline) {
                 run_rule(inner, live, &job, &ctx);
             }
         }
         if deferred == 0 {
             return outcome;
         }
-        if inline > 0 {
-            job.rules = Matched::Many(
-                job.rules
+        job.rules = Some(if inline > 0 {
+            Matched::Many(
+                matched
                     .rules()
                     .iter()
                     .filter(|l| !l.rule.inline)
                     .cloned()
                     .collect(),
-            );
-        }
-        let shard = shard(origin.client_id.as_str(), inner.queues.len());
-        match inner.queues[shard].try_send(Work::Job(job)) {
-            Ok(()) => {
-                inner.counters.enqueued.fetch_add(1, Relaxed);
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let n = inner.counters.dropped.fetch_add(1, Relaxed);
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = n + 1,
-                        "rules workers are behind; messages skip the rules"
-                    );
-                }
-            }
-        }
+            )
+        } else {
+            matched
+        });
+        enqueue(inner, job);
         outcome
+    }
+}
+
+/// Hands `job` to the worker of its publisher, or counts it dropped when that queue is full.
+fn enqueue(inner: &Inner, job: Job) {
+    let shard = shard(job.client_id.as_str(), inner.queues.len());
+    match inner.queues[shard].try_send(Work::Job(job)) {
+        Ok(()) => {
+            inner.counters.enqueued.fetch_add(1, Relaxed);
+        }
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            let n = inner.counters.dropped.fetch_add(1, Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "rules workers are behind; messages skip the rules"
+                );
+            }
+        }
     }
 }
 
@@ -1131,8 +1173,18 @@ fn worker(inner: Arc<Inner>, rx: Receiver<Work>) {
         };
         let services = SqlServices { deps: &inner.deps };
         let ctx = job.ctx(&services);
-        for live in job.rules.rules() {
-            run_rule(&inner, live, &job, &ctx);
+        match &job.rules {
+            Some(rules) => {
+                for live in rules.rules() {
+                    run_rule(&inner, live, &job, &ctx);
+                }
+            }
+            None => {
+                let index = inner.index.load();
+                for live in index.rules_matching(&job.msg.topic) {
+                    run_rule(&inner, live, &job, &ctx);
+                }
+            }
         }
     }
 }
@@ -1177,7 +1229,7 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
         }
     };
     c.selected.add(1);
-    let _running = Running::enter(&live.rule.name, job.hops);
+    let _running = Running::enter(live, job.hops);
     let mut failures = Vec::new();
     for entry @ (spec, _) in &live.rule.actions {
         match run_action(inner, live, entry, job, ctx, &output, false) {

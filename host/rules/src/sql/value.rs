@@ -186,6 +186,10 @@ pub(crate) fn format_decimal(d: f64, out: &mut String) {
     use fmt::Write as _;
     if let Some(i) = whole_to_i64(d) {
         let _ = write!(out, "{i}");
+    } else if (1e-4..1e7).contains(&d.abs()) {
+        // ryu prints these magnitudes in plain notation, digit for digit what `{d}` prints
+        // (both give the shortest digits that read back to `d`; a test compares them).
+        out.push_str(ryu::Buffer::new().format_finite(d));
     } else if d != 0.0 && (d.abs() < 1e-7 || d.abs() >= 1e21) {
         let _ = write!(out, "{d:e}");
     } else {
@@ -305,6 +309,63 @@ pub(crate) fn to_str<'v>(v: &'v Value<'_>) -> Option<Cow<'v, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path of `format_decimal` (ryu) against `{d}` over the magnitudes it takes:
+    /// random bit patterns, the powers of ten at its edges, typical sensor readings.
+    #[test]
+    fn fast_decimal_printing_matches_core_fmt() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut checked = 0;
+        let mut check = |d: f64| {
+            if !d.is_finite() || whole_to_i64(d).is_some() || !(1e-4..1e7).contains(&d.abs()) {
+                return;
+            }
+            let mut fast = String::new();
+            format_decimal(d, &mut fast);
+            assert_eq!(fast, format!("{d}"), "{d:e}");
+            checked += 1;
+        };
+        for _ in 0..400_000 {
+            // Random bits, and random magnitudes spread evenly over the fast path's range.
+            check(f64::from_bits(next()));
+            let m = (next() % 1_000_000) as f64 / 1_000_000.0;
+            let e = (next() % 11) as i32 - 4;
+            check((1.0 + m * 9.0) * 10f64.powi(e) * if next() % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        for e in -4..7 {
+            let p = 10f64.powi(e);
+            for d in [
+                p,
+                p * 1.5,
+                p * 0.999_999_999,
+                p * 1.000_000_000_1,
+                p + 0.1,
+                -p - 0.25,
+            ] {
+                check(d);
+            }
+        }
+        for d in [
+            -20.5,
+            3.7,
+            -18.25,
+            0.1,
+            0.2 + 0.1,
+            1.0 / 3.0,
+            98.6,
+            53.551_086,
+            9.993_71,
+        ] {
+            check(d);
+        }
+        assert!(checked > 300_000, "only {checked} values in range");
+    }
 
     #[test]
     fn decimal_strings() {
