@@ -678,6 +678,27 @@ def test_a_hanging_or_refusing_webhook_runs_the_error_action_and_slows_nothing(s
     assert slow[0]["ruleName"] == "slow_hook" and base64.b64decode(slow[0]["base64OriginalPayload"])
 
 
+def test_error_action_output_goes_to_the_other_rules(shoal: Shoal, receiver: Receiver):
+    """What an error action publishes is its rule's output, like a republish: other rules see
+    it (and its own rule does not), whether the error came from evaluating the SQL or from a
+    webhook that failed later on another thread."""
+    create(shoal, "eval_fails", "SELECT get_thing_shadow('not a thing!') AS s FROM 'evalfail/+'",
+           republish("never"), error=republish("faults/eval"))
+    create(shoal, "hook_fails", "SELECT * FROM 'hookfail/+'", webhook(receiver.url + "/gone"),
+           error=republish("faults/hook"))
+    create(shoal, "watcher", "SELECT topic(2) AS kind, ruleName FROM 'faults/+'", republish("watched/${topic(2)}"))
+    sub = subscriber(shoal, "watched/#", "never")
+    pub = shoal.client()
+    pub.publish("evalfail/x", b'{"n": 1}', qos=1)
+    pub.publish("hookfail/x", b'{"n": 2}', qos=1)
+    got = by_topic(sub.wait_messages(2))
+    assert got == {"watched/eval": {"kind": "eval", "ruleName": "eval_fails"},
+                   "watched/hook": {"kind": "hook", "ruleName": "hook_fails"}}, got
+    sub.expect_no_message(QUIET)
+    wait_stats(shoal, "eval_fails", sqlErrors=1, errorActions=1)
+    wait_stats(shoal, "watcher", matched=2, actionsOk=2)
+
+
 def test_webhook_definitions_are_checked(shoal: Shoal):
     for bad, want in [
         (webhook("https:///x"), "not an http(s)://"),

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod persist;
 pub mod retained;
+pub mod rng;
 pub mod router;
 pub mod session;
 pub mod store;

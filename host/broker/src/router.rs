@@ -9,12 +9,14 @@
 //! lock costs tens of nanoseconds.
 //!
 //! The maps hash with foldhash (seeded at random per process and per map) rather than SipHash:
-//! every publish hashes one level per trie step, and on the short strings topics are made of
-//! foldhash costs a fraction of SipHash's. It resists HashDoS less strongly than SipHash (its
-//! seed is random, its function not cryptographic): a client that found colliding levels
-//! could slow the lookups through the node holding them, at the root every publish. Filters
-//! come only from clients the broker admitted, bounded in number and length; SipHash stays an
-//! option if an operator needs the stronger guarantee for anonymous listeners.
+//! every publish hashes one level per trie step, and foldhash is built for the short keys
+//! topics are made of (its own benchmarks put it several times faster than SipHash there; none
+//! here measures the hasher alone: the trie walk with it is in docs/BENCHMARKS.md). It
+//! resists HashDoS less strongly than SipHash (its seed is random, its function not
+//! cryptographic): a client that found colliding levels could slow the lookups through the
+//! node holding them, at the root every publish. Filters come only from clients the broker
+//! admitted, bounded in number and length; SipHash stays an option if an operator needs the
+//! stronger guarantee for anonymous listeners.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -292,13 +292,8 @@ mod tests {
 
     #[test]
     fn filter_matching_agrees_with_matching_by_levels() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = crate::rng::XorShift64::new(0x2545_F491_4F6C_DD1D);
+        let mut next = move |n: u64| rng.below(n);
         let mut word = |wild: bool| {
             let alphabet: &[&str] = if wild {
                 &["a", "b", "ab", "", "+", "#", "$x"]

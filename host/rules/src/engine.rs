@@ -435,18 +435,52 @@ struct Job {
     msg: Arc<Message>,
     /// Bytes of the topic rules do not see (Basic Ingest's prefix).
     skip: usize,
-    client_id: ClientId,
-    principal: Arc<str>,
-    thing: Option<String>,
-    /// The rules to run; `None`: the rules of the worker's current index that match the
-    /// topic (a client's message, looked up again by the worker so that the hand-off clones
-    /// no `Arc` shared by every message: its count would bounce between the cores).
-    rules: Option<Matched>,
+    from: Publisher,
+    rules: JobRules,
     /// Rules this message passed through before (0: a client's).
     hops: u8,
 }
 
+/// Who published a job's message, as SQL functions and error documents name them.
+#[derive(Clone)]
+struct Publisher {
+    client_id: ClientId,
+    principal: Arc<str>,
+    thing: Option<String>,
+}
+
+impl Publisher {
+    fn of(origin: &Origin<'_>) -> Publisher {
+        Publisher {
+            client_id: origin.client_id.clone(),
+            principal: origin.principal.id.clone(),
+            thing: origin.principal.attributes.get("thingName").cloned(),
+        }
+    }
+}
+
+/// The rules a job runs.
+enum JobRules {
+    /// These: Basic Ingest's rule, the rules an engine output matched, or those left after
+    /// the inline ones ran.
+    Listed(Matched),
+    /// The rules of the worker's current index whose filter matches the topic: a client's
+    /// message, looked up again by the worker so that the hand-off clones no `Arc` shared by
+    /// every message (its count would bounce between the cores).
+    LookUp,
+}
+
 impl Job {
+    fn new(msg: &Arc<Message>, from: Publisher, skip: usize, hops: u8, rules: JobRules) -> Job {
+        Job {
+            msg: msg.clone(),
+            skip,
+            from,
+            rules,
+            hops,
+        }
+    }
+
     /// The topic rules see.
     fn topic(&self) -> &str {
         self.msg.topic.as_str().get(self.skip..).unwrap_or_default()
@@ -455,23 +489,16 @@ impl Job {
     /// The evaluation context of this message (SQL and templates).
     fn ctx<'j>(&'j self, services: &'j SqlServices<'j>) -> Ctx<'j> {
         Ctx::new(self.topic(), &self.msg.payload)
-            .with_client_id(self.client_id.as_str())
-            .with_principal(&self.principal)
+            .with_client_id(self.from.client_id.as_str())
+            .with_principal(&self.from.principal)
             .with_timestamp(i64::try_from(self.msg.received_ms).unwrap_or(i64::MAX))
             .with_services(services)
     }
 
     /// The same message without its rules, for work finished later (a webhook's error action).
     fn detached(&self) -> Job {
-        Job {
-            msg: self.msg.clone(),
-            skip: self.skip,
-            client_id: self.client_id.clone(),
-            principal: self.principal.clone(),
-            thing: self.thing.clone(),
-            rules: Some(Matched::Many(Vec::new())),
-            hops: self.hops,
-        }
+        let none = JobRules::Listed(Matched::Many(Vec::new()));
+        Job::new(&self.msg, self.from.clone(), self.skip, self.hops, none)
     }
 }
 
@@ -1006,16 +1033,10 @@ impl MessageHook for Hook {
             if !inner.index.load().any_matching(&msg.topic) {
                 return HookOutcome::Continue;
             }
-            let job = Job {
-                msg: msg.clone(),
-                skip: 0,
-                client_id: origin.client_id.clone(),
-                principal: origin.principal.id.clone(),
-                thing: origin.principal.attributes.get("thingName").cloned(),
-                rules: None,
-                hops,
-            };
-            enqueue(inner, job);
+            enqueue(
+                inner,
+                Job::new(msg, Publisher::of(&origin), 0, hops, JobRules::LookUp),
+            );
             return HookOutcome::Continue;
         }
         let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
@@ -1052,15 +1073,6 @@ impl MessageHook for Hook {
         let Some(matched) = matched else {
             return outcome;
         };
-        let mut job = Job {
-            msg: msg.clone(),
-            skip,
-            client_id: origin.client_id.clone(),
-            principal: origin.principal.id.clone(),
-            thing: origin.principal.attributes.get("thingName").cloned(),
-            rules: None,
-            hops,
-        };
         // Rules that never wait run here, on the I/O thread, in the publisher's order: no
         // hand-off, no worker wake-up. The others go to a worker.
         let (inline, deferred) = {
@@ -1072,6 +1084,7 @@ impl MessageHook for Hook {
             };
             (inline, rules.len() - inline)
         };
+        let mut job = Job::new(msg, Publisher::of(&origin), skip, hops, JobRules::LookUp);
         if inline > 0 {
             let services = SqlServices { deps: &inner.deps };
             let ctx = job.ctx(&services);
@@ -1082,7 +1095,7 @@ impl MessageHook for Hook {
         if deferred == 0 {
             return outcome;
         }
-        job.rules = Some(if inline > 0 {
+        job.rules = JobRules::Listed(if inline > 0 {
             Matched::Many(
                 matched
                     .rules()
@@ -1101,7 +1114,7 @@ impl MessageHook for Hook {
 
 /// Hands `job` to the worker of its publisher, or counts it dropped when that queue is full.
 fn enqueue(inner: &Inner, job: Job) {
-    let shard = shard(job.client_id.as_str(), inner.queues.len());
+    let shard = shard(job.from.client_id.as_str(), inner.queues.len());
     match inner.queues[shard].try_send(Work::Job(job)) {
         Ok(()) => {
             inner.counters.enqueued.fetch_add(1, Relaxed);
@@ -1174,12 +1187,12 @@ fn worker(inner: Arc<Inner>, rx: Receiver<Work>) {
         let services = SqlServices { deps: &inner.deps };
         let ctx = job.ctx(&services);
         match &job.rules {
-            Some(rules) => {
+            JobRules::Listed(rules) => {
                 for live in rules.rules() {
                     run_rule(&inner, live, &job, &ctx);
                 }
             }
-            None => {
+            JobRules::LookUp => {
                 let index = inner.index.load();
                 for live in index.rules_matching(&job.msg.topic) {
                     run_rule(&inner, live, &job, &ctx);
@@ -1266,7 +1279,7 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
         "ruleName": live.rule.name.as_str(),
         "topic": job.msg.topic.as_str(),
         "cloudwatchTraceId": uuid::Uuid::new_v4().to_string(),
-        "clientId": job.client_id.as_str(),
+        "clientId": job.from.client_id.as_str(),
         "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(&job.msg.payload),
         "failures": failures.iter().map(|f| json!({
             "failedAction": f.action,
@@ -1275,6 +1288,9 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
         })).collect::<Vec<_>>(),
     });
     live.counters.error_actions.fetch_add(1, Relaxed);
+    // What the error action publishes is this rule's output, for the loop guard and hop count
+    // (also after a failed evaluation, and when it runs later on another thread).
+    let _running = Running::enter(live, job.hops);
     let output = Output::Json(doc.to_string());
     if let Err((resource, message)) = run_action(inner, live, entry, job, ctx, &output, true) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
@@ -1526,8 +1542,8 @@ fn run_plugin(
             QoS::ExactlyOnce => 2,
         },
         timestamp_ms: job.msg.received_ms,
-        client_id: Some(job.client_id.as_str().to_string()),
-        thing_name: job.thing.clone(),
+        client_id: Some(job.from.client_id.as_str().to_string()),
+        thing_name: job.from.thing.clone(),
         user_properties: job
             .msg
             .props
@@ -1593,9 +1609,10 @@ fn run_plugin_action(
         PluginAction::StreamAppend(s) => {
             check_name("stream", &s.stream).map_err(|e| format!("stream-append: {e}"))?;
             let key = job
+                .from
                 .thing
                 .clone()
-                .unwrap_or_else(|| job.client_id.as_str().to_string());
+                .unwrap_or_else(|| job.from.client_id.as_str().to_string());
             let on_failure = later_failure(
                 inner,
                 live,

@@ -176,8 +176,8 @@ struct DocCache {
     bytes: usize,
     /// At most this many encoded bytes are kept ([`CACHE_BYTES`] outside tests).
     budget: usize,
-    /// State of the xorshift generator that picks the entries to evict.
-    rng: u64,
+    /// Picks the entries to evict.
+    rng: shoal_broker::rng::XorShift64,
 }
 
 impl DocCache {
@@ -186,7 +186,7 @@ impl DocCache {
             docs: indexmap::IndexMap::new(),
             bytes: 0,
             budget,
-            rng: 0x9E37_79B9_7F4A_7C15,
+            rng: shoal_broker::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15),
         }
     }
 
@@ -204,10 +204,7 @@ impl DocCache {
             return;
         }
         while self.bytes + size > self.budget && !self.docs.is_empty() {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let i = usize::try_from(self.rng % self.docs.len() as u64).unwrap_or(0);
+            let i = self.rng.index(self.docs.len());
             if let Some((_, (_, old))) = self.docs.swap_remove_index(i) {
                 self.bytes -= old;
             }

@@ -617,14 +617,12 @@ async fn throughput(name: &str, store: Arc<dyn ShadowStore>) -> f64 {
         set.spawn(async move {
             let mut latencies = Vec::new();
             // A cheap per-task pseudo-random walk over the shadows.
-            let mut x = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut rng =
+                shoal_broker::rng::XorShift64::new((t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             // A deadline rather than a timer: a store that never awaits (memory) keeps the
             // workers busy, and then nobody drives tokio's timers.
             while Instant::now() < deadline {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let k = key(&format!("bench-{}", x % BENCH_SHADOWS as u64), None);
+                let k = key(&format!("bench-{}", rng.below(BENCH_SHADOWS as u64)), None);
                 let t0 = Instant::now();
                 match store.mutate(&k, increment(None, Arc::clone(&calls))).await {
                     Ok(Mutated::Applied { .. }) => latencies.push(t0.elapsed()),

@@ -1240,18 +1240,15 @@ fn lint_flags_unreachable_resources() {
 // Randomized cross-check: compiled (partially evaluated) matching == direct full-ARN matching
 // ---------------------------------------------------------------------------------------------
 
-struct Rng(u64);
+struct Rng(shoal_broker::rng::XorShift64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next()
     }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
+        self.0.pick(items).copied().unwrap_or_default()
     }
 }
 
@@ -1285,7 +1282,7 @@ fn naive(p: &Policy, ctx: &VarContext, arn: &ArnConfig, action: Action, name: &s
 
 #[test]
 fn compiled_matches_direct_evaluation() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng(shoal_broker::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15));
     let prefixes = [
         "arn:aws:iot:us-east-1:000000000000:",
         "arn:aws:iot:*:000000000000:",

@@ -179,6 +179,9 @@ pub(crate) fn round_decimal(d: f64) -> f64 {
     format!("{d:.14e}").parse().unwrap_or(d)
 }
 
+/// The magnitudes [`format_decimal`] prints with ryu: plain notation in both ryu and `{d}`.
+const FAST_DECIMALS: std::ops::Range<f64> = 1e-4..1e7;
+
 /// Formats a `Decimal` the way AWS prints it under SQL 2016-03-23: whole values as integers,
 /// others in the shortest form that reads back to the same double, in scientific notation
 /// only for very small or very large magnitudes.
@@ -186,7 +189,7 @@ pub(crate) fn format_decimal(d: f64, out: &mut String) {
     use fmt::Write as _;
     if let Some(i) = whole_to_i64(d) {
         let _ = write!(out, "{i}");
-    } else if (1e-4..1e7).contains(&d.abs()) {
+    } else if FAST_DECIMALS.contains(&d.abs()) {
         // ryu prints these magnitudes in plain notation, digit for digit what `{d}` prints
         // (both give the shortest digits that read back to `d`; a test compares them).
         out.push_str(ryu::Buffer::new().format_finite(d));
@@ -314,16 +317,11 @@ mod tests {
     /// random bit patterns, the powers of ten at its edges, typical sensor readings.
     #[test]
     fn fast_decimal_printing_matches_core_fmt() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = shoal_broker::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.next();
         let mut checked = 0;
         let mut check = |d: f64| {
-            if !d.is_finite() || whole_to_i64(d).is_some() || !(1e-4..1e7).contains(&d.abs()) {
+            if !d.is_finite() || whole_to_i64(d).is_some() || !FAST_DECIMALS.contains(&d.abs()) {
                 return;
             }
             let mut fast = String::new();
@@ -331,14 +329,19 @@ mod tests {
             assert_eq!(fast, format!("{d}"), "{d:e}");
             checked += 1;
         };
+        // The powers of ten the range spans (-4..7).
+        let (lo, hi) = (
+            FAST_DECIMALS.start.log10().round() as i32,
+            FAST_DECIMALS.end.log10().round() as i32,
+        );
         for _ in 0..400_000 {
             // Random bits, and random magnitudes spread evenly over the fast path's range.
             check(f64::from_bits(next()));
             let m = (next() % 1_000_000) as f64 / 1_000_000.0;
-            let e = (next() % 11) as i32 - 4;
+            let e = (next() % (hi - lo) as u64) as i32 + lo;
             check((1.0 + m * 9.0) * 10f64.powi(e) * if next() % 2 == 0 { 1.0 } else { -1.0 });
         }
-        for e in -4..7 {
+        for e in lo..hi {
             let p = 10f64.powi(e);
             for d in [
                 p,

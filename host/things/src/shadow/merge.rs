@@ -233,14 +233,11 @@ mod tests {
 
     /// A small deterministic generator (xorshift) of documents and patches over a few keys,
     /// so members collide, nest, change type and get deleted.
-    struct Gen(u64);
+    struct Gen(shoal_broker::rng::XorShift64);
 
     impl Gen {
         fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
+            self.0.below(n)
         }
 
         fn object(&mut self, depth: u32, nulls: bool) -> Map<String, Value> {
@@ -266,7 +263,7 @@ mod tests {
 
     #[test]
     fn merging_without_cloning_gives_what_merging_into_a_clone_gives() {
-        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        let mut g = Gen(shoal_broker::rng::XorShift64::new(0x9e37_79b9_7f4a_7c15));
         let mut compared = 0;
         for round in 0..20_000 {
             let state = g.object(3, false);
