@@ -987,7 +987,12 @@ impl Broker {
             if let Some(o) = st.inflight.remove(i) {
                 self.forget(s, &o);
             }
-            if let Some(c) = &st.conn {
+            // The writer may be waiting for room in the window, only if something is queued
+            // (with nothing queued, the next enqueue wakes it): most acknowledgements find an
+            // empty queue, and a wake-up per PUBACK would take the session lock for nothing.
+            if let Some(c) = &st.conn
+                && !st.queue.is_empty()
+            {
                 c.notify.notify_one();
             }
         }

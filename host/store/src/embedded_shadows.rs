@@ -172,7 +172,7 @@ fn decode(storage_name: &str, bytes: &[u8]) -> Result<StoredShadow, ShadowStoreE
 /// The documents the writer last read or wrote, by storage name, with their encoded size (see
 /// the [module docs](self)).
 struct DocCache {
-    docs: indexmap::IndexMap<String, (Arc<StoredShadow>, usize)>,
+    docs: indexmap::IndexMap<String, (Arc<StoredShadow>, usize), foldhash::fast::RandomState>,
     bytes: usize,
     /// At most this many encoded bytes are kept ([`CACHE_BYTES`] outside tests).
     budget: usize,
@@ -183,7 +183,7 @@ struct DocCache {
 impl DocCache {
     fn new(budget: usize) -> Self {
         DocCache {
-            docs: indexmap::IndexMap::new(),
+            docs: indexmap::IndexMap::default(),
             bytes: 0,
             budget,
             rng: shoal_broker::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15),
@@ -197,6 +197,14 @@ impl DocCache {
     /// Remembers `doc` (encoded as `size` bytes) for `name`, evicting random entries (O(1)
     /// each) to stay within the budget. A document bigger than the whole budget is not kept.
     fn put(&mut self, name: String, doc: Arc<StoredShadow>, size: usize) {
+        // The common case, a shadow updated again, in place: one lookup.
+        if let Some(entry) = self.docs.get_mut(&name)
+            && self.bytes - entry.1 + size <= self.budget
+        {
+            self.bytes = self.bytes - entry.1 + size;
+            *entry = (doc, size);
+            return;
+        }
         if let Some((_, old)) = self.docs.swap_remove(&name) {
             self.bytes -= old;
         }

@@ -96,7 +96,8 @@ async fn update_shadow(
         Action::UpdateThingShadow,
         &shadow_resource(&thing, q.name.as_deref()),
     )?;
-    Ok(json_ok(s.shadows.update(&key, &body).await?))
+    let accepted = s.shadows.update(&key, &body).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], accepted).into_response())
 }
 
 async fn delete_shadow(

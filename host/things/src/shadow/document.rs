@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::delta::{compute_delta, delta_metadata};
 use super::error::ShadowError;
 use super::limits::ShadowLimits;
-use super::merge::{fresh_metadata, merge_section, serialized_len};
+use super::merge::{merge_section, serialized_len};
 use super::names::{ShadowName, ThingName};
 use super::request::{StatePatch, UpdateRequest};
 
@@ -283,12 +283,137 @@ pub fn update_payloads(
 /// The `/update/accepted` payload of `request`, accepted as `version`: the request's state
 /// with a timestamp for each of its leaves, the version, the timestamp and the clientToken.
 pub fn accepted_payload(request: &UpdateRequest, version: u64, now_secs: u64) -> Value {
-    let echoed = request.state().to_json();
-    let mut accepted = Map::new();
-    accepted.insert("metadata".into(), fresh_metadata(&echoed, now_secs));
-    accepted.insert("state".into(), echoed);
-    accepted.insert("version".into(), version.into());
-    envelope(accepted, request.client_token(), now_secs)
+    // A view of borrowed parts always serializes.
+    serde_json::to_value(AcceptedView::of(request, version, now_secs)).unwrap_or_default()
+}
+
+/// [`accepted_payload`] as compact JSON, written straight from the request: no `Value` tree
+/// is cloned from the patch only to be serialized and dropped (every MQTT and HTTP update
+/// sends this).
+pub fn accepted_json(request: &UpdateRequest, version: u64, now_secs: u64) -> Vec<u8> {
+    serde_json::to_vec(&AcceptedView::of(request, version, now_secs)).unwrap_or_default()
+}
+
+/// The borrowed shape of `/update/accepted` (field order = key order).
+#[derive(Serialize)]
+struct AcceptedView<'a> {
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+    metadata: PatchView<'a>,
+    state: PatchView<'a>,
+    timestamp: u64,
+    version: u64,
+}
+
+impl<'a> AcceptedView<'a> {
+    fn of(request: &'a UpdateRequest, version: u64, now_secs: u64) -> Self {
+        AcceptedView {
+            client_token: request.client_token(),
+            metadata: PatchView {
+                patch: request.state(),
+                stamp: Some(now_secs),
+            },
+            state: PatchView {
+                patch: request.state(),
+                stamp: None,
+            },
+            timestamp: now_secs,
+            version,
+        }
+    }
+}
+
+/// A request's `state` node as received ([`StatePatch::to_json`]), or with `stamp` its
+/// metadata: the same shape with `{"timestamp": stamp}` for every leaf (what `fresh_metadata`
+/// builds as a `Value`).
+struct PatchView<'a> {
+    patch: &'a StatePatch,
+    stamp: Option<u64>,
+}
+
+impl Serialize for PatchView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use super::request::SectionPatch;
+        use serde::ser::SerializeMap as _;
+        let StatePatch::Sections { desired, reported } = self.patch else {
+            return ValueView::of(&Value::Null, self.stamp).serialize(s);
+        };
+        let named = [("desired", desired), ("reported", reported)];
+        let present = named
+            .iter()
+            .filter(|(_, p)| !matches!(p, SectionPatch::Keep))
+            .count();
+        let mut map = s.serialize_map(Some(present))?;
+        for (name, section) in named {
+            match section {
+                SectionPatch::Keep => {}
+                SectionPatch::Remove => {
+                    map.serialize_entry(name, &ValueView::of(&Value::Null, self.stamp))?
+                }
+                SectionPatch::Merge(patch) => map.serialize_entry(name, &MapView(patch, self.stamp))?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A JSON value as it is (`stamp` `None`) or as its metadata (see [`PatchView`]).
+enum ValueView<'a> {
+    Plain(&'a Value),
+    Map(MapView<'a>),
+    Array(&'a [Value], u64),
+    Leaf(u64),
+}
+
+impl<'a> ValueView<'a> {
+    fn of(value: &'a Value, stamp: Option<u64>) -> Self {
+        match (value, stamp) {
+            (_, None) => ValueView::Plain(value),
+            (Value::Object(map), Some(_)) => ValueView::Map(MapView(map, stamp)),
+            (Value::Array(items), Some(t)) => ValueView::Array(items, t),
+            (_, Some(t)) => ValueView::Leaf(t),
+        }
+    }
+}
+
+impl Serialize for ValueView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap as _, SerializeSeq as _};
+        match self {
+            ValueView::Plain(v) => v.serialize(s),
+            ValueView::Map(m) => m.serialize(s),
+            ValueView::Array(items, t) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in *items {
+                    seq.serialize_element(&ValueView::of(item, Some(*t)))?;
+                }
+                seq.end()
+            }
+            ValueView::Leaf(t) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("timestamp", t)?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// An object as it is or as its metadata (see [`PatchView`]).
+struct MapView<'a>(&'a Map<String, Value>, Option<u64>);
+
+impl Serialize for MapView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let MapView(map, stamp) = self;
+        if stamp.is_none() {
+            return map.serialize(s);
+        }
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (k, v) in *map {
+            out.serialize_entry(k, &ValueView::of(v, *stamp))?;
+        }
+        out.end()
+    }
 }
 
 /// The `/update/delta` payload of an updated shadow, `None` when it has no delta (see

@@ -79,9 +79,9 @@ mod topic;
 
 pub use delta::{compute_delta, delta_metadata};
 pub use document::{
-    DeleteOutcome, Section, StoredShadow, UpdateOutcome, UpdatePayloads, accepted_payload, apply_delete,
-    apply_update, delete_payload, delta_payload, documents_json, get_payload, get_response, update_payloads,
-    updated_shadow,
+    DeleteOutcome, Section, StoredShadow, UpdateOutcome, UpdatePayloads, accepted_json, accepted_payload,
+    apply_delete, apply_update, delete_payload, delta_payload, documents_json, get_payload, get_response,
+    update_payloads, updated_shadow,
 };
 pub use error::ShadowError;
 pub use limits::ShadowLimits;

@@ -108,9 +108,9 @@ impl UpdateRequest {
         let Ok(Value::Object(mut root)) = serde_json::from_str::<Value>(text) else {
             return Err(reject(ShadowError::invalid_json(), None));
         };
-        let client_token = match root.get("clientToken") {
+        let client_token = match root.remove("clientToken") {
             None | Some(Value::Null) => None,
-            Some(Value::String(token)) if token.len() <= limits.max_client_token_bytes => Some(token.clone()),
+            Some(Value::String(token)) if token.len() <= limits.max_client_token_bytes => Some(token),
             Some(_) => return Err(reject(ShadowError::invalid_client_token(), None)),
         };
         let reject = |error: ShadowError| reject(error, client_token.clone());

@@ -261,9 +261,9 @@ impl ShadowService {
         );
     }
 
-    /// Update (`POST /things/{thing}/shadow`, `…/update`): the `/update/accepted` payload.
-    /// Accepted, delta and documents messages are published for every caller.
-    pub async fn update(&self, key: &ShadowKey, body: &[u8]) -> Result<Value, Rejection> {
+    /// Update (`POST /things/{thing}/shadow`, `…/update`): the `/update/accepted` payload, as
+    /// JSON. Accepted, delta and documents messages are published for every caller.
+    pub async fn update(&self, key: &ShadowKey, body: &[u8]) -> Result<Vec<u8>, Rejection> {
         self.update_as(key, body, None).await
     }
 
@@ -274,7 +274,7 @@ impl ShadowService {
         key: &ShadowKey,
         body: &[u8],
         requester: Option<&ClientId>,
-    ) -> Result<Value, Rejection> {
+    ) -> Result<Vec<u8>, Rejection> {
         let r = self.apply_update(key, body, requester).await;
         self.metrics.answered(ShadowOp::Update, &r);
         r
@@ -285,10 +285,9 @@ impl ShadowService {
         key: &ShadowKey,
         body: &[u8],
         requester: Option<&ClientId>,
-    ) -> Result<Value, Rejection> {
+    ) -> Result<Vec<u8>, Rejection> {
         let limits = self.cfg.limits;
         let req = UpdateRequest::parse(body, &limits).map_err(|r| Rejection::new(r.error, r.client_token))?;
-        let token = req.client_token().map(str::to_owned);
         let now = now_secs();
         let req = Arc::new(req);
         // Only the merge runs inside the store's critical section (for the embedded store, its
@@ -302,12 +301,11 @@ impl ShadowService {
                 // Each response is built only if someone would receive it (see `audience`).
                 let (thing, shadow) = (&key.thing, key.shadow.as_ref());
                 let client_token = req.client_token();
-                let accepted = super::accepted_payload(&req, current.version, now);
-                self.publish_as(
-                    &response_topic(thing, shadow, ShadowResponse::UpdateAccepted),
-                    &accepted,
-                    requester,
-                );
+                let accepted = super::accepted_json(&req, current.version, now);
+                if let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateAccepted))
+                {
+                    self.send(t, accepted.clone(), requester);
+                }
                 // Without a desired section there is no delta: no topic to check.
                 if current.desired.is_some()
                     && let Some(t) = self.audience(response_topic(thing, shadow, ShadowResponse::UpdateDelta))
@@ -323,8 +321,8 @@ impl ShadowService {
                 }
                 Ok(accepted)
             }
-            Ok(Mutated::Rejected(e)) => Err(Rejection::new(e, token)),
-            Err(e) => Err(store_failure(e, token)),
+            Ok(Mutated::Rejected(e)) => Err(Rejection::new(e, req.client_token().map(str::to_owned))),
+            Err(e) => Err(store_failure(e, req.client_token().map(str::to_owned))),
         }
     }
 
@@ -478,7 +476,6 @@ impl ShadowService {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&topic.thing, &topic.shadow).hash(&mut h);
         let shard = (h.finish() as usize) % self.shards.len();
-        let rejected = topic.rejected_topic();
         let job = Job {
             topic,
             payload,
@@ -491,7 +488,7 @@ impl ShadowService {
             let token = request_client_token(&job.payload, &self.cfg.limits);
             self.metrics.record(job.topic.op, 429);
             self.publish(
-                &rejected,
+                &job.topic.rejected_topic(),
                 &Rejection::new(ShadowError::too_many_requests(), token).payload(),
             );
             self.done(client_id);
@@ -576,6 +573,17 @@ async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>
     }
 }
 
+/// Whether `topic` may be a shadow request (or a malformed one, answered on `/rejected`):
+/// under `$aws/things/` and ending in an operation, as [`ShadowTopic::parse`] requires. A
+/// cheap test first, since every response the service publishes comes by here twice (its
+/// audience check, then its hooks).
+fn maybe_request(topic: &str) -> bool {
+    topic.starts_with("$aws/things/")
+        && ["/update", "/get", "/delete"]
+            .iter()
+            .any(|op| topic.ends_with(op))
+}
+
 /// Sees `$aws/things/…/shadow/…` requests on the broker and hands them to the service.
 struct ShadowHook {
     svc: std::sync::Weak<ShadowService>,
@@ -584,12 +592,11 @@ struct ShadowHook {
 impl MessageHook for ShadowHook {
     /// Only shadow requests (never the service's own responses).
     fn wants(&self, topic: &Topic) -> bool {
-        let t = topic.as_str();
-        t.starts_with("$aws/things/") && ShadowTopic::parse(t).is_some()
+        maybe_request(topic.as_str()) && ShadowTopic::parse(topic.as_str()).is_some()
     }
 
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
-        if !msg.topic.as_str().starts_with("$aws/things/") {
+        if !maybe_request(msg.topic.as_str()) {
             return HookOutcome::Continue;
         }
         let Some(parsed) = ShadowTopic::parse(msg.topic.as_str()) else {

@@ -157,10 +157,19 @@ impl ShadowTopic {
     /// Matching is case-sensitive, as MQTT topics are.
     pub fn parse(topic: &str) -> Option<Result<ShadowTopic, InvalidShadowTopic>> {
         let rest = topic.strip_prefix("$aws/things/")?;
-        let segments: Vec<&str> = rest.split('/').collect();
-        let (thing, shadow, op) = match segments.as_slice() {
-            [thing, "shadow", op] => (*thing, None, *op),
-            [thing, "shadow", "name", shadow, op] => (*thing, Some(*shadow), *op),
+        // At most five segments are read; a sixth means no match (no Vec of them).
+        let mut it = rest.splitn(6, '/');
+        let segments = [it.next(), it.next(), it.next(), it.next(), it.next(), it.next()];
+        let (thing, shadow, op) = match segments {
+            [Some(thing), Some("shadow"), Some(op), None, None, None] => (thing, None, op),
+            [
+                Some(thing),
+                Some("shadow"),
+                Some("name"),
+                Some(shadow),
+                Some(op),
+                None,
+            ] => (thing, Some(shadow), op),
             _ => return None,
         };
         let op = ShadowOp::from_segment(op)?;
@@ -222,7 +231,10 @@ pub fn request_topic(thing: &ThingName, shadow: Option<&ShadowName>, op: ShadowO
 /// `{prefix}/{suffix}`: where the service publishes a response, e.g.
 /// `$aws/things/t1/shadow/name/cfg/update/delta`.
 pub fn response_topic(thing: &ThingName, shadow: Option<&ShadowName>, response: ShadowResponse) -> String {
-    format!("{}/{}", topic_prefix(thing, shadow), response.suffix())
+    let mut topic = topic_prefix(thing, shadow);
+    topic.push('/');
+    topic.push_str(response.suffix());
+    topic
 }
 
 #[cfg(test)]

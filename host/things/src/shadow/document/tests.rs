@@ -1,6 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::shadow::merge::fresh_metadata;
 
 mod size;
 
@@ -692,4 +693,38 @@ fn documents_payload_bytes_are_compact_with_sorted_keys() {
     let v: Value = serde_json::from_slice(&recreated).unwrap();
     assert_eq!(v["previous"], Value::Null);
     assert!(v.get("clientToken").is_none());
+}
+
+/// `accepted_json` writes, byte for byte, what serializing the accepted payload built as a
+/// `Value` (the request's state echoed, `fresh_metadata` of it) gives, for every shape a
+/// request's state can take.
+#[test]
+fn accepted_json_is_the_value_built_payload_written_directly() {
+    let bodies = [
+        json!({"state": {"reported": {"temp": -18.5, "door": "closed", "seq": 123}}, "clientToken": "abc"}),
+        json!({"state": {
+            "desired": {"a": {"b": {"c": [1, [2, {"d": true}], {}]}}, "e": null},
+            "reported": null
+        }}),
+        json!({"state": null, "clientToken": "t"}),
+        json!({"state": {}}),
+        json!({"state": {"desired": null}}),
+        json!({"state": {"reported": {"list": [], "obj": {}, "s": "x", "n": 1}}, "version": 4}),
+    ];
+    for body in bodies {
+        let req = request(body.clone());
+        let echoed = req.state().to_json();
+        let mut expected = json!({
+            "metadata": fresh_metadata(&echoed, 1_700_000_000),
+            "state": echoed,
+            "timestamp": 1_700_000_000u64,
+            "version": 9,
+        });
+        if let Some(token) = req.client_token() {
+            expected["clientToken"] = json!(token);
+        }
+        let bytes = accepted_json(&req, 9, 1_700_000_000);
+        assert_eq!(String::from_utf8(bytes).unwrap(), expected.to_string(), "{body}");
+        assert_eq!(accepted_payload(&req, 9, 1_700_000_000), expected, "{body}");
+    }
 }
