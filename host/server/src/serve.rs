@@ -25,7 +25,7 @@ use shoal_rules::{EngineConfig, EngineDeps, RulesEngine};
 use shoal_things::registry::{Registry, RegistryConfig, RegistryError, RegistryLimits};
 use shoal_things::shadow::{ShadowConfig, ShadowKey, ShadowName, ShadowService, ThingName};
 
-use crate::api::{AppState, router};
+use crate::api::{AppServices, router};
 use crate::config::{AnonymousSetting, Config, HttpAuth};
 
 /// Runs the server until a shutdown signal.
@@ -218,7 +218,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut state = AppState::new(
+    let mut state = AppServices::new(
         broker.clone(),
         shadows.clone(),
         identity.clone(),
@@ -231,7 +231,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.body_read_timeout = cfg.http_read_timeout;
     state.archive_dir = Some(cfg.data_dir.join("archive"));
     state.dashboard_dir = cfg.dashboard_dir.clone();
-    let mut app = router(state);
+    let mut app = router(state.into());
     if let Some(token) = ws_token {
         // `/mqtt` finds it in the request's extensions (see api::ws).
         app = app.layer(axum::Extension(token));

@@ -35,9 +35,30 @@ use shoal_rules::RulesEngine;
 use shoal_things::registry::Registry;
 use shoal_things::shadow::ShadowService;
 
-/// Shared state of the HTTP handlers.
+/// Shared state of the HTTP handlers: one reference to the [`AppServices`]. axum clones the
+/// state for every extractor and middleware of every request; one shared count to bump
+/// instead of one per service (a dozen atomic increments and decrements, their cache lines
+/// bouncing between the cores, several times per request).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppServices>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+impl From<AppServices> for AppState {
+    fn from(services: AppServices) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+/// What the HTTP handlers serve from, set up before the router is built ([`router`]).
+#[derive(Debug)]
+pub struct AppServices {
     /// The broker.
     pub broker: Arc<Broker>,
     /// Device shadows.
@@ -142,8 +163,8 @@ async fn count_answers(
     resp
 }
 
-impl AppState {
-    /// State for the handlers.
+impl AppServices {
+    /// Services for the handlers, with the default settings.
     pub fn new(
         broker: Arc<Broker>,
         shadows: Arc<ShadowService>,
@@ -152,7 +173,7 @@ impl AppState {
         plugins: PluginHost,
         rules: RulesEngine,
     ) -> Self {
-        AppState {
+        AppServices {
             broker,
             shadows,
             identity,

@@ -713,9 +713,9 @@ mod tests {
             },
         )
         .unwrap();
-        let mut state = AppState::new(broker, shadows, identity, registry, plugins, rules);
+        let mut state = super::super::AppServices::new(broker, shadows, identity, registry, plugins, rules);
         state.sigv4 = false;
-        let app = super::super::router(state);
+        let app = super::super::router(state.into());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
