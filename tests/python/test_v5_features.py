@@ -159,6 +159,45 @@ def test_topic_alias_to_client(shoal):
     assert (m.topic, m.payload, m.raw_topic) == ("tas/a", b"again", "tas/a")
 
 
+def test_receive_maximum_window_moves_one_message_per_puback(shoal):
+    """[MQTT-3.3.4-9]: to a client with Receive Maximum 2 the server has at most 2 QoS 1
+    messages unacknowledged; the rest wait in the session, and each PUBACK lets exactly the
+    next one go (the acknowledgement wakes the connection's sender), until all arrive in order."""
+    r = raw.RawClient(shoal.host, shoal.mqtt_port)
+    try:
+        r.connect(unique("rmax"), version=5, properties=raw.props(raw.prop_u16(raw.P_RECEIVE_MAXIMUM, 2)))
+        r.send(raw.subscribe([("rmax/t", 1)], version=5))
+        assert r.recv_type(raw.SUBACK) is not None
+        pub = shoal.client(version=V5)
+        for i in range(8):
+            pub.publish("rmax/t", f"{i}".encode(), qos=1)
+        unacked: list[int] = []
+        got: list[bytes] = []
+
+        def take() -> None:
+            p = r.recv_type(raw.PUBLISH, timeout=5)
+            assert p is not None, f"no PUBLISH after {got}"
+            topic_len = int.from_bytes(p.body[0:2], "big")
+            i = 2 + topic_len
+            unacked.append(int.from_bytes(p.body[i:i + 2], "big"))
+            props_len, j = raw.read_varint(p.body, i + 2)
+            got.append(p.body[j + props_len:])
+
+        take()
+        take()
+        assert r.recv(timeout=0.5) is None, "a third message went out with 2 unacknowledged"
+        while len(got) < 8:
+            r.send(raw.puback(unacked.pop(0)))
+            take()
+            assert len(unacked) == 2
+        assert got == [f"{i}".encode() for i in range(8)]
+        for pid in unacked:
+            r.send(raw.puback(pid))
+        assert r.recv(timeout=0.3) is None, "more messages than were published"
+    finally:
+        r.close()
+
+
 # -- message expiry ------------------------------------------------------------------------------
 
 def test_message_expiry_for_offline_session(shoal):
