@@ -1074,39 +1074,36 @@ impl MessageHook for Hook {
             return outcome;
         };
         // Rules that never wait run here, on the I/O thread, in the publisher's order: no
-        // hand-off, no worker wake-up. The others go to a worker.
-        let (inline, deferred) = {
-            let rules = matched.rules();
-            let inline = if inner.inline {
-                rules.iter().filter(|l| l.rule.inline).count()
-            } else {
-                0
-            };
-            (inline, rules.len() - inline)
+        // hand-off, no worker wake-up. The others (the job's rules) go to a worker.
+        let has_inline = inner.inline && matched.rules().iter().any(|l| l.rule.inline);
+        let (deferred, with_inline) = if has_inline {
+            let others = matched
+                .rules()
+                .iter()
+                .filter(|l| !l.rule.inline)
+                .cloned()
+                .collect();
+            (Matched::Many(others), Some(matched))
+        } else {
+            (matched, None)
         };
-        let mut job = Job::new(msg, Publisher::of(&origin), skip, hops, JobRules::LookUp);
-        if inline > 0 {
+        let job = Job::new(
+            msg,
+            Publisher::of(&origin),
+            skip,
+            hops,
+            JobRules::Listed(deferred),
+        );
+        if let Some(all) = with_inline {
             let services = SqlServices { deps: &inner.deps };
             let ctx = job.ctx(&services);
-            for live in matched.rules().iter().filter(|l| l.rule.inline) {
+            for live in all.rules().iter().filter(|l| l.rule.inline) {
                 run_rule(inner, live, &job, &ctx);
             }
         }
-        if deferred == 0 {
+        if matches!(&job.rules, JobRules::Listed(m) if m.rules().is_empty()) {
             return outcome;
         }
-        job.rules = JobRules::Listed(if inline > 0 {
-            Matched::Many(
-                matched
-                    .rules()
-                    .iter()
-                    .filter(|l| !l.rule.inline)
-                    .cloned()
-                    .collect(),
-            )
-        } else {
-            matched
-        });
         enqueue(inner, job);
         outcome
     }

@@ -198,12 +198,13 @@ impl DocCache {
     /// each) to stay within the budget. A document bigger than the whole budget is not kept.
     fn put(&mut self, name: String, doc: Arc<StoredShadow>, size: usize) {
         // The common case, a shadow updated again, in place: one lookup.
-        if let Some(entry) = self.docs.get_mut(&name)
-            && self.bytes - entry.1 + size <= self.budget
-        {
-            self.bytes = self.bytes - entry.1 + size;
-            *entry = (doc, size);
-            return;
+        if let Some(entry) = self.docs.get_mut(&name) {
+            let bytes = self.bytes - entry.1 + size;
+            if bytes <= self.budget {
+                self.bytes = bytes;
+                *entry = (doc, size);
+                return;
+            }
         }
         if let Some((_, old)) = self.docs.swap_remove(&name) {
             self.bytes -= old;

@@ -573,17 +573,6 @@ async fn worker(svc: std::sync::Weak<ShadowService>, mut rx: mpsc::Receiver<Job>
     }
 }
 
-/// Whether `topic` may be a shadow request (or a malformed one, answered on `/rejected`):
-/// under `$aws/things/` and ending in an operation, as [`ShadowTopic::parse`] requires. A
-/// cheap test first, since every response the service publishes comes by here twice (its
-/// audience check, then its hooks).
-fn maybe_request(topic: &str) -> bool {
-    topic.starts_with("$aws/things/")
-        && ["/update", "/get", "/delete"]
-            .iter()
-            .any(|op| topic.ends_with(op))
-}
-
 /// Sees `$aws/things/…/shadow/…` requests on the broker and hands them to the service.
 struct ShadowHook {
     svc: std::sync::Weak<ShadowService>,
@@ -592,13 +581,10 @@ struct ShadowHook {
 impl MessageHook for ShadowHook {
     /// Only shadow requests (never the service's own responses).
     fn wants(&self, topic: &Topic) -> bool {
-        maybe_request(topic.as_str()) && ShadowTopic::parse(topic.as_str()).is_some()
+        ShadowTopic::parse(topic.as_str()).is_some()
     }
 
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
-        if !maybe_request(msg.topic.as_str()) {
-            return HookOutcome::Continue;
-        }
         let Some(parsed) = ShadowTopic::parse(msg.topic.as_str()) else {
             return HookOutcome::Continue;
         };

@@ -157,22 +157,25 @@ impl ShadowTopic {
     /// Matching is case-sensitive, as MQTT topics are.
     pub fn parse(topic: &str) -> Option<Result<ShadowTopic, InvalidShadowTopic>> {
         let rest = topic.strip_prefix("$aws/things/")?;
+        // The operation first: it turns away, before any split, the service's own responses
+        // (`…/accepted`, `…/delta`, ...), which the shadow hook sees twice each.
+        let op = ShadowOp::from_segment(rest.rsplit_once('/')?.1)?;
         // At most five segments are read; a sixth means no match (no Vec of them).
         let mut it = rest.splitn(6, '/');
         let segments = [it.next(), it.next(), it.next(), it.next(), it.next(), it.next()];
-        let (thing, shadow, op) = match segments {
-            [Some(thing), Some("shadow"), Some(op), None, None, None] => (thing, None, op),
+        // (The last segment, checked above, is the operation.)
+        let (thing, shadow) = match segments {
+            [Some(thing), Some("shadow"), Some(_), None, None, None] => (thing, None),
             [
                 Some(thing),
                 Some("shadow"),
                 Some("name"),
                 Some(shadow),
-                Some(op),
+                Some(_),
                 None,
-            ] => (thing, Some(shadow), op),
+            ] => (thing, Some(shadow)),
             _ => return None,
         };
-        let op = ShadowOp::from_segment(op)?;
         let invalid = |error| InvalidShadowTopic {
             topic: topic.to_owned(),
             op,
