@@ -9,7 +9,9 @@
 //!   client whose id is a prefix of another's (`a`, `ab`) never sees the other's entries (unlike
 //!   a concatenated string key would).
 //! * `retained`: `topic -> data`
-//! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`].
+//! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`]; and
+//!   `shadow_log`, the last batch of the shadows' redo log (a file beside this one) that the
+//!   file holds, see [`crate::shadow_log`].
 //! * `registry_records`, `registry_index`: the thing registry, see [`crate::embedded_registry`].
 //! * `stream_entries`, `stream_meta`, `stream_groups`, `stream_pending`, `stream_consumers`:
 //!   streams, see [`crate::embedded_streams`].
@@ -79,7 +81,7 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let path = Arc::new(path.to_path_buf());
         let shadows = EmbeddedShadowStore::start(Arc::clone(&db), Arc::clone(&path))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the shadow writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("embedded shadow store: {e}")))?;
         tracing::info!(path = %path.display(), "embedded store opened");
         Ok(EmbeddedStore { db, path, shadows })
     }

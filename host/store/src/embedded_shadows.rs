@@ -10,24 +10,35 @@
 //!   tombstone to skip, no document to decode, and a thing whose name extends another's (`a`,
 //!   `ab`) is a different tuple prefix, never part of the range.
 //!
-//! # Why group commit
+//! # Why group commit, and the log
 //!
-//! A mutation is durable when `mutate` returns, which for redb means a commit with
-//! [`Durability::Immediate`]: page writes and an `fsync`, about a millisecond on a typical
-//! virtual disk (the `fsync` costs roughly in proportion to the pages the commit dirtied). One
-//! transaction per mutation would cap the store near a thousand updates per second however
-//! many devices report at once. Instead a dedicated writer thread takes *every* mutation
-//! waiting in its channel, runs them in arrival order inside one write transaction and commits
-//! once; then it answers each caller. While it commits, the next batch accumulates. Throughput
-//! therefore grows with the number of concurrent callers instead of being bounded by the commit
-//! latency, and a bigger batch is cheaper per mutation (mutations share dirtied pages).
+//! A mutation is durable when `mutate` returns. One redb commit with [`Durability::Immediate`]
+//! (page writes and an `fsync`) per mutation would cap the store near a thousand updates per
+//! second however many devices report at once. Instead a dedicated writer thread takes
+//! *every* mutation waiting in its channel, runs them in arrival order inside one write
+//! transaction and commits once, **without** a sync ([`Durability::None`]); it appends the
+//! documents the batch wrote to the shadow log (a file beside the redb file, see
+//! [`crate::shadow_log`]) and hands the batch to a second thread, which syncs the log (one
+//! small write, for every batch committed since its last sync) and only then answers the
+//! batch's callers. Meanwhile the writer runs the next batch: the sync, which redb would hold
+//! its write lock through, no longer stops the merging. Every so often the writer commits a
+//! batch durably instead (a checkpoint), after which the log starts over. Throughput grows with
+//! the number of concurrent callers instead of being bounded by the commit latency, and a
+//! bigger batch is cheaper per mutation (mutations share dirtied pages).
+//!
+//! Readers (below) may see a batch a little before its callers are answered: between its
+//! commit and its log's sync. If the machine fails in that window, the batch is lost although
+//! someone read it; its writers were never told it succeeded.
 //!
 //! Each mutation's function reads the document through the batch's write transaction, so it
 //! sees the writes of the mutations before it in the same batch: the batch is exactly the
 //! sequential execution of its mutations, and redb's single-writer lock serialises batches with
 //! each other and with the broker's own transactions. If anything fails at the storage level,
 //! the transaction is dropped (aborted) and every caller in the batch gets the error: nothing of
-//! the batch is written. Callers are answered only after the commit, rejections included.
+//! the batch is written. Callers are answered only after the commit and the log's sync,
+//! rejections included (a rejection may rest on what an earlier, unsynced batch wrote). If the
+//! log cannot be written or synced, every caller of the batches concerned gets an error and the
+//! store refuses all writes until shoal restarts (recovery then replays what reached the log).
 //!
 //! The writer lingers briefly before committing a batch while mutations keep arriving (up to
 //! 30 µs between two, 1 ms in all). Measured with 64 concurrent callers, this keeps batches
@@ -36,7 +47,8 @@
 //! more, smaller commits, and a commit's cost is mostly per page, not per mutation.)
 //!
 //! Reads ([`ShadowStore::get`], [`ShadowStore::list_named`]) use read transactions on tokio's
-//! blocking pool and never wait for the writer; they see the last committed batch.
+//! blocking pool and never wait for the writer; they see the last committed batch (see above on
+//! reading ahead of the log's sync).
 //!
 //! # The writer's document cache
 //!
@@ -49,11 +61,12 @@
 //! documents that were never committed.
 
 use std::any::Any;
+use std::fs::File;
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -62,6 +75,8 @@ use shoal_things::shadow::{
     Mutated, Mutation, ShadowKey, ShadowName, ShadowStore, ShadowStoreError, StoredShadow, ThingName,
 };
 use tokio::sync::oneshot;
+
+use crate::shadow_log::{LOG_SEQ, ShadowLog};
 
 /// `storage_name -> JSON document`.
 pub(crate) const SHADOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("shadows");
@@ -131,14 +146,30 @@ enum Reply {
 }
 
 impl EmbeddedShadowStore {
-    /// Starts the writer thread for `db`. The tables must exist (see
-    /// [`crate::EmbeddedStore::open`]).
-    pub(crate) fn start(db: Arc<Database>, path: Arc<PathBuf>) -> std::io::Result<EmbeddedShadowStore> {
+    /// Replays the shadow log into `db` (see [`crate::shadow_log`]) and starts the writer and
+    /// syncer threads. The tables must exist (see [`crate::EmbeddedStore::open`]).
+    pub(crate) fn start(db: Arc<Database>, path: Arc<PathBuf>) -> Result<EmbeddedShadowStore, String> {
+        let (log, _) = ShadowLog::open(&db, &path)?;
         let (jobs, rx) = mpsc::channel();
+        let (done, synced) = mpsc::channel();
+        let failed = Arc::new(OnceLock::new());
+        let file = log.file();
+        let syncer_failed = Arc::clone(&failed);
+        std::thread::Builder::new()
+            .name("shoal-shadow-sync".into())
+            .spawn(move || syncer_loop(&file, &synced, &syncer_failed))
+            .map_err(|e| format!("cannot start the shadow log's sync thread: {e}"))?;
         let weak = Arc::downgrade(&db);
+        let writer = Writer {
+            log,
+            cache: DocCache::new(CACHE_BYTES),
+            done,
+            failed,
+        };
         std::thread::Builder::new()
             .name("shoal-shadow-writer".into())
-            .spawn(move || writer_loop(&weak, &rx))?;
+            .spawn(move || writer_loop(&weak, &rx, writer))
+            .map_err(|e| format!("cannot start the shadow writer thread: {e}"))?;
         Ok(EmbeddedShadowStore { db, path, jobs })
     }
 
@@ -228,11 +259,55 @@ impl DocCache {
     }
 }
 
+/// What the writer thread owns.
+struct Writer {
+    log: ShadowLog,
+    cache: DocCache,
+    /// Committed batches, to the syncer thread, which answers their callers.
+    done: mpsc::Sender<Committed>,
+    /// Set (by either thread) when the log could not be written or synced: from then on every
+    /// mutation fails with this message, since what was acknowledged can no longer be made
+    /// durable in order.
+    failed: Arc<OnceLock<String>>,
+}
+
+/// A committed batch on its way to the syncer thread.
+struct Committed {
+    jobs: Vec<Job>,
+    replies: Vec<Reply>,
+    /// The batch's record is in the log and must be synced before the callers hear of it
+    /// (otherwise it was a checkpoint, durable already, or it wrote nothing; it is still
+    /// answered only after the batches before it, whose results it may have read).
+    sync: bool,
+}
+
+impl Committed {
+    fn answer(self) {
+        for (job, reply) in self.jobs.into_iter().zip(self.replies) {
+            // The caller may have given up (its future was dropped); nothing to tell then.
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    fn fail(self, why: &str) {
+        for job in self.jobs {
+            let _ = job
+                .reply
+                .send(Reply::Done(Err(ShadowStoreError::Unavailable(why.to_owned()))));
+        }
+    }
+}
+
 /// The writer thread: one batch per wake-up until every sender is gone.
-fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
+fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>, mut writer: Writer) {
     let mut previous_len = 0;
-    let mut cache = DocCache::new(CACHE_BYTES);
     while let Ok(first) = rx.recv() {
+        if let Some(why) = writer.failed.get() {
+            let _ = first
+                .reply
+                .send(Reply::Done(Err(ShadowStoreError::Unavailable(why.clone()))));
+            continue;
+        }
         // Only upgraded for the batch: between batches the thread does not keep the file open.
         let Some(db) = db.upgrade() else {
             let closed = ShadowStoreError::Unavailable("embedded store is closed".into());
@@ -240,12 +315,39 @@ fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
             continue;
         };
         // A lone caller (the last batch had one mutation) does not wait for company.
-        previous_len = run_batch(&db, &mut cache, first, rx, previous_len > 1);
+        previous_len = run_batch(&db, &mut writer, first, rx, previous_len > 1);
     }
 }
 
-/// Runs one batch starting with `first` and commits it, then answers every caller in it;
-/// returns the batch size.
+/// The syncer thread: takes every committed batch waiting, syncs the log once for all of them
+/// (if any wrote to it), then answers their callers in order.
+fn syncer_loop(file: &File, rx: &mpsc::Receiver<Committed>, failed: &OnceLock<String>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        let synced = if group.iter().any(|c| c.sync) {
+            file.sync_data()
+        } else {
+            Ok(())
+        };
+        match synced {
+            Ok(()) => group.into_iter().for_each(Committed::answer),
+            Err(e) => {
+                let why = format!(
+                    "the embedded shadow store could not sync its log ({e}); it refuses writes \
+                     until shoal restarts"
+                );
+                tracing::error!(error = %e, "shadow log sync failed; shadow writes refused until restart");
+                let _ = failed.set(why.clone());
+                let why = failed.get().unwrap_or(&why);
+                group.into_iter().for_each(|c| c.fail(why));
+            }
+        }
+    }
+}
+
+/// Runs one batch starting with `first` and commits it, then hands it to the syncer thread,
+/// which answers every caller in it; returns the batch size.
 ///
 /// The batch takes every mutation already queued and, with `linger`, keeps taking mutations as
 /// long as they arrive less than [`BATCH_GAP`] apart, waiting for them for at most
@@ -257,25 +359,25 @@ fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>) {
 /// is mostly per page written, not per mutation) for the same work.
 fn run_batch(
     db: &Database,
-    cache: &mut DocCache,
+    writer: &mut Writer,
     first: Job,
     rx: &mpsc::Receiver<Job>,
     linger: bool,
 ) -> usize {
     let mut jobs = Vec::new();
     let mut replies = Vec::new();
-    let result = write_batch(db, cache, first, rx, linger, &mut jobs, &mut replies);
+    let result = write_batch(db, writer, first, rx, linger, &mut jobs, &mut replies);
     let n = jobs.len();
     match result {
-        Ok(()) => {
-            for (job, reply) in jobs.into_iter().zip(replies) {
-                // The caller may have given up (its future was dropped); nothing to tell then.
-                let _ = job.reply.send(reply);
+        Ok(sync) => {
+            if let Err(mpsc::SendError(batch)) = writer.done.send(Committed { jobs, replies, sync }) {
+                // Only if the syncer thread died, which it does not do by itself.
+                batch.fail("embedded shadow store: the log's sync thread is gone");
             }
         }
         Err(e) => {
             // The cache may hold documents of the aborted transaction.
-            cache.clear();
+            writer.cache.clear();
             tracing::warn!(mutations = n, error = %e, "embedded shadow batch failed");
             for job in jobs {
                 let _ = job.reply.send(Reply::Done(Err(e.clone())));
@@ -285,30 +387,39 @@ fn run_batch(
     n
 }
 
-/// One write transaction for the whole batch, committed with [`Durability::Immediate`]. Every
-/// job taken is pushed to `jobs` (so it is answered whatever happens) and, once run, its answer
-/// to `replies`. An `Err` means the transaction was aborted and nothing was written; the
-/// answers are only true once the commit succeeded, which is why they are not sent here.
+/// One write transaction for the whole batch, committed without a sync, its documents then
+/// appended to the log (or, every so often, committed with [`Durability::Immediate`] as a
+/// checkpoint; see [`crate::shadow_log`]). Returns whether the log must be synced before the
+/// callers are answered. Every job taken is pushed to `jobs` (so it is answered whatever
+/// happens) and, once run, its answer to `replies`. An `Err` means the batch failed: nothing
+/// was written, or (the log could not be written) the store now refuses writes.
 fn write_batch(
     db: &Database,
-    cache: &mut DocCache,
+    writer: &mut Writer,
     first: Job,
     rx: &mpsc::Receiver<Job>,
     linger: bool,
     jobs: &mut Vec<Job>,
     replies: &mut Vec<Reply>,
-) -> Result<(), ShadowStoreError> {
+) -> Result<bool, ShadowStoreError> {
     let started = Instant::now();
     jobs.push(first);
+    let checkpoint = writer.log.checkpoint_due();
+    writer.log.begin();
     let mut txn = db.begin_write().map_err(|e| redb_err("begin", e))?;
-    txn.set_durability(Durability::Immediate)
+    let durability = if checkpoint {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
         .map_err(|e| redb_err("durability", e))?;
     {
         let open = |e: redb::TableError| redb_err("opening table", e);
         let mut docs = txn.open_table(SHADOWS).map_err(open)?;
         let mut named = txn.open_table(NAMED_SHADOWS).map_err(open)?;
         while let Some(job) = jobs.get(replies.len()) {
-            replies.push(apply_job(&mut docs, &mut named, cache, job)?);
+            replies.push(apply_job(&mut docs, &mut named, writer, job)?);
             if jobs.len() >= MAX_BATCH {
                 break;
             }
@@ -324,8 +435,29 @@ fn write_batch(
                 None => break,
             }
         }
+        if writer.log.has_entries() {
+            let mut seqs = txn.open_table(LOG_SEQ).map_err(open)?;
+            writer.log.mark(&mut seqs).map_err(|e| redb_err("write", e))?;
+        }
     }
-    txn.commit().map_err(|e| redb_err("commit", e))
+    txn.commit().map_err(|e| redb_err("commit", e))?;
+    if checkpoint {
+        writer.log.checkpointed();
+        return Ok(false);
+    }
+    if !writer.log.has_entries() {
+        return Ok(false);
+    }
+    writer.log.append().map_err(|e| {
+        let why = format!(
+            "the embedded shadow store could not write its log ({e}); it refuses writes until \
+             shoal restarts"
+        );
+        tracing::error!(error = %e, "shadow log write failed; shadow writes are refused until restart");
+        let _ = writer.failed.set(why.clone());
+        ShadowStoreError::Unavailable(why)
+    })?;
+    Ok(true)
 }
 
 /// Reads the current document (from the cache, else through the write transaction, so earlier
@@ -335,9 +467,10 @@ fn write_batch(
 fn apply_job(
     docs: &mut Table<&str, &[u8]>,
     named: &mut Table<(&str, &str), ()>,
-    cache: &mut DocCache,
+    writer: &mut Writer,
     job: &Job,
 ) -> Result<Reply, ShadowStoreError> {
+    let cache = &mut writer.cache;
     if job.reply.is_closed() {
         // The caller is gone (cancelled or timed out): it cannot learn the outcome, so do not
         // write something nobody asked for any more.
@@ -376,8 +509,9 @@ fn apply_job(
             named.remove(index_key).map_err(|e| redb_err("write", e))?;
         }
     }
+    writer.log.add(&name, current.exists(), &bytes);
     let current = Arc::new(current);
-    cache.put(name, Arc::clone(&current), bytes.len());
+    writer.cache.put(name, Arc::clone(&current), bytes.len());
     Ok(Reply::Done(Ok(Mutated::Applied { previous, current })))
 }
 

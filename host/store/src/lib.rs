@@ -46,6 +46,7 @@ pub mod redis_rules;
 pub mod redis_shadows;
 pub mod redis_store;
 pub mod redis_streams;
+pub mod shadow_log;
 
 pub use embedded::EmbeddedStore;
 pub use embedded_registry::EmbeddedRegistryStore;
