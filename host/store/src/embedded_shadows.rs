@@ -37,8 +37,11 @@
 //! the transaction is dropped (aborted) and every caller in the batch gets the error: nothing of
 //! the batch is written. Callers are answered only after the commit and the log's sync,
 //! rejections included (a rejection may rest on what an earlier, unsynced batch wrote). If the
-//! log cannot be written or synced, every caller of the batches concerned gets an error and the
-//! store refuses all writes until shoal restarts (recovery then replays what reached the log).
+//! log cannot be written or synced, every caller of the batches concerned (and of any batch not
+//! answered yet) gets an error and the store refuses all writes until shoal restarts. Such a
+//! failed write may still have been applied: its batch had committed to redb, where readers see
+//! it and a later durable commit (of the broker's own tables, say, or at shutdown) or the
+//! replay of what reached the log can keep it; as with a timeout, the caller cannot know.
 //!
 //! The writer lingers briefly before committing a batch while mutations keep arriving (up to
 //! 30 µs between two, 1 ms in all). Measured with 64 concurrent callers, this keeps batches
@@ -331,6 +334,15 @@ fn syncer_loop(file: &File, rx: &mpsc::Receiver<Committed>, failed: &OnceLock<St
             Ok(())
         };
         match synced {
+            // A failure reported before (by this thread, or the writer's log write) may have
+            // dropped pages that a later sync no longer reports: nothing after it is answered
+            // as durable.
+            Ok(()) if failed.get().is_some() => {
+                let why = failed
+                    .get()
+                    .map_or("the embedded shadow store failed", String::as_str);
+                group.into_iter().for_each(|c| c.fail(why));
+            }
             Ok(()) => group.into_iter().for_each(Committed::answer),
             Err(e) => {
                 let why = format!(
@@ -439,6 +451,10 @@ fn write_batch(
             let mut seqs = txn.open_table(LOG_SEQ).map_err(open)?;
             writer.log.mark(&mut seqs).map_err(|e| redb_err("write", e))?;
         }
+    }
+    if let Some(why) = writer.failed.get() {
+        // The log failed while this batch ran: do not commit what cannot be made durable.
+        return Err(ShadowStoreError::Unavailable(why.clone()));
     }
     txn.commit().map_err(|e| redb_err("commit", e))?;
     if checkpoint {

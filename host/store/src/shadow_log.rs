@@ -15,11 +15,13 @@
 //!
 //! # Format
 //!
-//! A sequence of records, each `[len: u32][crc: u32][seq: u64][count: u32]` followed by
+//! A sequence of records, each `[len: u32][crc: u32][seq: u64][id: u64][count: u32]` followed by
 //! `count` entries `[name_len: u16][flags: u8][doc_len: u32][name][doc]`, all little-endian.
 //! `len` counts the bytes after the `crc` field, `crc` is the CRC-32 of those bytes. An entry
 //! is the whole document after the batch (its storage name, [`FLAG_EXISTS`] unless it is a
 //! tombstone, and the JSON the `shadows` table holds), so replaying a record twice is harmless.
+//! `id` is a random number the redb file keeps in its `shadow_log` table: a log left beside a
+//! different (say, re-created) database is not replayed into it.
 //!
 //! # Sequence numbers and recovery
 //!
@@ -27,20 +29,23 @@
 //! number in the `shadow_log` table, atomically with the documents. Whatever redb made durable
 //! (its own checkpoints, or any other durable commit on the same file, such as the broker's
 //! session writes) therefore says which records it already contains. On open, the records after
-//! that number are replayed in one durable transaction, in order, as long as they follow each
-//! other without a gap; the first torn, corrupt or out-of-sequence record ends the log (such a
-//! record was never synced, so its callers were never answered). New records then overwrite
-//! the file from its start.
+//! that number are replayed in one durable transaction, in order. The log is the run of
+//! records from the start of the file whose numbers follow each other; the first torn,
+//! corrupt, foreign or out-of-sequence record ends it (such a record was never synced, so its
+//! callers were never answered, or it is older than the run). If the run does not continue
+//! what redb holds (a gap), nothing after the gap is replayed. The file is then emptied (and
+//! synced), so no record written before the reopen can be read as part of a later log.
 //!
 //! # Checkpoints
 //!
 //! When the log has grown past [`CHECKPOINT_BYTES`] or [`CHECKPOINT_AGE`] has passed since the
 //! last checkpoint, the writer commits its next batch with [`Durability::Immediate`], which
 //! makes every earlier batch durable in redb too, and writes the next records from the start
-//! of the file again. The file is not truncated (it grows in zero-filled steps of up to [`GROW_BY`],
-//! so a sync flushes record data only), so older records follow the newest ones: their
-//! numbers are at most the checkpoint's, which redb holds, so recovery skips them, and a
-//! record cut in two by a newer one fails its CRC and ends the log there.
+//! of the file again. The file is not truncated there (it grows in zero-filled steps of up to
+//! [`GROW_BY`], so a sync flushes record data only), so older records follow the newest ones:
+//! their numbers are below the newest's, so they end the log, as does a record cut in two by
+//! a newer one (it fails its CRC). Only [`ShadowLog::open`] empties the file: records it left
+//! could carry the very numbers the next ones get.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -55,14 +60,16 @@ use crate::embedded_shadows::{NAMED_SHADOWS, SHADOWS};
 /// `"applied" -> the sequence number of the last batch in this file`.
 pub(crate) const LOG_SEQ: TableDefinition<&str, u64> = TableDefinition::new("shadow_log");
 const SEQ_KEY: &str = "applied";
+/// `"id" -> the number every record of this file's log carries`.
+const ID_KEY: &str = "id";
 
 /// The entry's shadow exists (is not a tombstone): a named one belongs in `named_shadows`.
 const FLAG_EXISTS: u8 = 1;
 
 /// `len`, `crc`.
 const FRAME: usize = 8;
-/// `seq`, `count`.
-const RECORD_HEAD: usize = 12;
+/// `seq`, `id`, `count`.
+const RECORD_HEAD: usize = 20;
 /// `name_len`, `flags`, `doc_len`.
 const ENTRY_HEAD: usize = 7;
 /// A `len` above this is damage, not a record (a batch is at most 1,024 documents).
@@ -100,6 +107,7 @@ pub(crate) struct Entry<'a> {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Record<'a> {
     pub(crate) seq: u64,
+    pub(crate) id: u64,
     pub(crate) entries: Vec<Entry<'a>>,
 }
 
@@ -113,6 +121,8 @@ pub(crate) struct ShadowLog {
     allocated: u64,
     /// The sequence number of the batch being built.
     seq: u64,
+    /// The database's log id, in every record.
+    id: u64,
     /// The record being built; starts with its frame and head, filled in by [`ShadowLog::seal`].
     buf: Vec<u8>,
     entries: u32,
@@ -121,7 +131,8 @@ pub(crate) struct ShadowLog {
 
 impl ShadowLog {
     /// Opens (creating) the log beside `db_path`, replays into `db` the records redb does not
-    /// hold yet, and empties the file. Returns the log and the number of records replayed.
+    /// hold yet, and empties the file (synced). Returns the log and the number of records
+    /// replayed.
     pub(crate) fn open(db: &Database, db_path: &Path) -> Result<(ShadowLog, usize), String> {
         let path = log_path(db_path);
         let created = !path.exists();
@@ -141,20 +152,16 @@ impl ShadowLog {
                 "shadow log ends in a torn or stale record (never acknowledged); ignoring it"
             );
         }
-        let (last, replayed) =
+        let (last, replayed, id) =
             replay(db, &records).map_err(|e| format!("replaying {}: {e}", path.display()))?;
         if replayed > 0 {
             tracing::info!(path = %path.display(), batches = replayed, "replayed the shadow log");
         }
-        // What the file holds is in redb now, with numbers below the next record's: it is stale,
-        // and overwritten from the start (a file grown far past a checkpoint is cut back).
-        let mut allocated = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if allocated > CHECKPOINT_BYTES + GROW_BY {
-            file.set_len(GROW_BY)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| format!("shrinking {}: {e}", path.display()))?;
-            allocated = GROW_BY;
-        }
+        // What the file holds is in redb now or was never acknowledged: empty it, durably, so
+        // none of it can follow (and be read as part of) the records written from now on.
+        file.set_len(0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("emptying {}: {e}", path.display()))?;
         if created {
             // The file's directory entry must be durable before anything relies on the file.
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -166,8 +173,9 @@ impl ShadowLog {
         let log = ShadowLog {
             file: Arc::new(file),
             len: 0,
-            allocated,
+            allocated: 0,
             seq: last + 1,
+            id,
             buf: Vec::new(),
             entries: 0,
             last_checkpoint: Instant::now(),
@@ -223,11 +231,12 @@ impl ShadowLog {
         self.seal();
         let end = self.len + self.buf.len() as u64;
         if end > self.allocated {
+            // Synced with the record by the sync thread (only that thread syncs, so it is the
+            // one that sees a write-back error).
             let step = self.allocated.clamp(GROW_MIN, GROW_BY);
             let grown = end.max(self.allocated + step).next_multiple_of(GROW_MIN);
             let zeros = vec![0u8; (grown - self.allocated) as usize];
             self.file.write_all_at(&zeros, self.allocated)?;
-            self.file.sync_all()?;
             self.allocated = grown;
         }
         self.file.write_all_at(&self.buf, self.len)?;
@@ -251,7 +260,8 @@ impl ShadowLog {
     fn seal(&mut self) {
         let body_len = u32::try_from(self.buf.len() - FRAME).unwrap_or(u32::MAX);
         self.buf[FRAME..FRAME + 8].copy_from_slice(&self.seq.to_le_bytes());
-        self.buf[FRAME + 8..FRAME + 12].copy_from_slice(&self.entries.to_le_bytes());
+        self.buf[FRAME + 8..FRAME + 16].copy_from_slice(&self.id.to_le_bytes());
+        self.buf[FRAME + 16..FRAME + 20].copy_from_slice(&self.entries.to_le_bytes());
         let crc = crc32fast::hash(&self.buf[FRAME..]);
         self.buf[0..4].copy_from_slice(&body_len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -283,7 +293,8 @@ fn parse_one(bytes: &[u8], at: usize) -> Option<(Record<'_>, usize)> {
         return None;
     }
     let seq = u64::from_le_bytes(body[0..8].try_into().ok()?);
-    let count = u32::from_le_bytes(body[8..12].try_into().ok()?);
+    let id = u64::from_le_bytes(body[8..16].try_into().ok()?);
+    let count = u32::from_le_bytes(body[16..20].try_into().ok()?);
     let mut entries = Vec::new();
     let mut pos = RECORD_HEAD;
     for _ in 0..count {
@@ -302,28 +313,50 @@ fn parse_one(bytes: &[u8], at: usize) -> Option<(Record<'_>, usize)> {
         });
         pos = doc_at + doc_len;
     }
-    (pos == body.len()).then_some((Record { seq, entries }, end))
+    (pos == body.len()).then_some((Record { seq, id, entries }, end))
 }
 
-/// Applies, in one durable transaction, the records after the one redb holds, while they
-/// follow each other. Returns the last sequence number redb now holds and how many records
-/// were applied.
-fn replay(db: &Database, records: &[Record<'_>]) -> Result<(u64, usize), redb::Error> {
+/// Applies, in one durable transaction, the records of the log (see the [module docs](self))
+/// after the one redb holds. Returns the last sequence number redb now holds, how many records
+/// were applied, and the database's log id (chosen now if it had none).
+fn replay(db: &Database, records: &[Record<'_>]) -> Result<(u64, usize, u64), redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut applied = 0;
-    let last = {
+    let (last, id) = {
         let mut seqs = txn.open_table(LOG_SEQ)?;
         let mut docs = txn.open_table(SHADOWS)?;
         let mut named = txn.open_table(NAMED_SHADOWS)?;
         let held = seqs.get(SEQ_KEY)?.map(|v| v.value()).unwrap_or(0);
+        let stored = seqs.get(ID_KEY)?.map(|v| v.value());
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let id = new_id();
+                seqs.insert(ID_KEY, id)?;
+                id
+            }
+        };
         let mut last = held;
-        for record in records.iter().filter(|r| r.seq > held) {
-            if record.seq != last + 1 {
+        let mut previous: Option<u64> = None;
+        for record in records {
+            if record.id != id || previous.is_some_and(|p| record.seq != p + 1) {
                 tracing::info!(
-                    expected = last + 1,
-                    found = record.seq,
-                    "shadow log: out-of-sequence record (stale bytes); the log ends here"
+                    seq = record.seq,
+                    foreign = record.id != id,
+                    "shadow log: a record out of sequence or from another database ends the log"
+                );
+                break;
+            }
+            previous = Some(record.seq);
+            if record.seq <= held {
+                continue;
+            }
+            if record.seq != last + 1 {
+                tracing::warn!(
+                    held,
+                    first = record.seq,
+                    "shadow log: the log does not continue what the database holds; not replayed"
                 );
                 break;
             }
@@ -343,10 +376,20 @@ fn replay(db: &Database, records: &[Record<'_>]) -> Result<(u64, usize), redb::E
         if last != held {
             seqs.insert(SEQ_KEY, last)?;
         }
-        last
+        (last, id)
     };
     txn.commit()?;
-    Ok((last, applied))
+    Ok((last, applied, id))
+}
+
+/// A number no other database's log is likely to carry.
+fn new_id() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()))
 }
 
 #[cfg(test)]
@@ -466,9 +509,43 @@ mod tests {
         let seqs = txn.open_table(LOG_SEQ).expect("table");
         assert_eq!(seqs.get(SEQ_KEY).expect("get").map(|v| v.value()), Some(3));
         drop((seqs, named, docs, txn, log));
-        // The records stay in the file (it is overwritten, not truncated), now stale: opening
-        // again replays nothing.
+        assert_eq!(
+            std::fs::metadata(log_path(&path)).expect("meta").len(),
+            0,
+            "emptied"
+        );
         let (log, replayed) = ShadowLog::open(&db, &path).expect("log");
         assert_eq!((replayed, log.seq), (0, 4));
+    }
+
+    #[test]
+    fn a_log_from_another_database_or_behind_a_gap_is_not_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let (db, mut log) = open(dir.path());
+        // Another database's log, numbered as this one expects (1): not this database's id.
+        let (_other_db, mut foreign) = open(other.path());
+        let stray = record(&mut foreign, &[("a", true, "foreign")]);
+        std::fs::write(log_path(&path), &stray).expect("write log");
+        drop(log);
+        let (reopened, replayed) = ShadowLog::open(&db, &path).expect("log");
+        assert_eq!((replayed, reopened.seq), (0, 1));
+        // This database's records, but starting at 3 when it holds nothing (1 and 2 missing).
+        log = reopened;
+        log.seq = 3;
+        let three = record(&mut log, &[("a", true, "a3")]);
+        std::fs::write(log_path(&path), &three).expect("write log");
+        drop(log);
+        let (_, replayed) = ShadowLog::open(&db, &path).expect("log");
+        assert_eq!(replayed, 0);
+        let txn = db.begin_read().expect("read");
+        assert!(
+            txn.open_table(SHADOWS)
+                .expect("table")
+                .get("a")
+                .expect("get")
+                .is_none()
+        );
     }
 }
