@@ -119,3 +119,36 @@ def test_memory_store_forgets_shadows(make_shoal):
     shoal.restart()
     status, headers, body = http_json(shoal, "GET", f"/things/{thing}/shadow")
     assert (status, body["message"]) == (404, NO_SHADOW.format(thing)), body
+
+
+def test_acknowledged_updates_survive_sigkill(make_shoal):
+    """Embedded store: every update shoal answered is there after `kill -9` and a start on the
+    same data directory, from 8 clients writing at once (so batches share a commit and a log
+    sync). The store answers only once the batch's shadow log record is synced (see
+    host/store/src/shadow_log.rs); a power loss, which this cannot simulate, is covered by
+    `embedded_acknowledged_writes_survive_a_crash` in host/store/tests/shadows.rs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shoal = make_shoal("--store", "embedded")
+    things = [unique("killed") for _ in range(8)]
+    rounds = 30
+
+    def write(thing: str) -> tuple[int, int]:
+        iot = iot_data(shoal)
+        last = (0, 0)
+        for n in range(1, rounds + 1):
+            acc = body_json(iot.update_thing_shadow(
+                thingName=thing, payload=json.dumps({"state": {"reported": {"n": n}}})))
+            last = (acc["version"], n)
+        return last
+
+    with ThreadPoolExecutor(len(things)) as pool:
+        acked = dict(zip(things, pool.map(write, things)))
+    shoal.kill()
+    shoal.start()
+    iot = iot_data(shoal)
+    for thing, (version, n) in acked.items():
+        doc = body_json(iot.get_thing_shadow(thingName=thing))
+        assert (doc["version"], doc["state"]["reported"]["n"]) == (version, n) == (rounds, rounds), thing
+    acc = body_json(iot.update_thing_shadow(thingName=things[0], payload=b'{"state":{"reported":{"n":0}}}'))
+    assert acc["version"] == rounds + 1
