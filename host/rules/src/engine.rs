@@ -1087,6 +1087,7 @@ impl MessageHook for Hook {
         } else {
             (matched, None)
         };
+        let nothing_deferred = deferred.rules().is_empty();
         let job = Job::new(
             msg,
             Publisher::of(&origin),
@@ -1101,7 +1102,7 @@ impl MessageHook for Hook {
                 run_rule(inner, live, &job, &ctx);
             }
         }
-        if matches!(&job.rules, JobRules::Listed(m) if m.rules().is_empty()) {
+        if nothing_deferred {
             return outcome;
         }
         enqueue(inner, job);

@@ -10,8 +10,8 @@
 //!   a concatenated string key would).
 //! * `retained`: `topic -> data`
 //! * `shadows`, `named_shadows`: device shadows, see [`crate::embedded_shadows`]; and
-//!   `shadow_log`, the last batch of the shadows' redo log (a file beside this one) that the
-//!   file holds, see [`crate::shadow_log`].
+//!   `shadow_log`: which batch of the shadows' redo log (a file beside this one) this file
+//!   holds last, and the log's id, see [`crate::shadow_log`].
 //! * `registry_records`, `registry_index`: the thing registry, see [`crate::embedded_registry`].
 //! * `stream_entries`, `stream_meta`, `stream_groups`, `stream_pending`, `stream_consumers`:
 //!   streams, see [`crate::embedded_streams`].

@@ -148,6 +148,12 @@ enum Reply {
     Panicked(Box<dyn Any + Send>),
 }
 
+impl Reply {
+    fn unavailable(why: &str) -> Reply {
+        Reply::Done(Err(ShadowStoreError::Unavailable(why.to_owned())))
+    }
+}
+
 impl EmbeddedShadowStore {
     /// Replays the shadow log into `db` (see [`crate::shadow_log`]) and starts the writer and
     /// syncer threads. The tables must exist (see [`crate::EmbeddedStore::open`]).
@@ -294,11 +300,23 @@ impl Committed {
 
     fn fail(self, why: &str) {
         for job in self.jobs {
-            let _ = job
-                .reply
-                .send(Reply::Done(Err(ShadowStoreError::Unavailable(why.to_owned()))));
+            let _ = job.reply.send(Reply::unavailable(why));
         }
     }
+}
+
+/// Records that the log could not be written or synced (`what`): from now on the store refuses
+/// writes (see [`Writer::failed`]). Returns the message callers get (the first failure's).
+fn log_failed(failed: &OnceLock<String>, what: &str, e: &std::io::Error) -> String {
+    tracing::error!(error = %e, "shadow log {what} failed; shadow writes refused until restart");
+    failed
+        .get_or_init(|| {
+            format!(
+                "the embedded shadow store could not {what} its log ({e}); it refuses writes \
+                 until shoal restarts"
+            )
+        })
+        .clone()
 }
 
 /// The writer thread: one batch per wake-up until every sender is gone.
@@ -306,9 +324,7 @@ fn writer_loop(db: &Weak<Database>, rx: &mpsc::Receiver<Job>, mut writer: Writer
     let mut previous_len = 0;
     while let Ok(first) = rx.recv() {
         if let Some(why) = writer.failed.get() {
-            let _ = first
-                .reply
-                .send(Reply::Done(Err(ShadowStoreError::Unavailable(why.clone()))));
+            let _ = first.reply.send(Reply::unavailable(why));
             continue;
         }
         // Only upgraded for the batch: between batches the thread does not keep the file open.
@@ -333,27 +349,15 @@ fn syncer_loop(file: &File, rx: &mpsc::Receiver<Committed>, failed: &OnceLock<St
         } else {
             Ok(())
         };
-        match synced {
-            // A failure reported before (by this thread, or the writer's log write) may have
-            // dropped pages that a later sync no longer reports: nothing after it is answered
-            // as durable.
-            Ok(()) if failed.get().is_some() => {
-                let why = failed
-                    .get()
-                    .map_or("the embedded shadow store failed", String::as_str);
-                group.into_iter().for_each(|c| c.fail(why));
-            }
-            Ok(()) => group.into_iter().for_each(Committed::answer),
-            Err(e) => {
-                let why = format!(
-                    "the embedded shadow store could not sync its log ({e}); it refuses writes \
-                     until shoal restarts"
-                );
-                tracing::error!(error = %e, "shadow log sync failed; shadow writes refused until restart");
-                let _ = failed.set(why.clone());
-                let why = failed.get().unwrap_or(&why);
-                group.into_iter().for_each(|c| c.fail(why));
-            }
+        if let Err(e) = synced {
+            log_failed(failed, "sync", &e);
+        }
+        // A failure reported before (by this thread, or the writer's log write) may have
+        // dropped pages that a later sync no longer reports: nothing after it is answered as
+        // durable.
+        match failed.get() {
+            Some(why) => group.into_iter().for_each(|c| c.fail(why)),
+            None => group.into_iter().for_each(Committed::answer),
         }
     }
 }
@@ -464,15 +468,10 @@ fn write_batch(
     if !writer.log.has_entries() {
         return Ok(false);
     }
-    writer.log.append().map_err(|e| {
-        let why = format!(
-            "the embedded shadow store could not write its log ({e}); it refuses writes until \
-             shoal restarts"
-        );
-        tracing::error!(error = %e, "shadow log write failed; shadow writes are refused until restart");
-        let _ = writer.failed.set(why.clone());
-        ShadowStoreError::Unavailable(why)
-    })?;
+    writer
+        .log
+        .append()
+        .map_err(|e| ShadowStoreError::Unavailable(log_failed(&writer.failed, "write", &e)))?;
     Ok(true)
 }
 
@@ -486,7 +485,6 @@ fn apply_job(
     writer: &mut Writer,
     job: &Job,
 ) -> Result<Reply, ShadowStoreError> {
-    let cache = &mut writer.cache;
     if job.reply.is_closed() {
         // The caller is gone (cancelled or timed out): it cannot learn the outcome, so do not
         // write something nobody asked for any more.
@@ -495,13 +493,15 @@ fn apply_job(
         ))));
     }
     let name = job.key.storage_name();
-    let previous = match cache.get(&name) {
+    let previous = match writer.cache.get(&name) {
         Some(doc) => Some(doc),
         None => match docs.get(name.as_str()).map_err(|e| redb_err("read", e))? {
             Some(bytes) => match decode(&name, bytes.value()) {
                 Ok(doc) => {
                     let doc = Arc::new(doc);
-                    cache.put(name.clone(), Arc::clone(&doc), bytes.value().len());
+                    writer
+                        .cache
+                        .put(name.clone(), Arc::clone(&doc), bytes.value().len());
                     Some(doc)
                 }
                 Err(e) => return Ok(Reply::Done(Err(e))),
@@ -515,20 +515,32 @@ fn apply_job(
         Err(panic) => return Ok(Reply::Panicked(panic)),
     };
     let bytes = current.to_json_bytes();
-    docs.insert(name.as_str(), bytes.as_slice())
-        .map_err(|e| redb_err("write", e))?;
-    if let Some(shadow) = &job.key.shadow {
-        let index_key = (job.key.thing.as_str(), shadow.as_str());
-        if current.exists() {
-            named.insert(index_key, ()).map_err(|e| redb_err("write", e))?;
-        } else {
-            named.remove(index_key).map_err(|e| redb_err("write", e))?;
-        }
-    }
+    put_document(docs, named, &name, current.exists(), &bytes).map_err(|e| redb_err("write", e))?;
     writer.log.add(&name, current.exists(), &bytes);
     let current = Arc::new(current);
     writer.cache.put(name, Arc::clone(&current), bytes.len());
     Ok(Reply::Done(Ok(Mutated::Applied { previous, current })))
+}
+
+/// Writes the document stored under `name` ([`ShadowKey::storage_name`]: `thing` or
+/// `thing~shadow`) and keeps `named_shadows` in step: a named shadow is listed while it exists
+/// (is not a tombstone). The writer and the log's replay both write through here.
+pub(crate) fn put_document(
+    docs: &mut Table<&str, &[u8]>,
+    named: &mut Table<(&str, &str), ()>,
+    name: &str,
+    exists: bool,
+    doc: &[u8],
+) -> Result<(), redb::StorageError> {
+    docs.insert(name, doc)?;
+    if let Some(index_key) = name.split_once('~') {
+        if exists {
+            named.insert(index_key, ())?;
+        } else {
+            named.remove(index_key)?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

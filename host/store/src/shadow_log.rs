@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 
-use crate::embedded_shadows::{NAMED_SHADOWS, SHADOWS};
+use crate::embedded_shadows::{NAMED_SHADOWS, SHADOWS, put_document};
 
 /// `"applied" -> the sequence number of the last batch in this file`.
 pub(crate) const LOG_SEQ: TableDefinition<&str, u64> = TableDefinition::new("shadow_log");
@@ -79,12 +79,12 @@ const MAX_RECORD: usize = 1 << 30;
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// The longest time between checkpoints while shadows are written.
 pub(crate) const CHECKPOINT_AGE: Duration = Duration::from_secs(30);
-/// The file grows in steps of zeros, written and synced before any record goes there: a
-/// record then overwrites blocks the file already has, and syncing it flushes data only, not
-/// the file's size and extents as well (a 16 KiB write and `fdatasync` on this project's
-/// machine: 0.2 ms p50 in place against 0.25-0.3 ms appended, idle). Each step doubles the
-/// file, from [`GROW_MIN`] (a store with a few shadows keeps a small file) up to steps of
-/// [`GROW_BY`].
+/// The file grows in steps of zeros (synced with the record that needed them, by the sync
+/// thread): the records after it overwrite blocks the file already has, and syncing one
+/// flushes data only, not the file's size and extents as well (a 16 KiB write and `fdatasync`
+/// on this project's machine: 0.2 ms p50 in place against 0.25-0.3 ms appended, idle). Each
+/// step doubles the file, from [`GROW_MIN`] (a store with a few shadows keeps a small file) up
+/// to steps of [`GROW_BY`].
 const GROW_MIN: u64 = 64 << 10;
 const GROW_BY: u64 = 4 << 20;
 
@@ -361,14 +361,7 @@ fn replay(db: &Database, records: &[Record<'_>]) -> Result<(u64, usize, u64), re
                 break;
             }
             for entry in &record.entries {
-                docs.insert(entry.name, entry.doc)?;
-                if let Some((thing, shadow)) = entry.name.split_once('~') {
-                    if entry.exists {
-                        named.insert((thing, shadow), ())?;
-                    } else {
-                        named.remove((thing, shadow))?;
-                    }
-                }
+                put_document(&mut docs, &mut named, entry.name, entry.exists, entry.doc)?;
             }
             last = record.seq;
             applied += 1;
