@@ -1,5 +1,10 @@
 //! Micro-benchmark of SQL evaluation (no Criterion): run with
 //! `cargo +1.97.0 test -p shoal-rules --release --test bench -- --ignored --nocapture`.
+//!
+//! `SQL_BENCH_FRESH_ONLY=N` times only N fresh-context evaluations (plus a tenth as warm-up),
+//! for a profiler or an instruction count, which unlike time does not vary with the machine's
+//! other tenants: `valgrind --tool=cachegrind --cache-sim=no` of N = 110,000 minus N = 10,000,
+//! divided by 110,000, is the instructions per evaluation.
 #![allow(clippy::print_stdout)]
 
 use std::hint::black_box;
@@ -59,6 +64,17 @@ fn sql_evaluation_rate() {
     );
     assert_eq!(sql.evaluate(&Ctx::new(TOPIC, &cold).with_timestamp(0)), Ok(None));
     let n = 1_000_000;
+    if let Some(count) = std::env::var("SQL_BENCH_FRESH_ONLY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
+        let full = ns_per_iter(count, || {
+            let ctx = Ctx::new(TOPIC, black_box(&warm)).with_timestamp(0);
+            black_box(sql.evaluate(&ctx).ok());
+        });
+        println!("evaluate, fresh context, {count} times: {full:.0} ns");
+        return;
+    }
 
     // Per message: a fresh context, so the payload is parsed, WHERE passes, SELECT builds and
     // serializes the output.

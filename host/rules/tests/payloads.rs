@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TOPIC, run, run_on};
-use shoal_rules::sql::{Ctx, Output, Sql};
+use shoal_rules::sql::{Ctx, Output, Sql, Template};
 
 #[test]
 fn non_json_payloads() {
@@ -157,5 +157,64 @@ fn one_context_serves_many_rules() {
             Some(r#"{"door":"open","ts":7}"#.to_owned()),
             None
         ]
+    );
+}
+
+/// Statements and templates evaluated on one context share the payload's parse, although each
+/// has only the keys it reads built (see `Ctx`): every one must still see what a parse of the
+/// whole payload shows it, in any order.
+#[test]
+fn rules_sharing_a_message_see_the_whole_payload_whatever_each_parsed() {
+    let statements = [
+        "SELECT a FROM '#'",
+        "SELECT b.c AS c, d[1] AS d FROM '#' WHERE a = 1",
+        "SELECT VALUE (SELECT VALUE v FROM d2) FROM '#'",
+        "SELECT * FROM '#'",
+        "SELECT VALUE isUndefined(e) FROM '#'",
+        "SELECT a, * FROM '#'",
+    ];
+    let templates = ["${b.c}-${a}", "${topic(1)}", "${d2}"];
+    let payloads: [&[u8]; 5] = [
+        br#"{"a":1,"b":{"c":2},"d":[1,2],"d2":[{"v":"x"},{"v":7}],"e":null}"#,
+        br#"{"b":{"c":"\u0041"},"a":1,"a":2}"#,
+        br#"{"a":1,"b":01}"#,
+        br#"{"a":1,"b":[1,]}"#,
+        br#"{"a":1} x"#,
+    ];
+    let sqls: Vec<Sql> = statements.iter().map(|s| Sql::parse(s).unwrap()).collect();
+    let tpls: Vec<Template> = templates.iter().map(|t| Template::parse(t).unwrap()).collect();
+    for payload in payloads {
+        // Each alone on a fresh context, then all in turn on a shared one, in both orders.
+        let alone: Vec<String> = sqls
+            .iter()
+            .map(|s| format!("{:?}", s.evaluate(&Ctx::new(TOPIC, payload))))
+            .chain(
+                tpls.iter()
+                    .map(|t| format!("{:?}", t.render(&Ctx::new(TOPIC, payload)))),
+            )
+            .collect();
+        let count = sqls.len() + tpls.len();
+        for order in [(0..count).collect::<Vec<_>>(), (0..count).rev().collect()] {
+            let ctx = Ctx::new(TOPIC, payload);
+            let mut shared = vec![String::new(); count];
+            for i in order {
+                shared[i] = match sqls.get(i) {
+                    Some(s) => format!("{:?}", s.evaluate(&ctx)),
+                    None => format!("{:?}", tpls[i - sqls.len()].render(&ctx)),
+                };
+            }
+            assert_eq!(shared, alone, "{}", String::from_utf8_lossy(payload));
+        }
+    }
+    // And what the statements see is the payload's content, not just agreement.
+    let ctx = Ctx::new(TOPIC, payloads[0]);
+    assert_eq!(
+        sqls[1].evaluate(&ctx).unwrap(),
+        Some(Output::Json(r#"{"c":2,"d":2}"#.to_owned()))
+    );
+    assert_eq!(tpls[0].render(&ctx).unwrap(), "2-1");
+    assert_eq!(
+        sqls[2].evaluate(&ctx).unwrap(),
+        Some(Output::Json(r#"["x",7]"#.to_owned()))
     );
 }

@@ -1,5 +1,7 @@
 //! The parsed form of a statement: what the parser builds and the evaluator walks.
 
+use std::sync::Arc;
+
 use super::functions::{Func, Prepared};
 use super::value::Value;
 
@@ -109,7 +111,7 @@ pub(crate) struct Subquery {
 
 impl Expr {
     /// Calls `f` on this expression and every expression inside it.
-    pub(crate) fn any(&self, f: &impl Fn(&Expr) -> bool) -> bool {
+    pub(crate) fn any(&self, f: &mut impl FnMut(&Expr) -> bool) -> bool {
         if f(self) {
             return true;
         }
@@ -134,7 +136,7 @@ impl Expr {
 }
 
 impl Query {
-    pub(crate) fn any(&self, f: &impl Fn(&Expr) -> bool) -> bool {
+    pub(crate) fn any(&self, f: &mut impl FnMut(&Expr) -> bool) -> bool {
         let select = match &self.select {
             Select::Value(e) => e.any(f),
             Select::Items(items) => items.iter().any(|i| match i {
@@ -143,5 +145,55 @@ impl Query {
             }),
         };
         select || self.filter.as_ref().is_some_and(|e| e.any(f))
+    }
+}
+
+impl Query {
+    /// Whether the `SELECT` list has a `*` item.
+    fn selects_star(&self) -> bool {
+        matches!(&self.select, Select::Items(items) if items.iter().any(|i| matches!(i, Item::Star)))
+    }
+}
+
+/// The top-level keys of the payload a statement or template may read, worked out once at
+/// parse time so a message's payload is parsed into only those members (see
+/// [`super::eval::Ctx`]). Over-approximate by design: names inside nested queries count too,
+/// though most name keys of an array's elements; a key too many costs a little parse time, a
+/// key too few would be a wrong answer.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    keys: Vec<Box<str>>,
+    /// `*` read as a value or selected as an item, anywhere: the whole document.
+    whole: bool,
+}
+
+impl Reads {
+    pub(crate) fn query(&mut self, query: &Query) {
+        self.whole |= query.selects_star();
+        query.any(&mut |e| {
+            self.note(e);
+            false
+        });
+    }
+
+    pub(crate) fn expr(&mut self, expr: &Expr) {
+        expr.any(&mut |e| {
+            self.note(e);
+            false
+        });
+    }
+
+    fn note(&mut self, e: &Expr) {
+        match e {
+            Expr::Payload => self.whole = true,
+            Expr::Field(name) if !self.keys.contains(name) => self.keys.push(name.clone()),
+            Expr::Subquery(s) => self.whole |= s.query.selects_star(),
+            _ => {}
+        }
+    }
+
+    /// The keys read, or `None` when the whole document may be.
+    pub(crate) fn keys(self) -> Option<Arc<[Box<str>]>> {
+        (!self.whole).then(|| self.keys.into())
     }
 }

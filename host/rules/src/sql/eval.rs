@@ -2,13 +2,13 @@
 //! it, and the tree walk.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::ast::{BinOp, CastType, Expr, Item, Query, Select, Subquery};
 use super::error::EvalError;
 use super::functions;
-use super::json::parse_payload;
+use super::json::{parse_payload, parse_payload_keys};
 use super::ops;
 use super::value::{Entries, Value, lookup, to_bool, to_str};
 
@@ -70,13 +70,18 @@ static SYSTEM: SystemServices = SystemServices;
 
 /// The message a statement or template is evaluated against.
 ///
-/// The payload is parsed at most once per context, on first use, and only if the statement
-/// reads it; evaluate every rule that matches a message with the same context to share that
-/// work. `timestamp()` is read once and then stable for the context.
+/// The payload is parsed on first use, and only if the statement reads it; evaluate every rule
+/// that matches a message with the same context to share that work. A statement that names the
+/// keys it reads (no `*`) has only those members built (the rest of the payload is checked,
+/// not built); the first such parse is kept and serves every later statement whose keys it
+/// covers, and the whole document is built at most once, for the others. `timestamp()` is read
+/// once and then stable for the context.
 pub struct Ctx<'c> {
     topic: &'c str,
     payload: &'c [u8],
     doc: OnceLock<Value<'c>>,
+    /// The payload with only some top-level members built, and the keys it holds.
+    slim: OnceLock<(Arc<[Box<str>]>, Value<'c>)>,
     client_id: Option<&'c str>,
     principal: Option<&'c str>,
     account_id: Option<&'c str>,
@@ -104,6 +109,7 @@ impl<'c> Ctx<'c> {
             topic,
             payload,
             doc: OnceLock::new(),
+            slim: OnceLock::new(),
             client_id: None,
             principal: None,
             account_id: None,
@@ -187,6 +193,22 @@ impl<'c> Ctx<'c> {
     pub(crate) fn doc(&self) -> &Value<'c> {
         self.doc.get_or_init(|| parse_payload(self.payload))
     }
+
+    /// The payload as a document holding at least the top-level members named in `keys`
+    /// (`None`: every member). Either way it is an object exactly when [`Ctx::doc`] is one.
+    pub(crate) fn doc_for(&self, keys: Option<&Arc<[Box<str>]>>) -> &Value<'c> {
+        if let Some(keys) = keys
+            && self.doc.get().is_none()
+        {
+            let (held, slim) = self
+                .slim
+                .get_or_init(|| (Arc::clone(keys), parse_payload_keys(self.payload, keys)));
+            if Arc::ptr_eq(held, keys) || keys.iter().all(|k| held.contains(k)) {
+                return slim;
+            }
+        }
+        self.doc()
+    }
 }
 
 /// Where an expression is evaluated: the message, and the document bare names refer to.
@@ -195,11 +217,19 @@ pub(crate) struct Env<'a, 'c> {
     /// The element a nested `SELECT` is looking at; `None` at the top level, where the
     /// document is the payload, parsed only when something reads it.
     elem: Option<&'a Value<'a>>,
+    /// The payload keys the statement or template being evaluated reads (`None`: any).
+    keys: Option<&'a Arc<[Box<str>]>>,
 }
 
 impl<'a, 'c> Env<'a, 'c> {
-    pub(crate) fn root(ctx: &'a Ctx<'c>) -> Env<'a, 'c> {
-        Env { ctx, elem: None }
+    /// The top level of a statement or template that reads the payload keys `keys`
+    /// ([`super::ast::Reads`]).
+    pub(crate) fn root(ctx: &'a Ctx<'c>, keys: Option<&'a Arc<[Box<str>]>>) -> Env<'a, 'c> {
+        Env {
+            ctx,
+            elem: None,
+            keys,
+        }
     }
 
     /// The document bare names and `*` refer to (never a [`Value::Ref`]: an element of a
@@ -207,7 +237,7 @@ impl<'a, 'c> Env<'a, 'c> {
     pub(crate) fn doc(&self) -> &'a Value<'a> {
         match self.elem {
             Some(e) => e.get(),
-            None => self.ctx.doc(),
+            None => self.ctx.doc_for(self.keys),
         }
     }
 
@@ -467,6 +497,7 @@ fn run_each<'a>(query: &'a Query, items: &'a [Value<'a>], env: &Env<'a, '_>) -> 
         let inner = Env {
             ctx: env.ctx,
             elem: Some(item),
+            keys: env.keys,
         };
         if !passes(query.filter.as_ref(), &inner)? {
             continue;

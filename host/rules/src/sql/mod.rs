@@ -33,6 +33,8 @@ mod parser;
 mod template;
 mod value;
 
+use std::sync::Arc;
+
 use shoal_broker::topic::{Topic, TopicFilter, matches_filter};
 
 pub use error::{EvalError, Position, SqlError};
@@ -40,7 +42,7 @@ pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
 pub use functions::time::{civil_from_days, days_from_civil};
 pub use template::Template;
 
-use ast::{Item, Query, Select};
+use ast::{Item, Query, Reads, Select};
 use eval::{Env, passes, project};
 use functions::Func;
 use json::{canonical_object, write_json};
@@ -58,6 +60,8 @@ pub struct Sql {
     from: Option<TopicFilter>,
     uses_shadow: bool,
     star_only: bool,
+    /// The payload keys the statement reads (`None`: it may read the whole document).
+    keys: Option<Arc<[Box<str>]>>,
 }
 
 impl std::fmt::Debug for Sql {
@@ -113,12 +117,15 @@ impl Sql {
         let uses_shadow = parser::calls(&stmt.query, Func::GetThingShadow);
         let star_only =
             matches!(&stmt.query.select, Select::Items(items) if matches!(items.as_slice(), [Item::Star]));
+        let mut reads = Reads::default();
+        reads.query(&stmt.query);
         Ok(Sql {
             source: sql.to_owned(),
             query: stmt.query,
             from: stmt.from,
             uses_shadow,
             star_only,
+            keys: reads.keys(),
         })
     }
 
@@ -154,7 +161,7 @@ impl Sql {
     /// Runs the statement over one message: `Ok(None)` when `WHERE` is not true, otherwise
     /// the output document. `WHERE` runs first and cannot see `SELECT` aliases, as in AWS.
     pub fn evaluate(&self, ctx: &Ctx<'_>) -> Result<Option<Output>, EvalError> {
-        let env = Env::root(ctx);
+        let env = Env::root(ctx, self.keys.as_ref());
         if !passes(self.query.filter.as_ref(), &env)? {
             return Ok(None);
         }

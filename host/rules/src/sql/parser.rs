@@ -636,5 +636,5 @@ fn default_name(e: &Expr, index: usize) -> Box<str> {
 
 /// Whether any expression of the query calls `func`.
 pub(crate) fn calls(query: &Query, func: Func) -> bool {
-    query.any(&|e| matches!(e, Expr::Call { func: f, .. } if *f == func))
+    query.any(&mut |e| matches!(e, Expr::Call { func: f, .. } if *f == func))
 }

@@ -8,9 +8,11 @@
 //! text and base64 otherwise. `$$` writes a literal `$` (AWS's republish action uses `$$aws`
 //! for `$aws`); a `$` not followed by `{` is literal too.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 
-use super::ast::Expr;
+use super::ast::{Expr, Reads};
 use super::error::{EvalError, SqlError};
 use super::eval::{Ctx, Env, eval};
 use super::json::write_json;
@@ -22,6 +24,8 @@ use super::value::Value;
 pub struct Template {
     source: String,
     parts: Vec<Part>,
+    /// The payload keys the substitutions read (`None`: the whole document may be).
+    keys: Option<Arc<[Box<str>]>>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,9 +71,16 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Text(literal));
         }
+        let mut reads = Reads::default();
+        for part in &parts {
+            if let Part::Expr(e) = part {
+                reads.expr(e);
+            }
+        }
         Ok(Template {
             source: text.to_owned(),
             parts,
+            keys: reads.keys(),
         })
     }
 
@@ -85,7 +96,7 @@ impl Template {
 
     /// Renders the template for one message.
     pub fn render(&self, ctx: &Ctx<'_>) -> Result<String, EvalError> {
-        let env = Env::root(ctx);
+        let env = Env::root(ctx, self.keys.as_ref());
         let mut out = String::new();
         for part in &self.parts {
             match part {

@@ -190,6 +190,9 @@ pub(crate) fn format_decimal(d: f64, out: &mut String) {
     if let Some(i) = whole_to_i64(d) {
         let _ = write!(out, "{i}");
     } else if FAST_DECIMALS.contains(&d.abs()) {
+        if short_decimal(d, out) {
+            return;
+        }
         // ryu prints these magnitudes in plain notation, digit for digit what `{d}` prints
         // (both give the shortest digits that read back to `d`; a test compares them).
         out.push_str(ryu::Buffer::new().format_finite(d));
@@ -198,6 +201,49 @@ pub(crate) fn format_decimal(d: f64, out: &mut String) {
     } else {
         let _ = write!(out, "{d}");
     }
+}
+
+/// Prints `d` (in [`FAST_DECIMALS`], not whole) when it has a decimal form with at most four
+/// fraction digits, as device readings mostly do (`-9.5`, `61.25`), without ryu's general
+/// algorithm; `false` (nothing written) otherwise. The digits are ryu's: `n / 10^k` is
+/// correctly rounded (`n` < 2^53 and `10^k` are exact), so the decimal reads back to `d`;
+/// below 1e7 a double's rounding interval is far narrower than 10^-4, so it holds at most one
+/// decimal of up to four fraction digits, the one found at the smallest `k`; and one ending
+/// in `0` (a shorter form exists) is left to ryu.
+fn short_decimal(d: f64, out: &mut String) -> bool {
+    const SCALES: [(f64, u64); 4] = [(1e1, 10), (1e2, 100), (1e3, 1_000), (1e4, 10_000)];
+    for (k, (scale, divisor)) in SCALES.into_iter().enumerate() {
+        let scaled = d * scale;
+        let n = scaled as i64;
+        if n as f64 != scaled || n as f64 / scale != d {
+            continue;
+        }
+        let n = n.unsigned_abs();
+        let (whole, fraction) = (n / divisor, n % divisor);
+        if fraction % 10 == 0 {
+            return false;
+        }
+        if d < 0.0 {
+            out.push('-');
+        }
+        push_digits(out, whole, 1);
+        out.push('.');
+        push_digits(out, fraction, k + 1);
+        return true;
+    }
+    false
+}
+
+/// Writes `v` in decimal, zero-padded to at least `min_len` digits.
+fn push_digits(out: &mut String, mut v: u64, min_len: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while v > 0 || digits.len() - at < min_len {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend(digits[at..].iter().map(|&c| char::from(c)));
 }
 
 /// Parses a string AWS converts to a `Decimal` (its table "To decimal"): strings matching
@@ -341,6 +387,12 @@ mod tests {
             let e = (next() % (hi - lo) as u64) as i32 + lo;
             check((1.0 + m * 9.0) * 10f64.powi(e) * if next() % 2 == 0 { 1.0 } else { -1.0 });
         }
+        // Short decimals (up to six fraction digits, so the four-digit path and ryu both run).
+        for _ in 0..200_000 {
+            let k = (next() % 7) as i32;
+            let n = (next() % 100_000_000) as f64 / 10f64.powi(k);
+            check(if next() % 2 == 0 { n } else { -n });
+        }
         for e in lo..hi {
             let p = 10f64.powi(e);
             for d in [
@@ -367,7 +419,7 @@ mod tests {
         ] {
             check(d);
         }
-        assert!(checked > 300_000, "only {checked} values in range");
+        assert!(checked > 400_000, "only {checked} values in range");
     }
 
     #[test]

@@ -254,6 +254,23 @@ pub(crate) fn prepare(func: Func, args: &[Expr]) -> Result<Option<Prepared>, (us
 }
 
 /// The gist of a multi-line `regex` error (its last non-empty line).
+/// The `n`th (from 1) `/`-separated level of `topic`: `topic(n)`. A byte scan: topics are
+/// short, and this runs for most rules on every message.
+fn topic_level(topic: &str, n: usize) -> Option<&str> {
+    let mut level = 1;
+    let mut start = 0;
+    for (i, &c) in topic.as_bytes().iter().enumerate() {
+        if c == b'/' {
+            if level == n {
+                return Some(&topic[start..i]);
+            }
+            level += 1;
+            start = i + 1;
+        }
+    }
+    (level == n).then(|| &topic[start..])
+}
+
 fn last_line(s: &str) -> String {
     s.lines()
         .rfind(|l| !l.trim().is_empty())
@@ -278,11 +295,9 @@ pub(crate) fn call<'a>(
                 Some(e) => {
                     let n = eval(e, env)?;
                     match to_i64(&n) {
-                        Some(n) if n >= 1 => ctx
-                            .topic()
-                            .split('/')
-                            .nth((n - 1) as usize)
-                            .map_or(Value::Undefined, Value::str),
+                        Some(n) if n >= 1 => {
+                            topic_level(ctx.topic(), n as usize).map_or(Value::Undefined, Value::str)
+                        }
                         _ => Value::Undefined,
                     }
                 }
@@ -454,4 +469,27 @@ fn thing_shadow<'a>(vals: &[Value<'_>], env: &Env<'a, '_>) -> Result<Value<'a>, 
 /// The numeric arguments of a function, or `None` if any is not a number or numeric string.
 fn nums(vals: &[Value<'_>]) -> Option<Vec<Num>> {
     vals.iter().map(Num::of).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_level;
+
+    #[test]
+    fn topic_levels_are_what_splitting_on_slashes_gives() {
+        for topic in [
+            "fleet/truck-1/telemetry",
+            "a",
+            "",
+            "a//b",
+            "/a",
+            "a/",
+            "/",
+            "é/ü/x",
+        ] {
+            for n in 1..6 {
+                assert_eq!(topic_level(topic, n), topic.split('/').nth(n - 1), "{topic} {n}");
+            }
+        }
+    }
 }
