@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Fixed, NOW, TOPIC, check, ctx, run, run_on, show};
-use shoal_rules::sql::{Ctx, EvalError, Sql};
+use shoal_rules::sql::{Ctx, EvalError, ShadowFailure, Sql};
 
 const P: &str = r#"{"s": "Hello", "n": -5, "d": 2.745, "ns": "-5.123", "b": true, "z": null,
     "arr": [1, 2, 3], "obj": {"k": "v"}, "lat_long": [47.606, -122.332], "u": "été€"}"#;
@@ -522,10 +522,10 @@ fn thing_shadows() {
     // A failing store fails the evaluation, naming the thing.
     assert_eq!(
         eval("SELECT VALUE get_thing_shadow('broken') FROM '#'"),
-        Err(EvalError::ThingShadow {
+        Err(EvalError::ThingShadow(Box::new(ShadowFailure {
             thing: "broken".to_owned(),
             message: "store unavailable".to_owned()
-        })
+        })))
     );
     let roles = services.seen_roles.lock().unwrap().clone();
     assert_eq!(roles[0], None);

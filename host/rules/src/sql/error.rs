@@ -76,12 +76,17 @@ impl SqlError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvalError {
-    /// The engine could not read a thing's shadow (the store failed or refused).
-    #[error("get_thing_shadow('{thing}') failed: {message}")]
-    ThingShadow {
-        /// The thing whose shadow was asked for.
-        thing: String,
-        /// What the store said.
-        message: String,
-    },
+    /// The engine could not read a thing's shadow (the store failed or refused). Boxed so
+    /// that the `Result` every expression returns stays the size of a value.
+    #[error("get_thing_shadow('{}') failed: {}", .0.thing, .0.message)]
+    ThingShadow(Box<ShadowFailure>),
+}
+
+/// A failed `get_thing_shadow` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowFailure {
+    /// The thing whose shadow was asked for.
+    pub thing: String,
+    /// What the store said.
+    pub message: String,
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use shoal_broker::topic::{Topic, TopicFilter, matches_filter};
 
-pub use error::{EvalError, Position, SqlError};
+pub use error::{EvalError, Position, ShadowFailure, SqlError};
 pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
 pub use functions::time::{civil_from_days, days_from_civil};
 pub use template::Template;

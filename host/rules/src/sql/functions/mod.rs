@@ -12,7 +12,7 @@ pub(crate) mod time;
 use std::borrow::Cow;
 
 use super::ast::Expr;
-use super::error::EvalError;
+use super::error::{EvalError, ShadowFailure};
 use super::eval::{Env, ShadowRequest, eval};
 use super::value::{Num, Value, to_i64, to_str};
 
@@ -459,10 +459,10 @@ fn thing_shadow<'a>(vals: &[Value<'_>], env: &Env<'a, '_>) -> Result<Value<'a>, 
     match env.ctx.services().thing_shadow(&request) {
         Ok(Some(doc)) => Ok(Value::from_json(doc)),
         Ok(None) => Ok(Value::Undefined),
-        Err(message) => Err(EvalError::ThingShadow {
+        Err(message) => Err(EvalError::ThingShadow(Box::new(ShadowFailure {
             thing: request.thing.to_owned(),
             message,
-        }),
+        }))),
     }
 }
 
