@@ -155,6 +155,9 @@ impl Query {
     }
 }
 
+/// Top-level payload keys, as [`Reads`] finds them.
+pub(crate) type PayloadKeys = Arc<[Box<str>]>;
+
 /// The top-level keys of the payload a statement or template may read, worked out once at
 /// parse time so a message's payload is parsed into only those members (see
 /// [`super::eval::Ctx`]). Over-approximate by design: names inside nested queries count too,
@@ -193,7 +196,7 @@ impl Reads {
     }
 
     /// The keys read, or `None` when the whole document may be.
-    pub(crate) fn keys(self) -> Option<Arc<[Box<str>]>> {
+    pub(crate) fn keys(self) -> Option<PayloadKeys> {
         (!self.whole).then(|| self.keys.into())
     }
 }

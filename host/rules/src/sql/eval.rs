@@ -5,10 +5,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::ast::{BinOp, CastType, Expr, Item, Query, Select, Subquery};
+use super::ast::{BinOp, CastType, Expr, Item, PayloadKeys, Query, Select, Subquery};
 use super::error::EvalError;
 use super::functions;
-use super::json::{parse_payload, parse_payload_keys};
+use super::json::parse_payload;
 use super::ops;
 use super::value::{Entries, Value, lookup, to_bool, to_str};
 
@@ -81,7 +81,7 @@ pub struct Ctx<'c> {
     payload: &'c [u8],
     doc: OnceLock<Value<'c>>,
     /// The payload with only some top-level members built, and the keys it holds.
-    slim: OnceLock<(Arc<[Box<str>]>, Value<'c>)>,
+    slim: OnceLock<(PayloadKeys, Value<'c>)>,
     client_id: Option<&'c str>,
     principal: Option<&'c str>,
     account_id: Option<&'c str>,
@@ -191,18 +191,18 @@ impl<'c> Ctx<'c> {
 
     /// The payload as a document: an object, or the raw bytes.
     pub(crate) fn doc(&self) -> &Value<'c> {
-        self.doc.get_or_init(|| parse_payload(self.payload))
+        self.doc.get_or_init(|| parse_payload(self.payload, None))
     }
 
     /// The payload as a document holding at least the top-level members named in `keys`
     /// (`None`: every member). Either way it is an object exactly when [`Ctx::doc`] is one.
-    pub(crate) fn doc_for(&self, keys: Option<&Arc<[Box<str>]>>) -> &Value<'c> {
+    pub(crate) fn doc_for(&self, keys: Option<&PayloadKeys>) -> &Value<'c> {
         if let Some(keys) = keys
             && self.doc.get().is_none()
         {
             let (held, slim) = self
                 .slim
-                .get_or_init(|| (Arc::clone(keys), parse_payload_keys(self.payload, keys)));
+                .get_or_init(|| (Arc::clone(keys), parse_payload(self.payload, Some(keys))));
             if Arc::ptr_eq(held, keys) || keys.iter().all(|k| held.contains(k)) {
                 return slim;
             }
@@ -218,13 +218,13 @@ pub(crate) struct Env<'a, 'c> {
     /// document is the payload, parsed only when something reads it.
     elem: Option<&'a Value<'a>>,
     /// The payload keys the statement or template being evaluated reads (`None`: any).
-    keys: Option<&'a Arc<[Box<str>]>>,
+    keys: Option<&'a PayloadKeys>,
 }
 
 impl<'a, 'c> Env<'a, 'c> {
     /// The top level of a statement or template that reads the payload keys `keys`
     /// ([`super::ast::Reads`]).
-    pub(crate) fn root(ctx: &'a Ctx<'c>, keys: Option<&'a Arc<[Box<str>]>>) -> Env<'a, 'c> {
+    pub(crate) fn root(ctx: &'a Ctx<'c>, keys: Option<&'a PayloadKeys>) -> Env<'a, 'c> {
         Env {
             ctx,
             elem: None,

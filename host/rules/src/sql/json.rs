@@ -22,41 +22,15 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses a message payload. A JSON object becomes an addressable [`Value::Object`]; anything
 /// else (other JSON values included: AWS treats a payload of `80` as non-JSON) is
-/// [`Value::Binary`].
-pub(crate) fn parse_payload(bytes: &[u8]) -> Value<'_> {
+/// [`Value::Binary`]. With `keys`, only the top-level members named there are built: the rest
+/// is checked as strictly (so the payload is an object exactly when it is one without `keys`)
+/// but not built, which is most of a parse's cost when a rule reads one or two fields.
+pub(crate) fn parse_payload<'a>(bytes: &'a [u8], keys: Option<&[Box<str>]>) -> Value<'a> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{')
-        && let Some(v @ Value::Object(_)) = parse_json(bytes)
-    {
-        return v;
-    }
-    Value::Binary(Cow::Borrowed(bytes))
-}
-
-/// [`parse_payload`] building only the top-level members named in `keys`: the rest of the
-/// payload is checked as strictly as [`parse_payload`] checks it (so the result is an object
-/// exactly when that one is) but not built, which is most of a parse's cost when a rule reads
-/// one or two fields of a reading.
-pub(crate) fn parse_payload_keys<'a>(bytes: &'a [u8], keys: &[Box<str>]) -> Value<'a> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{')
-        && let Some(v) = read_whole(bytes, |r| {
-            r.nested(|r| {
-                let mut entries: Entries<'a> = Vec::with_capacity(keys.len());
-                r.members(b'}', |r| {
-                    let key = r.key_if(|key| keys.iter().any(|k| **k == *key))?;
-                    r.colon()?;
-                    match key {
-                        Some(key) => {
-                            let v = r.value()?;
-                            entries.push((key, v));
-                            Some(())
-                        }
-                        None => r.skip(),
-                    }
-                })?;
-                Some(Value::Object(entries))
-            })
+        && let Some(v @ Value::Object(_)) = read_whole(bytes, |r| match keys {
+            None => r.value(),
+            Some(keys) => r.object_with(keys),
         })
     {
         return v;
@@ -144,6 +118,26 @@ impl<'a> Reader<'a> {
             b'-' | b'0'..=b'9' => self.number(),
             _ => None,
         }
+    }
+
+    /// An object with only the members named in `keys` built (the others checked).
+    fn object_with(&mut self, keys: &[Box<str>]) -> Option<Value<'a>> {
+        self.nested(|r| {
+            let mut entries: Entries<'a> = Vec::with_capacity(keys.len());
+            r.members(b'}', |r| {
+                let key = r.key_if(|key| keys.iter().any(|k| **k == *key))?;
+                r.colon()?;
+                match key {
+                    Some(key) => {
+                        let v = r.value()?;
+                        entries.push((key, v));
+                        Some(())
+                    }
+                    None => r.skip(),
+                }
+            })?;
+            Some(Value::Object(entries))
+        })
     }
 
     /// Checks one value as [`Reader::value`] would read it, building nothing.
@@ -338,8 +332,8 @@ impl<'a> Reader<'a> {
         Some((c, j + 2))
     }
 
-    /// Checks a number as [`Reader::number`] reads it (RFC 8259's grammar) without
-    /// converting it.
+    /// Checks a number (RFC 8259's grammar) without converting it; [`Reader::number`] checks
+    /// with it too.
     #[inline(always)]
     fn skip_number(&mut self) -> Option<()> {
         let b = self.b;
@@ -394,71 +388,44 @@ impl<'a> Reader<'a> {
     /// power of ten is correctly rounded); the rest go through the standard library's parser.
     fn number(&mut self) -> Option<Value<'a>> {
         let start = self.i;
-        let b = self.b;
-        let mut j = start;
-        let negative = b[j] == b'-';
-        if negative {
-            j += 1;
-        }
+        self.skip_number()?;
+        let text = &self.s[start..self.i];
+        // The grammar is checked: only the value is worked out here.
+        let b = text.as_bytes();
+        let negative = b.first() == Some(&b'-');
         let mut mantissa: u64 = 0;
         let mut digits = 0usize;
-        let mut digit = |c: u8, digits: &mut usize| {
-            if *digits < 19 {
-                mantissa = mantissa * 10 + u64::from(c - b'0');
-            }
-            *digits += 1;
-        };
-        match b.get(j) {
-            Some(b'0') => j += 1,
-            Some(b'1'..=b'9') => {
-                while let Some(&c @ b'0'..=b'9') = b.get(j) {
-                    digit(c, &mut digits);
-                    j += 1;
-                }
-            }
-            _ => return None,
-        }
         let mut fraction = 0usize;
-        if b.get(j) == Some(&b'.') {
-            j += 1;
-            let d = j;
-            while let Some(&c @ b'0'..=b'9') = b.get(j) {
-                // Leading zeros of a fraction do not count against the 15 digits.
-                if digits > 0 || c != b'0' {
-                    digit(c, &mut digits);
-                }
-                j += 1;
-            }
-            if j == d {
-                return None;
-            }
-            fraction = j - d;
-        }
+        let mut in_fraction = false;
         let mut exponent: i64 = 0;
-        if let Some(b'e' | b'E') = b.get(j) {
-            j += 1;
-            let sign = match b.get(j) {
-                Some(b'-') => {
-                    j += 1;
-                    -1
+        for (j, &c) in b.iter().enumerate().skip(usize::from(negative)) {
+            match c {
+                b'0'..=b'9' => {
+                    // Leading zeros (`0.05`) do not count against the 15 digits.
+                    if digits > 0 || c != b'0' {
+                        if digits < 19 {
+                            mantissa = mantissa * 10 + u64::from(c - b'0');
+                        }
+                        digits += 1;
+                    }
+                    fraction += usize::from(in_fraction);
                 }
-                Some(b'+') => {
-                    j += 1;
-                    1
+                b'.' => in_fraction = true,
+                _ => {
+                    // `e` or `E`, then an optional sign and digits.
+                    let (sign, rest) = match b.get(j + 1) {
+                        Some(b'-') => (-1, &b[j + 2..]),
+                        Some(b'+') => (1, &b[j + 2..]),
+                        _ => (1, &b[j + 1..]),
+                    };
+                    for &e in rest {
+                        exponent = (exponent * 10 + i64::from(e - b'0')).min(100_000);
+                    }
+                    exponent *= sign;
+                    break;
                 }
-                _ => 1,
-            };
-            let d = j;
-            while let Some(&c @ b'0'..=b'9') = b.get(j) {
-                exponent = (exponent * 10 + i64::from(c - b'0')).min(100_000);
-                j += 1;
             }
-            if j == d {
-                return None;
-            }
-            exponent *= sign;
         }
-        self.i = j;
         if fraction == 0 && exponent == 0 && digits <= 18 {
             let n = mantissa as i64;
             return Some(Value::Int(if negative { -n } else { n }));
@@ -473,7 +440,6 @@ impl<'a> Reader<'a> {
             };
             return Some(Value::number(if negative { -d } else { d }));
         }
-        let text = &self.s[start..j];
         if fraction == 0
             && exponent == 0
             && let Ok(i) = text.parse::<i64>()
@@ -813,7 +779,7 @@ mod tests {
     fn payload_parsing_borrows_and_normalizes_numbers() {
         let bytes =
             br#"{"a":"x","b":10.0,"c":1.5,"d":[1,null,true],"e":{"f":"g\"h"},"n":18446744073709551615}"#;
-        let v = parse_payload(bytes);
+        let v = parse_payload(bytes, None);
         let Value::Object(entries) = &v else {
             panic!("not an object")
         };
@@ -842,14 +808,14 @@ mod tests {
             b"{} trailing",
             b"{\"a\":1,}",
         ] {
-            assert!(matches!(parse_payload(p), Value::Binary(_)), "{p:?}");
+            assert!(matches!(parse_payload(p, None), Value::Binary(_)), "{p:?}");
         }
-        assert!(matches!(parse_payload(b"  {\"a\":1}  "), Value::Object(_)));
+        assert!(matches!(parse_payload(b"  {\"a\":1}  ", None), Value::Object(_)));
     }
 
     #[test]
     fn duplicate_keys_last_wins() {
-        let v = parse_payload(br#"{"a":1,"a":2}"#);
+        let v = parse_payload(br#"{"a":1,"a":2}"#, None);
         let Value::Object(entries) = &v else { panic!() };
         assert!(matches!(lookup(entries, "a"), Some(Value::Int(2))));
     }
@@ -936,7 +902,7 @@ mod tests {
     /// What the fast check must agree with: the payload parses to an object that writes back
     /// to the same bytes.
     fn slow_canonical(bytes: &[u8]) -> bool {
-        match parse_payload(bytes) {
+        match parse_payload(bytes, None) {
             v @ Value::Object(_) => json(&v).as_bytes() == bytes,
             _ => false,
         }
@@ -1119,7 +1085,7 @@ mod tests {
 
     /// What the full parse gives, cut down to the members named in `keys`.
     fn filtered(doc: &str, keys: &[Box<str>]) -> String {
-        match parse_payload(doc.as_bytes()) {
+        match parse_payload(doc.as_bytes(), None) {
             Value::Object(entries) => json(&Value::Object(
                 entries
                     .into_iter()
@@ -1137,7 +1103,7 @@ mod tests {
         for doc in generated_documents(20_000) {
             for keys in key_sets {
                 let keys: Vec<Box<str>> = keys.iter().map(|k| Box::from(*k)).collect();
-                let slim = parse_payload_keys(doc.as_bytes(), &keys);
+                let slim = parse_payload(doc.as_bytes(), Some(&keys));
                 assert_eq!(json(&slim), filtered(&doc, &keys), "{doc} {keys:?}");
                 match slim {
                     Value::Object(_) => outcomes.0 += 1,
@@ -1169,18 +1135,18 @@ mod tests {
             (format!(r#"{{"temp":1,"other":{}}}"#, deep(127)), true),
             (format!(r#"{{"temp":1,"other":{}}}"#, deep(128)), false),
         ] {
-            let slim = parse_payload_keys(doc.as_bytes(), &keys);
+            let slim = parse_payload(doc.as_bytes(), Some(&keys));
             assert_eq!(matches!(slim, Value::Object(_)), object, "{doc}");
             assert_eq!(json(&slim), filtered(&doc, &keys), "{doc}");
         }
-        assert!(matches!(parse_payload_keys(b"[1]", &keys), Value::Binary(_)));
-        assert!(matches!(parse_payload_keys(b"80", &keys), Value::Binary(_)));
+        assert!(matches!(parse_payload(b"[1]", Some(&keys)), Value::Binary(_)));
+        assert!(matches!(parse_payload(b"80", Some(&keys)), Value::Binary(_)));
         assert!(matches!(
-            parse_payload_keys(&[0xff, b'{'], &keys),
+            parse_payload(&[0xff, b'{'], Some(&keys)),
             Value::Binary(_)
         ));
         assert!(matches!(
-            parse_payload_keys(b"{\"o\":\"\xff\"}", &keys),
+            parse_payload(b"{\"o\":\"\xff\"}", Some(&keys)),
             Value::Binary(_)
         ));
     }

@@ -33,8 +33,6 @@ mod parser;
 mod template;
 mod value;
 
-use std::sync::Arc;
-
 use shoal_broker::topic::{Topic, TopicFilter, matches_filter};
 
 pub use error::{EvalError, Position, ShadowFailure, SqlError};
@@ -42,7 +40,7 @@ pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
 pub use functions::time::{civil_from_days, days_from_civil};
 pub use template::Template;
 
-use ast::{Item, Query, Reads, Select};
+use ast::{Item, PayloadKeys, Query, Reads, Select};
 use eval::{Env, passes, project};
 use functions::Func;
 use json::{canonical_object, write_json};
@@ -61,7 +59,7 @@ pub struct Sql {
     uses_shadow: bool,
     star_only: bool,
     /// The payload keys the statement reads (`None`: it may read the whole document).
-    keys: Option<Arc<[Box<str>]>>,
+    keys: Option<PayloadKeys>,
 }
 
 impl std::fmt::Debug for Sql {

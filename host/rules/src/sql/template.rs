@@ -8,11 +8,9 @@
 //! text and base64 otherwise. `$$` writes a literal `$` (AWS's republish action uses `$$aws`
 //! for `$aws`); a `$` not followed by `{` is literal too.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 
-use super::ast::{Expr, Reads};
+use super::ast::{Expr, PayloadKeys, Reads};
 use super::error::{EvalError, SqlError};
 use super::eval::{Ctx, Env, eval};
 use super::json::write_json;
@@ -25,7 +23,7 @@ pub struct Template {
     source: String,
     parts: Vec<Part>,
     /// The payload keys the substitutions read (`None`: the whole document may be).
-    keys: Option<Arc<[Box<str>]>>,
+    keys: Option<PayloadKeys>,
 }
 
 #[derive(Debug, Clone)]

@@ -211,8 +211,8 @@ pub(crate) fn format_decimal(d: f64, out: &mut String) {
 /// decimal of up to four fraction digits, the one found at the smallest `k`; and one ending
 /// in `0` (a shorter form exists) is left to ryu.
 fn short_decimal(d: f64, out: &mut String) -> bool {
-    const SCALES: [(f64, u64); 4] = [(1e1, 10), (1e2, 100), (1e3, 1_000), (1e4, 10_000)];
-    for (k, (scale, divisor)) in SCALES.into_iter().enumerate() {
+    for (k, divisor) in [10u64, 100, 1_000, 10_000].into_iter().enumerate() {
+        let scale = divisor as f64;
         let scaled = d * scale;
         let n = scaled as i64;
         if n as f64 != scaled || n as f64 / scale != d {
