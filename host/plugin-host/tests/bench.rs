@@ -325,4 +325,36 @@ fn plugin_runtime_micro_benchmarks() {
         "the same call via spawn_blocking from an async task: {:.2} µs wall",
         hopped.as_secs_f64() * 1e6
     );
+
+    // An infinite loop against its deadline (issue #5: stopped within 2x). Each call includes
+    // a fresh instantiation, since the trap discarded the previous instance.
+    for (deadline_ms, calls) in [(10u32, 21), (50, 9)] {
+        let name = format!("spin{deadline_ms}");
+        let spin = PluginConfig {
+            max_consecutive_failures: 1000,
+            deadline_ms,
+            ..PluginConfig::default()
+        };
+        deploy(&t.host, &name, "hostile", spin);
+        let mut took: Vec<Duration> = (0..calls)
+            .map(|_| {
+                let started = Instant::now();
+                let out = t.host.invoke(&name, &msg("spin", ""));
+                let took = started.elapsed();
+                assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
+                took
+            })
+            .collect();
+        took.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let med = took[took.len() / 2];
+        eprintln!(
+            "infinite loop, {deadline_ms} ms deadline, {calls} calls: stopped after min {:.1} / median \
+             {:.1} / max {:.1} ms; median / deadline = {:.2}x",
+            ms(took[0]),
+            ms(med),
+            ms(took[took.len() - 1]),
+            ms(med) / f64::from(deadline_ms),
+        );
+    }
 }
