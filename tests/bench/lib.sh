@@ -190,7 +190,8 @@ start_rules_broker() {
     local shoal=$1 work=$2 mode=$3 wasm=$4
     port=$(free_port)
     "$shoal" serve --data-dir "$work/data" --store memory --mqtt-listen "127.0.0.1:$port" \
-        --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none >"$work/broker.log" 2>&1 &
+        --mqtts-listen off --http-listen 127.0.0.1:0 --http-auth none ${SHOAL_SERVE_ARGS:-} \
+        >"$work/broker.log" 2>&1 &
     BROKER_PID=$!
     wait_listen "$port" && http=$(shoal_addr "$work/data" http) || { tail "$work/broker.log" >&2; exit 1; }
     bench_rules "$mode" "$http" "$work" "$wasm"

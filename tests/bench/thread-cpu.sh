@@ -13,6 +13,7 @@
 # PERF_ARGS="--call-graph dwarf,16384" for stacks through code built without frame pointers.
 # With SHOAL_PLUGIN_PROFILER=perfmap in the environment the server names the plugin's
 # compiled functions for perf. WASM=path picks another threshold-alert build (A/B).
+# SHOAL_SERVE_ARGS adds `shoal serve` flags, e.g. SHOAL_SERVE_ARGS=--rules-inline=true.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -58,4 +59,4 @@ grep '^{' "$WORK/out" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
 print("  loadgen: {:,.0f} deliveries/s, sent {:,}".format(d["msgs_per_sec"], d["sent"]))'
-curl -s "http://$http/metrics" | grep -E '^shoal_rules_dropped_total' | sed 's/^/  /' || true
+curl -s "http://$http/metrics" | grep -E "^shoal_rules_dropped_total|^shoal_rules_(held_back|hold_timeouts)_total|^shoal_messages_dropped_total.*queue_full" | sed "s/^/  /" || true

@@ -965,6 +965,53 @@ def test_a_looping_plugin_in_a_rule_does_not_stop_other_traffic(shoal: Shoal):
     wait_stats(shoal, "spinner", actionsFailed=spins, errorActions=spins, actionsOk=1)
 
 
+def test_a_full_rules_queue_holds_the_publisher_back_and_loses_nothing(make_shoal):
+    """One rules worker with a queue of 4, ten rules that each read a different key of 60 KB
+    documents (the whole document is parsed for each message, slower than a publisher can send
+    them): rather than skipping messages, the broker holds the publisher back (back-pressure),
+    and every rule sees every message, in order."""
+    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
+    for i in range(10):
+        create(shoal, f"heavy_{i}", f"SELECT k{i}, n FROM 'bp/+'", republish(f"bp_out/{i}"))
+    out = subscriber(shoal, "bp_out/9")
+    n = 150
+    filler = list(range(6000))
+    pub = shoal.client()
+    for seq in range(n):
+        doc = {f"k{i}": i for i in range(10)} | {"n": seq, "filler": filler}
+        pub.publish("bp/dev", json.dumps(doc), qos=0, wait=False)
+    pub.publish("bp/dev", json.dumps({"n": n}), qos=1)
+    got = [body(m)["n"] for m in out.wait_messages(n + 1, timeout=60)]
+    assert got == list(range(n + 1)), got
+    for i in range(10):
+        wait_stats(shoal, f"heavy_{i}", matched=n + 1)
+    assert metric(shoal, "shoal_rules_dropped_total") == 0
+    assert metric(shoal, "shoal_rules_held_back_total") > 0
+    assert metric(shoal, "shoal_rules_hold_timeouts_total") == 0
+
+
+@needs_plugins
+def test_a_slow_plugin_rule_never_holds_publishers_back(make_shoal):
+    """A rule whose plugin spins until its deadline fills its worker's queue: its messages are
+    dropped for the rules (counted) instead of holding the publisher, whose publishes are
+    acknowledged at once and still delivered."""
+    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
+    upload(shoal, "spin", "infinite-loop",
+           {"deadline_ms": 200, "max_consecutive_failures": 1000, "settings": settings(trigger="spin")})
+    create(shoal, "spinner", "SELECT * FROM 'slow/+'", plugin_action("spin"))
+    seen = subscriber(shoal, "slow/#")
+    pub = shoal.client()
+    started = time.monotonic()
+    for _ in range(20):
+        pub.publish("slow/1", b"spin", qos=1)
+    took = time.monotonic() - started
+    assert len(seen.wait_messages(20, timeout=10)) == 20
+    assert metric(shoal, "shoal_rules_dropped_total") >= 1
+    assert metric(shoal, "shoal_rules_held_back_total") == 0
+    # 20 spins of 200 ms would take 4 s if the publisher waited for them.
+    assert took < 3, f"20 acknowledged publishes took {took:.2f} s"
+
+
 # -- CLI -------------------------------------------------------------------------------------------
 
 def rule_cli(s: Shoal, *args: str, check: bool = True, stdin: str = ""):

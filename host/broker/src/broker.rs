@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{Action, Authorizer, Principal};
 use crate::config::BrokerConfig;
-use crate::hook::{HookOutcome, MessageHook, Origin};
+use crate::hook::{Admission, HookOutcome, MessageHook, Origin};
 use crate::message::{ClientId, Message, QoS, StoredMessage, now_ms};
 use crate::metrics::BrokerMetrics;
 use crate::persist::Persister;
@@ -697,6 +697,12 @@ impl Broker {
         watchdog::name_of(topic).is_some()
             || self.hooks.load().iter().any(|h| h.wants(topic))
             || self.router.read().has_match(topic)
+    }
+
+    /// Back-pressure from the hooks ([`MessageHook::admit`]) for a client's message on
+    /// `topic`: `Some` is a wait the publishing connection does before [`Broker::publish`].
+    pub fn admission(&self, topic: &Topic, client_id: &ClientId) -> Option<Admission> {
+        self.hooks.load().iter().find_map(|h| h.admit(topic, client_id))
     }
 
     /// Routes a message: hooks first, then the retained store, then every matching session.

@@ -15,6 +15,10 @@ pub enum HookOutcome {
     Consumed,
 }
 
+/// A wait a hook asks a publishing connection to do before its message is handed over (see
+/// [`MessageHook::admit`]).
+pub type Admission = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
 /// Who published a message, as hooks see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -37,5 +41,15 @@ pub trait MessageHook: Send + Sync + 'static {
     /// [`MessageHook::on_publish`] would ignore any message on `topic`.
     fn wants(&self, _topic: &Topic) -> bool {
         true
+    }
+
+    /// Back-pressure. Called on the publishing connection, in its order, before a client's
+    /// message on `topic` is published ([`crate::Broker::admission`]): `Some` asks the
+    /// connection to wait for the returned future first, so that its later messages wait
+    /// behind this one and the network pushes back on the client, instead of the hook
+    /// dropping work it has no room for. The wait must be bounded; `None` (the default, and
+    /// the answer whenever there is room) costs the publisher nothing.
+    fn admit(&self, _topic: &Topic, _client_id: &ClientId) -> Option<Admission> {
+        None
     }
 }

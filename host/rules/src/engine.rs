@@ -14,8 +14,10 @@
 //! matching rules up itself): each worker thread owns a bounded
 //! queue, and a message goes to the worker chosen
 //! by its publisher's client id, so one device's messages are handled in the order it sent
-//! them (a debouncing plugin sees readings in order). A full queue drops the message for the
-//! rules (it is still routed to subscribers) and counts it in `shoal_rules_dropped_total`.
+//! them (a debouncing plugin sees readings in order). A queue nearly full holds back the
+//! publisher of a message that only rules that never wait match ([`Shard`]: back-pressure);
+//! a full queue drops the message for the rules (it is still routed to subscribers) and
+//! counts it in `shoal_rules_dropped_total`.
 //! Workers are plain threads, not async tasks: plugin calls are synchronous and may run for
 //! their deadline, and shadow reads and writes wait on the runtime from there.
 //!
@@ -38,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -48,7 +50,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use shoal_broker::Broker;
 use shoal_broker::auth::Principal;
-use shoal_broker::hook::{HookOutcome, MessageHook, Origin};
+use shoal_broker::hook::{Admission, HookOutcome, MessageHook, Origin};
 use shoal_broker::message::{ClientId, Message, QoS, now_ms};
 use shoal_broker::metrics::StripedCounter;
 use shoal_broker::topic::Topic;
@@ -506,6 +508,10 @@ impl Job {
 struct EngineCounters {
     enqueued: AtomicU64,
     dropped: AtomicU64,
+    /// Client messages whose publisher waited for room (back-pressure), and of those the
+    /// waits that ran out of time (see [`Shard`]).
+    held_back: AtomicU64,
+    hold_timeouts: AtomicU64,
     ingest_unknown: AtomicU64,
     alerts: AtomicU64,
     hop_limit: AtomicU64,
@@ -524,6 +530,8 @@ struct Inner {
     revision: AtomicU64,
     store: Arc<dyn RuleStore>,
     queues: Vec<SyncSender<Work>>,
+    /// One per queue: its depth and back-pressure state.
+    shards: Vec<Shard>,
     counters: EngineCounters,
     deps: EngineDeps,
     /// The origin of what the engine publishes: hooks (the shadow service) see it, so a
@@ -538,6 +546,52 @@ struct Inner {
     streams: StreamSink,
     stream_max_len: u64,
     mailer: Option<Mailer>,
+}
+
+/// How long a publisher is held back at most for one message (see [`Shard`]).
+const MAX_HOLD: Duration = Duration::from_millis(100);
+
+/// A worker queue's depth, for back-pressure. When a client's message would go to a queue
+/// at least three quarters full and every rule it matches is one that never waits (no plugin,
+/// no shadow action, no `get_thing_shadow()`: its worker is behind only for want of CPU), the
+/// publisher's connection waits ([`MessageHook::admit`]) until the queue is down to half, so
+/// the broker slows that publisher instead of the rules skipping messages. A message that a
+/// rule which may wait (a plugin's deadline, a shadow write) matches is never held: that rule
+/// could hold publishers for as long as it is slow, so its messages are dropped when the
+/// queue is full, as before. A wait lasts at most [`MAX_HOLD`]; one that runs out marks the
+/// queue stalled (slow work from other publishers is ahead), and no one is held on it again
+/// until it drains to half.
+struct Shard {
+    depth: AtomicUsize,
+    /// Depth at which publishers are held, and at which they are let go.
+    high: usize,
+    low: usize,
+    stalled: AtomicBool,
+    drained: tokio::sync::Notify,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Shard {
+        let capacity = capacity.max(1);
+        Shard {
+            depth: AtomicUsize::new(0),
+            high: capacity - (capacity / 4).max(1),
+            low: capacity / 2,
+            stalled: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A job left the queue.
+    fn taken(&self) {
+        let left = self.depth.fetch_sub(1, Relaxed).saturating_sub(1);
+        if left <= self.low {
+            if self.stalled.load(Relaxed) {
+                self.stalled.store(false, Relaxed);
+            }
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 /// The rules engine. Cheap to clone.
@@ -577,10 +631,12 @@ impl RulesEngine {
             .map_err(|e| RuleError::Invalid(format!("the SMTP relay settings: {e}")))?;
         let mut queues = Vec::new();
         let mut receivers = Vec::new();
+        let mut shards = Vec::new();
         for _ in 0..config.workers.max(1) {
             let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
             queues.push(tx);
             receivers.push(rx);
+            shards.push(Shard::new(config.queue_capacity));
         }
         let archive = match &config.archive_dir {
             Some(dir) => Some(
@@ -610,6 +666,7 @@ impl RulesEngine {
                 revision: AtomicU64::new(revision.unwrap_or(NO_REVISION)),
                 store,
                 queues,
+                shards,
                 counters: EngineCounters::default(),
                 deps,
                 own_id: ClientId::generate(),
@@ -624,7 +681,7 @@ impl RulesEngine {
             let inner = engine.inner.clone();
             std::thread::Builder::new()
                 .name(format!("shoal-rules-{i}"))
-                .spawn(move || worker(inner, rx))
+                .spawn(move || worker(inner, i, rx))
                 .map_err(|e| RuleError::Store(format!("cannot start a rules worker: {e}")))?;
         }
         if revision.is_some() {
@@ -819,6 +876,10 @@ impl RulesEngine {
              # TYPE shoal_rules_enqueued_total counter\nshoal_rules_enqueued_total {}\n\
              # HELP shoal_rules_dropped_total Messages the rules skipped because the workers' queues were full.\n\
              # TYPE shoal_rules_dropped_total counter\nshoal_rules_dropped_total {}\n\
+             # HELP shoal_rules_held_back_total Client messages whose publisher waited for room in a rules worker's queue (back-pressure).\n\
+             # TYPE shoal_rules_held_back_total counter\nshoal_rules_held_back_total {}\n\
+             # HELP shoal_rules_hold_timeouts_total Of those, the waits that ran out of time (the queue was behind on slow work).\n\
+             # TYPE shoal_rules_hold_timeouts_total counter\nshoal_rules_hold_timeouts_total {}\n\
              # HELP shoal_rules_basic_ingest_unknown_total Basic Ingest publishes naming no enabled rule.\n\
              # TYPE shoal_rules_basic_ingest_unknown_total counter\nshoal_rules_basic_ingest_unknown_total {}\n\
              # HELP shoal_rules_hop_limit_total Rule outputs that skipped the rules, {MAX_HOPS} rules deep already.\n\
@@ -852,6 +913,8 @@ impl RulesEngine {
              shoal_rules_emails_total{{result=\"dropped\"}} {}",
             c.enqueued.load(Relaxed),
             c.dropped.load(Relaxed),
+            c.held_back.load(Relaxed),
+            c.hold_timeouts.load(Relaxed),
             c.ingest_unknown.load(Relaxed),
             c.hop_limit.load(Relaxed),
             c.alerts.load(Relaxed),
@@ -1003,6 +1066,60 @@ impl MessageHook for Hook {
         topic.as_str().starts_with(BASIC_INGEST) || self.0.index.load().any_matching(topic)
     }
 
+    /// Holds a client's publisher back while its worker's queue is nearly full and every rule
+    /// its message matches never waits (see [`Shard`]).
+    fn admit(&self, topic: &Topic, client_id: &ClientId) -> Option<Admission> {
+        let inner = &self.0;
+        let i = shard(client_id.as_str(), inner.shards.len());
+        let s = &inner.shards[i];
+        if s.depth.load(Relaxed) < s.high || s.stalled.load(Relaxed) || *client_id == inner.own_id {
+            return None;
+        }
+        // Which rules the worker would run (inline ones run in the hook and never queue).
+        let quick = |l: &Arc<Live>| l.rule.inline && !inner.inline;
+        let all_quick = match topic.as_str().strip_prefix(BASIC_INGEST) {
+            Some(rest) => {
+                let name = rest.split_once('/').map_or(rest, |(rule, _)| rule);
+                let rules = inner.rules.load();
+                RuleName::parse(name)
+                    .ok()
+                    .and_then(|n| rules.get(&n).cloned())
+                    .is_some_and(|l| l.rule.enabled() && quick(&l))
+            }
+            None => {
+                let index = inner.index.load();
+                let mut any = false;
+                index.rules_matching(topic).all(|l| {
+                    any = true;
+                    quick(l)
+                }) && any
+            }
+        };
+        if !all_quick {
+            return None;
+        }
+        inner.counters.held_back.fetch_add(1, Relaxed);
+        let inner = Arc::clone(inner);
+        Some(Box::pin(async move {
+            let s = &inner.shards[i];
+            let drained = async {
+                loop {
+                    let notified = s.drained.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if s.depth.load(Relaxed) <= s.low {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            if tokio::time::timeout(MAX_HOLD, drained).await.is_err() {
+                s.stalled.store(true, Relaxed);
+                inner.counters.hold_timeouts.fetch_add(1, Relaxed);
+            }
+        }))
+    }
+
     fn on_publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> HookOutcome {
         let inner = &self.0;
         // The engine's own output: how deep (which rule published it is looked at below).
@@ -1113,11 +1230,14 @@ impl MessageHook for Hook {
 /// Hands `job` to the worker of its publisher, or counts it dropped when that queue is full.
 fn enqueue(inner: &Inner, job: Job) {
     let shard = shard(job.from.client_id.as_str(), inner.queues.len());
+    // Counted before the send, so the worker's decrement never comes first.
+    inner.shards[shard].depth.fetch_add(1, Relaxed);
     match inner.queues[shard].try_send(Work::Job(job)) {
         Ok(()) => {
             inner.counters.enqueued.fetch_add(1, Relaxed);
         }
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            inner.shards[shard].depth.fetch_sub(1, Relaxed);
             let n = inner.counters.dropped.fetch_add(1, Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -1173,10 +1293,13 @@ enum Work {
     Barrier(SyncSender<()>),
 }
 
-fn worker(inner: Arc<Inner>, rx: Receiver<Work>) {
+fn worker(inner: Arc<Inner>, shard: usize, rx: Receiver<Work>) {
     while let Ok(work) = rx.recv() {
         let job = match work {
-            Work::Job(job) => job,
+            Work::Job(job) => {
+                inner.shards[shard].taken();
+                job
+            }
             Work::Barrier(done) => {
                 let _ = done.try_send(());
                 continue;

@@ -76,8 +76,11 @@ pub struct ServeArgs {
     /// order; plugin calls run there.
     #[arg(long, env = "SHOAL_RULES_WORKERS")]
     pub rules_workers: Option<usize>,
-    /// Messages each rules worker may have waiting (default 10000); past it messages skip the
-    /// rules (still routed to subscribers) and `shoal_rules_dropped_total` counts them.
+    /// Messages each rules worker may have waiting (default 10000). From three quarters full,
+    /// a publisher whose message only rules that never wait match is held back until the
+    /// queue is down to half (`shoal_rules_held_back_total`); a message a plugin or shadow
+    /// rule matches is never held, and past the limit skips the rules (still routed to
+    /// subscribers; `shoal_rules_dropped_total` counts it).
     #[arg(long, env = "SHOAL_RULES_QUEUE")]
     pub rules_queue: Option<usize>,
     /// Run rules that never wait (no plugin or shadow action) on the broker's I/O threads

@@ -236,6 +236,11 @@ pub(crate) async fn publish(s: &Session, p: v3::Publish) -> Result<(), HandlerEr
     let mut msg = Message::new(topic, payload, qos, retain);
     msg.publisher = Some(conn.client_id.clone());
     turn.wait().await;
+    // A hook with no room (the rules workers behind) holds this connection back here, in
+    // its order, rather than losing the message's rule evaluation.
+    if let Some(wait) = b.admission(&msg.topic, &conn.client_id) {
+        wait.await;
+    }
     let routed = b.publish(
         msg,
         Some(Origin {

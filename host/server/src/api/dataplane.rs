@@ -240,6 +240,10 @@ async fn publish(
     } else {
         Principal::anonymous()
     };
+    // The rules workers' back-pressure holds this request as it holds an MQTT publisher.
+    if let Some(wait) = b.admission(&msg.topic, &client_id) {
+        wait.await;
+    }
     let routed = b.publish(
         msg,
         Some(Origin {
