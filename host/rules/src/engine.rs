@@ -40,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -567,6 +567,8 @@ struct Shard {
     high: usize,
     low: usize,
     stalled: AtomicBool,
+    /// Publishers waiting now (the worker notifies only when there are some).
+    waiting: AtomicUsize,
     drained: tokio::sync::Notify,
 }
 
@@ -578,18 +580,23 @@ impl Shard {
             high: capacity - (capacity / 4).max(1),
             low: capacity / 2,
             stalled: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
         }
     }
 
     /// A job left the queue.
     fn taken(&self) {
-        let left = self.depth.fetch_sub(1, Relaxed).saturating_sub(1);
+        // SeqCst with the waiter's increment of `waiting` and load of `depth`: one of the two
+        // sides sees the other's write, so a waiter is not left to its time-out.
+        let left = self.depth.fetch_sub(1, SeqCst).saturating_sub(1);
         if left <= self.low {
             if self.stalled.load(Relaxed) {
                 self.stalled.store(false, Relaxed);
             }
-            self.drained.notify_waiters();
+            if self.waiting.load(SeqCst) > 0 {
+                self.drained.notify_waiters();
+            }
         }
     }
 }
@@ -1102,18 +1109,30 @@ impl MessageHook for Hook {
         let inner = Arc::clone(inner);
         Some(Box::pin(async move {
             let s = &inner.shards[i];
+            /// Counts this publisher in `waiting` while it waits, even if its connection
+            /// drops the wait half-way.
+            struct Waiting<'a>(&'a AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, SeqCst);
+                }
+            }
+            s.waiting.fetch_add(1, SeqCst);
+            let waiting = Waiting(&s.waiting);
             let drained = async {
                 loop {
                     let notified = s.drained.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if s.depth.load(Relaxed) <= s.low {
+                    if s.depth.load(SeqCst) <= s.low {
                         return;
                     }
                     notified.await;
                 }
             };
-            if tokio::time::timeout(MAX_HOLD, drained).await.is_err() {
+            let timed_out = tokio::time::timeout(MAX_HOLD, drained).await.is_err();
+            drop(waiting);
+            if timed_out {
                 s.stalled.store(true, Relaxed);
                 inner.counters.hold_timeouts.fetch_add(1, Relaxed);
             }
