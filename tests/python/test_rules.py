@@ -6,8 +6,8 @@ fields and aliases, QoS 1 republishes; the shadow action; the plugin action (thr
 alerts on `$shoal/alerts/{thing}` and its publishes); the error action with AWS's error document;
 Basic Ingest; enable/disable, replace, delete and the refused definitions (409, 400 with the SQL
 error's position, 404); rules across a restart; `/metrics`; a looping plugin in a rule;
-back-pressure from a full rules queue (held publishers lose nothing; slow plugin work is never
-waited for); the CLI.
+back-pressure from a full rules queue (held publishers lose nothing; slow plugin work holds a
+publisher at most once); the CLI.
 
 Every test gets its own broker. A rule's actions run on worker threads after the publish is
 acknowledged, so tests wait for what the actions produce (a message, a shadow, a counter) with a
@@ -993,8 +993,9 @@ def test_a_full_rules_queue_holds_the_publisher_back_and_loses_nothing(make_shoa
 
 
 @needs_plugins
-def test_a_slow_plugin_rule_never_holds_publishers_back(make_shoal):
-    """A rule whose plugin spins until its deadline fills its worker's queue: its messages are
+def test_a_slow_plugin_rule_holds_its_publisher_back_once(make_shoal):
+    """A rule whose plugin spins until its deadline fills its worker's queue: the publisher is
+    held once, for at most 100 ms; then the queue counts as stalled and its messages are
     dropped for the rules (counted) instead of holding the publisher, whose publishes are
     acknowledged at once and still delivered."""
     shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
@@ -1009,16 +1010,18 @@ def test_a_slow_plugin_rule_never_holds_publishers_back(make_shoal):
     took = time.monotonic() - started
     assert len(seen.wait_messages(20, timeout=10)) == 20
     assert metric(shoal, "shoal_rules_dropped_total") >= 1
-    assert metric(shoal, "shoal_rules_held_back_total") == 0
+    assert 1 <= metric(shoal, "shoal_rules_held_back_total") <= 3
+    assert metric(shoal, "shoal_rules_hold_timeouts_total") >= 1
     # 20 spins of 200 ms would take 4 s if the publisher waited for them.
     assert took < 3, f"20 acknowledged publishes took {took:.2f} s"
 
 
 @needs_plugins
 def test_a_publisher_held_behind_slow_work_waits_once_then_goes_on(make_shoal):
-    """A quick rule's publisher shares the one worker with a spinning plugin's messages: it is
-    held once (at most 100 ms), the queue is then marked stalled, and its next publishes go
-    straight through (their rule evaluations dropped and counted) until the queue drains."""
+    """A quick rule's publisher shares the one worker with a spinning plugin's messages: one
+    hold (at most 100 ms, of whichever publisher reached the full queue first) times out, the
+    queue is then marked stalled, and the quick publisher's publishes go straight through
+    (their rule evaluations dropped and counted) until the queue drains."""
     shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
     upload(shoal, "spin", "infinite-loop",
            {"deadline_ms": 300, "max_consecutive_failures": 1000, "settings": settings(trigger="spin")})

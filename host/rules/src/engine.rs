@@ -15,8 +15,8 @@
 //! queue, and a message goes to the worker chosen
 //! by its publisher's client id, so one device's messages are handled in the order it sent
 //! them (a debouncing plugin sees readings in order). A queue nearly full holds back the
-//! publisher of a message that only rules that never wait match ([`Shard`]: back-pressure);
-//! a full queue drops the message for the rules (it is still routed to subscribers) and
+//! publishers of the messages bound for it, for a bounded time ([`Shard`]: back-pressure); a
+//! full queue drops the message for the rules (it is still routed to subscribers) and
 //! counts it in `shoal_rules_dropped_total`.
 //! Workers are plain threads, not async tasks: plugin calls are synchronous and may run for
 //! their deadline, and shadow reads and writes wait on the runtime from there.
@@ -552,15 +552,14 @@ struct Inner {
 const MAX_HOLD: Duration = Duration::from_millis(100);
 
 /// A worker queue's depth, for back-pressure. When a client's message would go to a queue
-/// at least three quarters full and every rule it matches is one that never waits (no plugin,
-/// no shadow action, no `get_thing_shadow()`: its worker is behind only for want of CPU), the
-/// publisher's connection waits ([`MessageHook::admit`]) until the queue is down to half, so
-/// the broker slows that publisher instead of the rules skipping messages. A message that a
-/// rule which may wait (a plugin's deadline, a shadow write) matches is never held: that rule
-/// could hold publishers for as long as it is slow, so its messages are dropped when the
-/// queue is full, as before. A wait lasts at most [`MAX_HOLD`]; one that runs out marks the
-/// queue stalled (slow work from other publishers is ahead), and no one is held on it again
-/// until it drains to half.
+/// at least three quarters full, the publisher's connection waits ([`MessageHook::admit`])
+/// until the queue is down to half, so the broker slows that publisher instead of the rules
+/// skipping messages: a worker behind for want of CPU (quick rules, plugins that answer in
+/// microseconds) drains in milliseconds. Slow work must not hold publishers for as long as
+/// it is slow (a plugin spinning to its deadline, a shadow store that hangs), so a wait lasts
+/// at most [`MAX_HOLD`]; one that runs out marks the queue stalled, and no one is held on it
+/// again until it has drained to half: meanwhile a full queue drops messages for the rules,
+/// as before, and slow work costs each publisher at most one [`MAX_HOLD`] per episode.
 struct Shard {
     depth: AtomicUsize,
     /// Depth at which publishers are held, and at which they are let go.
@@ -1073,8 +1072,8 @@ impl MessageHook for Hook {
         topic.as_str().starts_with(BASIC_INGEST) || self.0.index.load().any_matching(topic)
     }
 
-    /// Holds a client's publisher back while its worker's queue is nearly full and every rule
-    /// its message matches never waits (see [`Shard`]).
+    /// Holds a client's publisher back while the worker queue its message goes to is nearly
+    /// full, unless that queue is stalled (see [`Shard`]).
     fn admit(&self, topic: &Topic, client_id: &ClientId) -> Option<Admission> {
         let inner = &self.0;
         let i = shard(client_id.as_str(), inner.shards.len());
@@ -1082,27 +1081,21 @@ impl MessageHook for Hook {
         if s.depth.load(Relaxed) < s.high || s.stalled.load(Relaxed) || *client_id == inner.own_id {
             return None;
         }
-        // Which rules the worker would run (inline ones run in the hook and never queue).
-        let quick = |l: &Arc<Live>| l.rule.inline && !inner.inline;
-        let all_quick = match topic.as_str().strip_prefix(BASIC_INGEST) {
+        // Whether the message will be queued: some rule it matches runs on the worker (with
+        // `--rules-inline`, the rules that never wait run in the hook instead).
+        let queued = |l: &Arc<Live>| !(inner.inline && l.rule.inline);
+        let will_queue = match topic.as_str().strip_prefix(BASIC_INGEST) {
             Some(rest) => {
                 let name = rest.split_once('/').map_or(rest, |(rule, _)| rule);
                 let rules = inner.rules.load();
                 RuleName::parse(name)
                     .ok()
                     .and_then(|n| rules.get(&n).cloned())
-                    .is_some_and(|l| l.rule.enabled() && quick(&l))
+                    .is_some_and(|l| l.rule.enabled() && queued(&l))
             }
-            None => {
-                let index = inner.index.load();
-                let mut any = false;
-                index.rules_matching(topic).all(|l| {
-                    any = true;
-                    quick(l)
-                }) && any
-            }
+            None => inner.index.load().rules_matching(topic).any(queued),
         };
-        if !all_quick {
+        if !will_queue {
             return None;
         }
         inner.counters.held_back.fetch_add(1, Relaxed);

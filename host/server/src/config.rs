@@ -77,10 +77,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_RULES_WORKERS")]
     pub rules_workers: Option<usize>,
     /// Messages each rules worker may have waiting (default 10000). From three quarters full,
-    /// a publisher whose message only rules that never wait match is held back until the
-    /// queue is down to half (`shoal_rules_held_back_total`); a message a plugin or shadow
-    /// rule matches is never held, and past the limit skips the rules (still routed to
-    /// subscribers; `shoal_rules_dropped_total` counts it).
+    /// a publisher whose message goes to that worker is held back until the queue is down to
+    /// half, at most 100 ms (`shoal_rules_held_back_total`; a queue that does not drain in time,
+    /// behind a slow plugin, holds no one until it has); past the limit a message skips the
+    /// rules (still routed to subscribers; `shoal_rules_dropped_total` counts it).
     #[arg(long, env = "SHOAL_RULES_QUEUE")]
     pub rules_queue: Option<usize>,
     /// Run rules that never wait (no plugin or shadow action) on the broker's I/O threads
