@@ -699,10 +699,14 @@ impl Broker {
             || self.router.read().has_match(topic)
     }
 
-    /// Back-pressure from the hooks ([`MessageHook::admit`]) for a client's message on
-    /// `topic`: `Some` is a wait the publishing connection does before [`Broker::publish`].
-    pub fn admission(&self, topic: &Topic, client_id: &ClientId) -> Option<Admission> {
-        self.hooks.load().iter().find_map(|h| h.admit(topic, client_id))
+    /// Back-pressure from the hooks ([`MessageHook::admit`]): a client's publishing path
+    /// awaits this before [`Broker::publish`]; it returns at once unless a hook has no room
+    /// for a message on `topic`.
+    pub async fn admit(&self, topic: &Topic, client_id: &ClientId) {
+        let wait: Option<Admission> = self.hooks.load().iter().find_map(|h| h.admit(topic, client_id));
+        if let Some(wait) = wait {
+            wait.await;
+        }
     }
 
     /// Routes a message: hooks first, then the retained store, then every matching session.

@@ -44,7 +44,7 @@ pub trait MessageHook: Send + Sync + 'static {
     }
 
     /// Back-pressure. Called on the publishing connection, in its order, before a client's
-    /// message on `topic` is published ([`crate::Broker::admission`]): `Some` asks the
+    /// message on `topic` is published ([`crate::Broker::admit`]): `Some` asks the
     /// connection to wait for the returned future first, so that its later messages wait
     /// behind this one and the network pushes back on the client, instead of the hook
     /// dropping work it has no room for. The wait must be bounded; `None` (the default, and

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use shoal_plugin_host::{Action, HostConfig, Message, Outcome, PluginConfig};
+use shoal_plugin_host::{Action, HostConfig, Message, Outcome, PluginConfig, PluginFault};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -341,7 +341,7 @@ fn plugin_runtime_micro_benchmarks() {
                 let started = Instant::now();
                 let out = t.host.invoke(&name, &msg("spin", ""));
                 let took = started.elapsed();
-                assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
+                assert_eq!(out, Outcome::Failed(PluginFault::Timeout { deadline_ms }));
                 took
             })
             .collect();

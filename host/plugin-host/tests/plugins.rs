@@ -162,7 +162,7 @@ fn a_plugin_importing_sockets_is_refused_at_upload_naming_the_imports() {
 const STOPPED_WELL_BEFORE: Duration = Duration::from_secs(1);
 
 #[test]
-fn an_infinite_loop_is_stopped_within_twice_its_deadline() {
+fn an_infinite_loop_is_stopped_by_its_deadline() {
     let _serial = cpu_heavy();
     let t = test_host();
     deploy(&t.host, "echo", "echo", PluginConfig::default());

@@ -506,7 +506,6 @@ impl Job {
 
 #[derive(Debug, Default)]
 struct EngineCounters {
-    enqueued: AtomicU64,
     dropped: AtomicU64,
     /// Client messages whose publisher waited for room (back-pressure), and of those the
     /// waits that ran out of time (see [`Shard`]).
@@ -561,21 +560,30 @@ const MAX_HOLD: Duration = Duration::from_millis(100);
 /// again until it has drained to half: meanwhile a full queue drops messages for the rules,
 /// as before, and slow work costs each publisher at most one [`MAX_HOLD`] per episode.
 struct Shard {
-    depth: AtomicUsize,
+    /// Jobs handed to the queue (by the I/O threads) and taken from it (by its worker only),
+    /// on cache lines of their own: the depth is the difference.
+    sent: Line,
+    taken: Line,
     /// Depth at which publishers are held, and at which they are let go.
-    high: usize,
-    low: usize,
+    high: u64,
+    low: u64,
     stalled: AtomicBool,
     /// Publishers waiting now (the worker notifies only when there are some).
     waiting: AtomicUsize,
     drained: tokio::sync::Notify,
 }
 
+/// An atomic counter alone on its cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
 impl Shard {
     fn new(capacity: usize) -> Shard {
-        let capacity = capacity.max(1);
+        let capacity = capacity.max(1) as u64;
         Shard {
-            depth: AtomicUsize::new(0),
+            sent: Line::default(),
+            taken: Line::default(),
             high: capacity - (capacity / 4).max(1),
             low: capacity / 2,
             stalled: AtomicBool::new(false),
@@ -584,12 +592,18 @@ impl Shard {
         }
     }
 
-    /// A job left the queue.
-    fn taken(&self) {
-        // SeqCst with the waiter's increment of `waiting` and load of `depth`: one of the two
-        // sides sees the other's write, so a waiter is not left to its time-out.
-        let left = self.depth.fetch_sub(1, SeqCst).saturating_sub(1);
-        if left <= self.low {
+    /// Jobs in the queue now. `sent` is counted after the hand-off, so the worker may have
+    /// taken a job not counted yet: the difference saturates at 0.
+    fn depth(&self) -> u64 {
+        self.sent.0.load(SeqCst).saturating_sub(self.taken.0.load(SeqCst))
+    }
+
+    /// The worker has taken `taken` jobs in all.
+    fn taken(&self, taken: u64) {
+        // SeqCst with the waiter's increment of `waiting` and its load of `taken`: one of the
+        // two sides sees the other's write, so a waiter is not left to its time-out.
+        self.taken.0.store(taken, SeqCst);
+        if self.depth() <= self.low {
             if self.stalled.load(Relaxed) {
                 self.stalled.store(false, Relaxed);
             }
@@ -917,7 +931,11 @@ impl RulesEngine {
              shoal_rules_emails_total{{result=\"failed\"}} {}\n\
              shoal_rules_emails_total{{result=\"retried\"}} {}\n\
              shoal_rules_emails_total{{result=\"dropped\"}} {}",
-            c.enqueued.load(Relaxed),
+            self.inner
+                .shards
+                .iter()
+                .map(|s| s.sent.0.load(Relaxed))
+                .sum::<u64>(),
             c.dropped.load(Relaxed),
             c.held_back.load(Relaxed),
             c.hold_timeouts.load(Relaxed),
@@ -1078,21 +1096,14 @@ impl MessageHook for Hook {
         let inner = &self.0;
         let i = shard(client_id.as_str(), inner.shards.len());
         let s = &inner.shards[i];
-        if s.depth.load(Relaxed) < s.high || s.stalled.load(Relaxed) || *client_id == inner.own_id {
+        if s.depth() < s.high || s.stalled.load(Relaxed) {
             return None;
         }
         // Whether the message will be queued: some rule it matches runs on the worker (with
         // `--rules-inline`, the rules that never wait run in the hook instead).
         let queued = |l: &Arc<Live>| !(inner.inline && l.rule.inline);
         let will_queue = match topic.as_str().strip_prefix(BASIC_INGEST) {
-            Some(rest) => {
-                let name = rest.split_once('/').map_or(rest, |(rule, _)| rule);
-                let rules = inner.rules.load();
-                RuleName::parse(name)
-                    .ok()
-                    .and_then(|n| rules.get(&n).cloned())
-                    .is_some_and(|l| l.rule.enabled() && queued(&l))
-            }
+            Some(rest) => ingest_rule(inner, rest).0.is_some_and(|l| queued(&l)),
             None => inner.index.load().rules_matching(topic).any(queued),
         };
         if !will_queue {
@@ -1117,7 +1128,7 @@ impl MessageHook for Hook {
                     let notified = s.drained.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if s.depth.load(SeqCst) <= s.low {
+                    if s.depth() <= s.low {
                         return;
                     }
                     notified.await;
@@ -1170,11 +1181,7 @@ impl MessageHook for Hook {
         }
         let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
-                let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
-                let live = RuleName::parse(rule)
-                    .ok()
-                    .and_then(|n| inner.rules.load().get(&n).cloned())
-                    .filter(|l| l.rule.enabled());
+                let (live, sub) = ingest_rule(inner, rest);
                 match live {
                     Some(l) => (
                         topic.len() - sub.len(),
@@ -1239,17 +1246,25 @@ impl MessageHook for Hook {
     }
 }
 
+/// The enabled rule a Basic Ingest topic names (`rest` is the topic after
+/// [`BASIC_INGEST`]), and the part of `rest` after the rule's name.
+fn ingest_rule<'t>(inner: &Inner, rest: &'t str) -> (Option<Arc<Live>>, &'t str) {
+    let (rule, sub) = rest.split_once('/').unwrap_or((rest, ""));
+    let live = RuleName::parse(rule)
+        .ok()
+        .and_then(|n| inner.rules.load().get(&n).cloned())
+        .filter(|l| l.rule.enabled());
+    (live, sub)
+}
+
 /// Hands `job` to the worker of its publisher, or counts it dropped when that queue is full.
 fn enqueue(inner: &Inner, job: Job) {
     let shard = shard(job.from.client_id.as_str(), inner.queues.len());
-    // Counted before the send, so the worker's decrement never comes first.
-    inner.shards[shard].depth.fetch_add(1, Relaxed);
     match inner.queues[shard].try_send(Work::Job(job)) {
         Ok(()) => {
-            inner.counters.enqueued.fetch_add(1, Relaxed);
+            inner.shards[shard].sent.0.fetch_add(1, Relaxed);
         }
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            inner.shards[shard].depth.fetch_sub(1, Relaxed);
             let n = inner.counters.dropped.fetch_add(1, Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -1306,10 +1321,12 @@ enum Work {
 }
 
 fn worker(inner: Arc<Inner>, shard: usize, rx: Receiver<Work>) {
+    let mut taken = 0;
     while let Ok(work) = rx.recv() {
         let job = match work {
             Work::Job(job) => {
-                inner.shards[shard].taken();
+                taken += 1;
+                inner.shards[shard].taken(taken);
                 job
             }
             Work::Barrier(done) => {

@@ -298,9 +298,7 @@ pub(crate) async fn publish(s: &Session, p: v5::Publish) -> Result<v5::PublishAc
     turn.wait().await;
     // A hook with no room (the rules workers behind) holds this connection back here, in
     // its order, rather than losing the message's rule evaluation.
-    if let Some(wait) = b.admission(&msg.topic, &conn.client_id) {
-        wait.await;
-    }
+    b.admit(&msg.topic, &conn.client_id).await;
     let routed = b.publish(
         msg,
         Some(Origin {

@@ -241,9 +241,7 @@ async fn publish(
         Principal::anonymous()
     };
     // The rules workers' back-pressure holds this request as it holds an MQTT publisher.
-    if let Some(wait) = b.admission(&msg.topic, &client_id) {
-        wait.await;
-    }
+    b.admit(&msg.topic, &client_id).await;
     let routed = b.publish(
         msg,
         Some(Origin {
