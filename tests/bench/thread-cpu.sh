@@ -14,6 +14,7 @@
 # With SHOAL_PLUGIN_PROFILER=perfmap in the environment the server names the plugin's
 # compiled functions for perf. WASM=path picks another threshold-alert build (A/B).
 # SHOAL_SERVE_ARGS adds `shoal serve` flags, e.g. SHOAL_SERVE_ARGS=--rules-inline=true.
+# RATE=N offers a fixed N messages/s instead of as fast as possible (compare modes at one rate).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -37,6 +38,7 @@ case "$SCENARIO" in
     fan-in) args=(fan-in --publishers 8) ;;
     *) echo "thread-cpu.sh: scenario p2p or fan-in" >&2; exit 2 ;;
 esac
+[ -z "${RATE:-}" ] || args+=(--rate "$RATE")
 "$BIN/shoal-loadgen" "${args[@]}" --port "$port" --label "$MODE" --duration 10 --warmup 2 \
     --payload 200 --json --qos 0 >"$WORK/out" 2>&1 &
 LOADGEN=$!

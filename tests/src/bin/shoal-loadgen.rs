@@ -102,13 +102,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// P publishers -> 1 subscriber on `bench/in/+`, publishing as fast as they can.
+    /// P publishers -> 1 subscriber on `bench/in/+`, publishing as fast as they can (or at
+    /// `--rate`).
     FanIn {
         #[command(flatten)]
         load: Load,
         /// Publishers.
         #[arg(long, default_value_t = 8)]
         publishers: usize,
+        /// Fixed offered rate, messages per second over all publishers (default: as fast as
+        /// they can). With a rate, latency percentiles and `rate_ok` are reported too.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// 1 publisher -> S subscribers on `bench/out`, publishing as fast as it can.
     FanOut {
@@ -118,13 +123,18 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
     },
-    /// N pairs: publisher i -> subscriber i on `bench/p2p/i`, as fast as they can.
+    /// N pairs: publisher i -> subscriber i on `bench/p2p/i`, as fast as they can (or at
+    /// `--rate`).
     P2p {
         #[command(flatten)]
         load: Load,
         /// Publisher/subscriber pairs.
         #[arg(long, default_value_t = 50)]
         pairs: usize,
+        /// Fixed offered rate, messages per second over all publishers (default: as fast as
+        /// they can).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// P publishers at a fixed total rate -> subscriber(s) on `bench/lat/+`; latency percentiles.
     Latency {
@@ -313,16 +323,29 @@ fn emit(v: &Value) {
     emit_line(&v.to_string());
 }
 
+/// A `--rate` must be a positive number of messages per second.
+fn check_rate(rate: Option<f64>) -> anyhow::Result<Option<f64>> {
+    match rate {
+        Some(r) if r.is_nan() || r <= 0.0 => bail!("--rate must be positive"),
+        r => Ok(r),
+    }
+}
+
 async fn run(scenario: Scenario) -> anyhow::Result<Value> {
     let name = scenario_name(&scenario);
     match scenario {
-        Scenario::FanIn { load, publishers } => {
+        Scenario::FanIn {
+            load,
+            publishers,
+            rate,
+        } => {
+            let rate = check_rate(rate)?;
             let plan = Plan {
                 publishers: (0..publishers).map(|i| format!("bench/in/{i}")).collect(),
                 subscribers: vec!["bench/in/+".into()],
                 deliveries_per_message: 1,
-                rate: None,
-                params: json!({ "publishers": publishers, "subscribers": 1 }),
+                rate,
+                params: json!({ "publishers": publishers, "subscribers": 1, "rate": rate }),
             };
             run_plan(name, &load, plan).await
         }
@@ -336,14 +359,15 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             };
             run_plan(name, &load, plan).await
         }
-        Scenario::P2p { load, pairs } => {
+        Scenario::P2p { load, pairs, rate } => {
+            let rate = check_rate(rate)?;
             let topics: Vec<String> = (0..pairs).map(|i| format!("bench/p2p/{i}")).collect();
             let plan = Plan {
                 publishers: topics.clone(),
                 subscribers: topics,
                 deliveries_per_message: 1,
-                rate: None,
-                params: json!({ "pairs": pairs }),
+                rate,
+                params: json!({ "pairs": pairs, "rate": rate }),
             };
             run_plan(name, &load, plan).await
         }
@@ -353,14 +377,12 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             subscribers,
             rate,
         } => {
-            if rate.is_nan() || rate <= 0.0 {
-                bail!("--rate must be positive");
-            }
+            let rate = check_rate(Some(rate))?;
             let plan = Plan {
                 publishers: (0..publishers).map(|i| format!("bench/lat/{i}")).collect(),
                 subscribers: vec!["bench/lat/+".into(); subscribers],
                 deliveries_per_message: subscribers as u64,
-                rate: Some(rate),
+                rate,
                 params: json!({ "publishers": publishers, "subscribers": subscribers, "rate": rate }),
             };
             run_plan(name, &load, plan).await
@@ -792,7 +814,7 @@ struct Plan {
     subscribers: Vec<String>,
     /// Subscribers each message reaches.
     deliveries_per_message: u64,
-    /// Fixed total offered rate (latency scenario); `None`: as fast as possible.
+    /// Fixed total offered rate (`--rate`); `None`: as fast as possible.
     rate: Option<f64>,
     /// Scenario parameters for the report.
     params: Value,
