@@ -72,6 +72,7 @@ WARMUP=""
 MQTT_CLIENTS=32
 INFLIGHT=8
 HTTP_CLIENTS=64
+HTTP_CLIENT=raw
 THINGS=8
 QOS=1
 CEILING_N=""
@@ -96,6 +97,7 @@ Options:
   --mqtt-clients N    MQTT clients (default 32)
   --inflight W        requests in flight per MQTT client, <= 10 (default 8)
   --http-clients N    HTTP keep-alive connections (default 64)
+  --http-client C     the load generator's HTTP client: raw (default) or hyper
   --things K          things per client / connection (default 8)
   --qos Q             MQTT request and subscription QoS (default 1)
   --ceiling-n N       requests per redis-benchmark test (default 300000, quick 100000)
@@ -123,6 +125,7 @@ while [ $# -gt 0 ]; do
         --mqtt-clients) MQTT_CLIENTS=$2; shift ;;
         --inflight) INFLIGHT=$2; shift ;;
         --http-clients) HTTP_CLIENTS=$2; shift ;;
+        --http-client) HTTP_CLIENT=$2; shift ;;
         --things) THINGS=$2; shift ;;
         --qos) QOS=$2; shift ;;
         --ceiling-n) CEILING_N=$2; shift ;;
@@ -495,7 +498,7 @@ run_shoal() {
         args=(mqtt --clients "$MQTT_CLIENTS" --inflight "$INFLIGHT" --qos "$QOS")
     else
         port=$HTTP_PORT
-        args=(http --clients "$HTTP_CLIENTS")
+        args=(http --clients "$HTTP_CLIENTS" --client "$HTTP_CLIENT")
     fi
     echo "== [$rep/$REPEAT] $backend over $transport" >&2
     timeout $(( ${DURATION%.*} + ${WARMUP%.*} + 90 )) "${REST_CPU[@]}" "$BENCH" "${args[@]}" --port "$port" \

@@ -17,8 +17,8 @@ use crate::sandbox::{PluginShared, Services, VersionEnv};
 use crate::services::{Clock, NoShadows, ShadowReader, SystemClock};
 use crate::store::{CatalogSnapshot, CatalogStore, FileCatalogStore, PluginRecord, VersionRecord};
 use crate::version::LoadedVersion;
-use arc_swap::ArcSwapOption;
-use parking_lot::{Mutex, RwLock};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -54,7 +54,10 @@ struct Inner {
     store: Arc<dyn CatalogStore>,
     artifacts: Artifacts,
     runtimes: Runtimes,
-    plugins: RwLock<BTreeMap<String, Arc<PluginEntry>>>,
+    /// The catalog by name. Read for every call, changed by uploads and deletes: copied on
+    /// write (under `plugins_write`) so a call's lookup takes no lock and no shared count.
+    plugins: ArcSwap<BTreeMap<String, Arc<PluginEntry>>>,
+    plugins_write: Mutex<()>,
     /// Serializes catalog saves so the last write holds the latest state.
     save_lock: Mutex<()>,
 }
@@ -115,7 +118,8 @@ impl PluginHost {
             store,
             artifacts,
             runtimes,
-            plugins: RwLock::new(BTreeMap::new()),
+            plugins: ArcSwap::from_pointee(BTreeMap::new()),
+            plugins_write: Mutex::new(()),
             save_lock: Mutex::new(()),
             config,
         };
@@ -179,7 +183,7 @@ impl PluginHost {
 
     /// Names of all plugins.
     pub fn plugins(&self) -> Vec<String> {
-        self.inner.plugins.read().keys().cloned().collect()
+        self.inner.plugins.load().keys().cloned().collect()
     }
 
     /// The plugin's health.
@@ -194,7 +198,7 @@ impl PluginHost {
 
     /// A handle for repeated calls to one plugin.
     pub fn handle(&self, name: &str) -> Option<PluginHandle> {
-        let entry = self.inner.plugins.read().get(name).cloned()?;
+        let entry = self.inner.plugins.load().get(name).cloned()?;
         Some(PluginHandle {
             inner: self.inner.clone(),
             entry,
@@ -208,8 +212,8 @@ impl PluginHost {
     /// `tokio::task::spawn_blocking`), not on an async executor thread: besides the CPU time,
     /// WASI calls a plugin makes (stdout, files) block on this thread.
     pub fn invoke(&self, name: &str, msg: &Message) -> Outcome {
-        match self.inner.plugins.read().get(name).cloned() {
-            Some(entry) => self.inner.invoke_entry(&entry, msg),
+        match self.inner.plugins.load().get(name) {
+            Some(entry) => self.inner.invoke_entry(entry, msg),
             None => Outcome::Failed(PluginFault::Unavailable(format!("no plugin named {name:?}"))),
         }
     }
@@ -276,7 +280,7 @@ impl Inner {
 
     fn entry(&self, name: &str) -> Result<Arc<PluginEntry>, CatalogError> {
         self.plugins
-            .read()
+            .load()
             .get(name)
             .cloned()
             .ok_or_else(|| CatalogError::UnknownPlugin(name.to_string()))
@@ -284,7 +288,8 @@ impl Inner {
 
     /// Rebuilds the catalog from a snapshot at start.
     fn restore(&self, snapshot: CatalogSnapshot) {
-        let mut plugins = self.plugins.write();
+        let _write = self.plugins_write.lock();
+        let mut plugins = BTreeMap::clone(&self.plugins.load());
         for record in snapshot.plugins {
             let name = match PluginName::parse(&record.name) {
                 Ok(name) => name,
@@ -328,6 +333,7 @@ impl Inner {
             }
             plugins.insert(record.name, entry);
         }
+        self.plugins.store(Arc::new(plugins));
     }
 
     /// The slot's loaded version, loading it from the artifacts (cache or compile) if needed.
@@ -370,11 +376,18 @@ impl Inner {
         check_header(wasm)?;
         let sha = sha256(wasm);
         let entry = {
-            let mut plugins = self.plugins.write();
-            plugins
-                .entry(name.as_str().to_string())
-                .or_insert_with(|| self.new_entry(name.clone()))
-                .clone()
+            let _write = self.plugins_write.lock();
+            let current = self.plugins.load();
+            match current.get(name.as_str()) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let entry = self.new_entry(name.clone());
+                    let mut plugins = BTreeMap::clone(&current);
+                    plugins.insert(name.as_str().to_string(), entry.clone());
+                    self.plugins.store(Arc::new(plugins));
+                    entry
+                }
+            }
         };
         let result = self.upload_version(&entry, &sha, wasm, config);
         if result.is_err() {
@@ -486,9 +499,11 @@ impl Inner {
     }
 
     fn remove_if_empty(&self, entry: &Arc<PluginEntry>) {
-        let mut plugins = self.plugins.write();
+        let _write = self.plugins_write.lock();
         if entry.state.lock().versions.is_empty() {
+            let mut plugins = BTreeMap::clone(&self.plugins.load());
             plugins.remove(entry.name.as_str());
+            self.plugins.store(Arc::new(plugins));
         }
     }
 
@@ -591,7 +606,7 @@ impl Inner {
         self.save()?;
         let still_used = self
             .plugins
-            .read()
+            .load()
             .values()
             .any(|e| e.state.lock().versions.values().any(|s| s.record.sha256 == sha));
         if !still_used {
@@ -658,7 +673,7 @@ impl Inner {
     /// Writes the whole catalog through the [`CatalogStore`].
     fn save(&self) -> Result<(), StoreError> {
         let _serial = self.save_lock.lock();
-        let entries: Vec<Arc<PluginEntry>> = self.plugins.read().values().cloned().collect();
+        let entries: Vec<Arc<PluginEntry>> = self.plugins.load().values().cloned().collect();
         let plugins = entries
             .iter()
             .map(|entry| {
@@ -676,7 +691,7 @@ impl Inner {
     }
 
     fn render(&self, out: &mut String) {
-        let entries: Vec<Arc<PluginEntry>> = self.plugins.read().values().cloned().collect();
+        let entries: Vec<Arc<PluginEntry>> = self.plugins.load().values().cloned().collect();
         /// A plugin, its active version number and its loaded versions.
         type Loaded = (Arc<PluginEntry>, Option<u32>, Vec<Arc<LoadedVersion>>);
         let loaded: Vec<Loaded> = entries

@@ -136,6 +136,9 @@ pub struct EngineConfig {
     /// Run the rules that never wait on the broker's I/O thread instead of a worker (see the
     /// module docs; off by default).
     pub inline: bool,
+    /// How long an idle worker naps before it looks at its queue again ([`Shard`]); zero:
+    /// it sleeps at once and every job wakes it.
+    pub nap: Duration,
     /// The SMTP relay `email` actions use; without one they fail.
     pub smtp: Option<SmtpConfig>,
     /// Emails that may wait for the sender before new ones are dropped.
@@ -191,6 +194,7 @@ impl Default for EngineConfig {
             webhook_targets: BTreeMap::new(),
             sync_interval: Duration::from_secs(2),
             inline: false,
+            nap: DEFAULT_NAP,
             smtp: None,
             email_queue: 10_000,
         }
@@ -552,8 +556,9 @@ struct Inner {
 /// How long a publisher is held back at most for one message (see [`Shard`]).
 const MAX_HOLD: Duration = Duration::from_millis(100);
 
-/// A worker that finds its queue empty naps this long before it looks again ([`Shard`]).
-const NAP: Duration = Duration::from_millis(1);
+/// A worker that finds its queue empty naps this long before it looks again ([`Shard`],
+/// [`EngineConfig::nap`]).
+pub const DEFAULT_NAP: Duration = Duration::from_millis(1);
 /// Naps in a row that find nothing before the worker sleeps until a sender wakes it.
 const NAPS: u32 = 5;
 /// At most this many jobs wait for a napping worker before the sender wakes it early.
@@ -577,10 +582,12 @@ const ASLEEP: u8 = 2;
 /// Wake-ups. A rule's work for one message takes a few microseconds, so at a high rate a
 /// worker woken for every job (a futex wake on the I/O thread, a context switch on the
 /// worker) spent about a fifth of its time switching. Instead, a worker whose queue is empty
-/// naps for [`NAP`] and then takes whatever arrived meanwhile in one go; senders wake a napping
-/// worker only once `batch` jobs wait. After [`NAPS`] empty naps it sleeps, and then the next
-/// job wakes it at once, so an idle server does not tick and a lone message is not delayed.
-/// A job waits at most one nap (plus the kernel's timer slack) before its rules run.
+/// naps (`nap`, [`EngineConfig::nap`]) and then takes whatever arrived meanwhile in one go;
+/// senders wake a napping worker only once `batch` jobs wait. After [`NAPS`] empty naps it
+/// sleeps, and then the next job wakes it at once, so an idle server does not tick. A job
+/// waits at most one nap (plus the kernel's timer slack) before its rules run: a message
+/// within five naps of the previous one may wait that long, a message after a quiet spell
+/// does not. A zero nap means no naps: every job sent to a sleeping worker wakes it.
 struct Shard {
     /// Jobs handed to the queue (by the I/O threads) and taken from it (by its worker only),
     /// on cache lines of their own: the depth is the difference.
@@ -597,6 +604,9 @@ struct Shard {
     state: StateLine,
     /// Jobs that may wait for a napping worker.
     batch: u64,
+    /// One nap, and how many empty ones before the worker sleeps.
+    nap: Duration,
+    naps: u32,
     /// The worker's thread, set when it starts (before it ever naps or sleeps).
     worker: std::sync::OnceLock<std::thread::Thread>,
 }
@@ -612,7 +622,7 @@ struct Line(AtomicU64);
 struct StateLine(AtomicU8);
 
 impl Shard {
-    fn new(capacity: usize) -> Shard {
+    fn new(capacity: usize, nap: Duration) -> Shard {
         let capacity = capacity.max(1) as u64;
         Shard {
             sent: Line::default(),
@@ -624,6 +634,8 @@ impl Shard {
             drained: tokio::sync::Notify::new(),
             state: StateLine::default(),
             batch: (capacity / 8).clamp(1, MAX_BATCH),
+            nap,
+            naps: if nap.is_zero() { 0 } else { NAPS },
             worker: std::sync::OnceLock::new(),
         }
     }
@@ -644,6 +656,8 @@ impl Shard {
 
     /// Wakes the worker now (it may be awake already).
     fn wake(&self) {
+        // For callers that handed over work without [`Shard::sent`]'s fence (a barrier).
+        fence(SeqCst);
         if self.state.0.swap(AWAKE, SeqCst) != AWAKE
             && let Some(worker) = self.worker.get()
         {
@@ -662,7 +676,9 @@ impl Shard {
         // SeqCst with the waiter's increment of `waiting` and its load of `taken`: one of the
         // two sides sees the other's write, so a waiter is not left to its time-out.
         self.taken.0.store(taken, SeqCst);
-        if self.depth() <= self.low {
+        // The depth reads `sent`, a line the I/O threads write for every job: only when
+        // someone waits for the queue to drain, or it is marked stalled.
+        if (self.waiting.load(SeqCst) > 0 || self.stalled.load(Relaxed)) && self.depth() <= self.low {
             if self.stalled.load(Relaxed) {
                 self.stalled.store(false, Relaxed);
             }
@@ -715,7 +731,7 @@ impl RulesEngine {
             let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
             queues.push(tx);
             receivers.push(rx);
-            shards.push(Shard::new(config.queue_capacity));
+            shards.push(Shard::new(config.queue_capacity, config.nap));
         }
         let archive = match &config.archive_dir {
             Some(dir) => Some(
@@ -1391,10 +1407,10 @@ fn next_work(me: &Shard, rx: &Receiver<Work>) -> Option<Work> {
             Err(TryRecvError::Disconnected) => return None,
             Err(TryRecvError::Empty) => {}
         }
-        if naps < NAPS {
+        if naps < me.naps {
             naps += 1;
             me.state.0.store(NAPPING, SeqCst);
-            std::thread::park_timeout(NAP);
+            std::thread::park_timeout(me.nap);
         } else {
             me.state.0.store(ASLEEP, SeqCst);
             fence(SeqCst);
@@ -1916,12 +1932,13 @@ mod tests {
     use super::*;
 
     /// A worker asleep on an empty queue wakes for the next job, and a napping one takes
-    /// jobs that arrive during its nap, whether or not they make a batch: no job is left
-    /// waiting (each is awaited for at most 5 s here; the worker would otherwise sleep on).
+    /// jobs that arrive during its nap, whether or not they make a batch; with no naps it
+    /// sleeps at once and every job wakes it. No job is left waiting (each is awaited for at
+    /// most 5 s here; a lost wake-up would leave the worker asleep for ever).
     #[test]
     fn a_napping_or_sleeping_worker_takes_the_next_job() {
-        for capacity in [8, 80] {
-            let shard = Arc::new(Shard::new(capacity));
+        for (capacity, nap) in [(8, 50), (80, 50), (8, 0)] {
+            let shard = Arc::new(Shard::new(capacity, Duration::from_millis(nap)));
             assert_eq!(shard.batch, (capacity as u64 / 8).max(1));
             let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(capacity);
             let me = shard.clone();
@@ -1931,29 +1948,46 @@ mod tests {
                 while let Some(work) = next_work(&me, &rx) {
                     if let Work::Barrier(done) = work {
                         taken += 1;
+                        me.taken(taken);
                         let _ = done.try_send(());
                     }
                 }
                 taken
             });
-            let until = |state: u8| {
+            // Waits until the worker is in one of `states`; returns the one it saw.
+            let until = |states: &[u8]| {
                 let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while shard.state.0.load(SeqCst) != state {
+                loop {
+                    let state = shard.state.0.load(SeqCst);
+                    if states.contains(&state) {
+                        return state;
+                    }
                     assert!(
                         std::time::Instant::now() < deadline,
-                        "the worker never reached {state}"
+                        "the worker never reached {states:?}"
                     );
                     std::thread::yield_now();
                 }
             };
+            let mut napping = 0;
             for round in 0..20 {
-                until(if round % 2 == 0 { ASLEEP } else { NAPPING });
+                // Even rounds: asleep. Odd rounds: napping (five naps of 50 ms), or asleep
+                // already if this thread was descheduled that long.
+                let seen = if round % 2 == 0 || nap == 0 {
+                    until(&[ASLEEP])
+                } else {
+                    until(&[NAPPING, ASLEEP])
+                };
+                napping += usize::from(seen == NAPPING);
                 let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
                 tx.send(Work::Barrier(done_tx)).unwrap();
                 shard.sent();
                 done_rx
                     .recv_timeout(Duration::from_secs(5))
                     .unwrap_or_else(|_| panic!("round {round}: the job was not taken"));
+            }
+            if nap > 0 {
+                assert!(napping > 0, "the worker was never caught napping");
             }
             drop(tx);
             shard.wake();

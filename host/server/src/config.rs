@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// instead of the rules workers (default false; see docs/BENCHMARKS.md for the trade-off).
     #[arg(long, env = "SHOAL_RULES_INLINE")]
     pub rules_inline: Option<bool>,
+    /// Microseconds an idle rules worker naps before it takes what arrived meanwhile in one go
+    /// (default 1000; 0: woken for every message). Jobs wait at most one nap; a worker idle
+    /// for five naps sleeps until the next job wakes it.
+    #[arg(long, env = "SHOAL_RULES_NAP_US")]
+    pub rules_nap_us: Option<u64>,
     /// Records each stream keeps; older ones are trimmed (default 1000000).
     #[arg(long, env = "SHOAL_STREAM_MAX_LEN")]
     pub stream_max_len: Option<u64>,
@@ -206,6 +211,7 @@ struct FileConfig {
     rules_workers: Option<usize>,
     rules_queue: Option<usize>,
     rules_inline: Option<bool>,
+    rules_nap_us: Option<u64>,
     stream_max_len: Option<u64>,
     stream_queue: Option<usize>,
     webhook_targets: BTreeMap<String, WebhookTarget>,
@@ -274,6 +280,8 @@ pub struct Config {
     pub rules_queue: usize,
     /// Whether rules that never wait run on the I/O threads.
     pub rules_inline: bool,
+    /// How long an idle rules worker naps between looks at its queue.
+    pub rules_nap: Duration,
     /// Records each stream keeps.
     pub stream_max_len: u64,
     /// Stream writer queue.
@@ -543,6 +551,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./shoal-data"));
         Ok(Config {
             rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(false),
+            rules_nap: Duration::from_micros(
+                args.rules_nap_us
+                    .or(file.rules_nap_us)
+                    .unwrap_or(1000)
+                    .min(100_000),
+            ),
             stream_max_len: args
                 .stream_max_len
                 .or(file.stream_max_len)

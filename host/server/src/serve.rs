@@ -118,6 +118,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         workers: cfg.rules_workers,
         queue_capacity: cfg.rules_queue,
         inline: cfg.rules_inline,
+        nap: cfg.rules_nap,
         archive_dir: Some(cfg.data_dir.join("archive")),
         stream_max_len: cfg.stream_max_len,
         stream_queue: cfg.stream_queue,
