@@ -678,11 +678,13 @@ impl Shard {
         self.taken.0.store(taken, SeqCst);
         // The depth reads `sent`, a line the I/O threads write for every job: only when
         // someone waits for the queue to drain, or it is marked stalled.
-        if (self.waiting.load(SeqCst) > 0 || self.stalled.load(Relaxed)) && self.depth() <= self.low {
-            if self.stalled.load(Relaxed) {
+        let waiting = self.waiting.load(SeqCst) > 0;
+        let stalled = self.stalled.load(Relaxed);
+        if (waiting || stalled) && self.depth() <= self.low {
+            if stalled {
                 self.stalled.store(false, Relaxed);
             }
-            if self.waiting.load(SeqCst) > 0 {
+            if waiting {
                 self.drained.notify_waiters();
             }
         }

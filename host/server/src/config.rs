@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_RULES_INLINE")]
     pub rules_inline: Option<bool>,
     /// Microseconds an idle rules worker naps before it takes what arrived meanwhile in one go
-    /// (default 1000; 0: woken for every message). Jobs wait at most one nap; a worker idle
+    /// (default 1000, at most 100000; 0: woken for every message). Jobs wait at most one nap; a worker idle
     /// for five naps sleeps until the next job wakes it.
     #[arg(long, env = "SHOAL_RULES_NAP_US")]
     pub rules_nap_us: Option<u64>,
@@ -551,12 +551,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./shoal-data"));
         Ok(Config {
             rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(false),
-            rules_nap: Duration::from_micros(
-                args.rules_nap_us
-                    .or(file.rules_nap_us)
-                    .unwrap_or(1000)
-                    .min(100_000),
-            ),
+            rules_nap: args
+                .rules_nap_us
+                .or(file.rules_nap_us)
+                .map_or(shoal_rules::engine::DEFAULT_NAP, |us| {
+                    Duration::from_micros(us.min(100_000))
+                }),
             stream_max_len: args
                 .stream_max_len
                 .or(file.stream_max_len)
