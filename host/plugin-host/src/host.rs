@@ -9,7 +9,7 @@ use crate::engine::Runtimes;
 use crate::error::{CatalogError, HostError, StoreError};
 use crate::kv::{MemoryKv, PluginKv};
 use crate::log::{LogLine, PluginLog};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 use crate::metrics::{self, CustomMetrics, PluginSample, VersionSample};
 use crate::outcome::{Outcome, PluginFault};
 use crate::replay::{OverlayKv, Replay};
@@ -92,6 +92,11 @@ impl PluginHandle {
 
     /// Calls the active version (see [`PluginHost::invoke`]).
     pub fn invoke(&self, msg: &Message) -> Outcome {
+        msg.with_ref(|msg| self.inner.invoke_entry(&self.entry, msg))
+    }
+
+    /// [`PluginHandle::invoke`] with a borrowed message.
+    pub fn invoke_ref(&self, msg: &MessageRef<'_>) -> Outcome {
         self.inner.invoke_entry(&self.entry, msg)
     }
 }
@@ -212,6 +217,12 @@ impl PluginHost {
     /// `tokio::task::spawn_blocking`), not on an async executor thread: besides the CPU time,
     /// WASI calls a plugin makes (stdout, files) block on this thread.
     pub fn invoke(&self, name: &str, msg: &Message) -> Outcome {
+        msg.with_ref(|msg| self.invoke_ref(name, msg))
+    }
+
+    /// [`PluginHost::invoke`] with a borrowed message: nothing is copied before the guest's
+    /// memory (what the rules engine calls on every message).
+    pub fn invoke_ref(&self, name: &str, msg: &MessageRef<'_>) -> Outcome {
         match self.inner.plugins.load().get(name) {
             Some(entry) => self.inner.invoke_entry(entry, msg),
             None => Outcome::Failed(PluginFault::Unavailable(format!("no plugin named {name:?}"))),
@@ -234,7 +245,7 @@ impl PluginHost {
                 })?;
             self.inner.load_slot(&entry, slot)?
         };
-        Ok(self.inner.call(&entry, &loaded, msg))
+        Ok(msg.with_ref(|msg| self.inner.call(&entry, &loaded, msg)))
     }
 
     /// Dry-runs version `version` of `name` over `messages`, in order, on a private instance:
@@ -489,7 +500,10 @@ impl Inner {
             },
         });
         let loaded = LoadedVersion::new(env, &self.runtimes, rt, &component, (source, took), 1)?;
-        let outcomes = messages.iter().map(|m| loaded.call(m).outcome).collect();
+        let outcomes = messages
+            .iter()
+            .map(|m| m.with_ref(|m| loaded.call(m).outcome))
+            .collect();
         loaded.retire();
         Ok(Replay {
             version,
@@ -616,7 +630,7 @@ impl Inner {
         Ok(())
     }
 
-    fn invoke_entry(&self, entry: &PluginEntry, msg: &Message) -> Outcome {
+    fn invoke_entry(&self, entry: &PluginEntry, msg: &MessageRef<'_>) -> Outcome {
         let active = entry.active.load();
         match active.as_ref() {
             Some(version) => self.call(entry, version, msg),
@@ -632,7 +646,7 @@ impl Inner {
         }
     }
 
-    fn call(&self, entry: &PluginEntry, version: &LoadedVersion, msg: &Message) -> Outcome {
+    fn call(&self, entry: &PluginEntry, version: &LoadedVersion, msg: &MessageRef<'_>) -> Outcome {
         let report = version.call(msg);
         if let Some(reason) = report.suspended_now {
             if let Some(slot) = entry.state.lock().versions.get_mut(&version.number()) {

@@ -120,7 +120,9 @@ pub use error::{CatalogError, HostError, StoreError};
 pub use host::{HostServices, PluginHandle, PluginHost};
 pub use kv::{KvFailure, KvKey, KvScope, MemoryKv, PluginKv};
 pub use log::{LogLevel, LogLine};
-pub use message::{Action, Alert, Message, Publish, Severity, ShadowUpdate, StreamAppend, Webhook};
+pub use message::{
+    Action, Alert, Message, MessageRef, Publish, Severity, ShadowUpdate, StreamAppend, Webhook,
+};
 pub use metrics::CallCounts;
 pub use outcome::{FaultKind, Outcome, PluginFault};
 pub use replay::Replay;

@@ -37,6 +37,47 @@ impl Message {
     }
 }
 
+/// A borrowed [`Message`]: what a caller that already holds the message's parts (the rules
+/// engine, with the broker's message) passes to [`crate::PluginHost::invoke_ref`], so a call
+/// copies nothing before the guest's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    /// The topic it was published to.
+    pub topic: &'a str,
+    /// The payload, unchanged.
+    pub payload: &'a [u8],
+    /// QoS it was published with (0, 1 or 2).
+    pub qos: u8,
+    /// When the broker received it, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The publishing client's id, if it came from an MQTT client.
+    pub client_id: Option<&'a str>,
+    /// The registry thing the publishing connection is attached to, if any.
+    pub thing_name: Option<&'a str>,
+    /// MQTT 5 user properties, in order.
+    pub user_properties: &'a [(&'a str, &'a str)],
+}
+
+impl Message {
+    /// Calls `f` with this message borrowed as a [`MessageRef`].
+    pub fn with_ref<R>(&self, f: impl FnOnce(&MessageRef<'_>) -> R) -> R {
+        let properties: Vec<(&str, &str)> = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        f(&MessageRef {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            timestamp_ms: self.timestamp_ms,
+            client_id: self.client_id.as_deref(),
+            thing_name: self.thing_name.as_deref(),
+            user_properties: &properties,
+        })
+    }
+}
+
 /// Something the host should do on the plugin's behalf.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {

@@ -4,7 +4,7 @@
 use crate::artifact::ArtifactSource;
 use crate::bindings::{RulePlugin, RulePluginPre, wit};
 use crate::engine::{Runtime, Runtimes};
-use crate::message::{Action, Message};
+use crate::message::{Action, MessageRef};
 use crate::metrics::VersionMetrics;
 use crate::outcome::{FaultKind, Outcome, PluginFault};
 use crate::sandbox::{MemoryLimitExceeded, StoreState, VersionEnv};
@@ -142,7 +142,7 @@ impl LoadedVersion {
     }
 
     /// Runs `on-message` on an idle instance (or a fresh one), within every limit.
-    pub(crate) fn call(&self, msg: &Message) -> CallReport {
+    pub(crate) fn call(&self, msg: &MessageRef<'_>) -> CallReport {
         self.metrics.invoked();
         if self.suspended.load(Ordering::Acquire) {
             let reason = self.suspension.lock().clone().unwrap_or_default();
@@ -182,7 +182,7 @@ impl LoadedVersion {
         self.finish(started, outcome)
     }
 
-    fn run(&self, instance: &mut Instance, msg: &Message) -> Outcome {
+    fn run(&self, instance: &mut Instance, msg: &MessageRef<'_>) -> Outcome {
         let store = &mut instance.store;
         store.set_epoch_deadline(self.deadline_ticks);
         let budget = self.env.config.fuel;
@@ -194,19 +194,14 @@ impl LoadedVersion {
             });
         }
         store.data().stderr_tail.clear();
-        let properties: Vec<(&str, &str)> = msg
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let param = wit::Message {
-            topic: &msg.topic,
-            payload: &msg.payload,
+            topic: msg.topic,
+            payload: msg.payload,
             qos: msg.qos,
             timestamp_ms: msg.timestamp_ms,
-            client_id: msg.client_id.as_deref(),
-            thing_name: msg.thing_name.as_deref(),
-            user_properties: &properties,
+            client_id: msg.client_id,
+            thing_name: msg.thing_name,
+            user_properties: msg.user_properties,
         };
         let result = {
             let _running = self.runtime.gate.enter();

@@ -38,6 +38,7 @@
 //! goes to that rule only, with `topic()` seeing the part after the prefix, and is not
 //! delivered to subscribers.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{
@@ -56,13 +57,13 @@ use shoal_broker::hook::{Admission, HookOutcome, MessageHook, Origin};
 use shoal_broker::message::{ClientId, Message, QoS, now_ms};
 use shoal_broker::metrics::StripedCounter;
 use shoal_broker::topic::Topic;
-use shoal_plugin_host::{Action as PluginAction, Message as PluginMessage, Outcome, PluginHost};
+use shoal_plugin_host::{Action as PluginAction, MessageRef as PluginMessage, Outcome, PluginHost};
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::archive::{Archive, Record};
 use crate::email::{Email, Mailer, SmtpConfig};
 use crate::rule::{ActionSpec, Compiled, Rule, RuleError, RuleName, TopicRulePayload};
-use crate::sql::{Ctx, Output, ShadowRequest};
+use crate::sql::{Ctx, Output, ShadowRequest, Sql};
 use crate::store::{RuleStore, StoredRule};
 use crate::stream::{NewRecord, StreamStore, check_name};
 use crate::stream_sink::{OnFailure, StreamSink};
@@ -1484,11 +1485,44 @@ fn aws_action_name(kind: &str) -> &'static str {
     }
 }
 
+/// What a rule selected from a message that passed its `WHERE`.
+enum Selected {
+    /// `SELECT *`: the message's payload. The output document AWS's `SELECT *` gives (a JSON
+    /// object in Shoal's JSON form, anything else unchanged) is worked out on first use:
+    /// a rule whose only action is a plugin never needs it.
+    Payload(OnceCell<Output>),
+    /// The output document.
+    Output(Output),
+}
+
+impl Selected {
+    /// The output document (`sql` and `ctx` are the rule's and the message's).
+    fn output(&self, sql: &Sql, ctx: &Ctx<'_>) -> &Output {
+        match self {
+            Selected::Payload(cell) => cell.get_or_init(|| {
+                // `SELECT *` cannot fail; were it to, the payload goes on unchanged.
+                sql.select(ctx)
+                    .unwrap_or_else(|_| Output::Binary(ctx.payload().to_vec()))
+            }),
+            Selected::Output(output) => output,
+        }
+    }
+}
+
 fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     let c = &live.counters;
     c.matched.add(1);
-    let output = match live.rule.sql.evaluate(ctx) {
-        Ok(Some(out)) => out,
+    let sql = &live.rule.sql;
+    let selected = match sql.filter(ctx).and_then(|passed| {
+        Ok(match passed {
+            false => None,
+            // `SELECT *`: worked out only when an action needs the output document (a plugin
+            // action reads the payload as published).
+            true if sql.selects_payload() => Some(Selected::Payload(OnceCell::new())),
+            true => Some(Selected::Output(sql.select(ctx)?)),
+        })
+    }) {
+        Ok(Some(selected)) => selected,
         Ok(None) => return,
         Err(e) => {
             c.sql_errors.fetch_add(1, Relaxed);
@@ -1506,7 +1540,7 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     let _running = Running::enter(live, job.hops);
     let mut failures = Vec::new();
     for entry @ (spec, _) in &live.rule.actions {
-        match run_action(inner, live, entry, job, ctx, &output, false) {
+        match run_action(inner, live, entry, job, ctx, &selected, false) {
             Ok(()) => {
                 c.actions_ok.add(1);
             }
@@ -1552,7 +1586,7 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
     // What the error action publishes is this rule's output, for the loop guard and hop count
     // (also after a failed evaluation, and when it runs later on another thread).
     let _running = Running::enter(live, job.hops);
-    let output = Output::Json(doc.to_string());
+    let output = Selected::Output(Output::Json(doc.to_string()));
     if let Err((resource, message)) = run_action(inner, live, entry, job, ctx, &output, true) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
         tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
@@ -1569,17 +1603,19 @@ fn run_action(
     (spec, action): &(ActionSpec, Compiled),
     job: &Job,
     ctx: &Ctx<'_>,
-    output: &Output,
+    selected: &Selected,
     error_path: bool,
 ) -> ActionResult {
     // How AWS's error document names this action when it fails after returning.
     let aws_name = aws_action_name(spec.kind());
+    // The output document, worked out on first use (a plugin action may not need it).
+    let out = || selected.output(&live.rule.sql, ctx);
     match action {
         Compiled::Republish { topic, qos } => {
             let topic = topic
                 .render(ctx)
                 .map_err(|e| (topic.source().to_string(), format!("topic template: {e}")))?;
-            publish(inner, &topic, output.as_bytes().to_vec(), *qos, false).map_err(|e| (topic, e))
+            publish(inner, &topic, out().as_bytes().to_vec(), *qos, false).map_err(|e| (topic, e))
         }
         Compiled::Shadow { thing, shadow } => {
             let thing = thing
@@ -1592,17 +1628,17 @@ fn run_action(
                         .map_err(|e| (s.source().to_string(), format!("shadowName template: {e}")))
                 })
                 .transpose()?;
-            update_shadow(inner, &thing, shadow.as_deref(), output.as_bytes()).map_err(|e| (thing, e))
+            update_shadow(inner, &thing, shadow.as_deref(), out().as_bytes()).map_err(|e| (thing, e))
         }
         Compiled::Plugin { name } => {
-            run_plugin(inner, live, name, job, output, error_path).map_err(|e| (name.clone(), e))
+            run_plugin(inner, live, name, job, selected, error_path).map_err(|e| (name.clone(), e))
         }
         Compiled::Archive(format) => {
             let rule = live.rule.name.as_str();
             let Some(archive) = &inner.archive else {
                 return Err((rule.to_string(), "no archive directory is configured".into()));
             };
-            let line = match output {
+            let line = match out() {
                 Output::Json(text) => text.clone(),
                 Output::Binary(bytes) => {
                     json!({ "payloadBase64": base64::engine::general_purpose::STANDARD.encode(bytes) })
@@ -1630,7 +1666,7 @@ fn run_action(
                     .render(ctx)
                     .map_err(|e| (url.clone(), format!("body template: {e}")))?
                     .into_bytes(),
-                None => output.as_bytes().to_vec(),
+                None => out().as_bytes().to_vec(),
             };
             let on_failure = later_failure(inner, live, job, aws_name, url.clone(), error_path);
             inner
@@ -1660,7 +1696,7 @@ fn run_action(
             let record = NewRecord {
                 stream: stream.clone(),
                 key,
-                data: output.as_bytes().to_vec(),
+                data: out().as_bytes().to_vec(),
             };
             inner.streams.append(record, on_failure).map_err(|e| (stream, e))
         }
@@ -1688,7 +1724,7 @@ fn run_action(
                 Some(t) => t
                     .render(ctx)
                     .map_err(|e| (resource.clone(), format!("body template: {e}")))?,
-                None => String::from_utf8_lossy(output.as_bytes()).into_owned(),
+                None => String::from_utf8_lossy(out().as_bytes()).into_owned(),
             };
             let on_failure = later_failure(inner, live, job, aws_name, resource.clone(), error_path);
             mailer
@@ -1791,29 +1827,35 @@ fn run_plugin(
     live: &Arc<Live>,
     name: &str,
     job: &Job,
-    output: &Output,
+    selected: &Selected,
     error_path: bool,
 ) -> Result<(), String> {
+    let properties: Vec<(&str, &str)> = job
+        .msg
+        .props
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let msg = PluginMessage {
-        topic: job.topic().to_string(),
-        payload: output.as_bytes().to_vec().into(),
+        topic: job.topic(),
+        // `SELECT *`: the payload as published (the JSON value AWS would hand a Lambda, not
+        // re-serialized); otherwise the rule's output document.
+        payload: match selected {
+            Selected::Payload(_) => &job.msg.payload,
+            Selected::Output(output) => output.as_bytes(),
+        },
         qos: match job.msg.qos {
             QoS::AtMostOnce => 0,
             QoS::AtLeastOnce => 1,
             QoS::ExactlyOnce => 2,
         },
         timestamp_ms: job.msg.received_ms,
-        client_id: Some(job.from.client_id.as_str().to_string()),
-        thing_name: job.from.thing.clone(),
-        user_properties: job
-            .msg
-            .props
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        client_id: Some(job.from.client_id.as_str()),
+        thing_name: job.from.thing.as_deref(),
+        user_properties: &properties,
     };
-    let actions = match inner.deps.plugins.invoke(name, &msg) {
+    let actions = match inner.deps.plugins.invoke_ref(name, &msg) {
         Outcome::Ok(actions) => actions,
         Outcome::Rejected(reason) => return Err(format!("plugin rejected the message: {reason}")),
         Outcome::Failed(fault) => return Err(fault.to_string()),

@@ -146,8 +146,9 @@ impl<'c> Ctx<'c> {
     }
 
     /// Fixes `timestamp()` (milliseconds since the epoch) instead of asking the clock.
-    pub fn with_timestamp(self, ms: i64) -> Self {
-        let _ = self.timestamp.set(ms);
+    pub fn with_timestamp(mut self, ms: i64) -> Self {
+        // A new cell, not `set`: that runs the one-time initialisation's synchronisation.
+        self.timestamp = OnceLock::from(ms);
         self
     }
 

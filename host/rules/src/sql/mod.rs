@@ -159,29 +159,50 @@ impl Sql {
     /// Runs the statement over one message: `Ok(None)` when `WHERE` is not true, otherwise
     /// the output document. `WHERE` runs first and cannot see `SELECT` aliases, as in AWS.
     pub fn evaluate(&self, ctx: &Ctx<'_>) -> Result<Option<Output>, EvalError> {
-        let env = Env::root(ctx, self.keys.as_ref());
-        if !passes(self.query.filter.as_ref(), &env)? {
+        if !self.filter(ctx)? {
             return Ok(None);
         }
+        self.select(ctx).map(Some)
+    }
+
+    /// Whether the message passes `WHERE` (true without one): the first half of
+    /// [`Sql::evaluate`].
+    pub fn filter(&self, ctx: &Ctx<'_>) -> Result<bool, EvalError> {
+        let env = Env::root(ctx, self.keys.as_ref());
+        passes(self.query.filter.as_ref(), &env)
+    }
+
+    /// Whether the `SELECT` list is a lone `*`: the output is the message's payload (as AWS
+    /// passes it on: a JSON object in Shoal's JSON form, anything else unchanged), and
+    /// [`Sql::select`] cannot fail.
+    pub fn selects_payload(&self) -> bool {
+        self.star_only
+    }
+
+    /// The output document of a message that passed [`Sql::filter`]: the second half of
+    /// [`Sql::evaluate`]. A parsed payload is cached in `ctx`, so `WHERE` and `SELECT` parse
+    /// it once between them.
+    pub fn select(&self, ctx: &Ctx<'_>) -> Result<Output, EvalError> {
+        let env = Env::root(ctx, self.keys.as_ref());
         if self.star_only {
             // The common `SELECT *`: a JSON object re-serialized, anything else passed on. A
             // payload already written as Shoal writes JSON goes on as it is: no tree, no
             // re-writing (the same bytes either way).
             if let Some(text) = canonical_object(ctx.payload()) {
-                return Ok(Some(Output::Json(text.to_owned())));
+                return Ok(Output::Json(text.to_owned()));
             }
             let doc = env.doc();
-            return Ok(Some(match doc {
+            return Ok(match doc {
                 Value::Object(_) => Output::Json(to_text(doc)),
                 _ => Output::Binary(ctx.payload().to_vec()),
-            }));
+            });
         }
         let v = project(&self.query.select, &env)?;
-        Ok(Some(match v.get() {
+        Ok(match v.get() {
             Value::Undefined => Output::Binary(Vec::new()),
             Value::Binary(b) => Output::Binary(b.to_vec()),
             _ => Output::Json(to_text(&v)),
-        }))
+        })
     }
 }
 
