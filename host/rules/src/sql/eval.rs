@@ -86,6 +86,9 @@ pub struct Ctx<'c> {
     principal: Option<&'c str>,
     account_id: Option<&'c str>,
     trace_id: Option<&'c str>,
+    /// `timestamp()` when the caller fixed it (the message's arrival).
+    fixed_timestamp: Option<i64>,
+    /// Otherwise the clock, read on first use.
     timestamp: OnceLock<i64>,
     services: &'c dyn Services,
 }
@@ -114,6 +117,7 @@ impl<'c> Ctx<'c> {
             principal: None,
             account_id: None,
             trace_id: None,
+            fixed_timestamp: None,
             timestamp: OnceLock::new(),
             services: &SYSTEM,
         }
@@ -147,8 +151,7 @@ impl<'c> Ctx<'c> {
 
     /// Fixes `timestamp()` (milliseconds since the epoch) instead of asking the clock.
     pub fn with_timestamp(mut self, ms: i64) -> Self {
-        // A new cell, not `set`: that runs the one-time initialisation's synchronisation.
-        self.timestamp = OnceLock::from(ms);
+        self.fixed_timestamp = Some(ms);
         self
     }
 
@@ -187,7 +190,10 @@ impl<'c> Ctx<'c> {
     }
 
     pub(crate) fn timestamp_ms(&self) -> i64 {
-        *self.timestamp.get_or_init(|| self.services.now_ms())
+        match self.fixed_timestamp {
+            Some(ms) => ms,
+            None => *self.timestamp.get_or_init(|| self.services.now_ms()),
+        }
     }
 
     /// The payload as a document: an object, or the raw bytes.
