@@ -1488,8 +1488,8 @@ fn aws_action_name(kind: &str) -> &'static str {
 /// What a rule selected from a message that passed its `WHERE`.
 enum Selected {
     /// `SELECT *`: the message's payload. The output document AWS's `SELECT *` gives (a JSON
-    /// object in Shoal's JSON form, anything else unchanged) is worked out on first use:
-    /// a rule whose only action is a plugin never needs it.
+    /// object in Shoal's JSON form, anything else unchanged) is built on first use; a plugin
+    /// action borrows the payload instead when it is already in that form.
     Payload(OnceCell<Output>),
     /// The output document.
     Output(Output),
@@ -1608,7 +1608,7 @@ fn run_action(
 ) -> ActionResult {
     // How AWS's error document names this action when it fails after returning.
     let aws_name = aws_action_name(spec.kind());
-    // The output document, worked out on first use (a plugin action may not need it).
+    // The output document, built on first use (a plugin action may only borrow the payload).
     let out = || selected.output(&live.rule.sql, ctx);
     match action {
         Compiled::Republish { topic, qos } => {
@@ -1631,7 +1631,7 @@ fn run_action(
             update_shadow(inner, &thing, shadow.as_deref(), out().as_bytes()).map_err(|e| (thing, e))
         }
         Compiled::Plugin { name } => {
-            run_plugin(inner, live, name, job, selected, error_path).map_err(|e| (name.clone(), e))
+            run_plugin(inner, live, name, job, ctx, selected, error_path).map_err(|e| (name.clone(), e))
         }
         Compiled::Archive(format) => {
             let rule = live.rule.name.as_str();
@@ -1827,6 +1827,7 @@ fn run_plugin(
     live: &Arc<Live>,
     name: &str,
     job: &Job,
+    ctx: &Ctx<'_>,
     selected: &Selected,
     error_path: bool,
 ) -> Result<(), String> {
@@ -1839,10 +1840,16 @@ fn run_plugin(
         .collect();
     let msg = PluginMessage {
         topic: job.topic(),
-        // `SELECT *`: the payload as published (the JSON value AWS would hand a Lambda, not
-        // re-serialized); otherwise the rule's output document.
+        // The rule's output document; under `SELECT *` usually the payload itself, borrowed.
         payload: match selected {
-            Selected::Payload(_) => &job.msg.payload,
+            Selected::Payload(cell) => match cell.get() {
+                Some(output) => output.as_bytes(),
+                None => live
+                    .rule
+                    .sql
+                    .payload_as_output(ctx)
+                    .unwrap_or_else(|| selected.output(&live.rule.sql, ctx).as_bytes()),
+            },
             Selected::Output(output) => output.as_bytes(),
         },
         qos: match job.msg.qos {

@@ -48,7 +48,8 @@ use value::Value;
 
 /// A parsed rule statement: `SELECT ... [FROM '<topic filter>'] [WHERE ...]`.
 ///
-/// Parse once when the rule is created; [`Sql::evaluate`] then runs it per message without
+/// Parse once when the rule is created; [`Sql::evaluate`] (or [`Sql::filter`] then
+/// [`Sql::select`]) then runs it per message without
 /// re-reading the text. `FROM` is optional, as in AWS, for rules only reached through Basic
 /// Ingest (`$aws/rules/{rule}/...`).
 #[derive(Clone)]
@@ -177,6 +178,17 @@ impl Sql {
     /// [`Sql::select`] cannot fail.
     pub fn selects_payload(&self) -> bool {
         self.star_only
+    }
+
+    /// For `SELECT *` over a payload already written as [`Sql::select`] would write it (a
+    /// JSON object in Shoal's compact form): the payload itself, which is then the output
+    /// byte for byte, borrowed instead of copied. `None` otherwise.
+    pub fn payload_as_output<'c>(&self, ctx: &Ctx<'c>) -> Option<&'c [u8]> {
+        if !self.star_only {
+            return None;
+        }
+        let payload = ctx.payload();
+        canonical_object(payload).map(|_| payload)
     }
 
     /// The output document of a message that passed [`Sql::filter`]: the second half of
