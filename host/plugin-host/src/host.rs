@@ -94,11 +94,6 @@ impl PluginHandle {
     pub fn invoke(&self, msg: &Message) -> Outcome {
         msg.with_ref(|msg| self.inner.invoke_entry(&self.entry, msg))
     }
-
-    /// [`PluginHandle::invoke`] with a borrowed message.
-    pub fn invoke_ref(&self, msg: &MessageRef<'_>) -> Outcome {
-        self.inner.invoke_entry(&self.entry, msg)
-    }
 }
 
 impl PluginHost {

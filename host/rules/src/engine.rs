@@ -1487,24 +1487,48 @@ fn aws_action_name(kind: &str) -> &'static str {
 
 /// What a rule selected from a message that passed its `WHERE`.
 enum Selected {
-    /// `SELECT *`: the message's payload. The output document AWS's `SELECT *` gives (a JSON
-    /// object in Shoal's JSON form, anything else unchanged) is built on first use; a plugin
-    /// action borrows the payload instead when it is already in that form.
-    Payload(OnceCell<Output>),
+    /// `SELECT *`: the output document AWS's `SELECT *` gives (a JSON object in Shoal's
+    /// compact form, anything else unchanged), built on first use; `None` once it is known
+    /// that the payload already is that document (then it is borrowed, never copied).
+    Payload(OnceCell<Option<Output>>),
     /// The output document.
     Output(Output),
 }
 
 impl Selected {
-    /// The output document (`sql` and `ctx` are the rule's and the message's).
-    fn output(&self, sql: &Sql, ctx: &Ctx<'_>) -> &Output {
+    /// The built output document, or `None` when it is the payload itself (`sql` and `ctx`
+    /// are the rule's and the message's).
+    fn built(&self, sql: &Sql, ctx: &Ctx<'_>) -> Option<&Output> {
         match self {
-            Selected::Payload(cell) => cell.get_or_init(|| {
-                // `SELECT *` cannot fail; were it to, the payload goes on unchanged.
-                sql.select(ctx)
-                    .unwrap_or_else(|_| Output::Binary(ctx.payload().to_vec()))
-            }),
-            Selected::Output(output) => output,
+            Selected::Payload(cell) => cell
+                .get_or_init(|| {
+                    (!sql.payload_is_output(ctx)).then(|| {
+                        // `SELECT *` cannot fail; were it to, the payload goes on unchanged.
+                        sql.select(ctx)
+                            .unwrap_or_else(|_| Output::Binary(ctx.payload().to_vec()))
+                    })
+                })
+                .as_ref(),
+            Selected::Output(output) => Some(output),
+        }
+    }
+
+    /// The output document's bytes.
+    fn bytes<'a>(&'a self, sql: &Sql, ctx: &'a Ctx<'_>) -> &'a [u8] {
+        match self.built(sql, ctx) {
+            Some(output) => output.as_bytes(),
+            None => ctx.payload(),
+        }
+    }
+
+    /// The output document: `Ok` with its text when it is JSON, `Err` with the bytes when
+    /// it is binary.
+    fn json<'a>(&'a self, sql: &Sql, ctx: &'a Ctx<'_>) -> Result<&'a str, &'a [u8]> {
+        match self.built(sql, ctx) {
+            Some(Output::Json(text)) => Ok(text),
+            Some(Output::Binary(bytes)) => Err(bytes),
+            // Compact JSON, so UTF-8 (checked again only for the archive's sake).
+            None => std::str::from_utf8(ctx.payload()).map_err(|_| ctx.payload()),
         }
     }
 }
@@ -1513,17 +1537,15 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     let c = &live.counters;
     c.matched.add(1);
     let sql = &live.rule.sql;
-    let selected = match sql.filter(ctx).and_then(|passed| {
-        Ok(match passed {
-            false => None,
-            // `SELECT *`: worked out only when an action needs the output document (a plugin
-            // action reads the payload as published).
-            true if sql.selects_payload() => Some(Selected::Payload(OnceCell::new())),
-            true => Some(Selected::Output(sql.select(ctx)?)),
-        })
-    }) {
-        Ok(Some(selected)) => selected,
-        Ok(None) => return,
+    let selected = match sql.filter(ctx) {
+        Ok(false) => return,
+        // `SELECT *`: built only when an action needs it (often it is the payload itself).
+        Ok(true) if sql.selects_payload() => Ok(Selected::Payload(OnceCell::new())),
+        Ok(true) => sql.select(ctx).map(Selected::Output),
+        Err(e) => Err(e),
+    };
+    let selected = match selected {
+        Ok(selected) => selected,
         Err(e) => {
             c.sql_errors.fetch_add(1, Relaxed);
             tracing::debug!(rule = %live.rule.name, error = %e, "rule evaluation failed");
@@ -1608,14 +1630,14 @@ fn run_action(
 ) -> ActionResult {
     // How AWS's error document names this action when it fails after returning.
     let aws_name = aws_action_name(spec.kind());
-    // The output document, built on first use (a plugin action may only borrow the payload).
-    let out = || selected.output(&live.rule.sql, ctx);
+    // The output document's bytes, built on first use (or the payload itself, borrowed).
+    let out = || selected.bytes(&live.rule.sql, ctx);
     match action {
         Compiled::Republish { topic, qos } => {
             let topic = topic
                 .render(ctx)
                 .map_err(|e| (topic.source().to_string(), format!("topic template: {e}")))?;
-            publish(inner, &topic, out().as_bytes().to_vec(), *qos, false).map_err(|e| (topic, e))
+            publish(inner, &topic, out().to_vec(), *qos, false).map_err(|e| (topic, e))
         }
         Compiled::Shadow { thing, shadow } => {
             let thing = thing
@@ -1628,7 +1650,7 @@ fn run_action(
                         .map_err(|e| (s.source().to_string(), format!("shadowName template: {e}")))
                 })
                 .transpose()?;
-            update_shadow(inner, &thing, shadow.as_deref(), out().as_bytes()).map_err(|e| (thing, e))
+            update_shadow(inner, &thing, shadow.as_deref(), out()).map_err(|e| (thing, e))
         }
         Compiled::Plugin { name } => {
             run_plugin(inner, live, name, job, ctx, selected, error_path).map_err(|e| (name.clone(), e))
@@ -1638,9 +1660,9 @@ fn run_action(
             let Some(archive) = &inner.archive else {
                 return Err((rule.to_string(), "no archive directory is configured".into()));
             };
-            let line = match out() {
-                Output::Json(text) => text.clone(),
-                Output::Binary(bytes) => {
+            let line = match selected.json(&live.rule.sql, ctx) {
+                Ok(text) => text.to_owned(),
+                Err(bytes) => {
                     json!({ "payloadBase64": base64::engine::general_purpose::STANDARD.encode(bytes) })
                         .to_string()
                 }
@@ -1666,7 +1688,7 @@ fn run_action(
                     .render(ctx)
                     .map_err(|e| (url.clone(), format!("body template: {e}")))?
                     .into_bytes(),
-                None => out().as_bytes().to_vec(),
+                None => out().to_vec(),
             };
             let on_failure = later_failure(inner, live, job, aws_name, url.clone(), error_path);
             inner
@@ -1696,7 +1718,7 @@ fn run_action(
             let record = NewRecord {
                 stream: stream.clone(),
                 key,
-                data: out().as_bytes().to_vec(),
+                data: out().to_vec(),
             };
             inner.streams.append(record, on_failure).map_err(|e| (stream, e))
         }
@@ -1724,7 +1746,7 @@ fn run_action(
                 Some(t) => t
                     .render(ctx)
                     .map_err(|e| (resource.clone(), format!("body template: {e}")))?,
-                None => String::from_utf8_lossy(out().as_bytes()).into_owned(),
+                None => String::from_utf8_lossy(out()).into_owned(),
             };
             let on_failure = later_failure(inner, live, job, aws_name, resource.clone(), error_path);
             mailer
@@ -1840,18 +1862,7 @@ fn run_plugin(
         .collect();
     let msg = PluginMessage {
         topic: job.topic(),
-        // The rule's output document; under `SELECT *` usually the payload itself, borrowed.
-        payload: match selected {
-            Selected::Payload(cell) => match cell.get() {
-                Some(output) => output.as_bytes(),
-                None => live
-                    .rule
-                    .sql
-                    .payload_as_output(ctx)
-                    .unwrap_or_else(|| selected.output(&live.rule.sql, ctx).as_bytes()),
-            },
-            Selected::Output(output) => output.as_bytes(),
-        },
+        payload: selected.bytes(&live.rule.sql, ctx),
         qos: match job.msg.qos {
             QoS::AtMostOnce => 0,
             QoS::AtLeastOnce => 1,

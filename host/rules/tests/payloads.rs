@@ -218,3 +218,35 @@ fn rules_sharing_a_message_see_the_whole_payload_whatever_each_parsed() {
         Some(Output::Json(r#"["x",7]"#.to_owned()))
     );
 }
+
+#[test]
+fn select_star_says_when_the_payload_is_its_output() {
+    let star = Sql::parse("SELECT * FROM '#' WHERE t > 0").unwrap();
+    let list = Sql::parse("SELECT t FROM '#'").unwrap();
+    assert!(star.selects_payload());
+    assert!(!list.selects_payload());
+    assert!(
+        !Sql::parse("SELECT *, topic() AS x FROM '#'")
+            .unwrap()
+            .selects_payload()
+    );
+    // Compact JSON object: the payload is the output byte for byte.
+    let compact = Ctx::new(TOPIC, br#"{"t":1,"a":"x"}"#);
+    assert!(star.filter(&compact).unwrap());
+    assert!(star.payload_is_output(&compact));
+    assert_eq!(star.select(&compact).unwrap().as_bytes(), br#"{"t":1,"a":"x"}"#);
+    assert!(!list.payload_is_output(&compact));
+    // Not compact (spaces, 1.0): the output is rebuilt, so the payload is not it.
+    let spaced = Ctx::new(TOPIC, br#"{"t": 1.0, "a": "x"}"#);
+    assert!(!star.payload_is_output(&spaced));
+    assert_eq!(
+        star.select(&spaced).unwrap(),
+        Output::Json(r#"{"t":1,"a":"x"}"#.into())
+    );
+    // Not a JSON object: passed on as is, but not as a JSON document.
+    let binary = Ctx::new(TOPIC, b"\x00\x01");
+    assert!(!star.payload_is_output(&binary));
+    assert!(!star.filter(&binary).unwrap());
+    // evaluate = filter, then select.
+    assert_eq!(star.evaluate(&Ctx::new(TOPIC, br#"{"t":0}"#)).unwrap(), None);
+}

@@ -180,15 +180,11 @@ impl Sql {
         self.star_only
     }
 
-    /// For `SELECT *` over a payload already written as [`Sql::select`] would write it (a
-    /// JSON object in Shoal's compact form): the payload itself, which is then the output
-    /// byte for byte, borrowed instead of copied. `None` otherwise.
-    pub fn payload_as_output<'c>(&self, ctx: &Ctx<'c>) -> Option<&'c [u8]> {
-        if !self.star_only {
-            return None;
-        }
-        let payload = ctx.payload();
-        canonical_object(payload).map(|_| payload)
+    /// Whether [`Sql::select`] would output the payload byte for byte: `SELECT *` over a
+    /// JSON object already in Shoal's compact form. The caller may then use the payload
+    /// instead of building the output.
+    pub fn payload_is_output(&self, ctx: &Ctx<'_>) -> bool {
+        self.star_only && canonical_object(ctx.payload()).is_some()
     }
 
     /// The output document of a message that passed [`Sql::filter`]: the second half of
