@@ -5,7 +5,7 @@
 #   tests/bench/plugin.sh                  # fan-in and p2p QoS 0, 10 s windows, 3 repetitions
 #   tests/bench/plugin.sh --quick          # smoke run: 2 s windows, 1 repetition
 #   tests/bench/plugin.sh --with rules10   # ten rules instead of the plugin
-#   tests/bench/plugin.sh --with rules10 --broker-arg --rules-inline=true   # extra serve flags
+#   tests/bench/plugin.sh --with rules10 --broker-arg --rules-inline=false  # extra serve flags
 #   tests/bench/plugin.sh --lossless       # the highest fixed rate each mode sustains without loss
 #
 # Modes (a fresh `shoal serve --store memory --mqtts-listen off` per run, JSON payloads of

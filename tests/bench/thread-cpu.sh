@@ -13,7 +13,7 @@
 # PERF_ARGS="--call-graph dwarf,16384" for stacks through code built without frame pointers.
 # With SHOAL_PLUGIN_PROFILER=perfmap in the environment the server names the plugin's
 # compiled functions for perf. WASM=path picks another threshold-alert build (A/B).
-# SHOAL_SERVE_ARGS adds `shoal serve` flags, e.g. SHOAL_SERVE_ARGS=--rules-inline=true.
+# SHOAL_SERVE_ARGS adds `shoal serve` flags, e.g. SHOAL_SERVE_ARGS=--rules-inline=false.
 # RATE=N offers a fixed N messages/s instead of as fast as possible (compare modes at one rate).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -10,7 +10,7 @@ back-pressure from a full rules queue (held publishers lose nothing; slow plugin
 publisher at most once); the CLI.
 
 Every test gets its own broker. A rule's actions run on worker threads after the publish is
-acknowledged, so tests wait for what the actions produce (a message, a shadow, a counter) with a
+acknowledged (or, for rules that never wait, on the publisher's I/O thread), so tests wait for what the actions produce (a message, a shadow, a counter) with a
 bound, and prove an absence by a later message of the same publisher (one publisher's messages
 are handled in order) followed by a short quiet period.
 """
@@ -27,7 +27,7 @@ import uuid
 import pytest
 
 from conftest import Shoal
-from mqtt_helpers import Client, metric, unique, wait_until
+from mqtt_helpers import V5, Client, metric, unique, wait_until
 from plugin_helpers import DIST, cli, http, ok, settings, upload
 
 RULES = "/api/v1/rules"
@@ -359,6 +359,72 @@ def test_a_plugins_publishes_keep_their_qos_and_retain_flag(shoal: Shoal):
     m = late.wait_message()
     assert m.retain and m.topic == "routed/alarms/s1", "the plugin's retain flag is kept"
     wait_stats(shoal, "route", actionsOk=1)
+
+
+@needs_plugins
+def test_a_plugin_gets_the_publishers_client_id_thing_and_user_properties(shoal: Shoal):
+    """The message a plugin gets carries what the rule saw: the topic, the QoS, the publisher's
+    client id, its registry thing (none on a plain connection), the MQTT 5 user properties in
+    order with repeated keys kept, and as payload the rule's SELECT output."""
+    upload(shoal, "reporter", "echo", {"settings": settings(report="true", prefix="seen")})
+    create(shoal, "report", "SELECT seq, temp FROM 'rep/+/in'", plugin_action("reporter"))
+    sub = subscriber(shoal, "seen/#")
+    pub = shoal.client(version=V5, client_id="rep-dev-1")
+    pub.publish("rep/d1/in", json.dumps({"seq": 1, "temp": 4.5, "other": "x"}), qos=1,
+                properties=dict(UserProperty=[("unit", "C"), ("site", "a"), ("unit", "F")]))
+    got = body(sub.wait_message())
+    got.pop("calls")
+    assert got == {"seq": "1", "version": "v0", "topic": "rep/d1/in", "qos": 1, "client_id": "rep-dev-1",
+                   "thing": None, "properties": [["unit", "C"], ["site", "a"], ["unit", "F"]],
+                   "payload": '{"seq":1,"temp":4.5}'}, got
+
+    # A thing-bound connection (mutual TLS, certificate attached to `truck-9`), QoS 0.
+    device = shoal.client(tls=True, client_cert=shoal.device_cert("truck-9"), client_id="truck-9")
+    device.publish("rep/d2/in", json.dumps({"seq": 2, "temp": -1}), qos=0)
+    got = body(sub.wait_message())
+    assert (got["client_id"], got["thing"], got["qos"], got["properties"]) == ("truck-9", "truck-9", 0, []), got
+    wait_stats(shoal, "report", matched=2, selected=2, actionsOk=2)
+
+
+@needs_plugins
+def test_basic_ingest_reaches_a_plugin_rule_with_the_topic_the_rule_sees(shoal: Shoal):
+    """A Basic Ingest publish (`$aws/rules/{rule}/...`) to a rule whose action is a plugin: the
+    plugin gets the topic without the prefix (as `topic()` sees it) and the publisher's client
+    id; no subscriber sees the publish."""
+    upload(shoal, "ingest_echo", "echo", {"settings": settings(report="true", prefix="ingest_echo")})
+    create(shoal, "ingest_plugin", "SELECT * FROM 'meters/#'", plugin_action("ingest_echo"))
+    out = subscriber(shoal, "ingest_echo/#")
+    spy = subscriber(shoal, "meters/#", "$aws/rules/#")
+    pub = shoal.client(client_id="meter-7")
+    pub.publish("$aws/rules/ingest_plugin/meters/m7", json.dumps({"seq": 7, "kwh": 1.0}), qos=1)
+    m = out.wait_message()
+    got = body(m)
+    assert m.topic == "ingest_echo/7", m.topic
+    assert (got["topic"], got["client_id"]) == ("meters/m7", "meter-7"), got
+    assert got["payload"] == '{"seq":7,"kwh":1}', got  # SELECT *'s compact form
+    spy.expect_no_message(QUIET)
+    wait_stats(shoal, "ingest_plugin", matched=1, actionsOk=1)
+
+
+@needs_plugins
+def test_a_plugin_and_a_republish_in_one_rule_get_the_same_document(shoal: Shoal):
+    """`SELECT *` of a payload not in Shoal's compact JSON form: the plugin action and the
+    republish action of one rule both get the same compact document (built once per message)."""
+    upload(shoal, "both_echo", "echo", {"settings": settings(report="true", prefix="both_echo")})
+    create(shoal, "both", "SELECT * FROM 'both/in'", plugin_action("both_echo"), republish("both/out"))
+    sub = subscriber(shoal, "both_echo/#", "both/out")
+    pub = shoal.client()
+    pub.publish("both/in", json.dumps({"seq": 5, "t": 2.0, "n": [1.0, 2]}, indent=2), qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    compact = b'{"seq":5,"t":2,"n":[1,2]}'
+    assert got["both/out"].payload == compact, got["both/out"].payload
+    assert body(got["both_echo/5"])["payload"].encode() == compact, body(got["both_echo/5"])
+    # A compact payload passes unchanged to both.
+    pub.publish("both/in", b'{"seq":6,"t":2.5}', qos=1)
+    got = {m.topic: m for m in sub.wait_messages(2)}
+    assert got["both/out"].payload == b'{"seq":6,"t":2.5}'
+    assert body(got["both_echo/6"])["payload"] == '{"seq":6,"t":2.5}'
+    wait_stats(shoal, "both", matched=2, actionsOk=4)
 
 
 # -- error action ----------------------------------------------------------------------------------
@@ -976,7 +1042,7 @@ def test_a_full_rules_queue_holds_the_publisher_back_and_loses_nothing(make_shoa
     documents (the whole document is parsed for each message, slower than a publisher can send
     them): rather than skipping messages, the broker holds the publisher back (back-pressure),
     and every rule sees every message, in order."""
-    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
+    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4", "--rules-inline", "false")
     for i in range(10):
         create(shoal, f"heavy_{i}", f"SELECT k{i}, n FROM 'bp/+'", republish(f"bp_out/{i}"))
     out = subscriber(shoal, "bp_out/9")
@@ -1026,7 +1092,7 @@ def test_a_publisher_held_behind_slow_work_waits_once_then_goes_on(make_shoal):
     hold (at most 100 ms, of whichever publisher reached the full queue first) times out, the
     queue is then marked stalled, and the quick publisher's publishes go straight through
     (their rule evaluations dropped and counted) until the queue drains."""
-    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4")
+    shoal = make_shoal("--rules-workers", "1", "--rules-queue", "4", "--rules-inline", "false")
     upload(shoal, "spin", "infinite-loop",
            {"deadline_ms": 300, "max_consecutive_failures": 1000, "settings": settings(trigger="spin")})
     create(shoal, "spinner", "SELECT * FROM 'slow/+'", plugin_action("spin"))

@@ -5,11 +5,12 @@
 //! # Threads and back-pressure
 //!
 //! The hook runs on the broker's I/O threads, so it never blocks there. With
-//! [`EngineConfig::inline`] (`--rules-inline`), a rule that cannot wait (no plugin or shadow
-//! action, no `get_thing_shadow()`: republish, archive, webhook, stream, email only queue work
-//! or route at once) is evaluated and run right in the hook, in the publisher's order, without
-//! a hand-off; that saves CPU when many publishers each send a little, and costs throughput
-//! when the I/O threads are the bottleneck (docs/BENCHMARKS.md). Otherwise, and always for
+//! [`EngineConfig::inline`] (`--rules-inline`, on by default in `shoal serve`), a rule that
+//! cannot wait (no plugin or shadow action, no `get_thing_shadow()`: republish, archive,
+//! webhook, stream, email only queue work or route at once) is evaluated and run right in the
+//! hook, in the publisher's order, without a hand-off: less CPU per message and no nap's
+//! latency, measured in docs/BENCHMARKS.md; the price is that a costly `WHERE` delays the other
+//! connections of that I/O thread. Otherwise, and always for
 //! the rules that may wait, the hook checks for a match and enqueues (the worker looks the
 //! matching rules up itself): each worker thread owns a bounded
 //! queue, and a message goes to the worker chosen
@@ -135,7 +136,8 @@ pub struct EngineConfig {
     /// How often a shared rule store (Redis) is checked for other nodes' changes.
     pub sync_interval: Duration,
     /// Run the rules that never wait on the broker's I/O thread instead of a worker (see the
-    /// module docs; off by default).
+    /// module docs). Off in `EngineConfig::default()`, which the engine's own tests use to
+    /// exercise the workers; `shoal serve` turns it on unless `--rules-inline false`.
     pub inline: bool,
     /// How long an idle worker naps before it looks at its queue again ([`Shard`]); zero:
     /// it sleeps at once and every job wakes it.

@@ -84,7 +84,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_RULES_QUEUE")]
     pub rules_queue: Option<usize>,
     /// Run rules that never wait (no plugin or shadow action) on the broker's I/O threads
-    /// instead of the rules workers (default false; see docs/BENCHMARKS.md for the trade-off).
+    /// instead of the rules workers (default true; false hands every rule to the workers; see
+    /// docs/BENCHMARKS.md, "Rules on the I/O thread", for the trade-off).
     #[arg(long, env = "SHOAL_RULES_INLINE")]
     pub rules_inline: Option<bool>,
     /// Microseconds an idle rules worker naps before it takes what arrived meanwhile in one go
@@ -550,7 +551,7 @@ impl Config {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./shoal-data"));
         Ok(Config {
-            rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(false),
+            rules_inline: args.rules_inline.or(file.rules_inline).unwrap_or(true),
             rules_nap: args
                 .rules_nap_us
                 .or(file.rules_nap_us)
