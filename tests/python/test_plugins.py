@@ -447,7 +447,9 @@ def test_garbage_in_the_watched_directory_is_logged_and_not_deployed(shoal: Shoa
     drop_plugin(shoal, "junk", b"this is not webassembly")
     drop_plugin(shoal, "netty", component("sockets"))  # imports wasi:sockets: refused
     drop_plugin(shoal, "badcfg", component("echo"), {"deadline_msec": 5})  # an unknown field
-    drop_plugin(shoal, "good", component("echo"))
+    # A generous deadline: the watcher compiles the other files meanwhile, and on a busy 2-core
+    # machine a 10 ms (wall-clock) deadline can expire while the call's thread is descheduled.
+    drop_plugin(shoal, "good", component("echo"), {"deadline_ms": 2000})
     wait_active(shoal, "good", 1)
     wait_until(lambda: all(deploy_log_lines(shoal, p) for p in ("junk", "netty", "badcfg")), timeout=10,
                what="log lines for the refused files")
