@@ -345,6 +345,8 @@ struct Group {
 struct Index {
     by_first: std::collections::HashMap<Box<str>, Vec<Group>, std::hash::BuildHasherDefault<Fnv>>,
     wildcard_first: Vec<Group>,
+    /// Whether some indexed rule never waits (runs in the hook with `--rules-inline`).
+    any_inline: bool,
 }
 
 /// The rules a message goes to: usually one group, shared; several groups are flattened.
@@ -385,7 +387,10 @@ impl Index {
                 .1
                 .push(live.clone());
         }
-        let mut index = Index::default();
+        let mut index = Index {
+            any_inline: set.values().any(|l| l.rule.enabled() && l.rule.inline),
+            ..Index::default()
+        };
         for (text, (filter, rules)) in by_filter {
             let group = Group {
                 filter,
@@ -1254,16 +1259,21 @@ impl MessageHook for Hook {
             hops = h + 1;
         }
         let topic = msg.topic.as_str();
-        if !own_output && !inner.inline && !topic.starts_with(BASIC_INGEST) {
-            // The common case: a client's message for the workers.
-            if !inner.index.load().any_matching(&msg.topic) {
+        if !own_output && !topic.starts_with(BASIC_INGEST) {
+            let index = inner.index.load();
+            // The common case when no rule runs here (inline off, or only rules that wait,
+            // such as plugin rules): a client's message for the workers, which look the
+            // rules up themselves (no group `Arc` cloned here and dropped there).
+            if !(inner.inline && index.any_inline) {
+                if !index.any_matching(&msg.topic) {
+                    return HookOutcome::Continue;
+                }
+                enqueue(
+                    inner,
+                    Job::new(msg, Publisher::of(&origin), 0, hops, JobRules::LookUp),
+                );
                 return HookOutcome::Continue;
             }
-            enqueue(
-                inner,
-                Job::new(msg, Publisher::of(&origin), 0, hops, JobRules::LookUp),
-            );
-            return HookOutcome::Continue;
         }
         let (skip, matched, outcome): (usize, Option<Matched>, HookOutcome) =
             if let Some(rest) = topic.strip_prefix(BASIC_INGEST) {
