@@ -1,6 +1,8 @@
 //! The parsed form of a statement: what the parser builds and the evaluator walks.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use super::functions::{Func, Prepared};
 use super::value::Value;
@@ -195,8 +197,28 @@ impl Reads {
         }
     }
 
-    /// The keys read, or `None` when the whole document may be.
-    pub(crate) fn keys(self) -> Option<PayloadKeys> {
-        (!self.whole).then(|| self.keys.into())
+    /// The keys read, or `None` when the whole document may be. Statements and templates
+    /// that read the same keys share one list, so a message's partly parsed payload is
+    /// recognised as theirs by address (see [`super::eval::Ctx::doc_for`]), not key by key.
+    pub(crate) fn keys(mut self) -> Option<PayloadKeys> {
+        if self.whole {
+            return None;
+        }
+        self.keys.sort_unstable();
+        Some(intern(self.keys))
     }
+}
+
+/// The one shared list of `keys` (sorted): the live list with these keys, or a new one.
+/// Lists no statement holds any more are forgotten on the way.
+fn intern(keys: Vec<Box<str>>) -> PayloadKeys {
+    static LISTS: Mutex<Vec<Weak<[Box<str>]>>> = Mutex::new(Vec::new());
+    let mut lists = LISTS.lock();
+    lists.retain(|w| w.strong_count() > 0);
+    if let Some(shared) = lists.iter().find_map(|w| w.upgrade().filter(|l| **l == *keys)) {
+        return shared;
+    }
+    let list: PayloadKeys = keys.into();
+    lists.push(Arc::downgrade(&list));
+    list
 }

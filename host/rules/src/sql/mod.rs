@@ -40,11 +40,12 @@ pub use eval::{Ctx, Services, ShadowRequest, SystemServices};
 pub use functions::time::{civil_from_days, days_from_civil};
 pub use template::Template;
 
-use ast::{Item, PayloadKeys, Query, Reads, Select};
+use ast::{BinOp, Expr, Item, PayloadKeys, Query, Reads, Select};
 use eval::{Env, passes, project};
 use functions::Func;
 use json::{canonical_object, write_json};
-use value::Value;
+use ops::holds;
+use value::{Value, lookup};
 
 /// A parsed rule statement: `SELECT ... [FROM '<topic filter>'] [WHERE ...]`.
 ///
@@ -61,6 +62,37 @@ pub struct Sql {
     star_only: bool,
     /// The payload keys the statement reads (`None`: it may read the whole document).
     keys: Option<PayloadKeys>,
+    /// A `WHERE` of the commonest form, `key <comparison> literal` (`temp > 40`), which
+    /// [`Sql::filter`] tests without the general evaluator.
+    test: Option<FieldTest>,
+}
+
+/// `WHERE key <op> literal`, with `op` one of `= <> < <= > >=`.
+#[derive(Clone)]
+struct FieldTest {
+    key: Box<str>,
+    op: BinOp,
+    literal: Value<'static>,
+}
+
+impl FieldTest {
+    fn of(filter: Option<&Expr>) -> Option<FieldTest> {
+        let Some(Expr::Binary(op, l, r)) = filter else {
+            return None;
+        };
+        let (Expr::Field(key), Expr::Literal(literal)) = (&**l, &**r) else {
+            return None;
+        };
+        matches!(
+            op,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
+        .then(|| FieldTest {
+            key: key.clone(),
+            op: *op,
+            literal: literal.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Sql {
@@ -118,7 +150,9 @@ impl Sql {
             matches!(&stmt.query.select, Select::Items(items) if matches!(items.as_slice(), [Item::Star]));
         let mut reads = Reads::default();
         reads.query(&stmt.query);
+        let test = FieldTest::of(stmt.query.filter.as_ref());
         Ok(Sql {
+            test,
             source: sql.to_owned(),
             query: stmt.query,
             from: stmt.from,
@@ -169,6 +203,13 @@ impl Sql {
     /// Whether the message passes `WHERE` (true without one): the first half of
     /// [`Sql::evaluate`].
     pub fn filter(&self, ctx: &Ctx<'_>) -> Result<bool, EvalError> {
+        if let Some(t) = &self.test {
+            // What the general evaluation gives (a missing key is `Undefined`: false).
+            return Ok(match ctx.doc_for(self.keys.as_ref()) {
+                Value::Object(entries) => lookup(entries, &t.key).is_some_and(|v| holds(t.op, v, &t.literal)),
+                _ => false,
+            });
+        }
         let env = Env::root(ctx, self.keys.as_ref());
         passes(self.query.filter.as_ref(), &env)
     }
@@ -226,4 +267,61 @@ fn to_text(v: &Value<'_>) -> String {
     let mut out = String::with_capacity(128);
     write_json(v, &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `WHERE key <op> literal` shortcut gives exactly the general evaluator's answer
+    /// (`true AND ...` takes the general path) for every comparison, literal and payload
+    /// value type, a missing key and a payload that is not JSON.
+    #[test]
+    fn the_field_test_shortcut_agrees_with_the_evaluator() {
+        let literals = ["5", "5.0", "5.5", "-3", "'5'", "'abc'", "true", "null"];
+        let payloads = [
+            r#"{"x":5}"#,
+            r#"{"x":5.0}"#,
+            r#"{"x":6}"#,
+            r#"{"x":4.9}"#,
+            r#"{"x":-3}"#,
+            r#"{"x":9223372036854775807}"#,
+            r#"{"x":"5"}"#,
+            r#"{"x":"5.5"}"#,
+            r#"{"x":"abc"}"#,
+            r#"{"x":true}"#,
+            r#"{"x":null}"#,
+            r#"{"x":[5]}"#,
+            r#"{"x":{"a":1}}"#,
+            r#"{"y":5}"#,
+            r#"{"x":1,"x":5}"#,
+            "not json",
+        ];
+        let mut checked = 0;
+        for op in ["=", "<>", "<", "<=", ">", ">="] {
+            for lit in literals {
+                let fast = Sql::parse(&format!("SELECT * FROM 'a' WHERE x {op} {lit}")).unwrap();
+                assert!(fast.test.is_some(), "{op} {lit}");
+                let general = Sql::parse(&format!("SELECT * FROM 'a' WHERE true AND x {op} {lit}")).unwrap();
+                assert!(general.test.is_none());
+                for payload in payloads {
+                    let want = general.filter(&Ctx::new("a", payload.as_bytes())).unwrap();
+                    let got = fast.filter(&Ctx::new("a", payload.as_bytes())).unwrap();
+                    assert_eq!(got, want, "x {op} {lit} over {payload}");
+                    checked += usize::from(want);
+                }
+            }
+        }
+        // The grid is not trivially false.
+        assert!(checked > 50, "{checked}");
+        // Not a comparison, or not `key <op> literal`: no shortcut.
+        for sql in [
+            "SELECT * FROM 'a' WHERE x + 1",
+            "SELECT * FROM 'a' WHERE 5 < x",
+            "SELECT * FROM 'a' WHERE x.y > 5",
+            "SELECT * FROM 'a' WHERE x IN [5]",
+        ] {
+            assert!(Sql::parse(sql).unwrap().test.is_none(), "{sql}");
+        }
+    }
 }

@@ -95,7 +95,9 @@ impl Template {
     /// Renders the template for one message.
     pub fn render(&self, ctx: &Ctx<'_>) -> Result<String, EvalError> {
         let env = Env::root(ctx, self.keys.as_ref());
-        let mut out = String::new();
+        // Room for the text and a substitution or two without growing (it is a topic, most
+        // often).
+        let mut out = String::with_capacity(self.source.len() + 32);
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
