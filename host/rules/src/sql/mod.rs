@@ -278,13 +278,17 @@ mod tests {
     /// value type, a missing key and a payload that is not JSON.
     #[test]
     fn the_field_test_shortcut_agrees_with_the_evaluator() {
-        let literals = ["5", "5.0", "5.5", "-3", "'5'", "'abc'", "true", "null"];
+        let literals = [
+            "5", "5.0", "5.5", "-3", "0", "0.0", "'5'", "'abc'", "true", "null",
+        ];
         let payloads = [
             r#"{"x":5}"#,
             r#"{"x":5.0}"#,
             r#"{"x":6}"#,
             r#"{"x":4.9}"#,
             r#"{"x":-3}"#,
+            r#"{"x":-0.0}"#,
+            r#"{"x":0}"#,
             r#"{"x":9223372036854775807}"#,
             r#"{"x":"5"}"#,
             r#"{"x":"5.5"}"#,

@@ -62,13 +62,10 @@ pub(crate) fn binary<'a>(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> Value<'a> {
 pub(crate) fn holds(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> bool {
     let ord = match (l, r) {
         (Value::Int(a), Value::Int(b)) => a.cmp(b),
-        (Value::Int(_) | Value::Decimal(_), Value::Int(_) | Value::Decimal(_)) => {
-            // Never NaN, so always ordered.
-            match Num::of(l).map(Num::f64).partial_cmp(&Num::of(r).map(Num::f64)) {
-                Some(o) => o,
-                None => return false,
-            }
-        }
+        // As `compare` and `equals` do, a mixed pair compares as decimals (`-0.0 = 0`).
+        (Value::Decimal(a), Value::Decimal(b)) => ordered(*a, *b),
+        (Value::Int(a), Value::Decimal(b)) => ordered(*a as f64, *b),
+        (Value::Decimal(a), Value::Int(b)) => ordered(*a, *b as f64),
         _ => return holds_slow(op, l, r),
     };
     match op {
@@ -80,6 +77,12 @@ pub(crate) fn holds(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> bool {
         BinOp::Ge => ord.is_ge(),
         _ => holds_slow(op, l, r),
     }
+}
+
+/// `a` against `b` (decimals are never NaN, so always ordered).
+#[inline(always)]
+fn ordered(a: f64, b: f64) -> Ordering {
+    a.partial_cmp(&b).unwrap_or(Ordering::Less)
 }
 
 #[inline(never)]
