@@ -11,28 +11,12 @@
 #   tests/bench/inline-rules-instructions.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-command -v valgrind >/dev/null || {
-    echo "inline-rules-instructions.sh: needs valgrind (apt-get install valgrind)" >&2
-    exit 1
-}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}
-cd "$ROOT"
-BENCH=$(cargo +1.97.0 test -p shoal-server --release --test inline_rules_bench --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "inline_rules_bench" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$BENCH" ] || {
-    echo "inline-rules-instructions.sh: could not build the bench" >&2
-    exit 1
-}
-count() {
-    INLINE_BENCH_RULES=$2 INLINE_BENCH_ONLY=$1 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
-        "$BENCH" --ignored --nocapture 2>&1 | awk '/I *refs/ {gsub(",", "", $NF); print $NF}'
-}
-none=$((($(count 110000 0) - $(count 10000 0)) / 110000))
-ten=$((($(count 110000 10) - $(count 10000 10)) / 110000))
+. "$HERE/lib.sh"
+cd "$HERE/../.."
+BENCH=$(release_test_binary shoal-server inline_rules_bench)
+per() { echo $((($(instructions "$BENCH" INLINE_BENCH_RULES="$1" INLINE_BENCH_ONLY=110000) -
+    $(instructions "$BENCH" INLINE_BENCH_RULES="$1" INLINE_BENCH_ONLY=10000)) / 110000)); }
+none=$(per 0)
+ten=$(per 10)
 echo "instructions per publish: no rules $none, ten inline rules $ten (the rules add $((ten - none)))"
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host || echo ' + uncommitted changes')"

@@ -206,3 +206,32 @@ thread_ticks() {
     done 2>/dev/null | awk '{ k = $1; sub(/-[0-9]+$/, "", k); a[k] += $2 } END { for (k in a) print k, a[k] }' | sort
 }
 
+
+# Builds (release) the integration test $2 of package $1 and prints its executable's path;
+# exits the script if valgrind is missing or the test does not build. For the instruction counts (sql-instructions.sh,
+# inline-rules-instructions.sh).
+release_test_binary() {
+    local bin
+    command -v valgrind >/dev/null || {
+        echo "$(basename "$0"): needs valgrind (apt-get install valgrind)" >&2
+        exit 1
+    }
+    bin=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." &&
+        CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target} cargo +1.97.0 test -p "$1" --release --test "$2" --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$2")
+    [ -x "$bin" ] || { echo "could not build the test $2 of $1" >&2; exit 1; }
+    echo "$bin"
+}
+
+# Instructions valgrind's cachegrind counts for `$1 --ignored --nocapture` run with the
+# environment assignments $2... (e.g. SQL_BENCH_FRESH_ONLY=10000).
+instructions() {
+    local bin=$1
+    shift
+    env "$@" valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
+        "$bin" --ignored --nocapture 2>&1 | awk '/I *refs/ {gsub(",", "", $NF); print $NF}'
+}

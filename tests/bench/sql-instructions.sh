@@ -9,28 +9,10 @@
 #   tests/bench/sql-instructions.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-command -v valgrind >/dev/null || {
-    echo "sql-instructions.sh: needs valgrind (apt-get install valgrind)" >&2
-    exit 1
-}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/shoal-target}
-cd "$ROOT"
-BENCH=$(cargo +1.97.0 test -p shoal-rules --release --test bench --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bench" and m.get("executable"):
-        print(m["executable"])')
-[ -x "$BENCH" ] || {
-    echo "sql-instructions.sh: could not build the bench" >&2
-    exit 1
-}
-count() {
-    SQL_BENCH_FRESH_ONLY=$1 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
-        "$BENCH" --ignored --nocapture 2>&1 | awk '/I *refs/ {gsub(",", "", $NF); print $NF}'
-}
-small=$(count 10000)
-large=$(count 110000)
+. "$HERE/lib.sh"
+cd "$HERE/../.."
+BENCH=$(release_test_binary shoal-rules bench)
+small=$(instructions "$BENCH" SQL_BENCH_FRESH_ONLY=10000)
+large=$(instructions "$BENCH" SQL_BENCH_FRESH_ONLY=110000)
 echo "instructions per evaluation (fresh context): $(((large - small) / 110000))"
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host/rules || echo ' + uncommitted changes')"

@@ -8,9 +8,11 @@
 #![allow(clippy::print_stdout)]
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use shoal_rules::sql::{Ctx, Output, Sql, Template};
+
+mod timing;
+use timing::{ns_per_iter, thread_cpu_ns};
 
 const SQL: &str = "SELECT temp, topic(2) AS truck FROM 'fleet/+/telemetry' WHERE temp > -15";
 const TOPIC: &str = "fleet/truck-0042/telemetry";
@@ -23,31 +25,6 @@ fn payload(temp: &str) -> Vec<u8> {
     let pad = 200 - p.len();
     p.insert_str(p.len() - 2, &"x".repeat(pad));
     p.into_bytes()
-}
-
-/// This thread's CPU time in nanoseconds (Linux `schedstat`), so the figures hold on a busy
-/// machine where wall time would count other processes' turns; `None` elsewhere.
-fn thread_cpu_ns() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().next()?.parse().ok()
-}
-
-/// Nanoseconds per call of `f`: on-CPU time where the platform reports it, else wall time.
-fn ns_per_iter(iterations: u32, mut f: impl FnMut()) -> f64 {
-    for _ in 0..iterations / 10 {
-        f();
-    }
-    let cpu = thread_cpu_ns();
-    let start = Instant::now();
-    for _ in 0..iterations {
-        f();
-    }
-    let wall = start.elapsed().as_nanos() as f64;
-    let spent = match (cpu, thread_cpu_ns()) {
-        (Some(a), Some(b)) => (b - a) as f64,
-        _ => wall,
-    };
-    spent / f64::from(iterations)
 }
 
 #[test]

@@ -6,14 +6,14 @@
 //! `cargo +1.97.0 test -p shoal-server --release --test inline_rules_bench -- --ignored --nocapture`.
 //!
 //! `INLINE_BENCH_ONLY=N` times only N publishes with the ten rules (plus a tenth as warm-up;
-//! with `INLINE_BENCH_RULES=0` without rules), for an instruction count, which unlike time does not move with this VM's other tenants:
-//! `valgrind --tool=cachegrind --cache-sim=no` of N = 110,000 minus N = 10,000, divided by
-//! 110,000 (the difference with the warm-ups), is the instructions per publish (tests/bench/inline-rules-instructions.sh).
+//! with `INLINE_BENCH_RULES=0` without rules), for an instruction count, which unlike time
+//! does not move with this VM's other tenants: `valgrind --tool=cachegrind --cache-sim=no` of
+//! N = 110,000 minus N = 10,000, divided by 110,000 (the difference with the warm-ups), is the
+//! instructions per publish (tests/bench/inline-rules-instructions.sh).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 use shoal_auth::pki::CertificateAuthority;
 use shoal_auth::policy::ArnConfig;
@@ -25,6 +25,10 @@ use shoal_broker::message::{ClientId, Message};
 use shoal_broker::{Broker, BrokerConfig, QoS, Topic};
 use shoal_rules::{EngineConfig, EngineDeps, FileRuleStore, RulesEngine, TopicRulePayload};
 use shoal_things::shadow::{ShadowConfig, ShadowService};
+
+#[path = "../../rules/tests/timing/mod.rs"]
+mod timing;
+use timing::ns_per_iter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,31 +64,6 @@ fn rules10() -> Vec<(String, TopicRulePayload)> {
     let json = r#"{"sql":"SELECT temp, clientid() AS c FROM 'bench/#' WHERE temp < 0","actions":[{"republish":{"topic":"rollup/${topic(2)}"}}]}"#;
     rules.push(("bench9".to_owned(), serde_json::from_str(json).unwrap()));
     rules
-}
-
-/// This thread's CPU time in nanoseconds (Linux `schedstat`); `None` elsewhere.
-fn thread_cpu_ns() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().next()?.parse().ok()
-}
-
-/// Nanoseconds per call of `f` (after a tenth as warm-up): on-CPU time where the platform
-/// reports it, else wall time.
-fn ns_per_iter(iterations: u32, mut f: impl FnMut(u32)) -> f64 {
-    for i in 0..iterations / 10 {
-        f(i);
-    }
-    let cpu = thread_cpu_ns();
-    let start = Instant::now();
-    for i in 0..iterations {
-        f(i);
-    }
-    let wall = start.elapsed().as_nanos() as f64;
-    let spent = match (cpu, thread_cpu_ns()) {
-        (Some(a), Some(b)) => (b - a) as f64,
-        _ => wall,
-    };
-    spent / f64::from(iterations)
 }
 
 #[test]
@@ -159,8 +138,10 @@ fn inline_rules_cost_per_publish() {
         attributes: Default::default(),
         grants: None,
     };
-    let publish = |i: u32| {
-        let k = (i % 8) as usize;
+    let mut i = 0usize;
+    let mut publish = || {
+        i = i.wrapping_add(1);
+        let k = i % 8;
         let msg = Message::new(topics[k].clone(), body.clone(), QoS::AtMostOnce, false);
         black_box(broker.publish(
             msg,
@@ -174,7 +155,7 @@ fn inline_rules_cost_per_publish() {
         .ok()
         .and_then(|c| c.parse::<u32>().ok());
     let none = if only.is_none() {
-        Some(ns_per_iter(1_000_000, publish))
+        Some(ns_per_iter(1_000_000, &mut publish))
     } else {
         None
     };
@@ -183,7 +164,7 @@ fn inline_rules_cost_per_publish() {
     let with_rules = std::env::var("INLINE_BENCH_RULES").map_or(true, |r| r != "0");
     if !with_rules {
         let n = only.unwrap_or(1_000_000);
-        let ns = ns_per_iter(n, publish);
+        let ns = ns_per_iter(n, &mut publish);
         println!("no rules, {n} publishes: {ns:.0} ns per publish");
         rt.shutdown_background();
         return;
@@ -192,7 +173,7 @@ fn inline_rules_cost_per_publish() {
         rules.create(&name, rule).unwrap();
     }
     let n = only.unwrap_or(1_000_000);
-    let ten = ns_per_iter(n, publish);
+    let ten = ns_per_iter(n, &mut publish);
     // Every message reached the ten rules (nine filtered out, one republished).
     let stats = rules.get("bench9").unwrap().stats;
     let timed = u64::from(n + n / 10);
