@@ -14,9 +14,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/lib.sh"
 cd "$HERE/../.."
 BENCH=$(release_test_binary shoal-server inline_rules_bench)
-per() { echo $((($(instructions "$BENCH" INLINE_BENCH_RULES="$1" INLINE_BENCH_ONLY=110000) -
-    $(instructions "$BENCH" INLINE_BENCH_RULES="$1" INLINE_BENCH_ONLY=10000)) / 110000)); }
-none=$(per 0)
-ten=$(per 10)
+# Each count is assigned on its own so that a failed run stops the script (set -e), and an
+# empty count (the bench failed under valgrind: no summary) fails the arithmetic.
+small=$(instructions "$BENCH" INLINE_BENCH_RULES=0 INLINE_BENCH_ONLY=10000)
+large=$(instructions "$BENCH" INLINE_BENCH_RULES=0 INLINE_BENCH_ONLY=110000)
+none=$(((large - small) / 110000))
+small=$(instructions "$BENCH" INLINE_BENCH_RULES=10 INLINE_BENCH_ONLY=10000)
+large=$(instructions "$BENCH" INLINE_BENCH_RULES=10 INLINE_BENCH_ONLY=110000)
+ten=$(((large - small) / 110000))
 echo "instructions per publish: no rules $none, ten inline rules $ten (the rules add $((ten - none)))"
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host || echo ' + uncommitted changes')"

@@ -1,5 +1,6 @@
 # Shared helpers of the identity, plugin and rules benchmarks (tests/bench/auth.sh, tls.sh,
-# plugin.sh, thread-cpu.sh): the same measurement and disturbance handling as
+# plugin.sh, thread-cpu.sh, and the instruction counts sql-instructions.sh and
+# inline-rules-instructions.sh): the same measurement and disturbance handling as
 # tests/bench/run.sh (which keeps its own copy).
 # Source it after setting MAX_OTHER (% of a core) and QUIET_WAIT (s); it uses BROKER_PID.
 # shellcheck shell=bash
@@ -208,7 +209,8 @@ thread_ticks() {
 
 
 # Builds (release) the integration test $2 of package $1 and prints its executable's path;
-# exits the script if valgrind is missing or the test does not build. For the instruction counts (sql-instructions.sh,
+# fails if valgrind is missing or the test does not build (call it as `VAR=$(...)` under
+# `set -e`, so that stops the script: the `exit` leaves only the command substitution). For the instruction counts (sql-instructions.sh,
 # inline-rules-instructions.sh).
 release_test_binary() {
     local bin
@@ -228,10 +230,17 @@ for line in sys.stdin:
 }
 
 # Instructions valgrind's cachegrind counts for `$1 --ignored --nocapture` run with the
-# environment assignments $2... (e.g. SQL_BENCH_FRESH_ONLY=10000).
+# environment assignments $2... (e.g. SQL_BENCH_FRESH_ONLY=10000). Fails (status 1, nothing
+# printed) when the bench fails: valgrind still prints its summary then.
 instructions() {
-    local bin=$1
+    local bin=$1 out
     shift
-    env "$@" valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
-        "$bin" --ignored --nocapture 2>&1 | awk '/I *refs/ {gsub(",", "", $NF); print $NF}'
+    out=$(env "$@" valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
+        "$bin" --ignored --nocapture 2>&1) || true
+    grep -q "^test result: ok. 1 passed" <<<"$out" || {
+        echo "$(basename "$0"): the bench failed under valgrind:" >&2
+        tail -20 <<<"$out" >&2
+        return 1
+    }
+    awk '/I *refs/ {gsub(",", "", $NF); print $NF}' <<<"$out"
 }

@@ -273,13 +273,30 @@ fn to_text(v: &Value<'_>) -> String {
 mod tests {
     use super::*;
 
-    /// The `WHERE key <op> literal` shortcut gives exactly the general evaluator's answer
-    /// (`true AND ...` takes the general path) for every comparison, literal and payload
-    /// value type, a missing key and a payload that is not JSON.
+    /// The `WHERE key <op> literal` shortcut gives exactly the general evaluator's answer for
+    /// every comparison, literal and payload value type, a missing key, duplicate keys and a
+    /// payload that is not JSON: against `true AND x <op> lit` (no shortcut; the evaluator's
+    /// field-against-literal arm) and `lit <mirrored op> x` (operands built as values, then
+    /// `ops::binary`). The statements select `x` and `y`, so the payload is parsed into those
+    /// keys only, as most rules' are; one context serves all three statements and a fourth
+    /// that reads every key, as the engine shares a message's context between its rules.
     #[test]
     fn the_field_test_shortcut_agrees_with_the_evaluator() {
         let literals = [
-            "5", "5.0", "5.5", "-3", "0", "0.0", "'5'", "'abc'", "true", "null",
+            "5",
+            "5.0",
+            "5.5",
+            "-3",
+            "-5.5",
+            "0",
+            "0.0",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "'5'",
+            "'abc'",
+            "'true'",
+            "true",
+            "null",
         ];
         let payloads = [
             r#"{"x":5}"#,
@@ -290,28 +307,55 @@ mod tests {
             r#"{"x":-0.0}"#,
             r#"{"x":0}"#,
             r#"{"x":9223372036854775807}"#,
+            r#"{"x":-9223372036854775808}"#,
             r#"{"x":"5"}"#,
             r#"{"x":"5.5"}"#,
             r#"{"x":"abc"}"#,
+            r#"{"x":"true"}"#,
             r#"{"x":true}"#,
             r#"{"x":null}"#,
             r#"{"x":[5]}"#,
             r#"{"x":{"a":1}}"#,
             r#"{"y":5}"#,
-            r#"{"x":1,"x":5}"#,
+            r#"{"x":1,"y":2,"x":5}"#,
             "not json",
         ];
+        fn mirror(op: &str) -> &str {
+            match op {
+                "<" => ">",
+                "<=" => ">=",
+                ">" => "<",
+                ">=" => "<=",
+                same => same,
+            }
+        }
+        let everything = Sql::parse("SELECT * FROM 'a' WHERE y <> 7").unwrap();
         let mut checked = 0;
         for op in ["=", "<>", "<", "<=", ">", ">="] {
             for lit in literals {
-                let fast = Sql::parse(&format!("SELECT * FROM 'a' WHERE x {op} {lit}")).unwrap();
+                let fast = Sql::parse(&format!("SELECT x, y FROM 'a' WHERE x {op} {lit}")).unwrap();
                 assert!(fast.test.is_some(), "{op} {lit}");
-                let general = Sql::parse(&format!("SELECT * FROM 'a' WHERE true AND x {op} {lit}")).unwrap();
-                assert!(general.test.is_none());
+                let general =
+                    Sql::parse(&format!("SELECT x, y FROM 'a' WHERE true AND x {op} {lit}")).unwrap();
+                let mirrored =
+                    Sql::parse(&format!("SELECT x, y FROM 'a' WHERE {lit} {} x", mirror(op))).unwrap();
+                assert!(general.test.is_none() && mirrored.test.is_none());
                 for payload in payloads {
-                    let want = general.filter(&Ctx::new("a", payload.as_bytes())).unwrap();
-                    let got = fast.filter(&Ctx::new("a", payload.as_bytes())).unwrap();
-                    assert_eq!(got, want, "x {op} {lit} over {payload}");
+                    let ctx = Ctx::new("a", payload.as_bytes());
+                    let want = mirrored.filter(&ctx).unwrap();
+                    assert_eq!(
+                        general.filter(&ctx).unwrap(),
+                        want,
+                        "true AND x {op} {lit} over {payload}"
+                    );
+                    assert_eq!(fast.filter(&ctx).unwrap(), want, "x {op} {lit} over {payload}");
+                    let _ = everything.filter(&ctx).unwrap();
+                    // Again once the whole document is built.
+                    assert_eq!(
+                        fast.filter(&ctx).unwrap(),
+                        want,
+                        "x {op} {lit} over {payload}, whole"
+                    );
                     checked += usize::from(want);
                 }
             }

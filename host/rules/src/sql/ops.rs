@@ -60,13 +60,17 @@ pub(crate) fn binary<'a>(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> Value<'a> {
 /// with a comparison of two numbers (the commonest `WHERE`, `temp > 40`) done in place.
 #[inline]
 pub(crate) fn holds(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> bool {
+    // As `compare` and `equals` do, a mixed pair compares as decimals (`-0.0 = 0`).
     let ord = match (l, r) {
-        (Value::Int(a), Value::Int(b)) => a.cmp(b),
-        // As `compare` and `equals` do, a mixed pair compares as decimals (`-0.0 = 0`).
-        (Value::Decimal(a), Value::Decimal(b)) => ordered(*a, *b),
-        (Value::Int(a), Value::Decimal(b)) => ordered(*a as f64, *b),
-        (Value::Decimal(a), Value::Int(b)) => ordered(*a, *b as f64),
-        _ => return holds_slow(op, l, r),
+        (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+        (Value::Decimal(a), Value::Decimal(b)) => a.partial_cmp(b),
+        (Value::Int(a), Value::Decimal(b)) => (*a as f64).partial_cmp(b),
+        (Value::Decimal(a), Value::Int(b)) => a.partial_cmp(&(*b as f64)),
+        _ => None,
+    };
+    // Anything else (and a NaN, which no `Value` holds) takes the general path.
+    let Some(ord) = ord else {
+        return holds_slow(op, l, r);
     };
     match op {
         BinOp::Eq => ord.is_eq(),
@@ -77,12 +81,6 @@ pub(crate) fn holds(op: BinOp, l: &Value<'_>, r: &Value<'_>) -> bool {
         BinOp::Ge => ord.is_ge(),
         _ => holds_slow(op, l, r),
     }
-}
-
-/// `a` against `b` (decimals are never NaN, so always ordered).
-#[inline(always)]
-fn ordered(a: f64, b: f64) -> Ordering {
-    a.partial_cmp(&b).unwrap_or(Ordering::Less)
 }
 
 #[inline(never)]
