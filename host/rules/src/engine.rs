@@ -1259,8 +1259,9 @@ impl MessageHook for Hook {
             hops = h + 1;
         }
         let topic = msg.topic.as_str();
+        // Loaded once per message: the fast path below and the look-up after it share it.
+        let index = inner.index.load();
         if !own_output && !topic.starts_with(BASIC_INGEST) {
-            let index = inner.index.load();
             // The common case when no rule runs here (inline off, or only rules that wait,
             // such as plugin rules): a client's message for the workers, which look the
             // rules up themselves (no group `Arc` cloned here and dropped there).
@@ -1291,7 +1292,7 @@ impl MessageHook for Hook {
                     }
                 }
             } else {
-                (0, inner.index.load().matching(&msg.topic), HookOutcome::Continue)
+                (0, index.matching(&msg.topic), HookOutcome::Continue)
             };
         // A rule never sees its own output (looked up only when some rule matched: most
         // outputs go to no rule).
