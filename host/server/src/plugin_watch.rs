@@ -8,7 +8,8 @@
 //! The directory is polled (once a second) rather than watched through inotify: polling sees
 //! files written by any means (editors' rename-into-place, `cp`, network filesystems) and
 //! costs one `readdir` a second. A file is deployed only once its size and modification time
-//! held still across two polls, so a half-copied component is never uploaded. A file that
+//! held still across two polls, so a half-copied component is never uploaded; it is then read
+//! once, and again only after its size or modification time changes. A file that
 //! fails (not a component, forbidden imports, bad configuration, `init` refusing it) is logged
 //! once per content and retried only when it changes.
 
@@ -29,9 +30,39 @@ struct Seen {
     stamp: Option<Stamp>,
     /// Hash of the content last deployed or refused.
     handled: Option<[u8; 32]>,
+    /// The stamp of the files when their content was last read: while they keep it, they are
+    /// not read (nor hashed) again.
+    read_at: Option<Stamp>,
 }
 
 type Stamp = ((u64, Option<SystemTime>), Option<(u64, Option<SystemTime>)>);
+
+/// Files modified this recently are read again at every poll even if their stamp holds: on a
+/// filesystem with a coarse clock (one or two seconds), a second write of the same size
+/// within the same tick would leave the stamp unchanged.
+const RECENT: Duration = Duration::from_secs(3);
+
+impl Seen {
+    /// Records the files' `stamp` at this poll; whether their content is to be read now:
+    /// they held still since the previous poll and were not read at this stamp already.
+    fn due(&mut self, stamp: Stamp) -> bool {
+        let settled = self.stamp == Some(stamp);
+        self.stamp = Some(stamp);
+        settled && self.read_at != Some(stamp)
+    }
+
+    /// Records that the content was read at `stamp` (not when a file's modification time is
+    /// unknown or within [`RECENT`] of `now`: then it is read again at the next poll).
+    fn read(&mut self, stamp: Stamp, now: SystemTime) {
+        let (wasm, config) = stamp;
+        let old_enough = |t: Option<SystemTime>| {
+            t.and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= RECENT)
+        };
+        let settled_long_ago = old_enough(wasm.1) && config.is_none_or(|c| old_enough(c.1));
+        self.read_at = settled_long_ago.then_some(stamp);
+    }
+}
 
 fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
     let md = std::fs::metadata(path).ok()?;
@@ -88,9 +119,7 @@ fn poll(host: &PluginHost, dir: &Path, seen: &mut HashMap<String, Seen>) {
         let Some(wasm_stat) = stat(&path) else { continue };
         let stamp: Stamp = (wasm_stat, stat(&config_path));
         let slot = seen.entry(name.clone()).or_default();
-        let settled = slot.stamp == Some(stamp);
-        slot.stamp = Some(stamp);
-        if !settled {
+        if !slot.due(stamp) {
             continue;
         }
         let (wasm, config_text) = match (std::fs::read(&path), read_optional(&config_path)) {
@@ -100,6 +129,7 @@ fn poll(host: &PluginHost, dir: &Path, seen: &mut HashMap<String, Seen>) {
                 continue;
             }
         };
+        slot.read(stamp, SystemTime::now());
         let mut hasher = Sha256::new();
         hasher.update(&wasm);
         hasher.update(config_text.as_deref().unwrap_or_default());
@@ -157,5 +187,59 @@ fn deploy(host: &PluginHost, name: &str, wasm: &[u8], config: Option<&[u8]>, pat
             error = %e,
             "cannot deploy a plugin from the watched directory"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(size: u64, modified: SystemTime) -> Stamp {
+        ((size, Some(modified)), None)
+    }
+
+    #[test]
+    fn files_are_read_once_settled_and_not_again_until_they_change() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = t0 + Duration::from_secs(60);
+        let mut seen = Seen::default();
+        let s = stamp(100, t0);
+        assert!(!seen.due(s), "first sight: not settled yet");
+        assert!(seen.due(s), "held still across two polls");
+        seen.read(s, later);
+        assert!(!seen.due(s), "read at this stamp already");
+        assert!(!seen.due(s));
+        let changed = stamp(120, later);
+        assert!(!seen.due(changed), "changed: wait for it to settle");
+        let much_later = later + Duration::from_secs(60);
+        assert!(seen.due(changed));
+        seen.read(changed, much_later);
+        assert!(!seen.due(changed));
+    }
+
+    #[test]
+    fn recently_modified_or_undated_files_are_read_at_every_poll() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut seen = Seen::default();
+        let s = stamp(100, t0);
+        let soon = t0 + Duration::from_secs(1);
+        assert!(!seen.due(s));
+        assert!(seen.due(s));
+        seen.read(s, soon);
+        assert!(seen.due(s), "modified within RECENT: read again");
+        let undated: Stamp = ((100, None), None);
+        let mut seen = Seen::default();
+        assert!(!seen.due(undated));
+        assert!(seen.due(undated));
+        seen.read(undated, soon);
+        assert!(seen.due(undated), "no modification time: read again");
+        // A recent configuration file keeps the pair due even when the component is old.
+        let with_config: Stamp = ((100, Some(t0)), Some((10, Some(soon))));
+        let mut seen = Seen::default();
+        let now = soon + Duration::from_secs(1);
+        assert!(!seen.due(with_config));
+        assert!(seen.due(with_config));
+        seen.read(with_config, now);
+        assert!(seen.due(with_config));
     }
 }

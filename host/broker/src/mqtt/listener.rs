@@ -172,6 +172,11 @@ pub fn start(
         .spawn(move || {
             ntex::rt::System::build()
                 .name("shoal-mqtt")
+                // ntex's scheduling-latency sampler (a timer per thread every 100 ms, and a
+                // watchdog thread reading them) and its arbiter pings: statistics Shoal never
+                // reads, which woke an idle server ~100 times a second.
+                .latency_interval(0)
+                .ping_interval(0)
                 .build(ntex::rt::DefaultRuntime)
                 .block_on(async move {
                     let max_conns = broker.cfg.limits.max_connections;
