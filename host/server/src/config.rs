@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// MQTT worker threads (default: number of CPUs).
     #[arg(long, env = "SHOAL_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads serving HTTP connections, each a single-threaded runtime (default: number of
+    /// CPUs; 0 serves them on the main runtime).
+    #[arg(long, env = "SHOAL_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Log filter (tracing `EnvFilter` syntax), default `info`.
     #[arg(long, env = "SHOAL_LOG")]
     pub log: Option<String>,
@@ -203,6 +207,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     workers: Option<usize>,
+    http_threads: Option<usize>,
     log: Option<String>,
     anonymous_access: Option<String>,
     mqtts_client_auth: Option<String>,
@@ -261,6 +266,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// MQTT worker threads.
     pub workers: usize,
+    /// HTTP connection threads (0: the main runtime serves them).
+    pub http_threads: usize,
     /// Log filter.
     pub log: String,
     /// Broker limits.
@@ -617,6 +624,11 @@ impl Config {
                 .clamp(1, 64),
             rules_queue: args.rules_queue.or(file.rules_queue).unwrap_or(10_000).max(1),
             workers: workers.max(1),
+            http_threads: args
+                .http_threads
+                .or(file.http_threads)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .min(64),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
             limits,
         })

@@ -237,6 +237,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // `/mqtt` finds it in the request's extensions (see api::ws).
         app = app.layer(axum::Extension(token));
     }
+    let http_threads = crate::http_server::HttpThreads::start(cfg.http_threads, &stop_rx)
+        .context("starting the HTTP threads")?;
     if let Some(addr) = cfg.https_listen {
         let (cert, key) = match &cfg.tls {
             Some((c, k)) => (c.clone(), k.clone()),
@@ -258,6 +260,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(tls),
             app.clone(),
             cfg.http_read_timeout,
+            http_threads.clone(),
             stop_rx.clone(),
         ));
     }
@@ -271,6 +274,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None,
         app,
         cfg.http_read_timeout,
+        http_threads,
         stop_rx.clone(),
     ));
     write_ports(&cfg, &ports)?;
