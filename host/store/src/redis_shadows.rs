@@ -85,6 +85,23 @@ const STRIPES: usize = 1024;
 /// a stripe is full an arbitrary entry makes room.
 const STRIPE_CACHE: usize = 64;
 
+/// How long a thread whose own Redis connection could not be opened uses the shared one
+/// before trying again ([`RedisShadowStore::local_conn`]).
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
+
+/// A thread's own connection to one store's Redis.
+enum Local {
+    Connecting,
+    Ready(ConnectionManager),
+    Failed(std::time::Instant),
+}
+
+thread_local! {
+    /// Per store (keyed by the address of its write queues, which its clones share, and its
+    /// URL, in case a dropped store's address is reused).
+    static LOCAL: std::cell::RefCell<Vec<(usize, Arc<str>, Local)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The last document and revision this node wrote or read for some keys of one stripe.
 #[derive(Default)]
 struct StripeCache {
@@ -142,6 +159,8 @@ return {1}
 #[derive(Clone)]
 pub struct RedisShadowStore {
     conn: ConnectionManager,
+    /// Where to open the per-thread connections ([`RedisShadowStore::local_conn`]).
+    url: Arc<str>,
     prefix: Arc<str>,
     script: Arc<redis::Script>,
     turns: Arc<[tokio::sync::Mutex<StripeCache>]>,
@@ -214,7 +233,7 @@ impl RedisShadowStore {
         let conn = connect_manager(url)
             .await
             .map_err(ShadowStoreError::Unavailable)?;
-        let store = RedisShadowStore::with_connection(conn, prefix);
+        let store = RedisShadowStore::with_connection(conn, url, prefix);
         let mut conn = store.conn.clone();
         let _: String = store
             .call("ping", redis::cmd("PING").query_async(&mut conn))
@@ -224,9 +243,10 @@ impl RedisShadowStore {
     }
 
     /// A store on an existing connection.
-    pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str) -> RedisShadowStore {
+    pub(crate) fn with_connection(conn: ConnectionManager, url: &str, prefix: &str) -> RedisShadowStore {
         RedisShadowStore {
             conn,
+            url: url.into(),
             prefix: prefix.into(),
             script: Arc::new(redis::Script::new(CAS_SCRIPT)),
             turns: (0..STRIPES)
@@ -239,6 +259,59 @@ impl RedisShadowStore {
     /// The key prefix, for logs and `/health`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The connection for a call from here: on a single-threaded runtime (an HTTP thread), a
+    /// connection of that thread's own, so that the request, the connection's driver task and
+    /// the reply's wake-up stay on one thread (measured in docs/BENCHMARKS.md); elsewhere the
+    /// shared one. The thread's connection is opened in the background on first use (calls
+    /// take the shared one meanwhile, and for [`LOCAL_RETRY`] after a failed attempt).
+    fn local_conn(&self) -> ConnectionManager {
+        if tokio::runtime::Handle::try_current().map_or(true, |h| {
+            h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
+        }) {
+            return self.conn.clone();
+        }
+        let id = self.turns.as_ptr() as usize;
+        let connect = LOCAL.with_borrow_mut(|l| {
+            let Some(n) = l.iter().position(|(i, u, _)| *i == id && *u == self.url) else {
+                l.push((id, Arc::clone(&self.url), Local::Connecting));
+                return Ok(true);
+            };
+            let slot = &mut l[n].2;
+            match slot {
+                Local::Ready(conn) => Err(conn.clone()),
+                Local::Failed(at) if at.elapsed() >= LOCAL_RETRY => {
+                    *slot = Local::Connecting;
+                    Ok(true)
+                }
+                Local::Failed(_) | Local::Connecting => Ok(false),
+            }
+        });
+        let connect = match connect {
+            Err(own) => return own,
+            Ok(connect) => connect,
+        };
+        if connect {
+            let url = Arc::clone(&self.url);
+            tokio::spawn(async move {
+                // A single-threaded runtime: this runs on the same thread, so the same
+                // thread-local table.
+                let done = match connect_manager(&url).await {
+                    Ok(conn) => Local::Ready(conn),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no thread-local Redis connection for shadows yet; using the shared one");
+                        Local::Failed(std::time::Instant::now())
+                    }
+                };
+                LOCAL.with_borrow_mut(|l| {
+                    if let Some(slot) = l.iter_mut().find(|(i, u, _)| *i == id && *u == url) {
+                        slot.2 = done;
+                    }
+                });
+            });
+        }
+        self.conn.clone()
     }
 
     fn doc_key(&self, key: &ShadowKey) -> String {
@@ -289,8 +362,8 @@ impl RedisShadowStore {
         let doc_key = self.doc_key(key);
         let index_key = self.index_key(&key.thing);
         let shadow_name = key.shadow.as_ref().map_or("", ShadowName::as_str);
+        let mut conn = self.local_conn();
         let mut turn = self.turn(&doc_key).lock().await;
-        let mut conn = self.conn.clone();
 
         // Start from what this node last saw of the key, if it still remembers (a stale
         // entry only costs a conflict, see the module docs); read it otherwise. The entry
@@ -368,7 +441,7 @@ impl ShadowStore for RedisShadowStore {
 
     async fn get(&self, key: &ShadowKey) -> Result<Option<StoredShadow>, ShadowStoreError> {
         let doc_key = self.doc_key(key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.local_conn();
         let doc: Option<Vec<u8>> = self
             .call(
                 "get shadow",
@@ -408,7 +481,7 @@ impl ShadowStore for RedisShadowStore {
             None => "-".to_owned(),
         };
         let count = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut conn = self.conn.clone();
+        let mut conn = self.local_conn();
         let names: Vec<String> = self
             .call(
                 "list named shadows",

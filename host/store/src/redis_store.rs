@@ -167,7 +167,7 @@ impl RedisStore {
         let shown = crate::redact_url(url);
         let conn = connect_manager(url).await.map_err(StoreError::Unavailable)?;
         let store = RedisStore {
-            shadows: RedisShadowStore::with_connection(conn.clone(), prefix),
+            shadows: RedisShadowStore::with_connection(conn.clone(), url, prefix),
             conn,
             prefix: prefix.to_owned(),
             sessions_key: format!("{prefix}:sessions"),

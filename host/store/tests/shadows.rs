@@ -576,6 +576,60 @@ fn spawn_load(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_shadow_unavailable_when_killed_then_recovers() {
+    unavailable_when_killed_then_recovers().await;
+}
+
+/// The same on a single-threaded runtime (an HTTP thread's), where the store opens a
+/// connection of the thread's own: it must fail and recover the same way.
+#[tokio::test(flavor = "current_thread")]
+async fn redis_shadow_on_a_single_threaded_runtime_unavailable_when_killed_then_recovers() {
+    unavailable_when_killed_then_recovers().await;
+}
+
+/// Connections to `server` (`CLIENT LIST`), the one asking included.
+async fn clients(server: &RedisServer) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut raw(server).await)
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_shadow_conformance_on_a_single_threaded_runtime() {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&server.url(), "shoal").await.unwrap();
+    assert_eq!(
+        clients(&server).await,
+        2,
+        "the store's shared connection and this query"
+    );
+    let shadows = Arc::new(store.shadow_store());
+    conformance::run_shadow_suite(shadows.clone()).await;
+    // The thread's own connection was opened in the background and serves from then on.
+    let started = Instant::now();
+    while clients(&server).await < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no thread-local connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conformance::shadow_concurrency(
+        &[shadows.clone() as Arc<dyn ShadowStore>],
+        key("local", None),
+        200,
+    )
+    .await;
+    assert_eq!(
+        clients(&server).await,
+        3,
+        "one connection per thread, not per call"
+    );
+}
+
+async fn unavailable_when_killed_then_recovers() {
     let mut server = RedisServer::start().await;
     let store = Arc::new(RedisShadowStore::connect(&server.url(), "shoal").await.unwrap());
     let mut load = spawn_load(&store, 16);
