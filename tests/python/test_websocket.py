@@ -358,3 +358,18 @@ def test_shoal_subscribe_over_websocket(shoal: Shoal):
     r = subprocess.run([shoal.binary, "subscribe", "x", "--timeout", "5"], env=bare, capture_output=True, text=True,
                        timeout=20)
     assert r.returncode != 0 and "403" in r.stderr and "Missing Authentication Token" in r.stderr, r.stderr
+
+
+def test_a_shutdown_says_goodbye_over_websocket(shoal: Shoal):
+    """SIGTERM: an MQTT 5 client bridged over WebSocket gets DISCONNECT 0x8B (Server shutting
+    down) like one on plain TCP; the HTTP threads that carry the bridges stop last."""
+    reasons: queue.Queue = queue.Queue()
+    path = presigned_path("127.0.0.1", shoal.http_port, shoal.credentials)
+    c = WsClient(shoal.http_port, path, protocol="mqtt", version=paho.MQTTv5)
+    c.c.on_disconnect = lambda cl, u, flags, rc, p=None: reasons.put(getattr(rc, "value", rc))
+    assert c.connect() == 0
+    assert shoal.stop() == 0
+    try:
+        assert reasons.get(timeout=TIMEOUT) == 0x8B
+    finally:
+        c.c.loop_stop()

@@ -684,6 +684,27 @@ mod tests {
     }
 
     #[test]
+    fn http_threads_from_the_file_then_the_flag_default_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            Config::resolve(&ServeArgs::default()).unwrap().http_threads,
+            cpus.min(64)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(&p, "http_threads = 0\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        assert_eq!(Config::resolve(&args).unwrap().http_threads, 0);
+        args.http_threads = Some(3);
+        assert_eq!(Config::resolve(&args).unwrap().http_threads, 3);
+        args.http_threads = Some(1000);
+        assert_eq!(Config::resolve(&args).unwrap().http_threads, 64, "capped");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let args = ServeArgs {
             mqtt_listen: Some("nonsense".into()),

@@ -5,11 +5,13 @@
 //!
 //! Connections are accepted on the main runtime and served on [`HttpThreads`]: a few threads
 //! each running its own single-threaded runtime, every connection on one of them for its whole
-//! life (TLS handshake included). On the 2-core machine an HTTP shadow update cost Shoal ~37 µs
-//! of CPU served by the main (work-stealing, two-thread) runtime and ~29-32 µs this way: no
-//! task migrates between cores, and no idle worker is woken to steal each request
+//! life (TLS handshake included). On the 2-core machine an HTTP shadow update on Redis cost
+//! Shoal ~36 µs of CPU served by the main (work-stealing, two-thread) runtime, ~35 µs this way,
+//! and ~24 µs with the Redis shadow store's connection per thread that this makes possible: no
+//! task migrates between cores, and no other thread is woken for each request
 //! (docs/BENCHMARKS.md). With no threads ([`HttpThreads::start`] with 0), connections are
-//! served on the caller's runtime.
+//! served on the caller's runtime. The threads stop when the server has finished everything
+//! else (`serve::run`), so WebSocket bridges still carry the broker's goodbyes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -35,7 +35,19 @@ struct Seen {
     read_at: Option<Stamp>,
 }
 
-type Stamp = ((u64, Option<SystemTime>), Option<(u64, Option<SystemTime>)>);
+/// One version of a file, told without reading it: its size, inode, and the later of its
+/// modification and status-change times. The status-change time is what catches content
+/// replaced with the same size and a restored modification time (`cp -p`, `rsync -t`,
+/// reproducible builds' fixed timestamps): no tool can set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    ino: u64,
+    changed: Option<SystemTime>,
+}
+
+/// The component's stamp and the configuration's (when there is one).
+type Stamp = (FileStamp, Option<FileStamp>);
 
 /// Files modified this recently are read again at every poll even if their stamp holds: on a
 /// filesystem with a coarse clock (one or two seconds), a second write of the same size
@@ -59,14 +71,23 @@ impl Seen {
             t.and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age >= RECENT)
         };
-        let settled_long_ago = old_enough(wasm.1) && config.is_none_or(|c| old_enough(c.1));
+        let settled_long_ago = old_enough(wasm.changed) && config.is_none_or(|c| old_enough(c.changed));
         self.read_at = settled_long_ago.then_some(stamp);
     }
 }
 
-fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+fn stat(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::metadata(path).ok()?;
-    Some((md.len(), md.modified().ok()))
+    let status_changed = u64::try_from(md.ctime())
+        .ok()
+        .zip(u32::try_from(md.ctime_nsec()).ok())
+        .map(|(s, ns)| SystemTime::UNIX_EPOCH + Duration::new(s, ns));
+    Some(FileStamp {
+        len: md.len(),
+        ino: md.ino(),
+        changed: md.modified().ok().max(status_changed),
+    })
 }
 
 /// Runs the watcher on a blocking thread until `stop` turns true.
@@ -194,8 +215,12 @@ fn deploy(host: &PluginHost, name: &str, wasm: &[u8], config: Option<&[u8]>, pat
 mod tests {
     use super::*;
 
+    fn file(len: u64, changed: Option<SystemTime>) -> FileStamp {
+        FileStamp { len, ino: 7, changed }
+    }
+
     fn stamp(size: u64, modified: SystemTime) -> Stamp {
-        ((size, Some(modified)), None)
+        (file(size, Some(modified)), None)
     }
 
     #[test]
@@ -227,19 +252,47 @@ mod tests {
         assert!(seen.due(s));
         seen.read(s, soon);
         assert!(seen.due(s), "modified within RECENT: read again");
-        let undated: Stamp = ((100, None), None);
+        let undated: Stamp = (file(100, None), None);
         let mut seen = Seen::default();
         assert!(!seen.due(undated));
         assert!(seen.due(undated));
         seen.read(undated, soon);
         assert!(seen.due(undated), "no modification time: read again");
         // A recent configuration file keeps the pair due even when the component is old.
-        let with_config: Stamp = ((100, Some(t0)), Some((10, Some(soon))));
+        let with_config: Stamp = (file(100, Some(t0)), Some(file(10, Some(soon))));
         let mut seen = Seen::default();
         let now = soon + Duration::from_secs(1);
         assert!(!seen.due(with_config));
         assert!(seen.due(with_config));
         seen.read(with_config, now);
         assert!(seen.due(with_config));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test may sleep
+    fn same_size_content_with_a_restored_modification_time_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.wasm");
+        std::fs::write(&path, b"version one").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let first = stat(&path).unwrap();
+        // Different content, same size, the modification time put back (as `cp -p` does).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, b"version two").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let second = stat(&path).unwrap();
+        assert_eq!(first.len, second.len);
+        assert_ne!(first, second, "the status-change time tells them apart");
     }
 }

@@ -237,7 +237,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // `/mqtt` finds it in the request's extensions (see api::ws).
         app = app.layer(axum::Extension(token));
     }
-    let http_threads = crate::http_server::HttpThreads::start(cfg.http_threads, &stop_rx)
+    // The HTTP threads stop last (below): until the MQTT side has said goodbye and the store
+    // is flushed, WebSocket bridges carry the broker's DISCONNECTs and requests in flight get
+    // their answers; the accept loops stop with everything else.
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let http_threads = crate::http_server::HttpThreads::start(cfg.http_threads, &http_stop_rx)
         .context("starting the HTTP threads")?;
     if let Some(addr) = cfg.https_listen {
         let (cert, key) = match &cfg.tls {
@@ -306,6 +310,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_millis(300), http_task).await;
+    let _ = http_stop_tx.send(true);
     tracing::info!("stopped");
     Ok(())
 }

@@ -89,6 +89,9 @@ const STRIPE_CACHE: usize = 64;
 /// before trying again ([`RedisShadowStore::local_conn`]).
 const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
+/// How often a thread's own connection is pinged.
+const LOCAL_PING: Duration = Duration::from_secs(1);
+
 /// A thread's own connection to one store's Redis.
 enum Local {
     Connecting,
@@ -294,14 +297,19 @@ impl RedisShadowStore {
         };
         if connect {
             let url = Arc::clone(&self.url);
+            let home = std::thread::current().id();
             tokio::spawn(async move {
-                // A single-threaded runtime: this runs on the same thread, so the same
-                // thread-local table.
-                let done = match connect_manager(&url).await {
-                    Ok(conn) => Local::Ready(conn),
+                // On a single-threaded runtime the task runs on the runtime's thread: the
+                // caller's unless it called from the runtime's blocking pool, whose slot then
+                // stays "connecting" (it uses the shared connection).
+                if std::thread::current().id() != home {
+                    return;
+                }
+                let (done, conn) = match connect_manager(&url).await {
+                    Ok(conn) => (Local::Ready(conn.clone()), Some(conn)),
                     Err(e) => {
                         tracing::debug!(error = %e, "no thread-local Redis connection for shadows yet; using the shared one");
-                        Local::Failed(std::time::Instant::now())
+                        (Local::Failed(std::time::Instant::now()), None)
                     }
                 };
                 LOCAL.with_borrow_mut(|l| {
@@ -309,6 +317,19 @@ impl RedisShadowStore {
                         slot.2 = done;
                     }
                 });
+                // Pinged like the shared connection (the broker's store pinger), so that a
+                // dropped connection is noticed and re-established by the ping, not by a
+                // request failing first.
+                if let Some(mut conn) = conn {
+                    loop {
+                        tokio::time::sleep(LOCAL_PING).await;
+                        let _ = tokio::time::timeout(
+                            LOCAL_PING,
+                            redis::cmd("PING").query_async::<String>(&mut conn),
+                        )
+                        .await;
+                    }
+                }
             });
         }
         self.conn.clone()

@@ -576,14 +576,14 @@ fn spawn_load(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_shadow_unavailable_when_killed_then_recovers() {
-    unavailable_when_killed_then_recovers().await;
+    unavailable_when_killed_then_recovers(false).await;
 }
 
 /// The same on a single-threaded runtime (an HTTP thread's), where the store opens a
 /// connection of the thread's own: it must fail and recover the same way.
 #[tokio::test(flavor = "current_thread")]
 async fn redis_shadow_on_a_single_threaded_runtime_unavailable_when_killed_then_recovers() {
-    unavailable_when_killed_then_recovers().await;
+    unavailable_when_killed_then_recovers(true).await;
 }
 
 /// Connections to `server` (`CLIENT LIST`), the one asking included.
@@ -629,9 +629,21 @@ async fn redis_shadow_conformance_on_a_single_threaded_runtime() {
     );
 }
 
-async fn unavailable_when_killed_then_recovers() {
+/// `own_connection`: first wait until the store serves this thread on a connection of its own.
+async fn unavailable_when_killed_then_recovers(own_connection: bool) {
     let mut server = RedisServer::start().await;
     let store = Arc::new(RedisShadowStore::connect(&server.url(), "shoal").await.unwrap());
+    if own_connection {
+        store.get(&key("warm-up", None)).await.unwrap();
+        let started = Instant::now();
+        while clients(&server).await < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no thread-local connection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut load = spawn_load(&store, 16);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
