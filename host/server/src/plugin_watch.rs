@@ -273,25 +273,17 @@ mod tests {
     fn same_size_content_with_a_restored_modification_time_is_seen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.wasm");
-        std::fs::write(&path, b"version one").unwrap();
         let old = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let first = stat(&path).unwrap();
+        let write = |content: &[u8]| {
+            std::fs::write(&path, content).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(old).unwrap();
+            stat(&path).unwrap()
+        };
+        let first = write(b"version one");
         // Different content, same size, the modification time put back (as `cp -p` does).
         std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(&path, b"version two").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let second = stat(&path).unwrap();
+        let second = write(b"version two");
         assert_eq!(first.len, second.len);
         assert_ne!(first, second, "the status-change time tells them apart");
     }

@@ -608,14 +608,7 @@ async fn redis_shadow_conformance_on_a_single_threaded_runtime() {
     let shadows = Arc::new(store.shadow_store());
     conformance::run_shadow_suite(shadows.clone()).await;
     // The thread's own connection was opened in the background and serves from then on.
-    let started = Instant::now();
-    while clients(&server).await < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no thread-local connection"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_clients(&server, 3, "the thread's own connection").await;
     conformance::shadow_concurrency(
         &[shadows.clone() as Arc<dyn ShadowStore>],
         key("local", None),
@@ -627,6 +620,28 @@ async fn redis_shadow_conformance_on_a_single_threaded_runtime() {
         3,
         "one connection per thread, not per call"
     );
+
+    // Redis restarts while nothing is asked: the thread's connection is pinged back up, so the
+    // first request afterwards succeeds (as on the broker's shared, pinged connection).
+    let mut server = server;
+    server.restart().await;
+    wait_for_clients(&server, 2, "the thread's connection back after the restart").await;
+    let r = shadows
+        .mutate(
+            &key("after-restart", None),
+            update(r#"{"state":{"desired":{"a":1}}}"#),
+        )
+        .await;
+    assert!(matches!(r, Ok(Mutated::Applied { .. })), "{r:?}");
+}
+
+/// Waits (at most 10 s) until `server` has at least `n` connections, the one asking included.
+async fn wait_for_clients(server: &RedisServer, n: usize, what: &str) {
+    let started = Instant::now();
+    while clients(server).await < n {
+        assert!(started.elapsed() < Duration::from_secs(10), "no {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `own_connection`: first wait until the store serves this thread on a connection of its own.
@@ -635,14 +650,7 @@ async fn unavailable_when_killed_then_recovers(own_connection: bool) {
     let store = Arc::new(RedisShadowStore::connect(&server.url(), "shoal").await.unwrap());
     if own_connection {
         store.get(&key("warm-up", None)).await.unwrap();
-        let started = Instant::now();
-        while clients(&server).await < 3 {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "no thread-local connection"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_clients(&server, 3, "thread-local connection").await;
     }
     let mut load = spawn_load(&store, 16);
     tokio::time::sleep(Duration::from_millis(300)).await;
