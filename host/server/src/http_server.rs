@@ -42,7 +42,7 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 struct Site {
     app: Router,
     acceptor: Option<TlsAcceptor>,
-    handshakes: Arc<tokio::sync::Semaphore>,
+    handshakes: tokio::sync::Semaphore,
     read_timeout: Duration,
 }
 
@@ -54,12 +54,7 @@ impl Site {
             return;
         };
         let handshake = async {
-            let _permit = self
-                .handshakes
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(std::io::Error::other)?;
+            let _permit = self.handshakes.acquire().await.map_err(std::io::Error::other)?;
             acceptor.accept(tcp).await
         };
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -194,7 +189,7 @@ pub async fn serve(
     let site = Arc::new(Site {
         app,
         acceptor: tls.map(TlsAcceptor::from),
-        handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+        handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
         read_timeout,
     });
     loop {

@@ -9,7 +9,8 @@
 //! files written by any means (editors' rename-into-place, `cp`, network filesystems) and
 //! costs one `readdir` a second. A file is deployed only once its size and modification time
 //! held still across two polls, so a half-copied component is never uploaded; it is then read
-//! once, and again only after its size or modification time changes. A file that
+//! once, and again only after its size, inode, or modification or status-change time changes
+//! (or at every poll while it was modified within the last few seconds). A file that
 //! fails (not a component, forbidden imports, bad configuration, `init` refusing it) is logged
 //! once per content and retried only when it changes.
 

@@ -99,6 +99,14 @@ enum Local {
     Failed(std::time::Instant),
 }
 
+/// What [`RedisShadowStore::local_conn`] found in the thread's table.
+enum Pick {
+    /// The thread's own connection.
+    Own(ConnectionManager),
+    /// The shared one; `connect`: start opening the thread's own.
+    Shared { connect: bool },
+}
+
 thread_local! {
     /// Per store (keyed by the address of its write queues, which its clones share, and its
     /// URL, in case a dropped store's address is reused).
@@ -276,24 +284,23 @@ impl RedisShadowStore {
             return self.conn.clone();
         }
         let id = self.turns.as_ptr() as usize;
-        let connect = LOCAL.with_borrow_mut(|l| {
+        let connect = match LOCAL.with_borrow_mut(|l| {
             let Some(n) = l.iter().position(|(i, u, _)| *i == id && *u == self.url) else {
                 l.push((id, Arc::clone(&self.url), Local::Connecting));
-                return Ok(true);
+                return Pick::Shared { connect: true };
             };
             let slot = &mut l[n].2;
             match slot {
-                Local::Ready(conn) => Err(conn.clone()),
+                Local::Ready(conn) => Pick::Own(conn.clone()),
                 Local::Failed(at) if at.elapsed() >= LOCAL_RETRY => {
                     *slot = Local::Connecting;
-                    Ok(true)
+                    Pick::Shared { connect: true }
                 }
-                Local::Failed(_) | Local::Connecting => Ok(false),
+                Local::Failed(_) | Local::Connecting => Pick::Shared { connect: false },
             }
-        });
-        let connect = match connect {
-            Err(own) => return own,
-            Ok(connect) => connect,
+        }) {
+            Pick::Own(conn) => return conn,
+            Pick::Shared { connect } => connect,
         };
         if connect {
             let url = Arc::clone(&self.url);
