@@ -449,17 +449,13 @@ mod tests {
                 })
                 .unwrap();
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while archive.counters.written.load(Relaxed) < 4 && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-        }
+        // A flush answers only after the records queued before it are written and every file
+        // flushed (waiting for one file to fill raced with the flush of the others: CI saw
+        // `r1/1970-01-02.jsonl` still empty when `r2`'s file was already out).
+        assert!(archive.flush(Duration::from_secs(10)));
+        assert_eq!(archive.counters.written.load(Relaxed), 4);
         drop(archive);
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap_or_default();
-        // The writer flushes when its queue is empty; give it a moment after the last write.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while read("r2/1970-01-01.jsonl").is_empty() && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-        }
         assert_eq!(read("r1/1970-01-01.jsonl"), "{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(read("r1/1970-01-02.jsonl"), "{\"a\":3}\n");
         assert_eq!(read("r2/1970-01-01.jsonl"), "{}\n");
