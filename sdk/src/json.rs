@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+mod scan;
+
 /// The value at `path` inside `value`: a dotted path (`sensors.temp`, `readings.0.value`,
 /// array elements by index) or a JSON Pointer (`/sensors/temp`). `None` when any step is
 /// missing.
@@ -53,17 +55,22 @@ pub fn select(json: &[u8], paths: &[&str]) -> Result<Vec<Option<Value>>, serde_j
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     steps: Vec<Vec<String>>,
+    /// Each step as an array index (`None` when it is not one), as [`path`] reads it.
+    index: Vec<Vec<Option<usize>>>,
 }
 
 impl Paths {
     /// Splits `paths` (the syntax of [`path`]).
     pub fn new(paths: &[&str]) -> Paths {
-        Paths {
-            steps: paths
-                .iter()
-                .map(|p| segments(p).into_iter().map(Cow::into_owned).collect())
-                .collect(),
-        }
+        let steps: Vec<Vec<String>> = paths
+            .iter()
+            .map(|p| segments(p).into_iter().map(Cow::into_owned).collect())
+            .collect();
+        let index = steps
+            .iter()
+            .map(|p| p.iter().map(|step| step.parse::<usize>().ok()).collect())
+            .collect();
+        Paths { steps, index }
     }
 
     /// How many paths there are.
@@ -79,6 +86,19 @@ impl Paths {
     /// The values at the paths in `json`, in order, as [`select`] returns them.
     pub fn select(&self, json: &[u8]) -> Result<Vec<Option<Value>>, serde_json::Error> {
         let mut out = vec![None; self.steps.len()];
+        if scan::select(self, json, &mut out).is_some() {
+            return Ok(out);
+        }
+        // The byte scanner declined (invalid JSON, or something it leaves to serde_json, such
+        // as an escaped key): serde_json decides, and words the error.
+        out.iter_mut().for_each(|v| *v = None);
+        self.select_with_serde(json, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Paths::select`] through serde_json's deserializer: the reference the byte scanner
+    /// must agree with, and what answers whenever the scanner declines.
+    fn select_with_serde(&self, json: &[u8], out: &mut [Option<Value>]) -> Result<(), serde_json::Error> {
         if self.steps.is_empty() {
             // Nothing to take, but the payload must still be JSON.
             serde_json::from_slice::<serde::de::IgnoredAny>(json)?;
@@ -98,7 +118,7 @@ impl Paths {
             )?;
             de.end()?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -116,6 +136,18 @@ fn members(mut set: u64) -> impl Iterator<Item = usize> {
             i
         })
     })
+}
+
+/// The value at the remaining `steps` of a path inside `value`, copied.
+fn resolve(value: &Value, steps: &[String]) -> Option<Value> {
+    steps
+        .iter()
+        .try_fold(value, |v, step| match v {
+            Value::Object(map) => map.get(step.as_str()),
+            Value::Array(items) => step.parse::<usize>().ok().and_then(|n| items.get(n)),
+            _ => None,
+        })
+        .cloned()
 }
 
 /// A path's steps: JSON Pointer (`/a/b`, with `~1` and `~0` escapes) or dotted (`a.b`).
@@ -152,15 +184,7 @@ impl<'de, 'p> serde::de::DeserializeSeed<'de> for Select<'p, '_> {
             // A path ends here: build this value once and answer every path below it from it.
             let value = <Value as serde::Deserialize>::deserialize(de)?;
             for i in members(self.wanted) {
-                let rest = &self.paths[i][self.depth..];
-                self.out[i] = rest
-                    .iter()
-                    .try_fold(&value, |v, step| match v {
-                        Value::Object(map) => map.get(step.as_str()),
-                        Value::Array(items) => step.parse::<usize>().ok().and_then(|n| items.get(n)),
-                        _ => None,
-                    })
-                    .cloned();
+                self.out[i] = resolve(&value, &self.paths[i][self.depth..]);
             }
             return Ok(());
         }

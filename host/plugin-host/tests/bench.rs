@@ -358,3 +358,58 @@ fn plugin_runtime_micro_benchmarks() {
         );
     }
 }
+
+/// A/B of builds of one component on the load generator's 200-byte document (`shoal-loadgen
+/// --json`): per-call CPU time of each file in `SHOAL_AB_WASM` (colon-separated paths, e.g.
+/// two builds of `plugins/dist/threshold-alert.wasm`), configured as the broker benchmarks
+/// configure it (`field` temp, `max` -15: no alert), interleaved over 7 rounds, best round of
+/// each.
+///
+/// ```sh
+/// SHOAL_AB_WASM=/tmp/old.wasm:/tmp/new.wasm cargo +1.97.0 test --release -p shoal-plugin-host \
+///     --test bench ab_builds -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "benchmark: needs SHOAL_AB_WASM"]
+fn ab_builds() {
+    let files = std::env::var("SHOAL_AB_WASM").expect("SHOAL_AB_WASM=a.wasm:b.wasm");
+    let mut doc = String::from(r#"{"shlg":""#);
+    doc.push_str(&"0a".repeat(32));
+    doc.push_str(r#"","temp":-20.5,"humidity":80,"pad":""#);
+    while doc.len() < 198 {
+        doc.push('x');
+    }
+    doc.push_str("\"}");
+    let message = msg("bench/p2p/7", doc);
+    let t = test_host();
+    let config = PluginConfig::default()
+        .setting("field", "temp")
+        .setting("max", "-15");
+    let handles: Vec<_> = files
+        .split(':')
+        .enumerate()
+        .map(|(n, path)| {
+            let name = format!("ab{n}");
+            let info = t
+                .host
+                .upload(&name, &std::fs::read(path).unwrap(), config.clone())
+                .unwrap();
+            t.host.activate(&name, info.version).unwrap();
+            let handle = t.host.handle(&name).unwrap();
+            assert_eq!(handle.invoke(&message), Outcome::Ok(vec![]), "{path}");
+            (path, handle)
+        })
+        .collect();
+    let mut best = vec![Duration::MAX; handles.len()];
+    for _ in 0..7 {
+        for ((_, handle), best) in handles.iter().zip(&mut best) {
+            let took = measure(21, 2_000, || {
+                black_box(handle.invoke(black_box(&message)));
+            });
+            *best = (*best).min(took.cpu);
+        }
+    }
+    for ((path, _), best) in handles.iter().zip(&best) {
+        eprintln!("{path}: {:.3} µs cpu per call", best.as_secs_f64() * 1e6);
+    }
+}

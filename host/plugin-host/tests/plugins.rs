@@ -974,3 +974,101 @@ fn replay_is_a_dry_run_that_leaves_state_health_and_logs_alone() {
         Err(CatalogError::UnknownVersion { .. })
     ));
 }
+
+/// The SDK's JSON selection compiled to WebAssembly (its byte scanner, word-at-a-time string
+/// skipping and serde_json fallback) answers as the same SDK code natively: the
+/// first-party `threshold-alert` (`plugins/dist`, built by `plugins/build.sh`; field `temp`,
+/// `max` 0, `missing` reject) over documents with every kind of string content (escapes,
+/// control characters, multi-byte and invalid UTF-8) at every offset around a 16-byte block,
+/// valid and not.
+#[test]
+fn the_sdks_json_selection_agrees_in_webassembly_and_natively() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist/threshold-alert.wasm");
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} — build the plugins first with plugins/build.sh",
+            path.display()
+        )
+    });
+    let t = test_host();
+    let config = PluginConfig::default()
+        .setting("field", "temp")
+        .setting("max", "0")
+        .setting("missing", "reject");
+    let info = t.host.upload("threshold", &wasm, config).unwrap();
+    t.host.activate("threshold", info.version).unwrap();
+    let handle = t.host.handle("threshold").unwrap();
+    let paths = shoal_sdk::json::Paths::new(&["temp"]);
+
+    let pieces: [&[u8]; 13] = [
+        b"\\\"",
+        b"\\\\",
+        b"\\n",
+        b"\\u00e9",
+        b"\\ud83d\\ude00",
+        b"\x01",
+        b"\t",
+        "é".as_bytes(),
+        "😀".as_bytes(),
+        b"\xff",
+        b"\xc3",
+        b"\"",
+        b"\\x",
+    ];
+    let mut checked = (0, 0, 0);
+    for piece in pieces {
+        for at in 0..40 {
+            for (temp, before) in [("3.5", true), ("-5", false), ("\"hot\"", true), ("", false)] {
+                let mut text = b"x".repeat(at);
+                text.extend_from_slice(piece);
+                text.extend_from_slice(b"yyyyyyyyyyyyyyyyyyyy");
+                let mut doc = b"{".to_vec();
+                let field = |doc: &mut Vec<u8>| {
+                    if !temp.is_empty() {
+                        doc.extend_from_slice(format!("\"temp\":{temp},").as_bytes());
+                    }
+                };
+                if before {
+                    field(&mut doc);
+                }
+                doc.extend_from_slice(b"\"pad\":\"");
+                doc.extend_from_slice(&text);
+                doc.extend_from_slice(b"\",\"n\":1");
+                if !before {
+                    doc.push(b',');
+                    field(&mut doc);
+                    doc.pop();
+                    if temp.is_empty() {
+                        doc.push(b'1');
+                    }
+                }
+                doc.push(b'}');
+                let want = match shoal_sdk::json::Paths::select(&paths, &doc) {
+                    Ok(values) => match values[0].as_ref().map(serde_json::Value::as_f64) {
+                        Some(Some(v)) => Some(usize::from(v > 0.0)),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                let got = handle.invoke(&msg("fleet/t1/telemetry", doc.clone()));
+                let got = match &got {
+                    Outcome::Ok(actions) => Some(actions.len()),
+                    Outcome::Rejected(_) => None,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(got, want, "{}", String::from_utf8_lossy(&doc));
+                match want {
+                    Some(1) => checked.0 += 1,
+                    Some(_) => checked.1 += 1,
+                    None => checked.2 += 1,
+                }
+            }
+        }
+    }
+    // Every kind of answer was seen: alerts, quiet readings, rejections.
+    assert!(
+        checked.0 > 100 && checked.1 > 100 && checked.2 > 100,
+        "{checked:?}"
+    );
+}
