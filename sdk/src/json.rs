@@ -85,15 +85,37 @@ impl Paths {
 
     /// The values at the paths in `json`, in order, as [`select`] returns them.
     pub fn select(&self, json: &[u8]) -> Result<Vec<Option<Value>>, serde_json::Error> {
-        let mut out = vec![None; self.steps.len()];
-        if scan::select(self, json, &mut out).is_some() {
-            return Ok(out);
+        let mut out = Vec::new();
+        self.select_into(json, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Paths::select`] into `out` (cleared first, then one entry per path), so a plugin
+    /// that keeps the vector between messages allocates nothing for it. On an error `out`
+    /// holds one `None` per path.
+    ///
+    /// ```
+    /// let paths = shoal_sdk::json::Paths::new(&["temp"]);
+    /// let mut values = Vec::new();
+    /// paths.select_into(br#"{"temp": -3.5}"#, &mut values).unwrap();
+    /// assert_eq!(values, [Some((-3.5).into())]);
+    /// assert!(paths.select_into(b"{", &mut values).is_err());
+    /// assert_eq!(values, [None]);
+    /// ```
+    pub fn select_into(&self, json: &[u8], out: &mut Vec<Option<Value>>) -> Result<(), serde_json::Error> {
+        out.clear();
+        out.resize(self.steps.len(), None);
+        if scan::select(self, json, out).is_some() {
+            return Ok(());
         }
         // The byte scanner declined (invalid JSON, or something it leaves to serde_json, such
         // as an escaped key): serde_json decides, and words the error.
         out.iter_mut().for_each(|v| *v = None);
-        self.select_with_serde(json, &mut out)?;
-        Ok(out)
+        let outcome = self.select_with_serde(json, out);
+        if outcome.is_err() {
+            out.iter_mut().for_each(|v| *v = None);
+        }
+        outcome
     }
 
     /// [`Paths::select`] through serde_json's deserializer: the reference the byte scanner

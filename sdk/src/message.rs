@@ -119,6 +119,19 @@ impl Message {
             .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic)))
     }
 
+    /// [`json_select`](Self::json_select) into `values` (see
+    /// [`Paths::select_into`](crate::json::Paths::select_into)): keep the vector in your plugin
+    /// and reading a few fields of every message allocates nothing for the result.
+    pub fn json_select_into(
+        &self,
+        paths: &crate::json::Paths,
+        values: &mut Vec<Option<Value>>,
+    ) -> Result<(), PluginError> {
+        paths
+            .select_into(&self.payload, values)
+            .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic)))
+    }
+
     /// The QoS it was published with (0, 1 or 2).
     pub fn qos(&self) -> u8 {
         self.qos

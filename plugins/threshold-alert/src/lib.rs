@@ -65,6 +65,8 @@ pub struct ThresholdAlert {
     rules: Vec<Rule>,
     /// The rules' fields, split once.
     paths: shoal_sdk::json::Paths,
+    /// The fields' values in the message at hand (kept: no allocation per message).
+    values: Vec<Option<Value>>,
     severity: Severity,
     republish: Option<Template>,
     republish_qos: u8,
@@ -110,6 +112,7 @@ impl Plugin for ThresholdAlert {
         let fields: Vec<&str> = rules.iter().map(|r| r.field.as_str()).collect();
         Ok(ThresholdAlert {
             paths: shoal_sdk::json::Paths::new(&fields),
+            values: Vec::new(),
             rules,
             severity: config.parse_or("severity", Severity::Warning)?,
             republish: config.get("republish").map(Template::parse).transpose()?,
@@ -121,9 +124,9 @@ impl Plugin for ThresholdAlert {
 
     fn on_message(&mut self, msg: &Message) -> Result<Vec<Action>, PluginError> {
         // Parses only the configured fields of the payload (the rest is checked and skipped).
-        let values = msg.json_select(&self.paths)?;
+        msg.json_select_into(&self.paths, &mut self.values)?;
         let mut actions = Vec::new();
-        for (rule, raw) in self.rules.iter().zip(values) {
+        for (rule, raw) in self.rules.iter().zip(&self.values) {
             let Some(raw) = raw else {
                 if self.reject_missing {
                     return Err(PluginError::rejected(format!(

@@ -37,6 +37,7 @@ const HIGH: u64 = 0x8080_8080_8080_8080;
 /// Marks (high bit of the byte) the bytes of `w` a string scan must stop at: `"`, `\`, a
 /// control character or a non-ASCII byte. Only the lowest mark is exact (a borrow can mark a
 /// byte above a real one), which is the only one the scan uses.
+#[inline(always)]
 fn stops(w: u64) -> u64 {
     let zero = |x: u64| x.wrapping_sub(ONES) & !x;
     let quote = zero(w ^ (ONES * u64::from(b'"')));
@@ -48,6 +49,7 @@ fn stops(w: u64) -> u64 {
 
 /// The index of the first byte from `i` on that a string scan must stop at (see [`stops`]),
 /// or of one in the last few bytes (fewer than a block), which the caller reads one by one.
+#[inline(always)]
 fn plain_run(b: &[u8], i: usize) -> usize {
     let mut i = i;
     while let Some(chunk) = b.get(i..i + 8) {
@@ -91,10 +93,12 @@ impl<'a> Scanner<'a> {
         (self.i == self.b.len()).then_some(())
     }
 
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
@@ -102,6 +106,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Whitespace, then `c`, then whitespace.
+    #[inline(always)]
     fn expect(&mut self, c: u8) -> Option<()> {
         self.ws();
         (self.peek()? == c).then_some(())?;
@@ -111,6 +116,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// After an element: whitespace, then `,` (`true`: another element follows) or `close`.
+    #[inline(always)]
     fn next_or(&mut self, close: u8) -> Option<bool> {
         self.ws();
         let c = self.peek()?;
@@ -142,6 +148,11 @@ impl<'a> Scanner<'a> {
             // path below it is answered from it.
             self.skip(depth)?;
             let value = self.built(start)?;
+            if wanted.count_ones() == 1 {
+                // The one path wanted here is the one ending here: it takes the value.
+                out[wanted.trailing_zeros() as usize] = Some(value);
+                return Some(());
+            }
             for i in members(wanted) {
                 out[i] = resolve(&value, &steps[i][depth..]);
             }
@@ -278,12 +289,14 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.b[self.i..].starts_with(word).then_some(())?;
         self.i += word.len();
         Some(())
     }
 
+    #[inline(always)]
     fn digits(&mut self) -> usize {
         let start = self.i;
         while let Some(b'0'..=b'9') = self.peek() {
@@ -293,6 +306,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         if self.peek()? == b'-' {
             self.i += 1;
@@ -320,6 +334,7 @@ impl<'a> Scanner<'a> {
 
     /// A string starting at the current `"`: its content's byte range and whether it holds
     /// an escape. Control characters, bad escapes, surrogate escapes and invalid UTF-8 decline.
+    #[inline(always)]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         (self.peek()? == b'"').then_some(())?;
         self.i += 1;
