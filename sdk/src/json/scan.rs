@@ -23,10 +23,20 @@ const MAX_DEPTH: usize = 100;
 pub(super) fn select(paths: &Paths, json: &[u8], out: &mut [Option<Value>]) -> Option<()> {
     if paths.steps.is_empty() {
         // Nothing to take, but the document must still be JSON.
-        return Scanner::new(json).document(&[], &[], 0, &mut []);
+        let mut nothing = Target {
+            steps: &[],
+            index: &[],
+            out: &mut [],
+        };
+        return Scanner::new(json).document(&mut nothing, 0);
     }
     for (n, (steps, index)) in paths.steps.chunks(64).zip(paths.index.chunks(64)).enumerate() {
-        Scanner::new(json).document(steps, index, all(steps.len()), &mut out[n * 64..])?;
+        let mut to = Target {
+            steps,
+            index,
+            out: &mut out[n * 64..],
+        };
+        Scanner::new(json).document(&mut to, all(steps.len()))?;
     }
     Some(())
 }
@@ -65,9 +75,13 @@ fn plain_run(b: &[u8], i: usize) -> usize {
     i
 }
 
-/// A paths chunk: each path's steps, and the same steps as array indices.
-type Steps<'p> = &'p [Vec<String>];
-type Indices<'p> = &'p [Vec<Option<usize>>];
+/// A chunk of paths (each path's steps, and the same steps as array indices) and where their
+/// values go.
+struct Target<'p, 'o> {
+    steps: &'p [Vec<String>],
+    index: &'p [Vec<Option<usize>>],
+    out: &'o mut [Option<Value>],
+}
 
 struct Scanner<'a> {
     b: &'a [u8],
@@ -80,15 +94,9 @@ impl<'a> Scanner<'a> {
     }
 
     /// The whole document: one value between optional whitespace.
-    fn document(
-        mut self,
-        steps: Steps<'_>,
-        index: Indices<'_>,
-        wanted: u64,
-        out: &mut [Option<Value>],
-    ) -> Option<()> {
+    fn document(mut self, to: &mut Target<'_, '_>, wanted: u64) -> Option<()> {
         self.ws();
-        self.value(steps, index, wanted, 0, out)?;
+        self.value(to, wanted, 0)?;
         self.ws();
         (self.i == self.b.len()).then_some(())
     }
@@ -131,36 +139,29 @@ impl<'a> Scanner<'a> {
 
     /// One value at `depth` (containers entered so far) on behalf of the `wanted` paths: what
     /// `Select` does in the serde path.
-    fn value(
-        &mut self,
-        steps: Steps<'_>,
-        index: Indices<'_>,
-        wanted: u64,
-        depth: usize,
-        out: &mut [Option<Value>],
-    ) -> Option<()> {
+    fn value(&mut self, to: &mut Target<'_, '_>, wanted: u64, depth: usize) -> Option<()> {
         if wanted == 0 {
             return self.skip(depth);
         }
         let start = self.i;
-        if members(wanted).any(|i| steps[i].len() == depth) {
+        if members(wanted).any(|i| to.steps[i].len() == depth) {
             // A path ends here: serde_json builds this value from its bytes, once, and every
             // path below it is answered from it.
             self.skip(depth)?;
             let value = self.built(start)?;
             if wanted.count_ones() == 1 {
                 // The one path wanted here is the one ending here: it takes the value.
-                out[wanted.trailing_zeros() as usize] = Some(value);
+                to.out[wanted.trailing_zeros() as usize] = Some(value);
                 return Some(());
             }
             for i in members(wanted) {
-                out[i] = resolve(&value, &steps[i][depth..]);
+                to.out[i] = resolve(&value, &to.steps[i][depth..]);
             }
             return Some(());
         }
         match self.peek()? {
-            b'{' => self.object(steps, index, wanted, depth, out),
-            b'[' => self.array(steps, index, wanted, depth, out),
+            b'{' => self.object(to, wanted, depth),
+            b'[' => self.array(to, wanted, depth),
             _ => {
                 // A scalar where paths wanted to go deeper: they stay `None`, but serde_json
                 // reads it as a value (a number must fit, a string's escapes must decode), so
@@ -190,21 +191,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(
-        &mut self,
-        steps: Steps<'_>,
-        index: Indices<'_>,
-        wanted: u64,
-        depth: usize,
-        out: &mut [Option<Value>],
-    ) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
+    fn object(&mut self, to: &mut Target<'_, '_>, wanted: u64, depth: usize) -> Option<()> {
+        if !self.open(depth, b'}')? {
             return Some(());
         }
         loop {
@@ -216,38 +204,25 @@ impl<'a> Scanner<'a> {
             let key = &self.b[start..end];
             self.expect(b':')?;
             let below = members(wanted)
-                .filter(|&i| steps[i][depth].as_bytes() == key)
+                .filter(|&i| to.steps[i][depth].as_bytes() == key)
                 .fold(0u64, |set, i| set | 1 << i);
-            self.value(steps, index, below, depth + 1, out)?;
+            self.value(to, below, depth + 1)?;
             if !self.next_or(b'}')? {
                 return Some(());
             }
         }
     }
 
-    fn array(
-        &mut self,
-        steps: Steps<'_>,
-        index: Indices<'_>,
-        wanted: u64,
-        depth: usize,
-        out: &mut [Option<Value>],
-    ) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
+    fn array(&mut self, to: &mut Target<'_, '_>, wanted: u64, depth: usize) -> Option<()> {
+        if !self.open(depth, b']')? {
             return Some(());
         }
         let mut n = 0usize;
         loop {
             let below = members(wanted)
-                .filter(|&i| index[i][depth] == Some(n))
+                .filter(|&i| to.index[i][depth] == Some(n))
                 .fold(0u64, |set, i| set | 1 << i);
-            self.value(steps, index, below, depth + 1, out)?;
+            self.value(to, below, depth + 1)?;
             if !self.next_or(b']')? {
                 return Some(());
             }
@@ -255,19 +230,29 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Steps into the object or array at the current byte, entered at `depth`: `false` when it
+    /// is empty (its `close` is consumed too). Too deep declines.
+    #[inline(always)]
+    fn open(&mut self, depth: usize, close: u8) -> Option<bool> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(false);
+        }
+        Some(true)
+    }
+
     /// Checks and steps over one value at `depth`.
     fn skip(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(|_| ()),
             open @ (b'{' | b'[') => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
                 let close = if open == b'{' { b'}' } else { b']' };
-                self.i += 1;
-                self.ws();
-                if self.peek()? == close {
-                    self.i += 1;
+                if !self.open(depth, close)? {
                     return Some(());
                 }
                 loop {
@@ -723,112 +708,6 @@ mod tests {
             "answered {answered} of {valid} valid documents"
         );
         assert!(damaged_answered > 0, "no damaged document was still valid JSON");
-    }
-
-    /// Native time per select of one field of the benchmarks' 200-byte document, scanner
-    /// against serde (the plugin runs the same code compiled to wasm, slower by a factor).
-    #[test]
-    #[ignore = "benchmark: cargo test --release -p shoal-sdk select_speed -- --ignored --nocapture"]
-    fn select_speed() {
-        let mut doc = String::from(r#"{"shlg":""#);
-        doc.push_str(&"0a".repeat(32));
-        doc.push_str(r#"","temp":-20.5,"humidity":80,"pad":""#);
-        while doc.len() < 198 {
-            doc.push('x');
-        }
-        doc.push_str("\"}");
-        let paths = Paths::new(&["temp"]);
-        let time = |f: &dyn Fn() -> Option<Value>| {
-            let start = std::time::Instant::now();
-            for _ in 0..200_000 {
-                std::hint::black_box(f());
-            }
-            start.elapsed().as_nanos() as f64 / 200_000.0
-        };
-        for _ in 0..3 {
-            let scan = time(&|| fast(&paths, doc.as_bytes()).and_then(|mut v| v.pop().flatten()));
-            let serde = time(&|| {
-                reference(&paths, doc.as_bytes())
-                    .ok()
-                    .and_then(|mut v| v.pop().flatten())
-            });
-            eprintln!(
-                "select one field of {} bytes: scanner {scan:.0} ns, serde {serde:.0} ns",
-                doc.len()
-            );
-            let none = Paths::new(&[]);
-            let skip = time(&|| fast(&none, doc.as_bytes()).and_then(|mut v| v.pop().flatten()));
-            let skip_serde = time(&|| {
-                reference(&none, doc.as_bytes())
-                    .ok()
-                    .and_then(|mut v| v.pop().flatten())
-            });
-            let num = time(&|| serde_json::from_slice::<Value>(b"-20.5").ok());
-            eprintln!(
-                "  validate only: scanner {skip:.0} ns, serde {skip_serde:.0} ns; parse -20.5 {num:.0} ns"
-            );
-        }
-    }
-
-    #[test]
-    fn numbers_are_built_as_serde_json_builds_them() {
-        let mut rng = Rng(0x0dd_ba11);
-        let mut texts: Vec<String> = [
-            "0",
-            "-0",
-            "0.0",
-            "-0.0",
-            "-20.5",
-            "80",
-            "-80",
-            "0.1",
-            "0.30000000000000004",
-            "123456789012345678",
-            "-123456789012345678",
-            "1234567890123456789",
-            "999999999999999.9",
-            "9007199254740993",
-            "1.5e3",
-            "2.000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for _ in 0..50_000 {
-            let mut t = String::new();
-            if rng.below(2) == 0 {
-                t.push('-');
-            }
-            let int = 1 + rng.below(19);
-            t.push(char::from(b'1' + rng.below(9) as u8));
-            for _ in 1..int {
-                t.push(char::from(b'0' + rng.below(10) as u8));
-            }
-            if rng.below(3) != 0 {
-                t.push('.');
-                for _ in 0..1 + rng.below(17) {
-                    t.push(char::from(b'0' + rng.below(10) as u8));
-                }
-            }
-            texts.push(t);
-        }
-        let mut built = 0;
-        for t in &texts {
-            let want: Value = serde_json::from_str(t).unwrap();
-            if let Some(got) = number(t.as_bytes()) {
-                built += 1;
-                let (Value::Number(g), Value::Number(w)) = (&got, &want) else {
-                    panic!("{t}: {got:?} / {want:?}");
-                };
-                assert_eq!(
-                    (g.as_u64(), g.as_i64(), g.as_f64().map(f64::to_bits)),
-                    (w.as_u64(), w.as_i64(), w.as_f64().map(f64::to_bits)),
-                    "{t}"
-                );
-                assert_eq!(g.is_f64(), w.is_f64(), "{t}");
-            }
-        }
-        assert!(built > texts.len() / 3, "built {built} of {}", texts.len());
     }
 
     #[test]
