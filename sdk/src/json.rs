@@ -55,7 +55,9 @@ pub fn select(json: &[u8], paths: &[&str]) -> Result<Vec<Option<Value>>, serde_j
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     steps: Vec<Vec<String>>,
-    /// Each step as an array index (`None` when it is not one), as [`path`] reads it.
+    /// Each step as an array index (`None` when it is not one), read by `usize`'s parser (so
+    /// `+1` and `01` are 1), as [`path`] reads dotted paths; [`path`] hands JSON Pointers to
+    /// serde_json, which is stricter about indices.
     index: Vec<Vec<Option<usize>>>,
 }
 
@@ -121,6 +123,14 @@ impl Paths {
     /// [`Paths::select`] through serde_json's deserializer: the reference the byte scanner
     /// must agree with, and what answers whenever the scanner declines.
     fn select_with_serde(&self, json: &[u8], out: &mut [Option<Value>]) -> Result<(), serde_json::Error> {
+        if std::str::from_utf8(json).is_err() {
+            // JSON is UTF-8 throughout (RFC 8259), but serde_json skips the strings it does not
+            // keep without checking them; its full parse says where the document goes wrong.
+            return Err(match serde_json::from_slice::<Value>(json) {
+                Err(e) => e,
+                Ok(_) => <serde_json::Error as serde::de::Error>::custom("the document is not UTF-8"),
+            });
+        }
         if self.steps.is_empty() {
             // Nothing to take, but the payload must still be JSON.
             serde_json::from_slice::<serde::de::IgnoredAny>(json)?;
@@ -369,6 +379,10 @@ mod tests {
         );
         assert_eq!(select(b"3", &["a"]).unwrap(), [None]);
         assert!(select(b"{", &[]).is_err(), "no paths: still checked");
+        assert!(
+            select(b"{\"a\": 1, \"b\": \"\xff\"}", &["a"]).is_err(),
+            "a skipped string must be UTF-8 too"
+        );
         assert_eq!(select(b"{}", &[]).unwrap(), []);
     }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{Paths, all, members, resolve};
 
-/// Containers nested deeper than this are left to serde_json (its own limit is 128).
+/// Containers nested deeper than this are left to serde_json (which accepts 127).
 const MAX_DEPTH: usize = 100;
 
 /// Fills `out` with the values at `paths` in `json`; `None` when it declined (see the module
@@ -58,7 +58,8 @@ fn stops(w: u64) -> u64 {
 }
 
 /// The index of the first byte from `i` on that a string scan must stop at (see [`stops`]),
-/// or of one in the last few bytes (fewer than a block), which the caller reads one by one.
+/// or where the last fewer than eight bytes begin (not necessarily a stop: the caller reads
+/// those one by one).
 #[inline(always)]
 fn plain_run(b: &[u8], i: usize) -> usize {
     let mut i = i;
@@ -178,7 +179,9 @@ impl<'a> Scanner<'a> {
     fn built(&self, start: usize) -> Option<Value> {
         let bytes = &self.b[start..self.i];
         match bytes.first()? {
-            b'-' | b'0'..=b'9' => number(bytes).or_else(|| serde_json::from_slice(bytes).ok()),
+            b'-' | b'0'..=b'9' => number(bytes)
+                .filter(|_| numbers_are_plain())
+                .or_else(|| serde_json::from_slice(bytes).ok()),
             b'"' if !bytes.contains(&b'\\') => {
                 // Checked by `string` (no escape, no control character, valid UTF-8).
                 let text = std::str::from_utf8(&bytes[1..bytes.len() - 1]).ok()?;
@@ -374,6 +377,18 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Whether serde_json builds numbers as `u64`, `i64` or `f64` (what [`number`] builds). With
+/// its `arbitrary_precision` feature on (another crate in a plugin may turn it on) it keeps
+/// the text (`1.50` stays `1.50`), and every number is left to serde_json. Checked once.
+fn numbers_are_plain() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        serde_json::from_str::<Value>("1.50")
+            .and_then(|v| serde_json::to_string(&v))
+            .is_ok_and(|text| text == "1.5")
+    })
+}
+
 /// Exact powers of ten an `f64` holds.
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
@@ -445,9 +460,13 @@ mod tests {
             None => false,
             Some(got) => {
                 let want = reference(paths, json);
+                // As text too: `Value`'s equality takes -0.0 for 0.0.
+                fn text(v: &Result<Vec<Option<Value>>, ()>) -> Option<String> {
+                    v.as_ref().ok().and_then(|v| serde_json::to_string(v).ok())
+                }
                 assert_eq!(
-                    Ok(got),
-                    want,
+                    (text(&Ok(got.clone())), Ok(got)),
+                    (text(&want), want),
                     "{:?} over {:?}",
                     paths.steps,
                     String::from_utf8_lossy(json)
@@ -589,8 +608,16 @@ mod tests {
             0 => out.push_str(rng.pick(&[
                 "0",
                 "-0",
+                "-0.0",
+                "0.000",
                 "1",
                 "-20.5",
+                "123.456",
+                "-98765.4321",
+                "123456789.012345",
+                "999999999999999999",
+                "-999999999999999999",
+                "0.1",
                 "2.5e3",
                 "1E-2",
                 "18446744073709551616",
