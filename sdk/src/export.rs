@@ -86,8 +86,9 @@ mod wasm_glue {
 
     pub use crate::sys::wasm::bindings;
     pub use crate::sys::wasm::bindings::Guest;
-    use crate::sys::wasm::bindings::shoal::plugin::types as wit;
-    pub use wit::{Action as WitAction, Message as WitMessage, PluginError as WitPluginError};
+    use crate::sys::wasm::bindings::shoal::plugin0_1_0::types as wit;
+    pub use crate::sys::wasm::bindings::shoal::plugin0_2_0::packed::Message as WitMessage;
+    pub use wit::{Action as WitAction, PluginError as WitPluginError};
 
     use crate::{Action, Config, Message, Plugin, PluginError, Severity};
 
@@ -114,15 +115,17 @@ mod wasm_glue {
                 "on-message called before a successful init".into(),
             ));
         };
-        let msg = Message::from_parts(
-            msg.topic,
-            msg.payload,
+        let msg = Message::from_packed(
+            msg.data,
+            msg.topic_len,
+            msg.payload_len,
+            msg.client_id_len,
+            msg.thing_name_len,
+            msg.user_properties,
             msg.qos,
             msg.timestamp_ms,
-            msg.client_id,
-            msg.thing_name,
-            msg.user_properties,
-        );
+        )
+        .map_err(|e| WitPluginError::Failed(format!("the host passed a malformed message: {e}")))?;
         match plugin.on_message(&msg) {
             Ok(actions) => Ok(actions.into_iter().map(to_wit_action).collect()),
             Err(e) => Err(to_wit_error(e)),

@@ -3,8 +3,9 @@
 //! A rule plugin is a WebAssembly component that Shoal calls for each message a rule selects. It
 //! answers with [`Action`]s (publish, shadow update, alert, stream append, webhook) that the host
 //! executes on its behalf: a plugin never opens a socket. This crate is all a plugin author
-//! depends on: the bindings generated from Shoal's WIT package (`shoal:plugin@0.1.0`) stay
-//! private behind a small API and the [`export_plugin!`] macro.
+//! depends on: the bindings generated from Shoal's WIT package (`shoal:plugin@0.2.0`, whose
+//! packed message the SDK unpacks) stay private behind a small API and the [`export_plugin!`]
+//! macro.
 //!
 //! ```
 //! use shoal_sdk::prelude::*;

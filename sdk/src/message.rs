@@ -1,5 +1,6 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::ops::Range;
 
 use crate::PluginError;
 
@@ -7,14 +8,19 @@ use crate::PluginError;
 ///
 /// The host builds these; tests build them with [`Message::new`] / [`Message::json`] and the
 /// `with_*` methods.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Message {
-    topic: String,
-    payload: Vec<u8>,
+    /// The topic, the payload, the client id and the thing name back to back: the packed form
+    /// the host hands over (WIT `shoal:plugin/packed@0.2.0`), kept as it came, so a message
+    /// costs the plugin one allocation. The text parts are checked to be UTF-8 when the
+    /// message is built.
+    data: Vec<u8>,
+    topic: Range<usize>,
+    payload: Range<usize>,
+    client_id: Option<Range<usize>>,
+    thing_name: Option<Range<usize>>,
     qos: u8,
     timestamp_ms: u64,
-    client_id: Option<String>,
-    thing_name: Option<String>,
     user_properties: Vec<(String, String)>,
 }
 
@@ -22,15 +28,58 @@ impl Message {
     /// A QoS 0 message on `topic`, stamped with [`clock::now_ms`](crate::clock::now_ms) (the fake
     /// clock under the test harness).
     pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        let topic = topic.into();
+        let payload = payload.into();
+        Message::assemble(&topic, &payload, None, None).with_timestamp_ms(crate::clock::now_ms())
+    }
+
+    /// A QoS 0 message of these parts, timestamp 0 and no user properties.
+    fn assemble(topic: &str, payload: &[u8], client_id: Option<&str>, thing_name: Option<&str>) -> Self {
+        let mut data = Vec::with_capacity(
+            topic.len() + payload.len() + client_id.map_or(0, str::len) + thing_name.map_or(0, str::len),
+        );
+        let mut push = |part: &[u8]| {
+            let start = data.len();
+            data.extend_from_slice(part);
+            start..data.len()
+        };
+        let topic = push(topic.as_bytes());
+        let payload = push(payload);
+        let client_id = client_id.map(|c| push(c.as_bytes()));
+        let thing_name = thing_name.map(|t| push(t.as_bytes()));
         Message {
-            topic: topic.into(),
-            payload: payload.into(),
+            data,
+            topic,
+            payload,
+            client_id,
+            thing_name,
             qos: 0,
-            timestamp_ms: crate::clock::now_ms(),
-            client_id: None,
-            thing_name: None,
+            timestamp_ms: 0,
             user_properties: Vec::new(),
         }
+    }
+
+    /// This message with its parts replaced (the builders' way to change one).
+    fn rebuilt(self, client_id: Option<&str>, thing_name: Option<&str>) -> Self {
+        let Message {
+            qos,
+            timestamp_ms,
+            ref user_properties,
+            ..
+        } = self;
+        let mut m = Message::assemble(self.topic(), self.payload(), client_id, thing_name);
+        m.qos = qos;
+        m.timestamp_ms = timestamp_ms;
+        m.user_properties = user_properties.clone();
+        m
+    }
+
+    /// The text at `span` of `data` (checked to be UTF-8 when the message was built).
+    fn text(&self, span: &Range<usize>) -> &str {
+        self.data
+            .get(span.clone())
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
     }
 
     /// A message whose payload is `value` as JSON text: `Message::json("t", json!({"temp": 3}))`.
@@ -51,15 +100,17 @@ impl Message {
     }
 
     /// Sets the publishing client's id.
-    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
-        self
+    pub fn with_client_id(self, client_id: impl Into<String>) -> Self {
+        let client_id = client_id.into();
+        let thing_name = self.thing_name().map(str::to_string);
+        self.rebuilt(Some(&client_id), thing_name.as_deref())
     }
 
     /// Sets the registry thing of the publishing connection.
-    pub fn with_thing_name(mut self, thing: impl Into<String>) -> Self {
-        self.thing_name = Some(thing.into());
-        self
+    pub fn with_thing_name(self, thing: impl Into<String>) -> Self {
+        let thing = thing.into();
+        let client_id = self.client_id().map(str::to_string);
+        self.rebuilt(client_id.as_deref(), Some(&thing))
     }
 
     /// Appends an MQTT 5 user property.
@@ -70,17 +121,17 @@ impl Message {
 
     /// The topic it was published to, e.g. `fleet/truck-7/telemetry`.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.text(&self.topic)
     }
 
     /// The payload bytes, unchanged.
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        self.data.get(self.payload.clone()).unwrap_or_default()
     }
 
     /// The payload as UTF-8 text; not UTF-8 is a [`PluginError::Rejected`].
     pub fn payload_str(&self) -> Result<&str, PluginError> {
-        std::str::from_utf8(&self.payload)
+        std::str::from_utf8(self.payload())
             .map_err(|e| PluginError::rejected(format!("payload is not UTF-8: {e}")))
     }
 
@@ -88,8 +139,11 @@ impl Message {
     /// `msg.payload_json::<Reading>()?` refuses malformed messages without harming the plugin's
     /// health. (Named apart from the constructor [`Message::json`].)
     pub fn payload_json<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
-        serde_json::from_slice(&self.payload).map_err(|e| {
-            PluginError::rejected(format!("payload is not the expected JSON ({}): {e}", self.topic))
+        serde_json::from_slice(self.payload()).map_err(|e| {
+            PluginError::rejected(format!(
+                "payload is not the expected JSON ({}): {e}",
+                self.topic()
+            ))
         })
     }
 
@@ -115,8 +169,8 @@ impl Message {
     /// [`Paths`](crate::json::Paths) in your plugin from `init`).
     pub fn json_select(&self, paths: &crate::json::Paths) -> Result<Vec<Option<Value>>, PluginError> {
         paths
-            .select(&self.payload)
-            .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic)))
+            .select(self.payload())
+            .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic())))
     }
 
     /// [`json_select`](Self::json_select) into `values` (see
@@ -128,8 +182,8 @@ impl Message {
         values: &mut Vec<Option<Value>>,
     ) -> Result<(), PluginError> {
         paths
-            .select_into(&self.payload, values)
-            .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic)))
+            .select_into(self.payload(), values)
+            .map_err(|e| PluginError::rejected(format!("payload is not valid JSON ({}): {e}", self.topic())))
     }
 
     /// The QoS it was published with (0, 1 or 2).
@@ -144,12 +198,12 @@ impl Message {
 
     /// The publishing client's id (absent for messages from HTTP or from rules).
     pub fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref()
+        self.client_id.as_ref().map(|span| self.text(span))
     }
 
     /// The registry thing the publishing connection is attached to, if any.
     pub fn thing_name(&self) -> Option<&str> {
-        self.thing_name.as_deref()
+        self.thing_name.as_ref().map(|span| self.text(span))
     }
 
     /// The thing this message is about: [`thing_name`](Self::thing_name) when the connection has
@@ -174,33 +228,112 @@ impl Message {
 
     /// Topic level `n`, counting from 0: for `fleet/truck-7/telemetry`, level 1 is `truck-7`.
     pub fn topic_level(&self, n: usize) -> Option<&str> {
-        self.topic.split('/').nth(n)
+        self.topic().split('/').nth(n)
     }
 
     /// All topic levels.
     pub fn topic_levels(&self) -> impl Iterator<Item = &str> {
-        self.topic.split('/')
+        self.topic().split('/')
     }
 
-    #[cfg(target_arch = "wasm32")]
-    pub(crate) fn from_parts(
-        topic: String,
-        payload: Vec<u8>,
+    /// The message the host packed (WIT `shoal:plugin/packed@0.2.0`): `data` holds the topic,
+    /// payload, client id, thing name and `user_properties` encoded properties back to back,
+    /// with the lengths given. `Err` says how the host broke that layout.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_packed(
+        mut data: Vec<u8>,
+        topic_len: u32,
+        payload_len: u32,
+        client_id_len: Option<u32>,
+        thing_name_len: Option<u32>,
+        user_properties: u32,
         qos: u8,
         timestamp_ms: u64,
-        client_id: Option<String>,
-        thing_name: Option<String>,
-        user_properties: Vec<(String, String)>,
-    ) -> Self {
-        Message {
+    ) -> Result<Self, String> {
+        let mut at = 0usize;
+        let mut span = |len: u32, what: &str| -> Result<Range<usize>, String> {
+            let end = at
+                .checked_add(len as usize)
+                .filter(|&end| end <= data.len())
+                .ok_or_else(|| format!("its {what} runs past the end of the data"))?;
+            let span = at..end;
+            at = end;
+            Ok(span)
+        };
+        let topic = span(topic_len, "topic")?;
+        let payload = span(payload_len, "payload")?;
+        let client_id = client_id_len.map(|len| span(len, "client id")).transpose()?;
+        let thing_name = thing_name_len.map(|len| span(len, "thing name")).transpose()?;
+        for (part, what) in [
+            (Some(&topic), "topic"),
+            (client_id.as_ref(), "client id"),
+            (thing_name.as_ref(), "thing name"),
+        ] {
+            if let Some(part) = part
+                && std::str::from_utf8(&data[part.clone()]).is_err()
+            {
+                return Err(format!("its {what} is not UTF-8"));
+            }
+        }
+        let mut rest = &data[at..];
+        let mut text = |what: &str| -> Result<String, String> {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| format!("a user property's {what} length runs past the end of the data"))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > tail.len() {
+                return Err(format!("a user property's {what} runs past the end of the data"));
+            }
+            let (bytes, tail) = tail.split_at(len);
+            rest = tail;
+            String::from_utf8(bytes.to_vec()).map_err(|_| format!("a user property's {what} is not UTF-8"))
+        };
+        let mut properties = Vec::new();
+        for _ in 0..user_properties {
+            let key = text("key")?;
+            properties.push((key, text("value")?));
+        }
+        if !rest.is_empty() {
+            return Err(format!("{} bytes follow its last part", rest.len()));
+        }
+        data.truncate(at);
+        Ok(Message {
+            data,
             topic,
             payload,
-            qos,
-            timestamp_ms,
             client_id,
             thing_name,
-            user_properties,
-        }
+            qos,
+            timestamp_ms,
+            user_properties: properties,
+        })
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic() == other.topic()
+            && self.payload() == other.payload()
+            && self.client_id() == other.client_id()
+            && self.thing_name() == other.thing_name()
+            && self.qos == other.qos
+            && self.timestamp_ms == other.timestamp_ms
+            && self.user_properties == other.user_properties
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.topic())
+            .field("payload", &String::from_utf8_lossy(self.payload()))
+            .field("qos", &self.qos)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("client_id", &self.client_id())
+            .field("thing_name", &self.thing_name())
+            .field("user_properties", &self.user_properties)
+            .finish()
     }
 }
 
@@ -212,6 +345,139 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct Reading {
         temp: f64,
+    }
+
+    /// `parts` packed as WIT `shoal:plugin/packed@0.2.0` says, written out independently of
+    /// [`Message::assemble`]: topic, payload, client id, thing name, then each property as
+    /// key length (u32 LE), key, value length (u32 LE), value.
+    fn packed(
+        topic: &str,
+        payload: &[u8],
+        client: Option<&str>,
+        thing: Option<&str>,
+        props: &[(&str, &str)],
+    ) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend_from_slice(topic.as_bytes());
+        data.extend_from_slice(payload);
+        data.extend_from_slice(client.unwrap_or("").as_bytes());
+        data.extend_from_slice(thing.unwrap_or("").as_bytes());
+        for (k, v) in props {
+            data.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            data.extend_from_slice(k.as_bytes());
+            data.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            data.extend_from_slice(v.as_bytes());
+        }
+        data
+    }
+
+    #[test]
+    fn a_packed_message_unpacks_to_its_parts() {
+        let props = [("unit", "°C"), ("", ""), ("unit", "K")];
+        let cases: [(&str, &[u8], Option<&str>, Option<&str>, &[(&str, &str)]); 4] = [
+            (
+                "fleet/truck-7/telemetry",
+                br#"{"temp":3.5}"#,
+                Some("truck-7"),
+                Some("Truck 7"),
+                &props,
+            ),
+            ("a", b"", None, None, &[]),
+            (
+                "b/\u{e9}/\u{1f41f}",
+                &[0xff, 0, 0xfe],
+                Some(""),
+                None,
+                &[("k", "v")],
+            ),
+            ("c", b"x", None, Some("thing"), &[]),
+        ];
+        for (topic, payload, client, thing, props) in cases {
+            let data = packed(topic, payload, client, thing, props);
+            let len = |s: &str| s.len() as u32;
+            let m = Message::from_packed(
+                data,
+                len(topic),
+                payload.len() as u32,
+                client.map(len),
+                thing.map(len),
+                props.len() as u32,
+                1,
+                42,
+            )
+            .unwrap();
+            assert_eq!(m.topic(), topic);
+            assert_eq!(m.payload(), payload);
+            assert_eq!(m.client_id(), client);
+            assert_eq!(m.thing_name(), thing);
+            let got: Vec<(&str, &str)> = m
+                .user_properties()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(got, props);
+            assert_eq!((m.qos(), m.timestamp_ms()), (1, 42));
+            // The same message built with the builders is equal to it.
+            let mut built = Message::new(topic, payload.to_vec())
+                .with_qos(1)
+                .with_timestamp_ms(42);
+            if let Some(c) = client {
+                built = built.with_client_id(c);
+            }
+            if let Some(t) = thing {
+                built = built.with_thing_name(t);
+            }
+            for (k, v) in props {
+                built = built.with_user_property(*k, *v);
+            }
+            assert_eq!(built, m);
+        }
+    }
+
+    #[test]
+    fn a_broken_packing_is_an_error_not_a_panic() {
+        let ok = packed("t", b"p", Some("c"), None, &[("k", "v")]);
+        let unpack =
+            |data: Vec<u8>, topic: u32, payload: u32, client: Option<u32>, thing: Option<u32>, props: u32| {
+                Message::from_packed(data, topic, payload, client, thing, props, 0, 0)
+            };
+        assert!(unpack(ok.clone(), 1, 1, Some(1), None, 1).is_ok());
+        for (data, topic, payload, client, thing, props, why) in [
+            (ok.clone(), 1, 1, Some(1), None, 2, "runs past the end"),
+            (ok.clone(), 1, 1, Some(1), None, 0, "bytes follow"),
+            (ok.clone(), 1, 1, Some(1), Some(100), 1, "thing name runs past"),
+            (ok.clone(), u32::MAX, 1, Some(1), None, 1, "topic runs past"),
+            (ok.clone(), 1, u32::MAX, None, None, 0, "payload runs past"),
+            (vec![0xff, b'p'], 1, 1, None, None, 0, "topic is not UTF-8"),
+            (
+                vec![b't', b'p', 0xc3],
+                1,
+                1,
+                Some(1),
+                None,
+                0,
+                "client id is not UTF-8",
+            ),
+            (
+                packed("t", b"", None, None, &[("\u{e9}", "v")])[..4].to_vec(),
+                1,
+                0,
+                None,
+                None,
+                1,
+                "key length runs past",
+            ),
+        ] {
+            let err = unpack(data, topic, payload, client, thing, props).unwrap_err();
+            assert!(err.contains(why), "{err:?} should say {why:?}");
+        }
+        let mut bad_value = packed("t", b"", None, None, &[("k", "v")]);
+        *bad_value.last_mut().unwrap() = 0xff;
+        assert!(
+            unpack(bad_value, 1, 0, None, None, 1)
+                .unwrap_err()
+                .contains("value is not UTF-8")
+        );
     }
 
     #[test]

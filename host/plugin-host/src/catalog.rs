@@ -109,6 +109,8 @@ pub struct LoadInfo {
     pub source: ArtifactSource,
     /// How long that took, in milliseconds.
     pub millis: f64,
+    /// The version of the `shoal:plugin` world the component targets (`0.1.0`, `0.2.0`).
+    pub world: &'static str,
 }
 
 /// A plugin's health, for operators.
@@ -171,6 +173,7 @@ impl VersionSlot {
             loaded: self.loaded.as_ref().map(|l| LoadInfo {
                 source: l.source,
                 millis: l.load_time.as_secs_f64() * 1e3,
+                world: l.world(),
             }),
             config: r.config.clone(),
             calls: self.loaded.as_ref().map(|l| l.metrics.counts()),

@@ -5,7 +5,7 @@
 //! budget run on a second, metered runtime created the first time one is loaded. Both share
 //! one ticker thread that advances their epochs.
 
-use crate::bindings::RulePlugin;
+use crate::bindings::v0_1::RulePlugin;
 use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::sandbox::StoreState;

@@ -1,15 +1,19 @@
 //! Shoal's sandboxed runtime for WebAssembly rule plugins.
 //!
-//! A rule plugin is a WebAssembly component of the world `shoal:plugin/rule-plugin@0.1.0`
-//! (the repository's `wit/`): it exports `init(settings)` and `on-message(message) ->
+//! A rule plugin is a WebAssembly component of the world `shoal:plugin/rule-plugin@0.2.0`
+//! (the repository's `wit/`) or of its predecessor `@0.1.0` (`wit/deps/shoal-plugin-0.1.0/`,
+//! kept linked): it exports `init(settings)` and `on-message(message) ->
 //! result<list<action>, plugin-error>` and imports the `host` interface (log, clock, read-only
-//! shadows, key-value state, metrics). [`PluginHost`] keeps a catalog of named plugins with
+//! shadows, key-value state, metrics), which both versions share. 0.2.0 passes the message
+//! packed into one byte list (one allocation in the guest per call instead of one per string
+//! and list); the host tries 0.2.0 first at load and reports the world in `LoadInfo`. [`PluginHost`] keeps a catalog of named plugins with
 //! numbered versions, runs calls to the active version, and never lets a plugin take the host
 //! down.
 //!
 //! # Layout
 //!
-//! - `bindings` (private): the one `bindgen!` of the world.
+//! - `bindings` (private): the `bindgen!`s of the worlds (0.2.0 reuses 0.1.0's generated
+//!   `types` and `host`).
 //! - `engine`: the wasmtime [`Engine`](wasmtime::Engine)s (pooling allocator, epoch
 //!   interruption, Cranelift `speed`, `concurrency_support(false)`), the linker (WASI 0.2 minus
 //!   sockets, plus `host`), and the epoch ticker thread.

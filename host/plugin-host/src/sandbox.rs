@@ -2,7 +2,7 @@
 //! the memory limiter, the plugin's stdout/stderr routed into its log, and the `host`
 //! interface (log, clock, shadows, key-value, metrics), every call bounded.
 
-use crate::bindings::shoal::plugin::{host as wit_host, types as wit_types};
+use crate::bindings::{wit_host, wit_types};
 use crate::config::PluginConfig;
 use crate::kv::{KvFailure, KvKey, KvScope, PluginKv};
 use crate::log::{LogLevel, LogLine, PluginLog, truncate};

@@ -2,7 +2,7 @@
 //! call path, fault classification, and suspension after repeated failures.
 
 use crate::artifact::ArtifactSource;
-use crate::bindings::{RulePlugin, RulePluginPre, wit};
+use crate::bindings::{PackedMessage, v0_1, v0_2, wit};
 use crate::engine::{Runtime, Runtimes};
 use crate::message::{Action, MessageRef};
 use crate::metrics::VersionMetrics;
@@ -16,11 +16,28 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 
-/// A live instance: its store and the typed exports.
+/// A live instance: its store, the typed exports, and (0.2.0) the buffer its messages are
+/// packed into, kept between calls.
 struct Instance {
     store: Store<StoreState>,
-    plugin: RulePlugin,
+    plugin: Exports,
+    packed: Vec<u8>,
 }
+
+/// A version's pre-instantiated component, by the world it targets.
+enum Pre {
+    V0_1(v0_1::RulePluginPre<StoreState>),
+    V0_2(v0_2::RulePluginPre<StoreState>),
+}
+
+/// An instance's typed exports, by the world its component targets.
+enum Exports {
+    V0_1(v0_1::RulePlugin),
+    V0_2(v0_2::RulePlugin),
+}
+
+/// A packed buffer larger than this after a call is not kept for the next one.
+const KEEP_PACKED_BYTES: usize = 64 << 10;
 
 /// A version's idle instances: at most `max_idle` are kept. One lock, held only to push or
 /// pop (striping it per thread measured no gain here, and the exact bound then needed a
@@ -80,7 +97,7 @@ pub(crate) struct LoadedVersion {
     pub load_time: Duration,
     pub metrics: VersionMetrics,
     runtime: Arc<Runtime>,
-    pre: RulePluginPre<StoreState>,
+    pre: Pre,
     idle: IdlePool,
     retired: AtomicBool,
     failures_in_row: AtomicU32,
@@ -104,7 +121,19 @@ impl LoadedVersion {
     ) -> Result<Self, crate::error::CatalogError> {
         let mismatch = |e: wasmtime::Error| crate::error::CatalogError::WorldMismatch(format!("{e:#}"));
         let instance_pre = runtime.linker.instantiate_pre(component).map_err(mismatch)?;
-        let pre = RulePluginPre::new(instance_pre).map_err(mismatch)?;
+        // The newest world first; a component that does not target it may target 0.1.0.
+        let pre = match v0_2::RulePluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::V0_2(pre),
+            Err(newest) => match v0_1::RulePluginPre::new(instance_pre) {
+                Ok(pre) => Pre::V0_1(pre),
+                Err(old) => {
+                    return Err(crate::error::CatalogError::WorldMismatch(format!(
+                        "the component targets neither shoal:plugin/rule-plugin@0.2.0 ({newest:#}) \
+                         nor shoal:plugin/rule-plugin@0.1.0 ({old:#})"
+                    )));
+                }
+            },
+        };
         let config = &env.config;
         // What the host may allocate for data the guest hands over in one crossing: the
         // result list (counted in host-side `Action`s plus its bytes) or a host call's
@@ -135,6 +164,14 @@ impl LoadedVersion {
 
     pub(crate) fn number(&self) -> u32 {
         self.env.version
+    }
+
+    /// The version of the `shoal:plugin` world its component targets (`0.1.0`, `0.2.0`).
+    pub(crate) fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => "0.1.0",
+            Pre::V0_2(_) => "0.2.0",
+        }
     }
 
     pub(crate) fn metered(&self) -> bool {
@@ -194,18 +231,35 @@ impl LoadedVersion {
             });
         }
         store.data().stderr_tail.clear();
-        let param = wit::Message {
-            topic: msg.topic,
-            payload: msg.payload,
-            qos: msg.qos,
-            timestamp_ms: msg.timestamp_ms,
-            client_id: msg.client_id,
-            thing_name: msg.thing_name,
-            user_properties: msg.user_properties,
-        };
-        let result = {
-            let _running = self.runtime.gate.enter();
-            instance.plugin.call_on_message(&mut *store, param)
+        let result = match &instance.plugin {
+            Exports::V0_1(plugin) => {
+                let param = wit::Message {
+                    topic: msg.topic,
+                    payload: msg.payload,
+                    qos: msg.qos,
+                    timestamp_ms: msg.timestamp_ms,
+                    client_id: msg.client_id,
+                    thing_name: msg.thing_name,
+                    user_properties: msg.user_properties,
+                };
+                let _running = self.runtime.gate.enter();
+                plugin.call_on_message(&mut *store, param)
+            }
+            Exports::V0_2(plugin) => {
+                let packed = &mut instance.packed;
+                let param = match pack(msg, packed) {
+                    Ok(param) => param,
+                    Err(too_long) => return Outcome::Failed(PluginFault::Unavailable(too_long)),
+                };
+                let result = {
+                    let _running = self.runtime.gate.enter();
+                    plugin.call_on_message(&mut *store, param)
+                };
+                if packed.capacity() > KEEP_PACKED_BYTES {
+                    *packed = Vec::new();
+                }
+                result
+            }
         };
         if let Some(fuel) = budget
             && let Ok(left) = store.get_fuel()
@@ -301,7 +355,11 @@ impl LoadedVersion {
         let deadline = self.env.config.init_deadline_ms;
         // Instantiation runs the component's start code, then `init`: guest code throughout.
         let _running = self.runtime.gate.enter();
-        let plugin = match self.pre.instantiate(&mut store) {
+        let plugin = match &self.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Exports::V0_2),
+        };
+        let plugin = match plugin {
             Ok(plugin) => plugin,
             Err(e) => return Err(self.classify(&e, store.data(), deadline)),
         };
@@ -313,10 +371,17 @@ impl LoadedVersion {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let result = plugin.call_init(&mut store, &settings);
+        let result = match &plugin {
+            Exports::V0_1(p) => p.call_init(&mut store, &settings),
+            Exports::V0_2(p) => p.call_init(&mut store, &settings),
+        };
         self.metrics.memory(store.data().limiter.high_water as u64);
         match result {
-            Ok(Ok(())) => Ok(Instance { store, plugin }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                plugin,
+                packed: Vec::new(),
+            }),
             Ok(Err(e)) => Err(PluginFault::Init(match e {
                 wit::PluginError::Config(m) => format!("configuration refused: {m}"),
                 wit::PluginError::Rejected(m) => format!("rejected: {m}"),
@@ -418,4 +483,59 @@ impl LoadedVersion {
         self.retired.store(true, Ordering::Release);
         self.idle.clear();
     }
+}
+
+/// `msg` as 0.2.0's packed message (see `wit/world.wit`), its bytes written into `buf`; `Err`
+/// when a part is longer than the interface's 32-bit lengths can say.
+fn pack<'a>(msg: &MessageRef<'_>, buf: &'a mut Vec<u8>) -> Result<PackedMessage<'a>, String> {
+    let len = |what: &str, bytes: &[u8]| {
+        u32::try_from(bytes.len()).map_err(|_| {
+            format!(
+                "the message's {what} is too long for the plugin interface ({} bytes)",
+                bytes.len()
+            )
+        })
+    };
+    buf.clear();
+    let properties: usize = msg
+        .user_properties
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum();
+    buf.reserve(
+        msg.topic.len()
+            + msg.payload.len()
+            + msg.client_id.map_or(0, str::len)
+            + msg.thing_name.map_or(0, str::len)
+            + properties,
+    );
+    let topic_len = len("topic", msg.topic.as_bytes())?;
+    let payload_len = len("payload", msg.payload)?;
+    buf.extend_from_slice(msg.topic.as_bytes());
+    buf.extend_from_slice(msg.payload);
+    let mut optional = |part: Option<&str>, what: &str| -> Result<Option<u32>, String> {
+        let Some(part) = part else { return Ok(None) };
+        let n = len(what, part.as_bytes())?;
+        buf.extend_from_slice(part.as_bytes());
+        Ok(Some(n))
+    };
+    let client_id_len = optional(msg.client_id, "client id")?;
+    let thing_name_len = optional(msg.thing_name, "thing name")?;
+    for (key, value) in msg.user_properties {
+        for part in [key, value] {
+            buf.extend_from_slice(&len("user property", part.as_bytes())?.to_le_bytes());
+            buf.extend_from_slice(part.as_bytes());
+        }
+    }
+    Ok(PackedMessage {
+        data: buf,
+        topic_len,
+        payload_len,
+        client_id_len,
+        thing_name_len,
+        user_properties: u32::try_from(msg.user_properties.len())
+            .map_err(|_| "the message has too many user properties for the plugin interface".to_string())?,
+        qos: msg.qos,
+        timestamp_ms: msg.timestamp_ms,
+    })
 }

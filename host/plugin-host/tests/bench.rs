@@ -380,7 +380,9 @@ fn ab_builds() {
         doc.push('x');
     }
     doc.push_str("\"}");
-    let message = msg("bench/p2p/7", doc);
+    // As the rules engine passes a client's message: with its client id.
+    let mut message = msg("bench/p2p/7", doc);
+    message.client_id = Some("loadgen-pub-7".into());
     let t = test_host();
     let config = PluginConfig::default()
         .setting("field", "temp")

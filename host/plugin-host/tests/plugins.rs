@@ -1070,3 +1070,75 @@ fn the_sdks_json_selection_agrees_in_webassembly_and_natively() {
         "{checked:?}"
     );
 }
+
+/// Both versions of the plugin interface load and run side by side: the raw `echo` guest
+/// targets world 0.1.0 (`wit/deps/shoal-plugin-0.1.0`), the SDK-built `echo` fixture
+/// (`plugins/dist`, built by `plugins/build.sh`) targets 0.2.0, whose message comes packed.
+/// The fixture's report (`report` = `true`) shows that every part of the message arrives
+/// exactly: a topic and user properties with multi-byte text, an empty property, duplicate
+/// keys, client id and thing name; and without a client id, thing or properties.
+#[test]
+fn both_interface_versions_load_and_the_packed_message_arrives_whole() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist/echo.wasm");
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} — build the plugins first with plugins/build.sh",
+            path.display()
+        )
+    });
+    let t = test_host();
+    deploy(&t.host, "old", "echo", PluginConfig::default());
+    let config = PluginConfig::default()
+        .setting("report", "true")
+        .setting("prefix", "out");
+    let info = t.host.upload("new", &wasm, config).unwrap();
+    t.host.activate("new", info.version).unwrap();
+    let world = |name: &str| t.host.versions(name).unwrap()[0].loaded.map(|l| l.world);
+    assert_eq!(world("old"), Some("0.1.0"));
+    assert_eq!(world("new"), Some("0.2.0"));
+    assert_eq!(
+        published(&t.host.invoke("old", &msg("fleet/truck-1", "hello"))),
+        ("echo/fleet/truck-1".into(), "hello".into())
+    );
+
+    let payload = r#"{"seq":7,"note":"héllo 🐟"}"#;
+    let full = shoal_plugin_host::Message {
+        topic: "fleet/trück-7/🐟".into(),
+        payload: payload.into(),
+        qos: 1,
+        timestamp_ms: 1_700_000_000_123,
+        client_id: Some("truck-7".into()),
+        thing_name: Some("Truck 7".into()),
+        user_properties: vec![
+            ("unit".into(), "°C".into()),
+            (String::new(), String::new()),
+            ("unit".into(), "K".into()),
+        ],
+    };
+    let bare = shoal_plugin_host::Message {
+        client_id: None,
+        thing_name: None,
+        user_properties: Vec::new(),
+        qos: 0,
+        ..full.clone()
+    };
+    for m in [&full, &bare] {
+        let (topic, body) = published(&t.host.invoke("new", m));
+        assert_eq!(topic, "out/7");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let properties: Vec<serde_json::Value> = m
+            .user_properties
+            .iter()
+            .map(|(k, v)| serde_json::json!([k, v]))
+            .collect();
+        assert_eq!(report["topic"], m.topic.as_str(), "{report}");
+        assert_eq!(report["payload"], payload, "{report}");
+        assert_eq!(report["qos"], m.qos, "{report}");
+        assert_eq!(report["timestamp_ms"], m.timestamp_ms, "{report}");
+        assert_eq!(report["client_id"], serde_json::json!(m.client_id), "{report}");
+        assert_eq!(report["thing"], serde_json::json!(m.thing_name), "{report}");
+        assert_eq!(report["properties"], serde_json::json!(properties), "{report}");
+    }
+    let health = t.host.health("new").unwrap();
+    assert_eq!((health.calls.invocations, health.calls.ok), (2, 2));
+}

@@ -2,7 +2,7 @@
 //! Config: `tag` prefixes echoed topics (the hot-swap test tells versions apart by it);
 //! `fail-init` makes `init` refuse its configuration.
 
-wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit" });
+wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit/deps/shoal-plugin-0.1.0" });
 
 use shoal::plugin::host;
 use shoal::plugin::types::{KvError, KvScope, LogLevel, Publish};

@@ -3,7 +3,7 @@
 //! (unbounded recursion), `huge/<count>/<bytes>` (that many publish actions of that size),
 //! `fs/read` and `fs/write` (the payload is the path). Anything else is echoed back.
 
-wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit" });
+wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit/deps/shoal-plugin-0.1.0" });
 
 use shoal::plugin::types::Publish;
 use std::hint::black_box;

@@ -1,7 +1,7 @@
 //! A plugin that tries to open a TCP connection; linking `std::net` on wasm32-wasip2 makes the
 //! component import `wasi:sockets/*`, so the host must refuse it at upload.
 
-wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit" });
+wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit/deps/shoal-plugin-0.1.0" });
 
 struct Sockets;
 

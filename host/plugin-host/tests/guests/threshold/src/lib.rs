@@ -6,7 +6,7 @@
 //! `serde_json::Value` tree): most of a rule's time is JSON parsing, and building a tree of
 //! every field to read one costs about three times as much.
 
-wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit" });
+wit_bindgen::generate!({ world: "rule-plugin", path: "../../../../../wit/deps/shoal-plugin-0.1.0" });
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use shoal::plugin::types::{Alert, Severity};
