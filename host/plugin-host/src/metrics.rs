@@ -63,12 +63,11 @@ pub(crate) struct VersionMetrics {
 #[derive(Default)]
 #[repr(align(128))]
 struct CallStripe {
-    invocations: AtomicU64,
     ok: AtomicU64,
     rejected: AtomicU64,
     failures: [AtomicU64; FaultKind::ALL.len()],
-    buckets: [AtomicU64; BUCKETS_NS.len()],
-    duration_count: AtomicU64,
+    /// One per bound of [`BUCKETS_NS`], and one for longer calls: their sum is the count.
+    buckets: [AtomicU64; BUCKETS_NS.len() + 1],
     duration_sum_ns: AtomicU64,
     fuel_consumed: AtomicU64,
 }
@@ -104,10 +103,6 @@ impl VersionMetrics {
             .fold(0, u64::wrapping_add)
     }
 
-    pub(crate) fn invoked(&self) {
-        self.mine().invocations.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn ok(&self) {
         self.mine().ok.fetch_add(1, Ordering::Relaxed);
     }
@@ -127,7 +122,6 @@ impl VersionMetrics {
         if let Some(b) = mine.buckets.get(bucket) {
             b.fetch_add(1, Ordering::Relaxed);
         }
-        mine.duration_count.fetch_add(1, Ordering::Relaxed);
         mine.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
@@ -135,8 +129,15 @@ impl VersionMetrics {
         self.mine().fuel_consumed.fetch_add(consumed, Ordering::Relaxed);
     }
 
+    /// Every call ends as exactly one of ok, rejected or a failure (a refused call included),
+    /// so their sum counts the calls without a counter of its own on the call path.
     fn invocations(&self) -> u64 {
-        self.sum(|s| &s.invocations)
+        let failed = (0..FaultKind::ALL.len())
+            .map(|k| self.sum(|s| &s.failures[k]))
+            .fold(0, u64::wrapping_add);
+        self.sum(|s| &s.ok)
+            .wrapping_add(self.sum(|s| &s.rejected))
+            .wrapping_add(failed)
     }
 
     fn failures(&self, kind: FaultKind) -> u64 {
@@ -346,9 +347,8 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
                 *le as f64 / 1e9
             );
         }
-        // Clamped to the buckets' total: the stripes are read one by one while calls go on,
-        // and `+Inf` must never be below the last bucket.
-        let count = v.metrics.sum(|s| &s.duration_count).max(cumulative);
+        // `+Inf`: the bounded buckets and the overflow one.
+        let count = cumulative + v.metrics.sum(|s| &s.buckets[BUCKETS_NS.len()]);
         let _ = writeln!(
             out,
             "shoal_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
@@ -477,7 +477,6 @@ mod tests {
                 let m = m.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        m.invoked();
                         m.ok();
                         m.duration(Duration::from_micros(3));
                     }
@@ -489,9 +488,8 @@ mod tests {
             t.join().expect("thread");
         }
         let counts = m.counts();
-        assert_eq!((counts.invocations, counts.ok), (6000, 6000));
+        assert_eq!((counts.invocations, counts.ok), (6006, 6000));
         assert_eq!(counts.failures.get("trap"), Some(&6));
-        assert_eq!(m.sum(|s| &s.duration_count), 6000);
         assert_eq!(m.sum(|s| &s.buckets[2]), 6000, "3 µs falls in the 5 µs bucket");
     }
 

@@ -201,7 +201,8 @@ impl StderrTail {
 
     /// Forgets earlier calls' lines.
     pub(crate) fn clear(&self) {
-        if self.0.dirty.swap(false, Ordering::Relaxed) {
+        // A plain load first: a swap is a locked instruction on every call.
+        if self.0.dirty.load(Ordering::Relaxed) && self.0.dirty.swap(false, Ordering::Relaxed) {
             self.0.lines.lock().clear();
         }
     }

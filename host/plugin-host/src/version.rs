@@ -180,7 +180,6 @@ impl LoadedVersion {
 
     /// Runs `on-message` on an idle instance (or a fresh one), within every limit.
     pub(crate) fn call(&self, msg: &MessageRef<'_>) -> CallReport {
-        self.metrics.invoked();
         if self.suspended.load(Ordering::Acquire) {
             let reason = self.suspension.lock().clone().unwrap_or_default();
             self.metrics.failed(FaultKind::Suspended);
