@@ -374,7 +374,15 @@ mod tests {
     #[test]
     fn a_packed_message_unpacks_to_its_parts() {
         let props = [("unit", "°C"), ("", ""), ("unit", "K")];
-        let cases: [(&str, &[u8], Option<&str>, Option<&str>, &[(&str, &str)]); 4] = [
+        /// Topic, payload, client id, thing name, user properties.
+        type Case<'a> = (
+            &'a str,
+            &'a [u8],
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+        );
+        let cases: [Case<'_>; 4] = [
             (
                 "fleet/truck-7/telemetry",
                 br#"{"temp":3.5}"#,
