@@ -370,10 +370,13 @@ def test_a_plugin_gets_the_publishers_client_id_thing_and_user_properties(shoal:
     create(shoal, "report", "SELECT seq, temp FROM 'rep/+/in'", plugin_action("reporter"))
     sub = subscriber(shoal, "seen/#")
     pub = shoal.client(version=V5, client_id="rep-dev-1")
+    sent_ms = time.time() * 1000
     pub.publish("rep/d1/in", json.dumps({"seq": 1, "temp": 4.5, "other": "x"}), qos=1,
                 properties=dict(UserProperty=[("unit", "C"), ("site", "a"), ("unit", "F")]))
     got = body(sub.wait_message())
     got.pop("calls")
+    # When the broker received it (ms since the epoch): this machine's clock, give or take.
+    assert abs(got.pop("timestamp_ms") - sent_ms) < 5_000, got
     assert got == {"seq": "1", "version": "v0", "topic": "rep/d1/in", "qos": 1, "client_id": "rep-dev-1",
                    "thing": None, "properties": [["unit", "C"], ["site", "a"], ["unit", "F"]],
                    "payload": '{"seq":1,"temp":4.5}'}, got
