@@ -60,17 +60,11 @@ impl Message {
     }
 
     /// This message with its parts replaced (the builders' way to change one).
-    fn rebuilt(self, client_id: Option<&str>, thing_name: Option<&str>) -> Self {
-        let Message {
-            qos,
-            timestamp_ms,
-            ref user_properties,
-            ..
-        } = self;
+    fn rebuilt(mut self, client_id: Option<&str>, thing_name: Option<&str>) -> Self {
         let mut m = Message::assemble(self.topic(), self.payload(), client_id, thing_name);
-        m.qos = qos;
-        m.timestamp_ms = timestamp_ms;
-        m.user_properties = user_properties.clone();
+        m.qos = self.qos;
+        m.timestamp_ms = self.timestamp_ms;
+        m.user_properties = std::mem::take(&mut self.user_properties);
         m
     }
 
