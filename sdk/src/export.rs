@@ -52,6 +52,14 @@ macro_rules! export_plugin {
                 > {
                     SHOAL_PLUGIN_INSTANCE.with(|slot| $crate::__private::on_message::<$plugin>(slot, msg))
                 }
+
+                fn on_batch(
+                    data: ::std::vec::Vec<u8>,
+                    messages: ::std::vec::Vec<$crate::__private::WitHeader>,
+                ) {
+                    SHOAL_PLUGIN_INSTANCE
+                        .with(|slot| $crate::__private::on_batch::<$plugin>(slot, data, messages))
+                }
             }
 
             $crate::__private::bindings::__export_rule_plugin!(
@@ -88,6 +96,8 @@ mod wasm_glue {
     pub use crate::sys::wasm::bindings::Guest;
     use crate::sys::wasm::bindings::shoal::plugin0_1_0::types as wit;
     pub use crate::sys::wasm::bindings::shoal::plugin0_2_0::packed::Message as WitMessage;
+    use crate::sys::wasm::bindings::shoal::plugin0_3_0::batch;
+    pub use batch::Header as WitHeader;
     pub use wit::{Action as WitAction, PluginError as WitPluginError};
 
     use crate::{Action, Config, Message, Plugin, PluginError, Severity};
@@ -130,6 +140,41 @@ mod wasm_glue {
             Ok(actions) => Ok(actions.into_iter().map(to_wit_action).collect()),
             Err(e) => Err(to_wit_error(e)),
         }
+    }
+
+    /// `on-batch`: each message in turn, exactly as `on-message` would handle it, each
+    /// answer handed to the host before the next message starts.
+    pub fn on_batch<P: Plugin>(slot: &RefCell<Option<P>>, data: Vec<u8>, headers: Vec<WitHeader>) {
+        let mut slot = slot.borrow_mut();
+        let headers = headers.into_iter().map(|h| crate::message::BatchHeader {
+            topic_len: h.topic_len,
+            payload_len: h.payload_len,
+            client_id_len: h.client_id_len,
+            thing_name_len: h.thing_name_len,
+            user_properties: h.user_properties,
+            user_properties_len: h.user_properties_len,
+            qos: h.qos,
+            timestamp_ms: h.timestamp_ms,
+        });
+        crate::message::for_each_in_batch(&data, headers, |msg| {
+            let result = match (slot.as_mut(), msg) {
+                (None, _) => Err(WitPluginError::Failed(
+                    "on-batch called before a successful init".into(),
+                )),
+                (Some(_), Err(e)) => Err(WitPluginError::Failed(format!(
+                    "the host passed a malformed message: {e}"
+                ))),
+                (Some(plugin), Ok(msg)) => match plugin.on_message(msg) {
+                    Ok(actions) => Ok(actions.into_iter().map(to_wit_action).collect::<Vec<_>>()),
+                    Err(e) => Err(to_wit_error(e)),
+                },
+            };
+            match &result {
+                // Borrowed bindings take a list of references (no allocation when empty).
+                Ok(actions) => batch::answer(Ok(&actions.iter().collect::<Vec<_>>())),
+                Err(e) => batch::answer(Err(e)),
+            }
+        });
     }
 
     fn to_wit_error(e: PluginError) -> WitPluginError {

@@ -305,6 +305,83 @@ impl Message {
     }
 }
 
+/// Where one message of a batch lies in the batch's bytes (WIT `shoal:plugin/batch@0.3.0`'s
+/// `header`), and its scalar fields.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) struct BatchHeader {
+    pub(crate) topic_len: u32,
+    pub(crate) payload_len: u32,
+    pub(crate) client_id_len: Option<u32>,
+    pub(crate) thing_name_len: Option<u32>,
+    pub(crate) user_properties: u32,
+    pub(crate) user_properties_len: u32,
+    pub(crate) qos: u8,
+    pub(crate) timestamp_ms: u64,
+}
+
+/// Unpacks a batch's messages (packed back to back in `data`, as `headers` say) and calls
+/// `each` with each in order, or with why it could not be unpacked. Once one message's
+/// layout is broken, the ones after it cannot be found: each of them gets an error too. One
+/// buffer serves every message of the batch.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) fn for_each_in_batch(
+    data: &[u8],
+    headers: impl IntoIterator<Item = BatchHeader>,
+    mut each: impl FnMut(Result<&Message, String>),
+) {
+    let mut at = 0usize;
+    let mut broken = false;
+    let mut buf = Vec::new();
+    for (i, h) in headers.into_iter().enumerate() {
+        if broken {
+            each(Err(format!(
+                "message {i} of the batch cannot be found after a malformed one"
+            )));
+            continue;
+        }
+        let len = [
+            Some(h.topic_len),
+            Some(h.payload_len),
+            h.client_id_len,
+            h.thing_name_len,
+            Some(h.user_properties_len),
+        ]
+        .into_iter()
+        .flatten()
+        .try_fold(0usize, |sum, n| sum.checked_add(n as usize));
+        let Some(part) = len
+            .and_then(|len| at.checked_add(len))
+            .and_then(|end| data.get(at..end))
+        else {
+            broken = true;
+            each(Err(format!(
+                "message {i} of the batch runs past the end of its data"
+            )));
+            continue;
+        };
+        at += part.len();
+        buf.clear();
+        buf.extend_from_slice(part);
+        let unpacked = Message::from_packed(
+            std::mem::take(&mut buf),
+            h.topic_len,
+            h.payload_len,
+            h.client_id_len,
+            h.thing_name_len,
+            h.user_properties,
+            h.qos,
+            h.timestamp_ms,
+        );
+        match unpacked {
+            Ok(msg) => {
+                each(Ok(&msg));
+                buf = msg.data;
+            }
+            Err(e) => each(Err(format!("message {i} of the batch: {e}"))),
+        }
+    }
+}
+
 impl PartialEq for Message {
     fn eq(&self, other: &Self) -> bool {
         self.topic() == other.topic()
@@ -504,5 +581,103 @@ mod tests {
             Message::new("a", vec![0xff]).payload_str(),
             Err(PluginError::Rejected(_))
         ));
+    }
+
+    /// The header `packed` writes for these parts.
+    fn header(
+        topic: &str,
+        payload: &[u8],
+        client: Option<&str>,
+        thing: Option<&str>,
+        props: &[(&str, &str)],
+        qos: u8,
+    ) -> BatchHeader {
+        BatchHeader {
+            topic_len: topic.len() as u32,
+            payload_len: payload.len() as u32,
+            client_id_len: client.map(|c| c.len() as u32),
+            thing_name_len: thing.map(|t| t.len() as u32),
+            user_properties: props.len() as u32,
+            user_properties_len: props.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>() as u32,
+            qos,
+            timestamp_ms: 1000 + u64::from(qos),
+        }
+    }
+
+    #[test]
+    fn a_batch_unpacks_into_its_messages_in_order() {
+        let parts: [(&str, &[u8], Option<&str>, Option<&str>, &[(&str, &str)]); 3] = [
+            (
+                "a/1",
+                b"{\"t\":1}",
+                Some("c1"),
+                Some("thing-1"),
+                &[("k", "v"), ("k", "w")],
+            ),
+            ("b", b"", None, None, &[]),
+            ("c/\u{1f41f}", b"\xff", Some(""), None, &[("", "")]),
+        ];
+        let mut data = Vec::new();
+        let mut headers = Vec::new();
+        for (i, (t, p, c, th, props)) in parts.iter().enumerate() {
+            data.extend(packed(t, p, *c, *th, props));
+            headers.push(header(t, p, *c, *th, props, i as u8));
+        }
+        let mut got = Vec::new();
+        for_each_in_batch(&data, headers, |m| got.push(m.map(Message::clone)));
+        assert_eq!(got.len(), 3);
+        for (i, ((t, p, c, th, props), m)) in parts.iter().zip(got).enumerate() {
+            let m = m.unwrap();
+            assert_eq!(
+                (m.topic(), m.payload(), m.client_id(), m.thing_name()),
+                (*t, *p, *c, *th)
+            );
+            let got_props: Vec<(&str, &str)> = m
+                .user_properties()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(got_props, *props);
+            assert_eq!((m.qos(), m.timestamp_ms()), (i as u8, 1000 + i as u64));
+        }
+    }
+
+    #[test]
+    fn a_broken_batch_fails_from_the_broken_message_on() {
+        let mut data = packed("a", b"1", None, None, &[]);
+        data.extend(packed("b", b"2", None, None, &[]));
+        data.extend(packed("c", b"3", None, None, &[]));
+        // The second header claims more payload than the data holds.
+        let mut second = header("b", b"2", None, None, &[], 0);
+        second.payload_len = 100;
+        let headers = vec![
+            header("a", b"1", None, None, &[], 0),
+            second,
+            header("c", b"3", None, None, &[], 0),
+        ];
+        let mut got = Vec::new();
+        for_each_in_batch(&data, headers, |m| got.push(m.map(|m| m.topic().to_string())));
+        assert_eq!(got[0], Ok("a".to_string()));
+        assert!(
+            got[1].as_ref().unwrap_err().contains("runs past the end"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].as_ref().unwrap_err().contains("after a malformed one"),
+            "{got:?}"
+        );
+        // A message whose own layout is wrong (a property count with no bytes) fails alone.
+        let mut bad = header("a", b"1", None, None, &[], 0);
+        bad.user_properties = 1;
+        let headers = vec![bad, header("b", b"2", None, None, &[], 0)];
+        let data = [
+            packed("a", b"1", None, None, &[]),
+            packed("b", b"2", None, None, &[]),
+        ]
+        .concat();
+        let mut got = Vec::new();
+        for_each_in_batch(&data, headers, |m| got.push(m.map(|m| m.topic().to_string())));
+        assert!(got[0].is_err(), "{got:?}");
+        assert_eq!(got[1], Ok("b".to_string()));
     }
 }

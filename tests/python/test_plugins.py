@@ -55,7 +55,7 @@ def test_upload_activate_and_invoke_return_the_plugins_actions(shoal: Shoal):
     assert v["size_bytes"] == len(wasm) and re.fullmatch(r"[0-9a-f]{64}", v["sha256"]), v
     assert v["config"]["settings"] == THRESHOLD["settings"]
     assert v["config"]["deadline_ms"] == 10, "unset fields take the defaults"
-    assert v["loaded"]["world"] == "0.2.0", "the SDK targets the newest interface version"
+    assert v["loaded"]["world"] == "0.3.0", "the SDK targets the newest interface version"
 
     out = invoke(shoal, "cold-chain", "fleet/t1/telemetry", {"temp": -10})
     assert out["outcome"] == "ok", out

@@ -1040,6 +1040,38 @@ def test_a_looping_plugin_in_a_rule_does_not_stop_other_traffic(shoal: Shoal):
     wait_stats(shoal, "spinner", actionsFailed=spins, errorActions=spins, actionsOk=1)
 
 
+@needs_plugins
+def test_queued_messages_reach_a_plugin_in_batches_and_a_trap_fails_only_its_own(shoal: Shoal):
+    """A burst that queues up for the rules worker reaches the plugin (interface 0.3.0) in
+    batches (`shoal_plugin_batches_total`): every message is answered once, in publish order, and
+    each message that makes the plugin trap goes to the error action alone while the messages
+    around it, in the same batch, are answered."""
+    upload(shoal, "panicky", "panic",
+           {"max_consecutive_failures": 1000, "settings": settings(trigger="boom")})
+    create(shoal, "batched", "SELECT * FROM 'burst/+'", plugin_action("panicky"),
+           error=republish("errors/burst"))
+    sub = subscriber(shoal, "fixture/ok", "errors/#")
+    device = shoal.client()
+    payloads = [b"boom" if i % 100 == 50 else str(i).encode() for i in range(800)]
+    for p in payloads:
+        device.publish("burst/1", p, qos=1, wait=False)
+    got = sub.wait_messages(len(payloads), timeout=60)
+    answered = [m.payload for m in got if m.topic == "fixture/ok"]
+    assert answered == [p for p in payloads if p != b"boom"], "each answered once, in order"
+    errors = [body(m) for m in got if m.topic == "errors/burst"]
+    assert len(errors) == payloads.count(b"boom")
+    for doc in errors:
+        assert base64.b64decode(doc["base64OriginalPayload"]) == b"boom"
+        (failure,) = doc["failures"]
+        assert "panicking" in failure["errorMessage"], failure
+    sub.expect_no_message(QUIET)
+    labels = 'plugin="panicky",version="1"'
+    batches = metric(shoal, "shoal_plugin_batches_total", labels)
+    batched = metric(shoal, "shoal_plugin_batched_messages_total", labels)
+    assert batches > 0 and batched >= 2 * batches, (batches, batched)
+    wait_stats(shoal, "batched", actionsOk=len(answered), actionsFailed=len(errors))
+
+
 def test_a_full_rules_queue_holds_the_publisher_back_and_loses_nothing(make_shoal):
     """One rules worker with a queue of 4, ten rules that each read a different key of 60 KB
     documents (the whole document is parsed for each message, slower than a publisher can send

@@ -1,12 +1,14 @@
 //! The one place that generates host bindings for the `shoal:plugin` WIT package, from the
-//! repository's root `wit/`: [`v0_2`] for the current world (`wit/world.wit`) and [`v0_1`] for
-//! the 0.1.0 world (`wit/deps/shoal-plugin-0.1.0/`), which stays linked so components built
-//! against it keep loading. 0.2.0 reuses 0.1.0's `types` and `host` interfaces (the same
-//! imports, one implementation, one set of generated types); only `on-message`'s message
-//! differs. Everything else in the crate imports from here and converts at the edge into the
-//! host-side types of [`crate::message`].
+//! repository's root `wit/`: [`v0_3`] for the current world (`wit/world.wit`), [`v0_2`] and
+//! [`v0_1`] for the earlier worlds (`wit/deps/shoal-plugin-0.2.0/`, `-0.1.0/`), which stay
+//! linked so components built against them keep loading. Every version shares 0.1.0's `types`
+//! and `host` interfaces (the same imports, one implementation, one set of generated types);
+//! 0.2.0 changed `on-message`'s message, 0.3.0 added `on-batch` and the `batch.answer` import
+//! (linked by hand in `engine`, because answering needs the store, not only its data).
+//! Everything else in the crate imports from here and converts at the edge into the host-side
+//! types of [`crate::message`].
 //!
-//! `Borrowing` ownership makes the exported `on-message` take its message as `&str`/`&[u8]`,
+//! `Borrowing` ownership makes the exported functions take their arguments as `&str`/`&[u8]`,
 //! so a call lowers the host's message straight into guest memory without cloning it first.
 //! Results (`list<action>`) and host-import arguments stay owned.
 
@@ -18,8 +20,8 @@
 /// exports.
 pub(crate) mod v0_1 {
     wasmtime::component::bindgen!({
-        world: "rule-plugin",
-        path: "../../wit/deps/shoal-plugin-0.1.0",
+        world: "shoal:plugin/rule-plugin@0.1.0",
+        path: "../../wit",
         ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
@@ -28,16 +30,33 @@ pub(crate) mod v0_1 {
 /// imports and types are [`v0_1`]'s.
 pub(crate) mod v0_2 {
     wasmtime::component::bindgen!({
-        world: "rule-plugin",
+        world: "shoal:plugin/rule-plugin@0.2.0",
         path: "../../wit",
         ownership: Borrowing { duplicate_if_necessary: true },
         with: {
-            "shoal:plugin/types@0.1.0": super::v0_1::shoal::plugin::types,
-            "shoal:plugin/host@0.1.0": super::v0_1::shoal::plugin::host,
+            "shoal:plugin/types@0.1.0": super::v0_1::shoal::plugin0_1_0::types,
+            "shoal:plugin/host@0.1.0": super::v0_1::shoal::plugin0_1_0::host,
         },
     });
 }
 
-pub(crate) use v0_1::shoal::plugin::types as wit;
-pub(crate) use v0_1::shoal::plugin::{host as wit_host, types as wit_types};
+/// World `shoal:plugin/rule-plugin@0.3.0`: 0.2.0's exports plus `on-batch`; its types are
+/// [`v0_1`]'s and [`v0_2`]'s, and of its `batch` interface only the `header` record is used
+/// (the `answer` import is linked by hand).
+pub(crate) mod v0_3 {
+    wasmtime::component::bindgen!({
+        world: "shoal:plugin/rule-plugin@0.3.0",
+        path: "../../wit",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "shoal:plugin/types@0.1.0": super::v0_1::shoal::plugin0_1_0::types,
+            "shoal:plugin/host@0.1.0": super::v0_1::shoal::plugin0_1_0::host,
+            "shoal:plugin/packed@0.2.0": super::v0_2::shoal::plugin0_2_0::packed,
+        },
+    });
+}
+
+pub(crate) use v0_1::shoal::plugin0_1_0::types as wit;
+pub(crate) use v0_1::shoal::plugin0_1_0::{host as wit_host, types as wit_types};
 pub(crate) use v0_2::shoal::plugin0_2_0::packed::Message as PackedMessage;
+pub(crate) use v0_3::shoal::plugin0_3_0::batch::Header as BatchHeader;

@@ -109,6 +109,9 @@ fn fingerprint(engine: &Engine) -> String {
 
 struct HasIo;
 
+/// What `batch.answer` carries.
+type AnswerResult = Result<Vec<crate::bindings::wit::Action>, crate::bindings::wit::PluginError>;
+
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
 }
@@ -143,6 +146,14 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
     RulePlugin::add_to_linker::<T, HasSelf<T>>(l, |t| t)?;
+    // 0.3.0's `batch.answer`, by hand: it resets the next message's deadline and fuel, which
+    // needs the store itself (a generated host trait only sees the store's data).
+    l.instance("shoal:plugin/batch@0.3.0")?.func_wrap(
+        "answer",
+        |store: wasmtime::StoreContextMut<'_, T>, (result,): (AnswerResult,)| {
+            crate::version::answer(store, result)
+        },
+    )?;
     Ok(linker)
 }
 

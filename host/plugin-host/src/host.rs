@@ -16,7 +16,7 @@ use crate::replay::{OverlayKv, Replay};
 use crate::sandbox::{PluginShared, Services, VersionEnv};
 use crate::services::{Clock, NoShadows, ShadowReader, SystemClock};
 use crate::store::{CatalogSnapshot, CatalogStore, FileCatalogStore, PluginRecord, VersionRecord};
-use crate::version::LoadedVersion;
+use crate::version::{CallReport, LoadedVersion};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -224,6 +224,51 @@ impl PluginHost {
         }
     }
 
+    /// [`PluginHost::invoke`] for each of `msgs`, in order: one outcome per message, made in
+    /// as few calls into the plugin as it allows (see [`PluginHost::invoke_batch_ref`]).
+    pub fn invoke_batch(&self, name: &str, msgs: &[Message]) -> Vec<Outcome> {
+        let properties: Vec<Vec<(&str, &str)>> = msgs
+            .iter()
+            .map(|m| {
+                m.user_properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<MessageRef<'_>> = msgs
+            .iter()
+            .zip(&properties)
+            .map(|(m, properties)| MessageRef {
+                topic: &m.topic,
+                payload: &m.payload,
+                qos: m.qos,
+                timestamp_ms: m.timestamp_ms,
+                client_id: m.client_id.as_deref(),
+                thing_name: m.thing_name.as_deref(),
+                user_properties: properties,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(msgs.len());
+        self.invoke_batch_ref(name, &refs, &mut out);
+        out
+    }
+
+    /// [`PluginHost::invoke_ref`] for each of `msgs`, in order, appending one outcome per
+    /// message to `out`: the same outcomes as one call each, but a plugin built against
+    /// interface 0.3.0 gets them in one `on-batch` call (a few if one of them faults), which
+    /// saves the fixed cost of entering the component per message. All of them run on the
+    /// version active when the batch started.
+    pub fn invoke_batch_ref(&self, name: &str, msgs: &[MessageRef<'_>], out: &mut Vec<Outcome>) {
+        match self.inner.plugins.load().get(name) {
+            Some(entry) => self.inner.invoke_entry_batch(entry, msgs, out),
+            None => out.extend(
+                msgs.iter()
+                    .map(|_| Outcome::Failed(PluginFault::Unavailable(format!("no plugin named {name:?}")))),
+            ),
+        }
+    }
+
     /// Calls a given version, active or not, for real (the API's `invoke?version=`; a dry run
     /// is [`PluginHost::replay`]). A suspended version is refused; failures count against its
     /// health as usual.
@@ -240,7 +285,7 @@ impl PluginHost {
                 })?;
             self.inner.load_slot(&entry, slot)?
         };
-        Ok(msg.with_ref(|msg| self.inner.call(&entry, &loaded, msg)))
+        Ok(msg.with_ref(|msg| self.inner.reported(&entry, &loaded, loaded.call(msg))))
     }
 
     /// Dry-runs version `version` of `name` over `messages`, in order, on a private instance:
@@ -257,6 +302,15 @@ impl PluginHost {
     pub fn render_prometheus(&self, out: &mut String) {
         self.inner.render(out);
     }
+}
+
+/// Why a plugin without a loaded active version cannot be called.
+fn no_active_version(entry: &PluginEntry) -> PluginFault {
+    let why = entry.state.lock().load_error.clone();
+    PluginFault::Unavailable(match why {
+        Some(error) => format!("plugin {} could not load its active version: {error}", entry.name),
+        None => format!("plugin {} has no active version", entry.name),
+    })
 }
 
 fn now_ms(services: &Services) -> u64 {
@@ -628,21 +682,26 @@ impl Inner {
     fn invoke_entry(&self, entry: &PluginEntry, msg: &MessageRef<'_>) -> Outcome {
         let active = entry.active.load();
         match active.as_ref() {
-            Some(version) => self.call(entry, version, msg),
+            Some(version) => self.reported(entry, version, version.call(msg)),
+            None => Outcome::Failed(no_active_version(entry)),
+        }
+    }
+
+    fn invoke_entry_batch(&self, entry: &PluginEntry, msgs: &[MessageRef<'_>], out: &mut Vec<Outcome>) {
+        let active = entry.active.load();
+        match active.as_ref() {
+            Some(version) => {
+                version.call_batch(msgs, |report| out.push(self.reported(entry, version, report)))
+            }
             None => {
-                let why = entry.state.lock().load_error.clone();
-                Outcome::Failed(PluginFault::Unavailable(match why {
-                    Some(error) => {
-                        format!("plugin {} could not load its active version: {error}", entry.name)
-                    }
-                    None => format!("plugin {} has no active version", entry.name),
-                }))
+                let fault = no_active_version(entry);
+                out.extend(msgs.iter().map(|_| Outcome::Failed(fault.clone())));
             }
         }
     }
 
-    fn call(&self, entry: &PluginEntry, version: &LoadedVersion, msg: &MessageRef<'_>) -> Outcome {
-        let report = version.call(msg);
+    /// A call's outcome, once a suspension it caused is persisted.
+    fn reported(&self, entry: &PluginEntry, version: &LoadedVersion, report: CallReport) -> Outcome {
         if let Some(reason) = report.suspended_now {
             if let Some(slot) = entry.state.lock().versions.get_mut(&version.number()) {
                 slot.record.suspended = Some(reason);

@@ -70,6 +70,9 @@ struct CallStripe {
     buckets: [AtomicU64; BUCKETS_NS.len() + 1],
     duration_sum_ns: AtomicU64,
     fuel_consumed: AtomicU64,
+    /// `on-batch` calls (0.3.0), and the messages they carried.
+    batches: AtomicU64,
+    batched: AtomicU64,
 }
 
 /// A snapshot of a version's call counters, for the health API.
@@ -89,6 +92,10 @@ pub struct CallCounts {
     pub memory_high_water_bytes: u64,
     /// Instances created (fresh instantiations).
     pub instances_created: u64,
+    /// `on-batch` calls made (interface 0.3.0), each carrying several messages.
+    pub batches: u64,
+    /// Messages handed over in those calls (each also counts as an invocation).
+    pub batched_messages: u64,
 }
 
 impl VersionMetrics {
@@ -152,6 +159,13 @@ impl VersionMetrics {
         }
     }
 
+    /// An `on-batch` call that carried `messages`.
+    pub(crate) fn batch(&self, messages: usize) {
+        let mine = self.mine();
+        mine.batches.fetch_add(1, Ordering::Relaxed);
+        mine.batched.fetch_add(messages as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn instance_created(&self) {
         self.instances_created.fetch_add(1, Ordering::Relaxed);
     }
@@ -172,6 +186,8 @@ impl VersionMetrics {
             fuel_consumed: self.sum(|s| &s.fuel_consumed),
             memory_high_water_bytes: self.memory_high_water.load(Ordering::Relaxed),
             instances_created: self.instances_created.load(Ordering::Relaxed),
+            batches: self.sum(|s| &s.batches),
+            batched_messages: self.sum(|s| &s.batched),
         }
     }
 }
@@ -383,6 +399,22 @@ pub(crate) fn render(out: &mut String, plugins: &[PluginSample<'_>], versions: &
         "counter",
         "Fresh instances.",
         |v| Some(load(&v.metrics.instances_created)),
+    );
+    per_version(
+        out,
+        versions,
+        "shoal_plugin_batches_total",
+        "counter",
+        "on-batch calls (interface 0.3.0), each carrying several messages.",
+        |v| Some(v.metrics.sum(|s| &s.batches)),
+    );
+    per_version(
+        out,
+        versions,
+        "shoal_plugin_batched_messages_total",
+        "counter",
+        "Messages handed over in on-batch calls (each also counts as a call).",
+        |v| Some(v.metrics.sum(|s| &s.batched)),
     );
     per_version(
         out,

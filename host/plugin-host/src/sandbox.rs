@@ -116,6 +116,28 @@ pub(crate) struct StoreState {
     /// The last lines the plugin wrote to stderr during the current call (a Rust panic
     /// message), for trap reports.
     pub stderr_tail: StderrTail,
+    /// The `on-batch` call in progress (0.3.0), if any.
+    pub batch: BatchCall,
+}
+
+/// What the host knows of an `on-batch` call while it runs: how many messages it holds, the
+/// answers so far, and the budget each message starts with (see `version::answer`).
+#[derive(Default)]
+pub(crate) struct BatchCall {
+    /// Messages in the call; 0 outside `on-batch`.
+    pub expected: usize,
+    /// The answers so far, in message order.
+    pub answers: Vec<Answer>,
+    /// Each message's epoch deadline, and its fuel (metered engines).
+    pub deadline_ticks: u64,
+    pub fuel: Option<u64>,
+}
+
+/// One `batch.answer`: the result, when it came, and the fuel left then (metered engines).
+pub(crate) struct Answer {
+    pub result: Result<Vec<wit_types::Action>, wit_types::PluginError>,
+    pub at: std::time::Instant,
+    pub fuel_left: Option<u64>,
 }
 
 impl StoreState {
@@ -171,6 +193,7 @@ impl StoreState {
                 hit: false,
             },
             env,
+            batch: BatchCall::default(),
             stderr_tail,
         })
     }

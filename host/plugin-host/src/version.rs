@@ -2,12 +2,12 @@
 //! call path, fault classification, and suspension after repeated failures.
 
 use crate::artifact::ArtifactSource;
-use crate::bindings::{PackedMessage, v0_1, v0_2, wit};
+use crate::bindings::{BatchHeader, PackedMessage, v0_1, v0_2, v0_3, wit};
 use crate::engine::{Runtime, Runtimes};
 use crate::message::{Action, MessageRef};
 use crate::metrics::VersionMetrics;
 use crate::outcome::{FaultKind, Outcome, PluginFault};
-use crate::sandbox::{MemoryLimitExceeded, StoreState, VersionEnv};
+use crate::sandbox::{Answer, BatchCall, MemoryLimitExceeded, StoreState, VersionEnv};
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -16,24 +16,41 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 
-/// A live instance: its store, the typed exports, and (0.2.0) the buffer its messages are
-/// packed into, kept between calls.
+/// A live instance: its store, the typed exports, and (0.2.0 and later) the buffer its
+/// messages are packed into and (0.3.0) a batch's headers, kept between calls.
 struct Instance {
     store: Store<StoreState>,
     plugin: Exports,
     packed: Vec<u8>,
+    headers: Vec<BatchHeader>,
 }
 
 /// A version's pre-instantiated component, by the world it targets.
 enum Pre {
     V0_1(v0_1::RulePluginPre<StoreState>),
     V0_2(v0_2::RulePluginPre<StoreState>),
+    V0_3(v0_3::RulePluginPre<StoreState>),
 }
 
 /// An instance's typed exports, by the world its component targets.
 enum Exports {
     V0_1(v0_1::RulePlugin),
     V0_2(v0_2::RulePlugin),
+    V0_3(v0_3::RulePlugin),
+}
+
+/// What `on-message` returns, once the call itself succeeded.
+type CallResult = wasmtime::Result<Result<Vec<wit::Action>, wit::PluginError>>;
+
+impl Exports {
+    /// `on-message` with a packed message (0.2.0 and later; a 0.1.0 component fails the call).
+    fn call_packed(&self, store: &mut Store<StoreState>, msg: PackedMessage<'_>) -> CallResult {
+        match self {
+            Exports::V0_2(plugin) => plugin.call_on_message(store, msg),
+            Exports::V0_3(plugin) => plugin.call_on_message(store, msg),
+            Exports::V0_1(_) => Err(wasmtime::Error::msg("a 0.1.0 component takes no packed message")),
+        }
+    }
 }
 
 /// A packed buffer larger than this after a call is not kept for the next one.
@@ -122,16 +139,19 @@ impl LoadedVersion {
         let mismatch = |e: wasmtime::Error| crate::error::CatalogError::WorldMismatch(format!("{e:#}"));
         let instance_pre = runtime.linker.instantiate_pre(component).map_err(mismatch)?;
         // The newest world first; a component that does not target it may target 0.1.0.
-        let pre = match v0_2::RulePluginPre::new(instance_pre.clone()) {
-            Ok(pre) => Pre::V0_2(pre),
-            Err(newest) => match v0_1::RulePluginPre::new(instance_pre) {
-                Ok(pre) => Pre::V0_1(pre),
-                Err(old) => {
-                    return Err(crate::error::CatalogError::WorldMismatch(format!(
-                        "the component targets neither shoal:plugin/rule-plugin@0.2.0 ({newest:#}) \
-                         nor shoal:plugin/rule-plugin@0.1.0 ({old:#})"
-                    )));
-                }
+        let pre = match v0_3::RulePluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::V0_3(pre),
+            Err(newest) => match v0_2::RulePluginPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::V0_2(pre),
+                Err(second) => match v0_1::RulePluginPre::new(instance_pre) {
+                    Ok(pre) => Pre::V0_1(pre),
+                    Err(old) => {
+                        return Err(crate::error::CatalogError::WorldMismatch(format!(
+                            "the component targets none of shoal:plugin/rule-plugin@0.3.0 \
+                             ({newest:#}), @0.2.0 ({second:#}) and @0.1.0 ({old:#})"
+                        )));
+                    }
+                },
             },
         };
         let config = &env.config;
@@ -166,11 +186,12 @@ impl LoadedVersion {
         self.env.version
     }
 
-    /// The version of the `shoal:plugin` world its component targets (`0.1.0`, `0.2.0`).
+    /// The version of the `shoal:plugin` world its component targets (`0.1.0` to `0.3.0`).
     pub(crate) fn world(&self) -> &'static str {
         match self.pre {
             Pre::V0_1(_) => "0.1.0",
             Pre::V0_2(_) => "0.2.0",
+            Pre::V0_3(_) => "0.3.0",
         }
     }
 
@@ -194,28 +215,193 @@ impl LoadedVersion {
             Some(instance) => instance,
             None => match self.instantiate() {
                 Ok(instance) => instance,
-                Err(fault) => return self.finish(started, Outcome::Failed(fault)),
+                Err(fault) => return self.finish(started.elapsed(), Outcome::Failed(fault)),
             },
         };
         // A panic in host code during the call (a bug, or a WASI host call that cannot run on
         // this thread) must not unwind into the caller: it fails this call and the instance.
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| self.run(&mut instance, msg))).unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Failed(PluginFault::Trap {
-                    message: format!("host panicked during the call: {what}"),
-                })
-            });
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run(&mut instance, msg)))
+            .unwrap_or_else(|panic| Outcome::Failed(host_panicked(panic)));
         self.metrics
             .memory(instance.store.data().limiter.high_water as u64);
         if matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_)) && !self.retired.load(Ordering::Acquire) {
             self.idle.push(instance, false);
         }
-        self.finish(started, outcome)
+        self.finish(started.elapsed(), outcome)
+    }
+
+    /// Runs each of `msgs`, in order, exactly as [`LoadedVersion::call`] would, reporting
+    /// each to `report` as it is known; a 0.3.0 component gets them in as few `on-batch`
+    /// calls as its faults allow. A message's fault is its own: the messages answered before
+    /// it keep their answers, and those after it go to a fresh instance in a new call.
+    ///
+    /// Not the same as single calls in two ways, both documented for plugin authors: the
+    /// instance is not dropped between messages of one call after one of them failed without
+    /// trapping (`failed`, an output limit), only after the call; and a suspension that a
+    /// message's failure causes applies from the next call on.
+    pub(crate) fn call_batch(&self, msgs: &[MessageRef<'_>], mut report: impl FnMut(CallReport)) {
+        let mut done = 0;
+        while done < msgs.len() {
+            let rest = &msgs[done..];
+            if rest.len() == 1 || !matches!(self.pre, Pre::V0_3(_)) || self.suspended.load(Ordering::Acquire)
+            {
+                report(self.call(&rest[0]));
+                done += 1;
+                continue;
+            }
+            let started = Instant::now();
+            let mut instance = match self.idle.pop() {
+                Some(instance) => instance,
+                None => match self.instantiate() {
+                    Ok(instance) => instance,
+                    Err(fault) => {
+                        report(self.finish(started.elapsed(), Outcome::Failed(fault)));
+                        done += 1;
+                        continue;
+                    }
+                },
+            };
+            let (sent, ended) = match catch_unwind(AssertUnwindSafe(|| self.enter_batch(&mut instance, rest)))
+            {
+                Ok(Ok(sent)) => (sent, Ok(())),
+                Ok(Err(Entered { sent, error })) => (sent, Err(error)),
+                Err(panic) => (rest.len(), Err(EndedEarly::Fault(host_panicked(panic)))),
+            };
+            let mut call = std::mem::take(&mut instance.store.data_mut().batch);
+            let answered = call.answers.len();
+            // Every answer is an outcome of its own, timed from the answer before it.
+            let mut last = started;
+            let mut trusted = true;
+            for Answer {
+                result,
+                at,
+                fuel_left,
+            } in call.answers.drain(..)
+            {
+                if let (Some(budget), Some(left)) = (self.env.config.fuel, fuel_left) {
+                    self.metrics.fuel(budget.saturating_sub(left));
+                }
+                let outcome = self.outcome(result);
+                trusted &= matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_));
+                report(self.finish(at.saturating_duration_since(last), outcome));
+                last = at;
+            }
+            // Keep the answers' buffer for the instance's next batch.
+            call.expected = 0;
+            instance.store.data_mut().batch = call;
+            self.metrics
+                .memory(instance.store.data().limiter.high_water as u64);
+            let fault = match ended {
+                Ok(()) if answered == sent => None,
+                Ok(()) => Some(PluginFault::Trap {
+                    message: format!("on-batch returned after answering {answered} of its {sent} messages"),
+                }),
+                Err(EndedEarly::Fault(fault)) => Some(fault),
+                Err(EndedEarly::Error(e)) => {
+                    Some(self.classify(&e, instance.store.data(), self.env.config.deadline_ms))
+                }
+            };
+            match fault {
+                // The message being handled when the call failed.
+                Some(fault) if answered < sent => {
+                    report(self.finish(last.elapsed(), Outcome::Failed(fault)));
+                    done += answered + 1;
+                }
+                // After the last answer (answering too often): every message has its
+                // answer; the instance goes, and operators hear of it.
+                Some(fault) => {
+                    tracing::warn!(
+                        plugin = %self.env.plugin.name,
+                        version = self.number(),
+                        %fault,
+                        "plugin failed after answering every message of a batch"
+                    );
+                    *self.last_fault.lock() = Some(fault.to_string());
+                    done += answered;
+                }
+                None => {
+                    done += answered;
+                    if trusted && !self.retired.load(Ordering::Acquire) {
+                        self.idle.push(instance, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `on-batch` call with as many of `msgs` as can be packed (all but those after one
+    /// too long for the interface); `Ok` with how many it sent once the call returned.
+    fn enter_batch(&self, instance: &mut Instance, msgs: &[MessageRef<'_>]) -> Result<usize, Entered> {
+        let Instance {
+            store,
+            plugin,
+            packed,
+            headers,
+        } = instance;
+        let Exports::V0_3(plugin) = plugin else {
+            return Err(Entered {
+                sent: 1,
+                error: EndedEarly::Fault(PluginFault::Unavailable(
+                    "on-batch called on a component without it".into(),
+                )),
+            });
+        };
+        packed.clear();
+        headers.clear();
+        for msg in msgs {
+            match pack_parts(msg, packed) {
+                Ok(lens) => headers.push(BatchHeader {
+                    topic_len: lens.topic,
+                    payload_len: lens.payload,
+                    client_id_len: lens.client_id,
+                    thing_name_len: lens.thing_name,
+                    user_properties: lens.user_properties,
+                    user_properties_len: lens.user_properties_bytes,
+                    qos: msg.qos,
+                    timestamp_ms: msg.timestamp_ms,
+                }),
+                // This one is failed alone, once the ones before it are done.
+                Err(too_long) if headers.is_empty() => {
+                    return Err(Entered {
+                        sent: 1,
+                        error: EndedEarly::Fault(PluginFault::Unavailable(too_long)),
+                    });
+                }
+                Err(_) => break,
+            }
+        }
+        let sent = headers.len();
+        self.metrics.batch(sent);
+        let fuel = self.env.config.fuel;
+        store.data_mut().batch.expected = sent;
+        store.data_mut().batch.deadline_ticks = self.deadline_ticks;
+        store.data_mut().batch.fuel = fuel;
+        store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fuel) = fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            return Err(Entered {
+                sent,
+                error: EndedEarly::Fault(PluginFault::Trap {
+                    message: format!("cannot set fuel: {e}"),
+                }),
+            });
+        }
+        store.data().stderr_tail.clear();
+        let result = {
+            let _running = self.runtime.gate.enter();
+            plugin.call_on_batch(&mut *store, packed, headers)
+        };
+        if packed.capacity() > KEEP_PACKED_BYTES {
+            *packed = Vec::new();
+        }
+        match result {
+            Ok(()) => Ok(sent),
+            Err(error) => Err(Entered {
+                sent,
+                error: EndedEarly::Error(error),
+            }),
+        }
     }
 
     fn run(&self, instance: &mut Instance, msg: &MessageRef<'_>) -> Outcome {
@@ -244,7 +430,7 @@ impl LoadedVersion {
                 let _running = self.runtime.gate.enter();
                 plugin.call_on_message(&mut *store, param)
             }
-            Exports::V0_2(plugin) => {
+            plugin => {
                 let packed = &mut instance.packed;
                 let param = match pack(msg, packed) {
                     Ok(param) => param,
@@ -252,7 +438,7 @@ impl LoadedVersion {
                 };
                 let result = {
                     let _running = self.runtime.gate.enter();
-                    plugin.call_on_message(&mut *store, param)
+                    plugin.call_packed(&mut *store, param)
                 };
                 if packed.capacity() > KEEP_PACKED_BYTES {
                     *packed = Vec::new();
@@ -266,13 +452,20 @@ impl LoadedVersion {
             self.metrics.fuel(fuel.saturating_sub(left));
         }
         match result {
-            Ok(Ok(actions)) => self.check_output(actions),
-            Ok(Err(wit::PluginError::Rejected(reason))) => Outcome::Rejected(reason),
-            Ok(Err(wit::PluginError::Failed(reason))) => Outcome::Failed(PluginFault::Error(reason)),
-            Ok(Err(wit::PluginError::Config(reason))) => {
+            Ok(result) => self.outcome(result),
+            Err(e) => Outcome::Failed(self.classify(&e, store.data(), self.env.config.deadline_ms)),
+        }
+    }
+
+    /// What the plugin answered for one message, as an outcome.
+    fn outcome(&self, result: Result<Vec<wit::Action>, wit::PluginError>) -> Outcome {
+        match result {
+            Ok(actions) => self.check_output(actions),
+            Err(wit::PluginError::Rejected(reason)) => Outcome::Rejected(reason),
+            Err(wit::PluginError::Failed(reason)) => Outcome::Failed(PluginFault::Error(reason)),
+            Err(wit::PluginError::Config(reason)) => {
                 Outcome::Failed(PluginFault::Error(format!("configuration: {reason}")))
             }
-            Err(e) => Outcome::Failed(self.classify(&e, store.data(), self.env.config.deadline_ms)),
         }
     }
 
@@ -357,6 +550,7 @@ impl LoadedVersion {
         let plugin = match &self.pre {
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Exports::V0_1),
             Pre::V0_2(pre) => pre.instantiate(&mut store).map(Exports::V0_2),
+            Pre::V0_3(pre) => pre.instantiate(&mut store).map(Exports::V0_3),
         };
         let plugin = match plugin {
             Ok(plugin) => plugin,
@@ -373,6 +567,7 @@ impl LoadedVersion {
         let result = match &plugin {
             Exports::V0_1(p) => p.call_init(&mut store, &settings),
             Exports::V0_2(p) => p.call_init(&mut store, &settings),
+            Exports::V0_3(p) => p.call_init(&mut store, &settings),
         };
         self.metrics.memory(store.data().limiter.high_water as u64);
         match result {
@@ -380,6 +575,7 @@ impl LoadedVersion {
                 store,
                 plugin,
                 packed: Vec::new(),
+                headers: Vec::new(),
             }),
             Ok(Err(e)) => Err(PluginFault::Init(match e {
                 wit::PluginError::Config(m) => format!("configuration refused: {m}"),
@@ -390,9 +586,9 @@ impl LoadedVersion {
         }
     }
 
-    /// Counts the outcome and updates the version's health.
-    fn finish(&self, started: Instant, outcome: Outcome) -> CallReport {
-        self.metrics.duration(started.elapsed());
+    /// Counts the outcome (of a call that took `took`) and updates the version's health.
+    fn finish(&self, took: Duration, outcome: Outcome) -> CallReport {
+        self.metrics.duration(took);
         let mut suspended_now = None;
         match &outcome {
             Outcome::Ok(_) => self.metrics.ok(),
@@ -484,9 +680,37 @@ impl LoadedVersion {
     }
 }
 
-/// `msg` as 0.2.0's packed message (see `wit/world.wit`), its bytes written into `buf`; `Err`
-/// when a part is longer than the interface's 32-bit lengths can say.
+/// The lengths of one packed message's parts (see [`pack_parts`]).
+struct PackedLens {
+    topic: u32,
+    payload: u32,
+    client_id: Option<u32>,
+    thing_name: Option<u32>,
+    user_properties: u32,
+    user_properties_bytes: u32,
+}
+
+/// `msg` as 0.2.0's packed message (see `wit/deps/shoal-plugin-0.2.0/world.wit`), its bytes
+/// written into `buf`; `Err` when a part is longer than the interface's 32-bit lengths can say.
 fn pack<'a>(msg: &MessageRef<'_>, buf: &'a mut Vec<u8>) -> Result<PackedMessage<'a>, String> {
+    buf.clear();
+    let lens = pack_parts(msg, buf)?;
+    Ok(PackedMessage {
+        data: buf,
+        topic_len: lens.topic,
+        payload_len: lens.payload,
+        client_id_len: lens.client_id,
+        thing_name_len: lens.thing_name,
+        user_properties: lens.user_properties,
+        qos: msg.qos,
+        timestamp_ms: msg.timestamp_ms,
+    })
+}
+
+/// Appends `msg`'s parts to `buf`, packed as 0.2.0's `packed.message` (and each message of a
+/// 0.3.0 batch) lays them out; on `Err` (a part too long for 32-bit lengths) `buf` is left
+/// as it was.
+fn pack_parts(msg: &MessageRef<'_>, buf: &mut Vec<u8>) -> Result<PackedLens, String> {
     let len = |what: &str, bytes: &[u8]| {
         u32::try_from(bytes.len()).map_err(|_| {
             format!(
@@ -495,12 +719,27 @@ fn pack<'a>(msg: &MessageRef<'_>, buf: &'a mut Vec<u8>) -> Result<PackedMessage<
             )
         })
     };
-    buf.clear();
     let properties: usize = msg
         .user_properties
         .iter()
         .map(|(k, v)| 8 + k.len() + v.len())
         .sum();
+    let lens = PackedLens {
+        topic: len("topic", msg.topic.as_bytes())?,
+        payload: len("payload", msg.payload)?,
+        client_id: msg
+            .client_id
+            .map(|c| len("client id", c.as_bytes()))
+            .transpose()?,
+        thing_name: msg
+            .thing_name
+            .map(|t| len("thing name", t.as_bytes()))
+            .transpose()?,
+        user_properties: u32::try_from(msg.user_properties.len())
+            .map_err(|_| "the message has too many user properties for the plugin interface".to_string())?,
+        user_properties_bytes: u32::try_from(properties)
+            .map_err(|_| "the message's user properties are too long for the plugin interface".to_string())?,
+    };
     buf.reserve(
         msg.topic.len()
             + msg.payload.len()
@@ -508,33 +747,79 @@ fn pack<'a>(msg: &MessageRef<'_>, buf: &'a mut Vec<u8>) -> Result<PackedMessage<
             + msg.thing_name.map_or(0, str::len)
             + properties,
     );
-    let topic_len = len("topic", msg.topic.as_bytes())?;
-    let payload_len = len("payload", msg.payload)?;
     buf.extend_from_slice(msg.topic.as_bytes());
     buf.extend_from_slice(msg.payload);
-    let mut optional = |part: Option<&str>, what: &str| -> Result<Option<u32>, String> {
-        let Some(part) = part else { return Ok(None) };
-        let n = len(what, part.as_bytes())?;
+    for part in [msg.client_id, msg.thing_name].into_iter().flatten() {
         buf.extend_from_slice(part.as_bytes());
-        Ok(Some(n))
-    };
-    let client_id_len = optional(msg.client_id, "client id")?;
-    let thing_name_len = optional(msg.thing_name, "thing name")?;
+    }
     for (key, value) in msg.user_properties {
         for part in [key, value] {
-            buf.extend_from_slice(&len("user property", part.as_bytes())?.to_le_bytes());
+            // Each fits: their sum with the prefixes does.
+            buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
             buf.extend_from_slice(part.as_bytes());
         }
     }
-    Ok(PackedMessage {
-        data: buf,
-        topic_len,
-        payload_len,
-        client_id_len,
-        thing_name_len,
-        user_properties: u32::try_from(msg.user_properties.len())
-            .map_err(|_| "the message has too many user properties for the plugin interface".to_string())?,
-        qos: msg.qos,
-        timestamp_ms: msg.timestamp_ms,
-    })
+    Ok(lens)
+}
+
+/// Why an `on-batch` call ended before it returned normally.
+enum EndedEarly {
+    /// Known before or around the call (no instance slot for fuel, a host panic).
+    Fault(PluginFault),
+    /// The call failed: a trap, a limit, a host call's error.
+    Error(wasmtime::Error),
+}
+
+/// An `on-batch` call that did not return normally, with how many messages it was sent.
+struct Entered {
+    sent: usize,
+    error: EndedEarly,
+}
+
+/// A host panic during a call, as the call's fault.
+fn host_panicked(panic: Box<dyn std::any::Any + Send>) -> PluginFault {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    PluginFault::Trap {
+        message: format!("host panicked during the call: {what}"),
+    }
+}
+
+/// `batch.answer` (0.3.0): records the answer to the batch's next message and gives the
+/// message after it a whole deadline (and fuel budget) of its own. Answering outside
+/// `on-batch`, or more messages than it holds, traps the call.
+pub(crate) fn answer(
+    mut store: wasmtime::StoreContextMut<'_, StoreState>,
+    result: Result<Vec<wit::Action>, wit::PluginError>,
+) -> wasmtime::Result<()> {
+    let call: &BatchCall = &store.data().batch;
+    if call.answers.len() >= call.expected {
+        let (answered, expected) = (call.answers.len(), call.expected);
+        return Err(wasmtime::Error::msg(if expected == 0 {
+            "batch.answer called outside on-batch".to_string()
+        } else {
+            format!(
+                "batch.answer called {} times for {expected} messages",
+                answered + 1
+            )
+        }));
+    }
+    let (ticks, fuel) = (call.deadline_ticks, call.fuel);
+    let fuel_left = match fuel {
+        Some(_) => store.get_fuel().ok(),
+        None => None,
+    };
+    store.data_mut().batch.answers.push(Answer {
+        result,
+        at: Instant::now(),
+        fuel_left,
+    });
+    store.set_epoch_deadline(ticks);
+    if let Some(fuel) = fuel {
+        store.set_fuel(fuel)?;
+    }
+    Ok(())
 }

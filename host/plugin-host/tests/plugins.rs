@@ -983,14 +983,7 @@ fn replay_is_a_dry_run_that_leaves_state_health_and_logs_alone() {
 /// (so at every position in the scanner's 8-byte words), valid and not.
 #[test]
 fn the_sdks_json_selection_agrees_in_webassembly_and_natively() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist/threshold-alert.wasm");
-    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} — build the plugins first with plugins/build.sh",
-            path.display()
-        )
-    });
+    let wasm = dist("threshold-alert");
     let t = test_host();
     let config = PluginConfig::default()
         .setting("field", "temp")
@@ -1071,21 +1064,16 @@ fn the_sdks_json_selection_agrees_in_webassembly_and_natively() {
     );
 }
 
-/// Both versions of the plugin interface load and run side by side: the raw `echo` guest
+/// Two versions of the plugin interface load and run side by side: the raw `echo` guest
 /// targets world 0.1.0 (`wit/deps/shoal-plugin-0.1.0`), the SDK-built `echo` fixture
-/// (`plugins/dist`, built by `plugins/build.sh`) targets 0.2.0, whose message comes packed.
+/// (`plugins/dist`, built by `plugins/build.sh`) targets 0.3.0, whose message comes packed
+/// (as 0.2.0 packs it).
 /// The fixture's report (`report` = `true`) shows that every part of the message arrives
 /// exactly: a topic and user properties with multi-byte text, an empty property, duplicate
 /// keys, client id and thing name; and without a client id, thing or properties.
 #[test]
 fn both_interface_versions_load_and_the_packed_message_arrives_whole() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist/echo.wasm");
-    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} — build the plugins first with plugins/build.sh",
-            path.display()
-        )
-    });
+    let wasm = dist("echo");
     let t = test_host();
     deploy(&t.host, "old", "echo", PluginConfig::default());
     let config = PluginConfig::default()
@@ -1095,7 +1083,7 @@ fn both_interface_versions_load_and_the_packed_message_arrives_whole() {
     t.host.activate("new", info.version).unwrap();
     let world = |name: &str| t.host.versions(name).unwrap()[0].loaded.map(|l| l.world);
     assert_eq!(world("old"), Some("0.1.0"));
-    assert_eq!(world("new"), Some("0.2.0"));
+    assert_eq!(world("new"), Some("0.3.0"));
     assert_eq!(
         published(&t.host.invoke("old", &msg("fleet/truck-1", "hello"))),
         ("echo/fleet/truck-1".into(), "hello".into())
@@ -1141,4 +1129,255 @@ fn both_interface_versions_load_and_the_packed_message_arrives_whole() {
     }
     let health = t.host.health("new").unwrap();
     assert_eq!((health.calls.invocations, health.calls.ok), (2, 2));
+}
+
+/// Uploads `plugins/dist/<fixture>.wasm` as `name` with `config` and activates it.
+fn deploy_dist(host: &PluginHost, name: &str, fixture: &str, config: PluginConfig) {
+    let info = host
+        .upload(name, &dist(fixture), config)
+        .expect("the fixture uploads");
+    host.activate(name, info.version).expect("the fixture activates");
+}
+
+fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Ok(_) => "ok",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Failed(PluginFault::Trap { .. }) => "trap",
+            Outcome::Failed(PluginFault::Timeout { .. }) => "timeout",
+            Outcome::Failed(PluginFault::FuelExhausted { .. }) => "fuel",
+            Outcome::Failed(PluginFault::Suspended { .. }) => "suspended",
+            Outcome::Failed(_) => "failed",
+        })
+        .collect()
+}
+
+/// A batch (interface 0.3.0's `on-batch`) gives exactly the outcomes one call per message
+/// gives, in order, from one instance: the SDK-built `echo` fixture reports every field of
+/// each message, and one message without a `seq` is rejected without spoiling the others.
+#[test]
+fn a_batch_answers_each_message_as_single_calls_do() {
+    let t = test_host();
+    let config = || {
+        PluginConfig::default()
+            .setting("report", "true")
+            .setting("prefix", "out")
+    };
+    deploy_dist(&t.host, "single", "echo", config());
+    deploy_dist(&t.host, "batched", "echo", config());
+    let msgs: Vec<shoal_plugin_host::Message> = (0..20)
+        .map(|i| {
+            let payload = if i == 7 {
+                r#"{"no":"seq"}"#.to_string()
+            } else {
+                format!(r#"{{"seq":{i},"note":"héllo 🐟"}}"#)
+            };
+            shoal_plugin_host::Message {
+                topic: format!("fleet/trück-{i}/t"),
+                payload: payload.into(),
+                qos: (i % 3) as u8,
+                timestamp_ms: 1_700_000_000_000 + i,
+                client_id: (i % 2 == 0).then(|| format!("truck-{i}")),
+                thing_name: (i % 4 == 0).then(|| format!("Truck {i}")),
+                user_properties: (0..i % 3).map(|k| (format!("k{k}"), format!("v{i}°"))).collect(),
+            }
+        })
+        .collect();
+    let single: Vec<Outcome> = msgs.iter().map(|m| t.host.invoke("single", m)).collect();
+    let batched = t.host.invoke_batch("batched", &msgs);
+    assert_eq!(batched, single);
+    assert_eq!(kinds(&batched)[6..9], ["ok", "rejected", "ok"]);
+    for (m, outcome) in msgs
+        .iter()
+        .zip(&batched)
+        .filter(|(_, o)| matches!(o, Outcome::Ok(_)))
+    {
+        let report: serde_json::Value = serde_json::from_str(&published(outcome).1).unwrap();
+        assert_eq!(report["topic"], m.topic.as_str(), "{report}");
+        assert_eq!(report["timestamp_ms"], m.timestamp_ms, "{report}");
+        assert_eq!(report["client_id"], serde_json::json!(m.client_id), "{report}");
+        assert_eq!(report["thing"], serde_json::json!(m.thing_name), "{report}");
+        assert_eq!(
+            report["properties"].as_array().unwrap().len(),
+            m.user_properties.len()
+        );
+    }
+    let health = t.host.health("batched").unwrap();
+    assert_eq!(
+        (health.calls.invocations, health.calls.ok, health.calls.rejected),
+        (20, 19, 1)
+    );
+    assert_eq!(
+        health.calls.instances_created, 1,
+        "one instance answered the whole batch"
+    );
+    assert_eq!((health.calls.batches, health.calls.batched_messages), (1, 20));
+    assert_eq!(t.host.health("single").unwrap().calls.batches, 0);
+    assert_eq!(health.status, HealthStatus::Healthy);
+}
+
+/// A trap in the middle of a batch is that message's alone: the messages answered before it
+/// keep their actions, the trapped instance is dropped, and the messages after it are handed
+/// to a fresh instance (a 0.1.0 plugin, which has no `on-batch`, gets one call per message).
+#[test]
+fn a_trap_in_a_batch_fails_only_the_message_that_trapped() {
+    let t = test_host();
+    deploy_dist(&t.host, "panicky", "panic", lenient().setting("trigger", "boom"));
+    let msgs: Vec<_> = ["a", "b", "boom", "c", "d"]
+        .iter()
+        .map(|p| msg("t", *p))
+        .collect();
+    let out = t.host.invoke_batch("panicky", &msgs);
+    assert_eq!(kinds(&out), ["ok", "ok", "trap", "ok", "ok"]);
+    for (i, p) in [(0, "a"), (1, "b"), (3, "c"), (4, "d")] {
+        assert_eq!(published(&out[i]), ("fixture/ok".into(), p.into()));
+    }
+    let Outcome::Failed(PluginFault::Trap { message }) = &out[2] else {
+        unreachable!()
+    };
+    assert!(message.contains("panicking on t as designed"), "{message}");
+    let health = t.host.health("panicky").unwrap();
+    assert_eq!(
+        health.calls.instances_created, 2,
+        "a fresh instance after the trap"
+    );
+    // Two calls: the five messages, then the two after the trap.
+    assert_eq!((health.calls.batches, health.calls.batched_messages), (2, 7));
+    assert_eq!((health.calls.invocations, health.calls.ok), (5, 4));
+    assert_eq!(health.calls.failures.get("trap"), Some(&1));
+
+    deploy(&t.host, "old", "echo", PluginConfig::default());
+    let out = t
+        .host
+        .invoke_batch("old", &[msg("x", "1"), msg("reject", ""), msg("y", "2")]);
+    assert_eq!(kinds(&out), ["ok", "rejected", "ok"]);
+    assert_eq!(published(&out[2]), ("echo/y".into(), "2".into()));
+}
+
+/// A message that never finishes times out alone, and each message of a batch starts with
+/// the whole budget: a fuel budget three times what one message takes covers every message
+/// of a batch of twenty, where one budget for the whole call would run out.
+#[test]
+fn each_message_of_a_batch_gets_its_own_deadline_and_fuel() {
+    let t = test_host();
+    deploy_dist(
+        &t.host,
+        "spin",
+        "infinite-loop",
+        spin_config(50).setting("trigger", "spin"),
+    );
+    let out = t
+        .host
+        .invoke_batch("spin", &[msg("t", "a"), msg("t", "spin"), msg("t", "b")]);
+    assert_eq!(kinds(&out), ["ok", "timeout", "ok"]);
+    // The last message alone is a single call.
+    assert_eq!(t.host.health("spin").unwrap().calls.batches, 1);
+
+    let metered = |fuel: u64| PluginConfig {
+        fuel: Some(fuel),
+        max_consecutive_failures: 1000,
+        ..PluginConfig::default()
+    };
+    let m = msg("fleet/truck-1", r#"{"seq":1}"#);
+    deploy_dist(&t.host, "probe", "echo", metered(1 << 40));
+    // The most one call took (the first call of an instance may take more than the next).
+    let (mut one, mut before) = (0, 0);
+    for _ in 0..3 {
+        assert!(matches!(t.host.invoke("probe", &m), Outcome::Ok(_)));
+        let total = t.host.health("probe").unwrap().calls.fuel_consumed;
+        one = one.max(total - before);
+        before = total;
+    }
+    assert!(one > 0);
+    deploy_dist(&t.host, "fueled", "echo", metered(3 * one));
+    let msgs = vec![m.clone(); 20];
+    let out = t.host.invoke_batch("fueled", &msgs);
+    assert_eq!(kinds(&out), vec!["ok"; 20], "{out:?}");
+    let calls = t.host.health("fueled").unwrap().calls;
+    assert_eq!((calls.batches, calls.batched_messages), (1, 20));
+    let used = calls.fuel_consumed;
+    assert!(
+        used > 3 * one,
+        "the batch used {used} fuel in all, more than one budget ({})",
+        3 * one
+    );
+}
+
+/// Failures inside a batch count toward suspension in order, and once the version is
+/// suspended the rest of the batch is refused as single calls would be.
+#[test]
+fn a_batch_stops_at_a_suspension() {
+    let t = test_host();
+    let config = PluginConfig {
+        max_consecutive_failures: 2,
+        ..PluginConfig::default()
+    }
+    .setting("trigger", "boom");
+    deploy_dist(&t.host, "fragile", "panic", config);
+    let msgs: Vec<_> = ["ok", "boom", "boom", "boom", "ok"]
+        .iter()
+        .map(|p| msg("t", *p))
+        .collect();
+    let out = t.host.invoke_batch("fragile", &msgs);
+    assert_eq!(kinds(&out), ["ok", "trap", "trap", "suspended", "suspended"]);
+    assert!(matches!(
+        t.host.health("fragile").unwrap().status,
+        HealthStatus::Suspended { .. }
+    ));
+}
+
+/// A 0.3.0 plugin that misuses `batch.answer` (the raw `batch` guest) cannot make the host
+/// lose or invent an answer: answering past the batch traps the call but keeps the answers
+/// the messages got; returning early fails the unanswered message; answering outside
+/// `on-batch` traps that call.
+#[test]
+fn misused_batch_answers_are_contained() {
+    let t = test_host();
+    let msgs = [msg("a", "1"), msg("b", "2"), msg("c", "3")];
+    let topics = |out: &[Outcome]| -> Vec<String> {
+        out.iter()
+            .filter(|o| matches!(o, Outcome::Ok(_)))
+            .map(|o| published(o).0)
+            .collect()
+    };
+    for (mode, kinds_expected) in [
+        ("plain", ["ok", "ok", "ok"]),
+        ("extra", ["ok", "ok", "ok"]),
+        ("short", ["ok", "ok", "trap"]),
+    ] {
+        deploy(&t.host, mode, "batch", lenient().setting("mode", mode));
+        let out = t.host.invoke_batch(mode, &msgs);
+        assert_eq!(kinds(&out), kinds_expected, "{mode}: {out:?}");
+        assert_eq!(topics(&out)[..2], ["a", "b"], "{mode}");
+        let health = t.host.health(mode).unwrap();
+        match mode {
+            "plain" => assert_eq!(health.calls.instances_created, 1),
+            "extra" => {
+                assert!(
+                    health
+                        .last_fault
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("answer called 4 times"),
+                    "{health:?}"
+                );
+                // The trapped instance is not used again.
+                assert!(matches!(t.host.invoke(mode, &msgs[0]), Outcome::Ok(_)));
+                assert_eq!(t.host.health(mode).unwrap().calls.instances_created, 2);
+            }
+            _ => {
+                let Outcome::Failed(PluginFault::Trap { message }) = &out[2] else {
+                    unreachable!()
+                };
+                assert!(message.contains("after answering 2 of its 3"), "{message}");
+            }
+        }
+    }
+    deploy(&t.host, "outside", "batch", lenient().setting("mode", "outside"));
+    let Outcome::Failed(PluginFault::Trap { message }) = t.host.invoke("outside", &msgs[0]) else {
+        panic!("answering outside on-batch must trap")
+    };
+    assert!(message.contains("outside on-batch"), "{message}");
 }

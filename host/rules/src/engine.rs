@@ -58,13 +58,15 @@ use shoal_broker::hook::{Admission, HookOutcome, MessageHook, Origin};
 use shoal_broker::message::{ClientId, Message, QoS, now_ms};
 use shoal_broker::metrics::StripedCounters;
 use shoal_broker::topic::Topic;
-use shoal_plugin_host::{Action as PluginAction, MessageRef as PluginMessage, Outcome, PluginHost};
+use shoal_plugin_host::{
+    Action as PluginAction, MessageRef as PluginMessage, Outcome, PluginFault, PluginHost,
+};
 use shoal_things::shadow::{ShadowKey, ShadowName, ShadowService, ThingName};
 
 use crate::archive::{Archive, Record};
 use crate::email::{Email, Mailer, SmtpConfig};
 use crate::rule::{ActionSpec, Compiled, Rule, RuleError, RuleName, TopicRulePayload};
-use crate::sql::{Ctx, Output, ShadowRequest, Sql};
+use crate::sql::{Ctx, EvalError, Output, ShadowRequest, Sql};
 use crate::store::{RuleStore, StoredRule};
 use crate::stream::{NewRecord, StreamStore, check_name};
 use crate::stream_sink::{OnFailure, StreamSink};
@@ -347,6 +349,8 @@ struct Index {
     wildcard_first: Vec<Group>,
     /// Whether some indexed rule never waits (runs in the hook with `--rules-inline`).
     any_inline: bool,
+    /// Whether some indexed rule calls a plugin (then a worker batches the calls).
+    any_plugin: bool,
 }
 
 /// The rules a message goes to: usually one group, shared; several groups are flattened.
@@ -389,6 +393,13 @@ impl Index {
         }
         let mut index = Index {
             any_inline: set.values().any(|l| l.rule.enabled() && l.rule.inline),
+            any_plugin: set.values().any(|l| {
+                l.rule.enabled()
+                    && l.rule
+                        .actions
+                        .iter()
+                        .any(|(_, a)| matches!(a, Compiled::Plugin { .. }))
+            }),
             ..Index::default()
         };
         for (text, (filter, rules)) in by_filter {
@@ -1446,38 +1457,163 @@ fn next_work(me: &Shard, rx: &Receiver<Work>) -> Option<Work> {
     }
 }
 
+/// Most jobs a worker takes from its queue at once: the messages whose plugin calls it makes
+/// together ([`run_jobs`]).
+const MAX_JOBS_AT_ONCE: usize = 64;
+
 fn worker(inner: Arc<Inner>, shard: usize, rx: Receiver<Work>) {
     let me = &inner.shards[shard];
     let _ = me.worker.set(std::thread::current());
     let mut taken = 0;
+    let mut jobs = Vec::with_capacity(MAX_JOBS_AT_ONCE);
     while let Some(work) = next_work(me, &rx) {
-        let job = match work {
-            Work::Job(job) => {
-                taken += 1;
-                inner.shards[shard].taken(taken);
-                job
+        // The job woken for, and whatever else waits already (up to a bound); a barrier
+        // ends the batch and is answered once the jobs before it are done.
+        let mut barrier = None;
+        let mut next = Some(work);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Job(job) => jobs.push(job),
+                Work::Barrier(done) => {
+                    barrier = Some(done);
+                    break;
+                }
             }
-            Work::Barrier(done) => {
-                let _ = done.try_send(());
-                continue;
+            if jobs.len() < MAX_JOBS_AT_ONCE {
+                next = rx.try_recv().ok();
             }
-        };
-        let services = SqlServices { deps: &inner.deps };
-        let ctx = job.ctx(&services);
+        }
+        if !jobs.is_empty() {
+            taken += jobs.len() as u64;
+            me.taken(taken);
+            run_jobs(&inner, &jobs);
+            jobs.clear();
+        }
+        if let Some(done) = barrier {
+            let _ = done.try_send(());
+        }
+    }
+}
+
+/// Runs the rules of `jobs`, in order. When some rule calls a plugin and more than one job
+/// waits, in three steps: every job's rules are evaluated, then each plugin gets all its
+/// messages in one batch ([`PluginHost::invoke_batch_ref`], which saves entering the
+/// component per message), then every job's actions run, in order, with the plugins'
+/// outcomes. Each message's actions still run in its rules' order and after the previous
+/// message's; what changes is that a rule's SQL (and a plugin's host calls) for a later
+/// message of the batch may run before an earlier message's actions have.
+fn run_jobs(inner: &Arc<Inner>, jobs: &[Job]) {
+    let services = SqlServices { deps: &inner.deps };
+    let index = inner.index.load();
+    if jobs.len() == 1 || !index.any_plugin {
+        for job in jobs {
+            let ctx = job.ctx(&services);
+            match &job.rules {
+                JobRules::Listed(rules) => {
+                    for live in rules.rules() {
+                        run_rule(inner, live, job, &ctx);
+                    }
+                }
+                JobRules::LookUp => {
+                    for live in index.rules_matching(&job.msg.topic) {
+                        run_rule(inner, live, job, &ctx);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let ctxs: Vec<Ctx<'_>> = jobs.iter().map(|job| job.ctx(&services)).collect();
+    // 1. Every job's rules, evaluated.
+    let mut evaluated: Vec<(usize, &Arc<Live>, Evaluation)> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let ctx = &ctxs[i];
         match &job.rules {
             JobRules::Listed(rules) => {
                 for live in rules.rules() {
-                    run_rule(&inner, live, &job, &ctx);
+                    evaluated.push((i, live, evaluate(live, ctx)));
                 }
             }
             JobRules::LookUp => {
-                let index = inner.index.load();
                 for live in index.rules_matching(&job.msg.topic) {
-                    run_rule(&inner, live, &job, &ctx);
+                    evaluated.push((i, live, evaluate(live, ctx)));
                 }
             }
         }
     }
+    // 2. The plugin calls of the selected rules' actions, in the order step 3 takes them.
+    let properties: Vec<Vec<(&str, &str)>> = jobs
+        .iter()
+        .map(|job| {
+            job.msg
+                .props
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        })
+        .collect();
+    let mut calls: Vec<(&str, PluginMessage<'_>)> = Vec::new();
+    for (i, live, evaluation) in &evaluated {
+        let Some(Ok(selected)) = evaluation else {
+            continue;
+        };
+        for (_, action) in &live.rule.actions {
+            if let Compiled::Plugin { name } = action {
+                let payload = selected.bytes(&live.rule.sql, &ctxs[*i]);
+                calls.push((name, plugin_message(&jobs[*i], payload, &properties[*i])));
+            }
+        }
+    }
+    let outcomes = call_plugins(inner, &calls);
+    drop(calls);
+    // 3. The actions, job by job, rule by rule, with the outcomes in the same order.
+    let mut outcomes = outcomes.into_iter();
+    for (i, live, evaluation) in &evaluated {
+        if let Some(evaluation) = evaluation {
+            act(inner, live, &jobs[*i], &ctxs[*i], evaluation, &mut outcomes);
+        }
+    }
+}
+
+/// One outcome per call, in order: each plugin's calls go to it in one batch.
+fn call_plugins(inner: &Inner, calls: &[(&str, PluginMessage<'_>)]) -> Vec<Outcome> {
+    let plugins = &inner.deps.plugins;
+    let mut outcomes = Vec::with_capacity(calls.len());
+    let Some(&(first, _)) = calls.first() else {
+        return outcomes;
+    };
+    // Usually one plugin: its messages as they are.
+    if calls.iter().all(|(name, _)| *name == first) {
+        let msgs: Vec<PluginMessage<'_>> = calls.iter().map(|(_, m)| *m).collect();
+        plugins.invoke_batch_ref(first, &msgs, &mut outcomes);
+        return outcomes;
+    }
+    let mut slots: Vec<Option<Outcome>> = vec![None; calls.len()];
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in calls {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let at: Vec<usize> = (0..calls.len()).filter(|&k| calls[k].0 == name).collect();
+        let msgs: Vec<PluginMessage<'_>> = at.iter().map(|&k| calls[k].1).collect();
+        out.clear();
+        plugins.invoke_batch_ref(name, &msgs, &mut out);
+        for (k, outcome) in at.into_iter().zip(out.drain(..)) {
+            slots[k] = Some(outcome);
+        }
+    }
+    outcomes.extend(slots.into_iter().map(|o| {
+        o.unwrap_or_else(|| {
+            Outcome::Failed(PluginFault::Unavailable(
+                "the plugin host returned no outcome for this message".into(),
+            ))
+        })
+    }));
+    outcomes
 }
 
 /// One failed action, as AWS's error document lists it.
@@ -1549,18 +1685,42 @@ impl Selected {
     }
 }
 
-fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
-    let c = &live.counters;
-    c.hot.add(MATCHED, 1);
+/// A rule's verdict on a message: `None` when its `WHERE` let the message pass by, else what it
+/// selected (or why it could not be evaluated).
+type Evaluation = Option<Result<Selected, EvalError>>;
+
+/// Counts the message as matched and evaluates the rule's SQL on it.
+fn evaluate(live: &Live, ctx: &Ctx<'_>) -> Evaluation {
+    live.counters.hot.add(MATCHED, 1);
     let sql = &live.rule.sql;
-    let selected = match sql.filter(ctx) {
-        Ok(false) => return,
+    match sql.filter(ctx) {
+        Ok(false) => None,
         // `SELECT *`: built only when an action needs it (often it is the payload itself).
-        Ok(true) if sql.selects_payload() => Ok(Selected::Payload(OnceCell::new())),
-        Ok(true) => sql.select(ctx).map(Selected::Output),
-        Err(e) => Err(e),
-    };
-    let selected = match selected {
+        Ok(true) if sql.selects_payload() => Some(Ok(Selected::Payload(OnceCell::new()))),
+        Ok(true) => Some(sql.select(ctx).map(Selected::Output)),
+        Err(e) => Some(Err(e)),
+    }
+}
+
+fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
+    if let Some(evaluation) = evaluate(live, ctx) {
+        act(inner, live, job, ctx, &evaluation, &mut std::iter::empty());
+    }
+}
+
+/// Runs a rule's actions on what it selected (or its error action when its evaluation
+/// failed). `outcomes` holds the outcomes of its plugin actions, called ahead for a batch
+/// ([`run_jobs`]), in order; a plugin action without one calls the plugin now.
+fn act(
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
+    job: &Job,
+    ctx: &Ctx<'_>,
+    evaluation: &Result<Selected, EvalError>,
+    outcomes: &mut dyn Iterator<Item = Outcome>,
+) {
+    let c = &live.counters;
+    let selected = match evaluation {
         Ok(selected) => selected,
         Err(e) => {
             c.sql_errors.fetch_add(1, Relaxed);
@@ -1577,8 +1737,12 @@ fn run_rule(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'_>) {
     c.hot.add(SELECTED, 1);
     let _running = Running::enter(live, job.hops);
     let mut failures = Vec::new();
-    for entry @ (spec, _) in &live.rule.actions {
-        match run_action(inner, live, entry, job, ctx, &selected, false) {
+    for entry @ (spec, action) in &live.rule.actions {
+        let called = match action {
+            Compiled::Plugin { .. } => outcomes.next(),
+            _ => None,
+        };
+        match run_action(inner, live, entry, job, ctx, selected, false, called) {
             Ok(()) => {
                 c.hot.add(ACTIONS_OK, 1);
             }
@@ -1625,7 +1789,7 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
     // (also after a failed evaluation, and when it runs later on another thread).
     let _running = Running::enter(live, job.hops);
     let output = Selected::Output(Output::Json(doc.to_string()));
-    if let Err((resource, message)) = run_action(inner, live, entry, job, ctx, &output, true) {
+    if let Err((resource, message)) = run_action(inner, live, entry, job, ctx, &output, true, None) {
         live.counters.error_action_failures.fetch_add(1, Relaxed);
         tracing::warn!(rule = %live.rule.name, action = spec.kind(), %resource, error = %message, "the rule's error action failed too");
     }
@@ -1634,7 +1798,9 @@ fn run_error_action(inner: &Arc<Inner>, live: &Arc<Live>, job: &Job, ctx: &Ctx<'
 type ActionResult = Result<(), (String, String)>;
 
 /// Runs one action. `error_path` is set when the action is the rule's error action: its later
-/// failures are counted and logged, never sent to the error action again.
+/// failures are counted and logged, never sent to the error action again. `called`: a plugin
+/// action's outcome when the plugin was called already ([`run_jobs`]).
+#[allow(clippy::too_many_arguments)]
 fn run_action(
     inner: &Arc<Inner>,
     live: &Arc<Live>,
@@ -1643,6 +1809,7 @@ fn run_action(
     ctx: &Ctx<'_>,
     selected: &Selected,
     error_path: bool,
+    called: Option<Outcome>,
 ) -> ActionResult {
     // How AWS's error document names this action when it fails after returning.
     let aws_name = aws_action_name(spec.kind());
@@ -1668,9 +1835,8 @@ fn run_action(
                 .transpose()?;
             update_shadow(inner, &thing, shadow.as_deref(), out()).map_err(|e| (thing, e))
         }
-        Compiled::Plugin { name } => {
-            run_plugin(inner, live, name, job, ctx, selected, error_path).map_err(|e| (name.clone(), e))
-        }
+        Compiled::Plugin { name } => run_plugin(inner, live, name, job, ctx, selected, error_path, called)
+            .map_err(|e| (name.clone(), e)),
         Compiled::Archive(format) => {
             let rule = live.rule.name.as_str();
             let Some(archive) = &inner.archive else {
@@ -1860,25 +2026,15 @@ fn update_shadow(inner: &Inner, thing: &str, shadow: Option<&str>, body: &[u8]) 
     }
 }
 
-fn run_plugin(
-    inner: &Arc<Inner>,
-    live: &Arc<Live>,
-    name: &str,
-    job: &Job,
-    ctx: &Ctx<'_>,
-    selected: &Selected,
-    error_path: bool,
-) -> Result<(), String> {
-    let properties: Vec<(&str, &str)> = job
-        .msg
-        .props
-        .user_properties
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let msg = PluginMessage {
+/// The message a plugin gets: the job's, with the rule's output document as its payload.
+fn plugin_message<'a>(
+    job: &'a Job,
+    payload: &'a [u8],
+    properties: &'a [(&'a str, &'a str)],
+) -> PluginMessage<'a> {
+    PluginMessage {
         topic: job.topic(),
-        payload: selected.bytes(&live.rule.sql, ctx),
+        payload,
         qos: match job.msg.qos {
             QoS::AtMostOnce => 0,
             QoS::AtLeastOnce => 1,
@@ -1887,9 +2043,36 @@ fn run_plugin(
         timestamp_ms: job.msg.received_ms,
         client_id: Some(job.from.client_id.as_str()),
         thing_name: job.from.thing.as_deref(),
-        user_properties: &properties,
-    };
-    let actions = match inner.deps.plugins.invoke_ref(name, &msg) {
+        user_properties: properties,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_plugin(
+    inner: &Arc<Inner>,
+    live: &Arc<Live>,
+    name: &str,
+    job: &Job,
+    ctx: &Ctx<'_>,
+    selected: &Selected,
+    error_path: bool,
+    called: Option<Outcome>,
+) -> Result<(), String> {
+    let outcome = called.unwrap_or_else(|| {
+        let properties: Vec<(&str, &str)> = job
+            .msg
+            .props
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let payload = selected.bytes(&live.rule.sql, ctx);
+        inner
+            .deps
+            .plugins
+            .invoke_ref(name, &plugin_message(job, payload, &properties))
+    });
+    let actions = match outcome {
         Outcome::Ok(actions) => actions,
         Outcome::Rejected(reason) => return Err(format!("plugin rejected the message: {reason}")),
         Outcome::Failed(fault) => return Err(fault.to_string()),

@@ -21,6 +21,18 @@ pub fn guest(name: &str) -> Vec<u8> {
     read_guest(dir, name)
 }
 
+/// A component of the plugins workspace, `plugins/dist/<name>.wasm` (built by
+/// `plugins/build.sh`, which `tests/run-all.sh` runs first).
+pub fn dist(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../plugins/dist/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} — build the plugins first with plugins/build.sh",
+            path.display()
+        )
+    })
+}
+
 fn read_guest(dir: &Path, name: &str) -> Vec<u8> {
     let path = dir.join(format!("guest_{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -1,0 +1,78 @@
+//! A plugin of interface 0.3.0 written without the SDK, so it can misuse `on-batch`. Config
+//! `mode`: `extra` answers one message more than the batch holds, `short` returns before
+//! answering the last message, `outside` calls `batch.answer` from `on-message`; anything else
+//! (or none) answers each message with a publish of its payload to its topic.
+
+wit_bindgen::generate!({
+    world: "shoal:plugin/rule-plugin@0.3.0",
+    path: "../../../../../wit",
+    generate_all,
+});
+
+use shoal::plugin0_1_0::types::Publish;
+use shoal::plugin0_3_0::batch as host_batch;
+use std::sync::Mutex;
+
+struct Batch;
+
+static MODE: Mutex<String> = Mutex::new(String::new());
+
+fn mode() -> String {
+    MODE.lock().map(|m| m.clone()).unwrap_or_default()
+}
+
+fn publish(topic: &[u8], payload: &[u8]) -> Action {
+    Action::Publish(Publish {
+        topic: String::from_utf8_lossy(topic).into_owned(),
+        payload: payload.to_vec(),
+        qos: 0,
+        retain: false,
+    })
+}
+
+impl Guest for Batch {
+    fn init(config: Vec<(String, String)>) -> Result<(), PluginError> {
+        for (key, value) in config {
+            if key == "mode"
+                && let Ok(mut mode) = MODE.lock()
+            {
+                *mode = value;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(msg: Message) -> Result<Vec<Action>, PluginError> {
+        let (topic, rest) = msg.data.split_at(msg.topic_len as usize);
+        let actions = vec![publish(topic, &rest[..msg.payload_len as usize])];
+        if mode() == "outside" {
+            host_batch::answer(Ok(&actions));
+        }
+        Ok(actions)
+    }
+
+    fn on_batch(data: Vec<u8>, messages: Vec<Header>) {
+        let mode = mode();
+        let mut at = 0usize;
+        let last = messages.len().saturating_sub(1);
+        for (i, h) in messages.iter().enumerate() {
+            let len = h.topic_len as usize
+                + h.payload_len as usize
+                + h.client_id_len.unwrap_or(0) as usize
+                + h.thing_name_len.unwrap_or(0) as usize
+                + h.user_properties_len as usize;
+            let bytes = &data[at..at + len];
+            at += len;
+            let (topic, rest) = bytes.split_at(h.topic_len as usize);
+            if mode == "short" && i == last {
+                return;
+            }
+            host_batch::answer(Ok(&[publish(topic, &rest[..h.payload_len as usize])]));
+        }
+        if mode == "extra" {
+            host_batch::answer(Ok(&[]));
+        }
+    }
+}
+
+export!(Batch);
