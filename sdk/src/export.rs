@@ -56,7 +56,7 @@ macro_rules! export_plugin {
                 fn on_batch(
                     data: ::std::vec::Vec<u8>,
                     messages: ::std::vec::Vec<$crate::__private::WitHeader>,
-                ) {
+                ) -> ::std::vec::Vec<$crate::__private::WitAnswer> {
                     SHOAL_PLUGIN_INSTANCE
                         .with(|slot| $crate::__private::on_batch::<$plugin>(slot, data, messages))
                 }
@@ -142,10 +142,73 @@ mod wasm_glue {
         }
     }
 
-    /// `on-batch`: each message in turn, exactly as `on-message` would handle it, each
-    /// answer handed to the host before the next message starts.
-    pub fn on_batch<P: Plugin>(slot: &RefCell<Option<P>>, data: Vec<u8>, headers: Vec<WitHeader>) {
+    /// What the plugin answers for one message.
+    pub type WitAnswer = Result<Vec<WitAction>, WitPluginError>;
+
+    /// The answers of the `on-batch` call in progress not handed to the host yet, and
+    /// whether the message being handled made a host call that changes something.
+    struct Pending {
+        answers: Vec<WitAnswer>,
+        effects: bool,
+    }
+
+    thread_local! {
+        static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+    }
+
+    /// Hands the pending answers to the host (`batch.answer`).
+    fn hand_over(answers: &mut Vec<WitAnswer>) {
+        if answers.is_empty() {
+            return;
+        }
+        // Borrowed bindings take references (no allocation for empty action lists).
+        let refs: Vec<Vec<&WitAction>> = answers
+            .iter()
+            .map(|a| a.as_ref().map_or(Vec::new(), |v| v.iter().collect()))
+            .collect();
+        let borrowed: Vec<Result<&[&WitAction], &WitPluginError>> = answers
+            .iter()
+            .zip(&refs)
+            .map(|(a, r)| match a {
+                Ok(_) => Ok(r.as_slice()),
+                Err(e) => Err(e),
+            })
+            .collect();
+        batch::answer(&borrowed);
+        answers.clear();
+    }
+
+    /// Called before every host call that changes something (log, key-value writes,
+    /// metrics). Inside `on-batch`, the first such call of a message answers the messages
+    /// before it, and the message itself is answered as soon as it is done: the host then
+    /// knows, after a fault, which messages it may run again (see `wit/world.wit`).
+    pub(crate) fn before_effect() {
+        PENDING.with(|p| {
+            if let Some(p) = p.borrow_mut().as_mut()
+                && !p.effects
+            {
+                hand_over(&mut p.answers);
+                p.effects = true;
+            }
+        });
+    }
+
+    /// `on-batch`: each message in turn, exactly as `on-message` would handle it; the
+    /// answers go back in the return value, except around messages that change something
+    /// ([`before_effect`]).
+    pub fn on_batch<P: Plugin>(
+        slot: &RefCell<Option<P>>,
+        data: Vec<u8>,
+        headers: Vec<WitHeader>,
+    ) -> Vec<WitAnswer> {
         let mut slot = slot.borrow_mut();
+        let n = headers.len();
+        PENDING.with(|p| {
+            p.replace(Some(Pending {
+                answers: Vec::with_capacity(n),
+                effects: false,
+            }))
+        });
         let headers = headers.into_iter().map(|h| crate::message::BatchHeader {
             topic_len: h.topic_len,
             payload_len: h.payload_len,
@@ -157,7 +220,7 @@ mod wasm_glue {
             timestamp_ms: h.timestamp_ms,
         });
         crate::message::for_each_in_batch(&data, headers, |msg| {
-            let result = match (slot.as_mut(), msg) {
+            let answer = match (slot.as_mut(), msg) {
                 (None, _) => Err(WitPluginError::Failed(
                     "on-batch called before a successful init".into(),
                 )),
@@ -169,12 +232,17 @@ mod wasm_glue {
                     Err(e) => Err(to_wit_error(e)),
                 },
             };
-            match &result {
-                // Borrowed bindings take a list of references (no allocation when empty).
-                Ok(actions) => batch::answer(Ok(&actions.iter().collect::<Vec<_>>())),
-                Err(e) => batch::answer(Err(e)),
-            }
+            PENDING.with(|p| {
+                if let Some(p) = p.borrow_mut().as_mut() {
+                    p.answers.push(answer);
+                    if p.effects {
+                        hand_over(&mut p.answers);
+                        p.effects = false;
+                    }
+                }
+            });
         });
+        PENDING.with(|p| p.take()).map(|p| p.answers).unwrap_or_default()
     }
 
     fn to_wit_error(e: PluginError) -> WitPluginError {

@@ -61,4 +61,4 @@ grep '^{' "$WORK/out" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
 print("  loadgen: {:,.0f} deliveries/s, sent {:,}".format(d["msgs_per_sec"], d["sent"]))'
-curl -s "http://$http/metrics" | grep -E "^shoal_rules_dropped_total|^shoal_rules_(held_back|hold_timeouts)_total|^shoal_messages_dropped_total.*queue_full" | sed "s/^/  /" || true
+curl -s "http://$http/metrics" | grep -E "^shoal_rules_dropped_total|^shoal_plugin_batche|^shoal_rules_(held_back|hold_timeouts)_total|^shoal_messages_dropped_total.*queue_full" | sed "s/^/  /" || true

@@ -109,9 +109,6 @@ fn fingerprint(engine: &Engine) -> String {
 
 struct HasIo;
 
-/// What `batch.answer` carries.
-type AnswerResult = Result<Vec<crate::bindings::wit::Action>, crate::bindings::wit::PluginError>;
-
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
 }
@@ -150,8 +147,8 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     // needs the store itself (a generated host trait only sees the store's data).
     l.instance("shoal:plugin/batch@0.3.0")?.func_wrap(
         "answer",
-        |store: wasmtime::StoreContextMut<'_, T>, (result,): (AnswerResult,)| {
-            crate::version::answer(store, result)
+        |store: wasmtime::StoreContextMut<'_, T>, (answers,): (Vec<crate::version::AnswerResult>,)| {
+            crate::version::answer(store, answers)
         },
     )?;
     Ok(linker)

@@ -74,16 +74,22 @@
 //!
 //! # Batches
 //!
-//! [`PluginHost::invoke_batch_ref`] hands a 0.3.0 component several messages in one
+//! [`PluginHost::invoke_batch_ref`] hands a 0.3.0 component several messages (3 to 64) in one
 //! `on-batch` call, which saves the fixed cost of entering the component (about 0.3 µs) for
 //! all but one of them; components of older worlds get one call per message. The outcomes are
-//! those single calls would give: the plugin answers each message through `batch.answer`
-//! before it handles the next, each answer restarts the deadline and the fuel budget, and a
-//! trap, time-out or limit is the fault of the message being handled alone (the messages
-//! answered before keep their answers; the ones after it go to a fresh instance in a new
-//! call). Two differences, both after a failure: an instance that answered `failed` (or
-//! exceeded the output limit) for one message keeps answering the rest of its batch and is
-//! dropped after it, and a suspension takes effect from the next call.
+//! those single calls would give. The plugin returns the answers; a message that changes
+//! something through a host call (log, key-value writes, metrics) is answered through the
+//! `batch.answer` import before the next starts, with the messages before it (the SDK does
+//! this). Host calls that change something set a flag the answers clear, so after a trap,
+//! time-out or limit the host knows whether the unanswered messages changed anything: if
+//! not, it runs each of them again by itself (the fault lands on the one that causes it); if
+//! so, the fault is the first unanswered message's and the ones after it go again. Each
+//! answer restarts the deadline and the fuel budget, which the messages between two answers
+//! share; the host keeps a batch's expected time (and fuel) under a quarter of the budget
+//! from the version's mean so far. Two differences from single calls, both after a failure:
+//! an instance that answered `failed` (or exceeded the output limit) for one message keeps
+//! answering the rest of its batch and is dropped after it, and a suspension takes effect
+//! from the next call.
 //!
 //! **Plugins must not rely on memory between calls**: instances are reused for speed, but the
 //! host drops them after any failure, when a version is swapped out, when more are idle than

@@ -159,6 +159,19 @@ impl VersionMetrics {
         }
     }
 
+    /// The mean duration of the version's calls so far (`None` before the first).
+    pub(crate) fn mean_duration(&self) -> Option<Duration> {
+        let count: u64 = (0..=BUCKETS_NS.len()).map(|i| self.sum(|s| &s.buckets[i])).sum();
+        (count > 0).then(|| Duration::from_nanos(self.sum(|s| &s.duration_sum_ns) / count))
+    }
+
+    /// The mean fuel of the version's calls so far (metered versions; `None` before any).
+    pub(crate) fn mean_fuel(&self) -> Option<u64> {
+        let calls = self.invocations();
+        let fuel = self.sum(|s| &s.fuel_consumed);
+        (calls > 0 && fuel > 0).then(|| fuel / calls)
+    }
+
     /// An `on-batch` call that carried `messages`.
     pub(crate) fn batch(&self, messages: usize) {
         let mine = self.mine();

@@ -121,21 +121,28 @@ pub(crate) struct StoreState {
 }
 
 /// What the host knows of an `on-batch` call while it runs: how many messages it holds, the
-/// answers so far, and the budget each message starts with (see `version::answer`).
+/// answers so far, the budget that restarts at each answer, and whether a host call changed
+/// something since the last one (see `version::answer`).
 #[derive(Default)]
 pub(crate) struct BatchCall {
     /// Messages in the call; 0 outside `on-batch`.
     pub expected: usize,
-    /// The answers so far, in message order.
-    pub answers: Vec<Answer>,
-    /// Each message's epoch deadline, and its fuel (metered engines).
+    /// Messages answered so far.
+    pub answered: usize,
+    /// The answers so far, by `batch.answer` call, in message order.
+    pub answers: Vec<Answers>,
+    /// The epoch deadline and the fuel (metered engines) each answer restarts.
     pub deadline_ticks: u64,
     pub fuel: Option<u64>,
+    /// A host call that changes something (log, key-value writes, metrics) ran since the
+    /// last answer (or the call's start). Set by those host calls whatever the call.
+    pub effects: bool,
 }
 
-/// One `batch.answer`: the result, when it came, and the fuel left then (metered engines).
-pub(crate) struct Answer {
-    pub result: Result<Vec<wit_types::Action>, wit_types::PluginError>,
+/// The answers one `batch.answer` call (or the return of `on-batch`) gave: the results, when
+/// they came, and the fuel left then (metered engines).
+pub(crate) struct Answers {
+    pub results: Vec<Result<Vec<wit_types::Action>, wit_types::PluginError>>,
     pub at: std::time::Instant,
     pub fuel_left: Option<u64>,
 }
@@ -356,6 +363,7 @@ impl wit_host::Host for StoreState {
             wit_types::LogLevel::Warn => LogLevel::Warn,
             wit_types::LogLevel::Error => LogLevel::Error,
         };
+        self.batch.effects = true;
         self.env.log(level, &message);
     }
 
@@ -402,6 +410,7 @@ impl wit_host::Host for StoreState {
         value: Vec<u8>,
         ttl_secs: Option<u32>,
     ) -> Result<(), wit_types::KvError> {
+        self.batch.effects = true;
         check_key(&key)?;
         let max = self.env.config.kv_max_value_bytes as usize;
         if value.len() > max {
@@ -430,6 +439,7 @@ impl wit_host::Host for StoreState {
     }
 
     fn kv_delete(&mut self, scope_: wit_types::KvScope, key: String) -> Result<bool, wit_types::KvError> {
+        self.batch.effects = true;
         check_key(&key)?;
         let key = KvKey {
             plugin: &self.env.plugin.name,
@@ -440,10 +450,12 @@ impl wit_host::Host for StoreState {
     }
 
     fn counter_add(&mut self, name: String, value: u64) {
+        self.batch.effects = true;
         self.env.plugin.custom.counter_add(&name, value);
     }
 
     fn gauge_set(&mut self, name: String, value: f64) {
+        self.batch.effects = true;
         self.env.plugin.custom.gauge_set(&name, value);
     }
 }

@@ -7,7 +7,7 @@ use crate::engine::{Runtime, Runtimes};
 use crate::message::{Action, MessageRef};
 use crate::metrics::VersionMetrics;
 use crate::outcome::{FaultKind, Outcome, PluginFault};
-use crate::sandbox::{Answer, BatchCall, MemoryLimitExceeded, StoreState, VersionEnv};
+use crate::sandbox::{Answers, BatchCall, MemoryLimitExceeded, StoreState, VersionEnv};
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -52,6 +52,15 @@ impl Exports {
         }
     }
 }
+
+/// Fewest messages worth an `on-batch` call: two cost more in one call than in two single
+/// calls (`batch_sizes` in `tests/bench.rs`: two lists to allocate in the plugin and one to
+/// lift back, against one message each).
+const MIN_BATCH: usize = 3;
+
+/// Most bytes of messages one `on-batch` call carries (beyond its first message): the
+/// plugin must allocate room for them at once, within its memory limit.
+const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// A packed buffer larger than this after a call is not kept for the next one.
 const KEEP_PACKED_BYTES: usize = 64 << 10;
@@ -232,18 +241,23 @@ impl LoadedVersion {
 
     /// Runs each of `msgs`, in order, exactly as [`LoadedVersion::call`] would, reporting
     /// each to `report` as it is known; a 0.3.0 component gets them in as few `on-batch`
-    /// calls as its faults allow. A message's fault is its own: the messages answered before
-    /// it keep their answers, and those after it go to a fresh instance in a new call.
+    /// calls as its faults and its budget allow. A message's fault is its own: the answers
+    /// given before it stand; when the unanswered messages changed nothing, each is run again
+    /// by itself (so the fault lands on the one that causes it); otherwise the fault is the
+    /// first unanswered message's and the ones after it go to a fresh instance.
     ///
     /// Not the same as single calls in two ways, both documented for plugin authors: the
     /// instance is not dropped between messages of one call after one of them failed without
     /// trapping (`failed`, an output limit), only after the call; and a suspension that a
     /// message's failure causes applies from the next call on.
     pub(crate) fn call_batch(&self, msgs: &[MessageRef<'_>], mut report: impl FnMut(CallReport)) {
+        let most = self.batch_limit();
         let mut done = 0;
         while done < msgs.len() {
-            let rest = &msgs[done..];
-            if rest.len() == 1 || !matches!(self.pre, Pre::V0_3(_)) || self.suspended.load(Ordering::Acquire)
+            let rest = &msgs[done..msgs.len().min(done + most)];
+            if rest.len() < MIN_BATCH
+                || !matches!(self.pre, Pre::V0_3(_))
+                || self.suspended.load(Ordering::Acquire)
             {
                 report(self.call(&rest[0]));
                 done += 1;
@@ -261,55 +275,69 @@ impl LoadedVersion {
                     }
                 },
             };
-            let (sent, ended) = match catch_unwind(AssertUnwindSafe(|| self.enter_batch(&mut instance, rest)))
-            {
-                Ok(Ok(sent)) => (sent, Ok(())),
+            let entered = catch_unwind(AssertUnwindSafe(|| self.enter_batch(&mut instance, rest)));
+            let ended = Instant::now();
+            let (sent, ended_with) = match entered {
+                Ok(Ok((sent, returned))) => (sent, Ok(returned)),
                 Ok(Err(Entered { sent, error })) => (sent, Err(error)),
                 Err(panic) => (rest.len(), Err(EndedEarly::Fault(host_panicked(panic)))),
             };
+            let fuel_left = self.env.config.fuel.and_then(|_| instance.store.get_fuel().ok());
             let mut call = std::mem::take(&mut instance.store.data_mut().batch);
-            let answered = call.answers.len();
-            // Every answer is an outcome of its own, timed from the answer before it.
-            let mut last = started;
-            let mut trusted = true;
-            for Answer {
-                result,
-                at,
-                fuel_left,
-            } in call.answers.drain(..)
-            {
-                if let (Some(budget), Some(left)) = (self.env.config.fuel, fuel_left) {
-                    self.metrics.fuel(budget.saturating_sub(left));
+            let effects = call.effects;
+            let fault = match ended_with {
+                Ok(returned) => {
+                    call.answers.push(Answers {
+                        results: returned,
+                        at: ended,
+                        fuel_left,
+                    });
+                    None
                 }
-                let outcome = self.outcome(result);
-                trusted &= matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_));
-                report(self.finish(at.saturating_duration_since(last), outcome));
-                last = at;
-            }
-            // Keep the answers' buffer for the instance's next batch.
-            call.expected = 0;
-            instance.store.data_mut().batch = call;
-            self.metrics
-                .memory(instance.store.data().limiter.high_water as u64);
-            let fault = match ended {
-                Ok(()) if answered == sent => None,
-                Ok(()) => Some(PluginFault::Trap {
-                    message: format!("on-batch returned after answering {answered} of its {sent} messages"),
-                }),
                 Err(EndedEarly::Fault(fault)) => Some(fault),
                 Err(EndedEarly::Error(e)) => {
                     Some(self.classify(&e, instance.store.data(), self.env.config.deadline_ms))
                 }
             };
-            match fault {
-                // The message being handled when the call failed.
-                Some(fault) if answered < sent => {
-                    report(self.finish(last.elapsed(), Outcome::Failed(fault)));
-                    done += answered + 1;
+            let given: usize = call.answers.iter().map(|g| g.results.len()).sum();
+            // Every answer is an outcome of its own; the answers of one `answer` call share
+            // the time (and fuel) since the one before.
+            let mut answered = 0;
+            let mut last = started;
+            let mut trusted = true;
+            for group in call.answers.drain(..) {
+                let n = group.results.len().min(sent - answered);
+                if n == 0 {
+                    break;
                 }
-                // After the last answer (answering too often): every message has its
-                // answer; the instance goes, and operators hear of it.
-                Some(fault) => {
+                let took = group.at.saturating_duration_since(last) / n as u32;
+                if let (Some(budget), Some(left)) = (self.env.config.fuel, group.fuel_left) {
+                    self.metrics.fuel(budget.saturating_sub(left));
+                }
+                for result in group.results.into_iter().take(n) {
+                    let outcome = self.outcome(result);
+                    trusted &= matches!(outcome, Outcome::Ok(_) | Outcome::Rejected(_));
+                    report(self.finish(took, outcome));
+                }
+                answered += n;
+                last = group.at;
+            }
+            // Keep the answers' buffer for the instance's next batch.
+            call.expected = 0;
+            call.answered = 0;
+            call.effects = false;
+            instance.store.data_mut().batch = call;
+            self.metrics
+                .memory(instance.store.data().limiter.high_water as u64);
+            let fault = match fault {
+                None if given != sent => Some(PluginFault::Trap {
+                    message: format!("on-batch answered {given} messages of a batch of {sent}"),
+                }),
+                fault => fault,
+            };
+            match fault {
+                // Every message has its answer; the instance goes, and operators hear of it.
+                Some(fault) if answered == sent => {
                     tracing::warn!(
                         plugin = %self.env.plugin.name,
                         version = self.number(),
@@ -320,18 +348,59 @@ impl LoadedVersion {
                     done += answered;
                 }
                 None => {
-                    done += answered;
                     if trusted && !self.retired.load(Ordering::Acquire) {
                         self.idle.push(instance, false);
                     }
+                    done += answered;
+                }
+                // Nothing changed since the last answer: each unanswered message again, by
+                // itself, so the fault lands on the one that causes it.
+                Some(fault) if !effects => {
+                    tracing::debug!(plugin = %self.env.plugin.name, %fault, "a batch failed; its unanswered messages run again one by one");
+                    *self.last_fault.lock() = Some(fault.to_string());
+                    for msg in &rest[answered..] {
+                        report(self.call(msg));
+                    }
+                    done += rest.len();
+                }
+                // Something changed: the first unanswered message did it (the protocol),
+                // and the fault is its own; the rest go again.
+                Some(fault) => {
+                    report(self.finish(ended.saturating_duration_since(last), Outcome::Failed(fault)));
+                    done += answered + 1;
                 }
             }
         }
     }
 
+    /// Most messages one `on-batch` call carries: 64, fewer when the version's calls take
+    /// long enough that a batch would use more than a quarter of its deadline (or of its
+    /// fuel), since the messages between two answers share one.
+    fn batch_limit(&self) -> usize {
+        const MOST: usize = 64;
+        // A version not called yet gets whole batches: one that turns out slow fails its
+        // first batch, runs its messages one by one, and is sized by then.
+        let Some(mean) = self.metrics.mean_duration() else {
+            return MOST;
+        };
+        let deadline = Duration::from_millis(u64::from(self.env.config.deadline_ms));
+        let mut most = (deadline.as_nanos() / (4 * mean.as_nanos().max(1))).min(MOST as u128) as usize;
+        if let Some(budget) = self.env.config.fuel
+            && let Some(mean_fuel) = self.metrics.mean_fuel()
+        {
+            most = most.min((budget / (4 * mean_fuel.max(1))) as usize);
+        }
+        most.max(1)
+    }
+
     /// One `on-batch` call with as many of `msgs` as can be packed (all but those after one
-    /// too long for the interface); `Ok` with how many it sent once the call returned.
-    fn enter_batch(&self, instance: &mut Instance, msgs: &[MessageRef<'_>]) -> Result<usize, Entered> {
+    /// too long for the interface, or past [`MAX_BATCH_BYTES`]); `Ok` with how many it sent
+    /// and the answers it returned once the call returned.
+    fn enter_batch(
+        &self,
+        instance: &mut Instance,
+        msgs: &[MessageRef<'_>],
+    ) -> Result<(usize, Vec<AnswerResult>), Entered> {
         let Instance {
             store,
             plugin,
@@ -349,6 +418,11 @@ impl LoadedVersion {
         packed.clear();
         headers.clear();
         for msg in msgs {
+            // A batch stays small next to the plugin's memory: the messages past the bound
+            // go in the next call (the first one always goes, whatever its size).
+            if !headers.is_empty() && packed.len() + packed_size(msg) > MAX_BATCH_BYTES {
+                break;
+            }
             match pack_parts(msg, packed) {
                 Ok(lens) => headers.push(BatchHeader {
                     topic_len: lens.topic,
@@ -373,9 +447,12 @@ impl LoadedVersion {
         let sent = headers.len();
         self.metrics.batch(sent);
         let fuel = self.env.config.fuel;
-        store.data_mut().batch.expected = sent;
-        store.data_mut().batch.deadline_ticks = self.deadline_ticks;
-        store.data_mut().batch.fuel = fuel;
+        let call = &mut store.data_mut().batch;
+        call.expected = sent;
+        call.answered = 0;
+        call.effects = false;
+        call.deadline_ticks = self.deadline_ticks;
+        call.fuel = fuel;
         store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = fuel
             && let Err(e) = store.set_fuel(fuel)
@@ -396,7 +473,7 @@ impl LoadedVersion {
             *packed = Vec::new();
         }
         match result {
-            Ok(()) => Ok(sent),
+            Ok(returned) => Ok((sent, returned)),
             Err(error) => Err(Entered {
                 sent,
                 error: EndedEarly::Error(error),
@@ -707,6 +784,23 @@ fn pack<'a>(msg: &MessageRef<'_>, buf: &'a mut Vec<u8>) -> Result<PackedMessage<
     })
 }
 
+/// The bytes `msg` takes packed.
+fn packed_size(msg: &MessageRef<'_>) -> usize {
+    msg.topic.len()
+        + msg.payload.len()
+        + msg.client_id.map_or(0, str::len)
+        + msg.thing_name.map_or(0, str::len)
+        + properties_size(msg)
+}
+
+/// The bytes `msg`'s user properties take packed, length prefixes included.
+fn properties_size(msg: &MessageRef<'_>) -> usize {
+    msg.user_properties
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum()
+}
+
 /// Appends `msg`'s parts to `buf`, packed as 0.2.0's `packed.message` (and each message of a
 /// 0.3.0 batch) lays them out; on `Err` (a part too long for 32-bit lengths) `buf` is left
 /// as it was.
@@ -719,11 +813,7 @@ fn pack_parts(msg: &MessageRef<'_>, buf: &mut Vec<u8>) -> Result<PackedLens, Str
             )
         })
     };
-    let properties: usize = msg
-        .user_properties
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len())
-        .sum();
+    let properties = properties_size(msg);
     let lens = PackedLens {
         topic: len("topic", msg.topic.as_bytes())?,
         payload: len("payload", msg.payload)?,
@@ -740,13 +830,7 @@ fn pack_parts(msg: &MessageRef<'_>, buf: &mut Vec<u8>) -> Result<PackedLens, Str
         user_properties_bytes: u32::try_from(properties)
             .map_err(|_| "the message's user properties are too long for the plugin interface".to_string())?,
     };
-    buf.reserve(
-        msg.topic.len()
-            + msg.payload.len()
-            + msg.client_id.map_or(0, str::len)
-            + msg.thing_name.map_or(0, str::len)
-            + properties,
-    );
+    buf.reserve(packed_size(msg));
     buf.extend_from_slice(msg.topic.as_bytes());
     buf.extend_from_slice(msg.payload);
     for part in [msg.client_id, msg.thing_name].into_iter().flatten() {
@@ -788,22 +872,25 @@ fn host_panicked(panic: Box<dyn std::any::Any + Send>) -> PluginFault {
     }
 }
 
-/// `batch.answer` (0.3.0): records the answer to the batch's next message and gives the
-/// message after it a whole deadline (and fuel budget) of its own. Answering outside
-/// `on-batch`, or more messages than it holds, traps the call.
+/// What a plugin answers for one message.
+pub(crate) type AnswerResult = Result<Vec<wit::Action>, wit::PluginError>;
+
+/// `batch.answer` (0.3.0): records the answers to the batch's next messages and restarts the
+/// deadline (and the fuel budget) for the messages after them. Answering outside `on-batch`,
+/// or more messages than it has left, traps the call.
 pub(crate) fn answer(
     mut store: wasmtime::StoreContextMut<'_, StoreState>,
-    result: Result<Vec<wit::Action>, wit::PluginError>,
+    answers: Vec<AnswerResult>,
 ) -> wasmtime::Result<()> {
     let call: &BatchCall = &store.data().batch;
-    if call.answers.len() >= call.expected {
-        let (answered, expected) = (call.answers.len(), call.expected);
+    if call.answered + answers.len() > call.expected {
+        let expected = call.expected;
         return Err(wasmtime::Error::msg(if expected == 0 {
             "batch.answer called outside on-batch".to_string()
         } else {
             format!(
-                "batch.answer called {} times for {expected} messages",
-                answered + 1
+                "batch.answer answered {} messages of a batch of {expected}",
+                call.answered + answers.len()
             )
         }));
     }
@@ -812,8 +899,11 @@ pub(crate) fn answer(
         Some(_) => store.get_fuel().ok(),
         None => None,
     };
-    store.data_mut().batch.answers.push(Answer {
-        result,
+    let call = &mut store.data_mut().batch;
+    call.answered += answers.len();
+    call.effects = false;
+    call.answers.push(Answers {
+        results: answers,
         at: Instant::now(),
         fuel_left,
     });

@@ -373,16 +373,7 @@ fn plugin_runtime_micro_benchmarks() {
 #[ignore = "benchmark: needs SHOAL_AB_WASM"]
 fn ab_builds() {
     let files = std::env::var("SHOAL_AB_WASM").expect("SHOAL_AB_WASM=a.wasm:b.wasm");
-    let mut doc = String::from(r#"{"shlg":""#);
-    doc.push_str(&"0a".repeat(32));
-    doc.push_str(r#"","temp":-20.5,"humidity":80,"pad":""#);
-    while doc.len() < 198 {
-        doc.push('x');
-    }
-    doc.push_str("\"}");
-    // As the rules engine passes a client's message: with its client id.
-    let mut message = msg("bench/p2p/7", doc);
-    message.client_id = Some("loadgen-pub-7".into());
+    let message = loadgen_message();
     let t = test_host();
     let config = PluginConfig::default()
         .setting("field", "temp")
@@ -414,4 +405,70 @@ fn ab_builds() {
     for ((path, _), best) in handles.iter().zip(&best) {
         eprintln!("{path}: {:.3} µs cpu per call", best.as_secs_f64() * 1e6);
     }
+}
+
+/// A message like the load generator's (`shoal-loadgen --json`, 200 bytes), as the rules
+/// engine passes a client's message: with its client id.
+fn loadgen_message() -> Message {
+    let mut doc = String::from(r#"{"shlg":""#);
+    doc.push_str(&"0a".repeat(32));
+    doc.push_str(r#"","temp":-20.5,"humidity":80,"pad":""#);
+    while doc.len() < 198 {
+        doc.push('x');
+    }
+    doc.push_str("\"}");
+    let mut message = msg("bench/p2p/7", doc);
+    message.client_id = Some("loadgen-pub-7".into());
+    message
+}
+
+/// CPU per message of the first-party `threshold-alert` (`plugins/dist`, interface 0.3.0)
+/// handed 1 to 64 messages per call (`PluginHost::invoke_batch_ref`, what a rules worker does
+/// with the jobs queued for it), configured as the broker benchmarks configure it:
+///
+/// ```text
+/// cargo +1.97.0 test --release -p shoal-plugin-host --test bench batch_sizes -- --ignored --nocapture
+/// ```
+///
+/// `SHOAL_BATCH_SIZES=64` (comma-separated) measures only those sizes.
+#[test]
+#[ignore = "benchmark: run by hand (release build)"]
+fn batch_sizes() {
+    let message = loadgen_message();
+    let t = test_host();
+    let config = PluginConfig::default()
+        .setting("field", "temp")
+        .setting("max", "-15");
+    let info = t
+        .host
+        .upload("threshold", &dist("threshold-alert"), config)
+        .unwrap();
+    t.host.activate("threshold", info.version).unwrap();
+    // SHOAL_BATCH_SIZES=64 (comma-separated) measures only those, e.g. to profile one size.
+    let sizes: Vec<usize> = std::env::var("SHOAL_BATCH_SIZES")
+        .map(|v| v.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![1, 2, 4, 8, 16, 64]);
+    let mut best = vec![Duration::MAX; sizes.len()];
+    message.with_ref(|m| {
+        let mut out = Vec::with_capacity(64);
+        for _ in 0..5 {
+            for (n, best) in sizes.iter().zip(&mut best) {
+                let msgs = vec![*m; *n];
+                let took = measure(21, (2_000 / n).max(1), || {
+                    out.clear();
+                    t.host.invoke_batch_ref("threshold", black_box(&msgs), &mut out);
+                    assert!(matches!(out.last(), Some(Outcome::Ok(_))));
+                });
+                *best = (*best).min(took.cpu / *n as u32);
+            }
+        }
+    });
+    for (n, best) in sizes.iter().zip(&best) {
+        eprintln!(
+            "batches of {n:2}: {:.3} µs cpu per message",
+            best.as_secs_f64() * 1e6
+        );
+    }
+    let calls = t.host.health("threshold").unwrap().calls;
+    assert!(calls.batches > 0 && calls.failures.is_empty(), "{calls:?}");
 }

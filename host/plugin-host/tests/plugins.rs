@@ -1218,9 +1218,12 @@ fn a_batch_answers_each_message_as_single_calls_do() {
     assert_eq!(health.status, HealthStatus::Healthy);
 }
 
-/// A trap in the middle of a batch is that message's alone: the messages answered before it
-/// keep their actions, the trapped instance is dropped, and the messages after it are handed
-/// to a fresh instance (a 0.1.0 plugin, which has no `on-batch`, gets one call per message).
+/// A trap in the middle of a batch is that message's alone. When the messages changed
+/// nothing (the `panic` fixture as it is), the host runs the unanswered ones again one by one,
+/// so the fault lands on the right one. When they write to the key-value store (`count`), the
+/// SDK answers each before the next, so the host knows the trapping message and runs only the
+/// ones after it again: every message is counted exactly once. (A 0.1.0 plugin, which has no
+/// `on-batch`, gets one call per message.)
 #[test]
 fn a_trap_in_a_batch_fails_only_the_message_that_trapped() {
     let t = test_host();
@@ -1239,14 +1242,24 @@ fn a_trap_in_a_batch_fails_only_the_message_that_trapped() {
     };
     assert!(message.contains("panicking on t as designed"), "{message}");
     let health = t.host.health("panicky").unwrap();
-    assert_eq!(
-        health.calls.instances_created, 2,
-        "a fresh instance after the trap"
-    );
-    // Two calls: the five messages, then the two after the trap.
-    assert_eq!((health.calls.batches, health.calls.batched_messages), (2, 7));
+    assert_eq!((health.calls.batches, health.calls.batched_messages), (1, 5));
     assert_eq!((health.calls.invocations, health.calls.ok), (5, 4));
     assert_eq!(health.calls.failures.get("trap"), Some(&1));
+
+    let counting = lenient().setting("trigger", "boom").setting("count", "true");
+    deploy_dist(&t.host, "counting", "panic", counting);
+    let msgs: Vec<_> = ["a", "b", "boom", "c", "d"]
+        .iter()
+        .map(|p| msg("t", *p))
+        .collect();
+    let out = t.host.invoke_batch("counting", &msgs);
+    assert_eq!(kinds(&out), ["ok", "ok", "trap", "ok", "ok"]);
+    for (i, p) in [(0, "a:1"), (1, "b:2"), (3, "c:4"), (4, "d:5")] {
+        assert_eq!(published(&out[i]), ("fixture/ok".into(), p.into()), "message {i}");
+    }
+    // One batch; the two messages after the trap are too few for another (single calls).
+    let health = t.host.health("counting").unwrap();
+    assert_eq!((health.calls.batches, health.calls.batched_messages), (1, 5));
 
     deploy(&t.host, "old", "echo", PluginConfig::default());
     let out = t
@@ -1256,11 +1269,11 @@ fn a_trap_in_a_batch_fails_only_the_message_that_trapped() {
     assert_eq!(published(&out[2]), ("echo/y".into(), "2".into()));
 }
 
-/// A message that never finishes times out alone, and each message of a batch starts with
-/// the whole budget: a fuel budget three times what one message takes covers every message
-/// of a batch of twenty, where one budget for the whole call would run out.
+/// A message that never finishes times out alone, after its batch ran out of time and its
+/// messages ran again one by one. A batch whose messages together run out of fuel falls back
+/// the same way, and after it the host keeps that version's batches within the budget.
 #[test]
-fn each_message_of_a_batch_gets_its_own_deadline_and_fuel() {
+fn time_outs_and_fuel_in_a_batch_land_on_single_messages() {
     let t = test_host();
     deploy_dist(
         &t.host,
@@ -1272,8 +1285,9 @@ fn each_message_of_a_batch_gets_its_own_deadline_and_fuel() {
         .host
         .invoke_batch("spin", &[msg("t", "a"), msg("t", "spin"), msg("t", "b")]);
     assert_eq!(kinds(&out), ["ok", "timeout", "ok"]);
-    // The last message alone is a single call.
-    assert_eq!(t.host.health("spin").unwrap().calls.batches, 1);
+    let health = t.host.health("spin").unwrap();
+    assert_eq!(health.calls.batches, 1);
+    assert_eq!(health.calls.failures.get("timeout"), Some(&1));
 
     let metered = |fuel: u64| PluginConfig {
         fuel: Some(fuel),
@@ -1291,18 +1305,29 @@ fn each_message_of_a_batch_gets_its_own_deadline_and_fuel() {
         before = total;
     }
     assert!(one > 0);
-    deploy_dist(&t.host, "fueled", "echo", metered(3 * one));
+    // Twenty messages share one budget of three messages' fuel: the batch runs out, and each
+    // message then runs alone within its own.
+    deploy_dist(&t.host, "tight", "echo", metered(3 * one));
     let msgs = vec![m.clone(); 20];
-    let out = t.host.invoke_batch("fueled", &msgs);
+    let out = t.host.invoke_batch("tight", &msgs);
     assert_eq!(kinds(&out), vec!["ok"; 20], "{out:?}");
-    let calls = t.host.health("fueled").unwrap().calls;
-    assert_eq!((calls.batches, calls.batched_messages), (1, 20));
-    let used = calls.fuel_consumed;
+    let health = t.host.health("tight").unwrap();
+    assert_eq!(health.calls.batches, 1);
     assert!(
-        used > 3 * one,
-        "the batch used {used} fuel in all, more than one budget ({})",
-        3 * one
+        health.last_fault.as_deref().unwrap_or("").contains("fuel"),
+        "{health:?}"
     );
+    // Sized by the budget now: no more batches for this version.
+    let out = t.host.invoke_batch("tight", &msgs);
+    assert_eq!(kinds(&out), vec!["ok"; 20], "{out:?}");
+    assert_eq!(t.host.health("tight").unwrap().calls.batches, 1);
+    // With room for the batch, one call.
+    deploy_dist(&t.host, "roomy", "echo", metered(400 * one));
+    let out = t.host.invoke_batch("roomy", &msgs);
+    assert_eq!(kinds(&out), vec!["ok"; 20], "{out:?}");
+    let calls = t.host.health("roomy").unwrap().calls;
+    assert_eq!((calls.batches, calls.batched_messages), (1, 20));
+    assert!(calls.failures.is_empty(), "{calls:?}");
 }
 
 /// Failures inside a batch count toward suspension in order, and once the version is
@@ -1328,51 +1353,37 @@ fn a_batch_stops_at_a_suspension() {
     ));
 }
 
-/// A 0.3.0 plugin that misuses `batch.answer` (the raw `batch` guest) cannot make the host
-/// lose or invent an answer: answering past the batch traps the call but keeps the answers
-/// the messages got; returning early fails the unanswered message; answering outside
-/// `on-batch` traps that call.
+/// A 0.3.0 plugin that misuses the batch protocol (the raw `batch` guest) cannot make the
+/// host lose or invent an answer: every message gets exactly one outcome, in order; answers
+/// past the batch are ignored (and reported); a message left unanswered runs again by itself;
+/// answering outside `on-batch` traps that call.
 #[test]
 fn misused_batch_answers_are_contained() {
     let t = test_host();
     let msgs = [msg("a", "1"), msg("b", "2"), msg("c", "3")];
-    let topics = |out: &[Outcome]| -> Vec<String> {
-        out.iter()
-            .filter(|o| matches!(o, Outcome::Ok(_)))
-            .map(|o| published(o).0)
-            .collect()
-    };
-    for (mode, kinds_expected) in [
-        ("plain", ["ok", "ok", "ok"]),
-        ("extra", ["ok", "ok", "ok"]),
-        ("short", ["ok", "ok", "trap"]),
+    for (mode, fault) in [
+        ("plain", None),
+        ("halves", None),
+        ("extra", Some("answered 4 messages of a batch of 3")),
+        ("over", Some("answered 4 messages of a batch of 3")),
+        ("short", Some("answered 2 messages of a batch of 3")),
     ] {
         deploy(&t.host, mode, "batch", lenient().setting("mode", mode));
         let out = t.host.invoke_batch(mode, &msgs);
-        assert_eq!(kinds(&out), kinds_expected, "{mode}: {out:?}");
-        assert_eq!(topics(&out)[..2], ["a", "b"], "{mode}");
+        assert_eq!(kinds(&out), ["ok", "ok", "ok"], "{mode}: {out:?}");
+        let topics: Vec<String> = out.iter().map(|o| published(o).0).collect();
+        assert_eq!(topics, ["a", "b", "c"], "{mode}");
         let health = t.host.health(mode).unwrap();
-        match mode {
-            "plain" => assert_eq!(health.calls.instances_created, 1),
-            "extra" => {
-                assert!(
-                    health
-                        .last_fault
-                        .as_deref()
-                        .unwrap_or("")
-                        .contains("answer called 4 times"),
-                    "{health:?}"
-                );
-                // The trapped instance is not used again.
-                assert!(matches!(t.host.invoke(mode, &msgs[0]), Outcome::Ok(_)));
-                assert_eq!(t.host.health(mode).unwrap().calls.instances_created, 2);
+        assert_eq!(health.calls.batches, 1, "{mode}");
+        match fault {
+            None => {
+                assert_eq!(health.last_fault, None, "{mode}");
+                assert_eq!(health.calls.instances_created, 1, "{mode}");
             }
-            _ => {
-                let Outcome::Failed(PluginFault::Trap { message }) = &out[2] else {
-                    unreachable!()
-                };
-                assert!(message.contains("after answering 2 of its 3"), "{message}");
-            }
+            Some(fault) => assert!(
+                health.last_fault.as_deref().unwrap_or("").contains(fault),
+                "{mode}: {health:?}"
+            ),
         }
     }
     deploy(&t.host, "outside", "batch", lenient().setting("mode", "outside"));
@@ -1380,4 +1391,26 @@ fn misused_batch_answers_are_contained() {
         panic!("answering outside on-batch must trap")
     };
     assert!(message.contains("outside on-batch"), "{message}");
+}
+
+/// A batch never asks a plugin for more memory than its messages fit in comfortably: thirty
+/// 200 KiB messages (6 MB) for a plugin limited to 4 MiB go over in calls of a bounded size,
+/// and every one is answered.
+#[test]
+fn big_messages_are_batched_within_the_plugins_memory() {
+    let t = test_host();
+    let config = PluginConfig {
+        memory_limit_bytes: 4 << 20,
+        ..PluginConfig::default()
+    };
+    deploy_dist(&t.host, "echo", "echo", config);
+    let pad = "x".repeat(200 << 10);
+    let msgs: Vec<_> = (0..30)
+        .map(|i| msg("big", format!(r#"{{"seq":{i},"pad":"{pad}"}}"#)))
+        .collect();
+    let out = t.host.invoke_batch("echo", &msgs);
+    assert_eq!(kinds(&out), vec!["ok"; 30], "{out:?}");
+    let calls = t.host.health("echo").unwrap().calls;
+    assert!(calls.batches >= 20, "{calls:?}");
+    assert!(calls.memory_high_water_bytes <= 4 << 20, "{calls:?}");
 }

@@ -144,6 +144,9 @@ pub struct EngineConfig {
     /// How long an idle worker naps before it looks at its queue again ([`Shard`]); zero:
     /// it sleeps at once and every job wakes it.
     pub nap: Duration,
+    /// Most queued jobs a worker takes at once ([`DEFAULT_JOBS_AT_ONCE`]; 1: one at a time).
+    /// A plugin gets the messages of the jobs taken together in one call ([`run_jobs`]).
+    pub jobs_at_once: usize,
     /// The SMTP relay `email` actions use; without one they fail.
     pub smtp: Option<SmtpConfig>,
     /// Emails that may wait for the sender before new ones are dropped.
@@ -200,6 +203,7 @@ impl Default for EngineConfig {
             sync_interval: Duration::from_secs(2),
             inline: false,
             nap: DEFAULT_NAP,
+            jobs_at_once: DEFAULT_JOBS_AT_ONCE,
             smtp: None,
             email_queue: 10_000,
         }
@@ -550,6 +554,8 @@ struct Inner {
     index: ArcSwap<Index>,
     /// Whether rules that never wait run in the hook.
     inline: bool,
+    /// [`EngineConfig::jobs_at_once`], at least 1.
+    jobs_at_once: usize,
     /// Serializes definition changes (and their saves) and reloads.
     write: Mutex<()>,
     /// The shared store's revision the rules in memory reflect (`NO_REVISION` when the store
@@ -782,6 +788,7 @@ impl RulesEngine {
                 rules: ArcSwap::from_pointee(set),
                 write: Mutex::new(()),
                 inline: config.inline,
+                jobs_at_once: config.jobs_at_once.max(1),
                 revision: AtomicU64::new(revision.unwrap_or(NO_REVISION)),
                 store,
                 queues,
@@ -1457,15 +1464,16 @@ fn next_work(me: &Shard, rx: &Receiver<Work>) -> Option<Work> {
     }
 }
 
-/// Most jobs a worker takes from its queue at once: the messages whose plugin calls it makes
-/// together ([`run_jobs`]).
-const MAX_JOBS_AT_ONCE: usize = 64;
+/// Most jobs a worker takes from its queue at once by default: the messages whose plugin
+/// calls it makes together ([`run_jobs`]).
+pub const DEFAULT_JOBS_AT_ONCE: usize = 64;
 
 fn worker(inner: Arc<Inner>, shard: usize, rx: Receiver<Work>) {
     let me = &inner.shards[shard];
     let _ = me.worker.set(std::thread::current());
     let mut taken = 0;
-    let mut jobs = Vec::with_capacity(MAX_JOBS_AT_ONCE);
+    let at_once = inner.jobs_at_once;
+    let mut jobs = Vec::with_capacity(at_once);
     while let Some(work) = next_work(me, &rx) {
         // The job woken for, and whatever else waits already (up to a bound); a barrier
         // ends the batch and is answered once the jobs before it are done.
@@ -1479,7 +1487,7 @@ fn worker(inner: Arc<Inner>, shard: usize, rx: Receiver<Work>) {
                     break;
                 }
             }
-            if jobs.len() < MAX_JOBS_AT_ONCE {
+            if jobs.len() < at_once {
                 next = rx.try_recv().ok();
             }
         }

@@ -119,6 +119,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         queue_capacity: cfg.rules_queue,
         inline: cfg.rules_inline,
         nap: cfg.rules_nap,
+        jobs_at_once: cfg.rules_batch,
         archive_dir: Some(cfg.data_dir.join("archive")),
         stream_max_len: cfg.stream_max_len,
         stream_queue: cfg.stream_queue,

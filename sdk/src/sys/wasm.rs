@@ -43,6 +43,7 @@ fn kv_error(e: WitKvError) -> KvError {
 }
 
 pub(crate) fn log(level: Level, message: &str) {
+    crate::export::before_effect();
     let level = match level {
         Level::Trace => LogLevel::Trace,
         Level::Debug => LogLevel::Debug,
@@ -66,17 +67,21 @@ pub(crate) fn kv_get(s: Scope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError
 }
 
 pub(crate) fn kv_set(s: Scope<'_>, key: &str, value: &[u8], ttl_secs: Option<u32>) -> Result<(), KvError> {
+    crate::export::before_effect();
     host::kv_set(scope(s), key, value, ttl_secs).map_err(kv_error)
 }
 
 pub(crate) fn kv_delete(s: Scope<'_>, key: &str) -> Result<bool, KvError> {
+    crate::export::before_effect();
     host::kv_delete(scope(s), key).map_err(kv_error)
 }
 
 pub(crate) fn counter_add(name: &str, value: u64) {
+    crate::export::before_effect();
     host::counter_add(name, value);
 }
 
 pub(crate) fn gauge_set(name: &str, value: f64) {
+    crate::export::before_effect();
     host::gauge_set(name, value);
 }

@@ -1,7 +1,9 @@
-//! A plugin of interface 0.3.0 written without the SDK, so it can misuse `on-batch`. Config
-//! `mode`: `extra` answers one message more than the batch holds, `short` returns before
-//! answering the last message, `outside` calls `batch.answer` from `on-message`; anything else
-//! (or none) answers each message with a publish of its payload to its topic.
+//! A plugin of interface 0.3.0 written without the SDK, so it can misuse `on-batch`. Each
+//! message's answer is a publish of its payload to its topic. Config `mode`: `extra` returns
+//! one answer more than the batch has messages, `over` hands `batch.answer` one more, `short`
+//! returns without the last message's answer, `outside` calls `batch.answer` from
+//! `on-message`, `halves` answers the first half through `batch.answer` and returns the rest;
+//! anything else (or none) returns every answer.
 
 wit_bindgen::generate!({
     world: "shoal:plugin/rule-plugin@0.3.0",
@@ -46,16 +48,16 @@ impl Guest for Batch {
         let (topic, rest) = msg.data.split_at(msg.topic_len as usize);
         let actions = vec![publish(topic, &rest[..msg.payload_len as usize])];
         if mode() == "outside" {
-            host_batch::answer(Ok(&actions));
+            host_batch::answer(&[Ok(actions.clone())]);
         }
         Ok(actions)
     }
 
-    fn on_batch(data: Vec<u8>, messages: Vec<Header>) {
+    fn on_batch(data: Vec<u8>, messages: Vec<Header>) -> Vec<Result<Vec<Action>, PluginError>> {
         let mode = mode();
         let mut at = 0usize;
-        let last = messages.len().saturating_sub(1);
-        for (i, h) in messages.iter().enumerate() {
+        let mut answers = Vec::new();
+        for h in &messages {
             let len = h.topic_len as usize
                 + h.payload_len as usize
                 + h.client_id_len.unwrap_or(0) as usize
@@ -64,14 +66,26 @@ impl Guest for Batch {
             let bytes = &data[at..at + len];
             at += len;
             let (topic, rest) = bytes.split_at(h.topic_len as usize);
-            if mode == "short" && i == last {
-                return;
+            answers.push(Ok(vec![publish(topic, &rest[..h.payload_len as usize])]));
+        }
+        match mode.as_str() {
+            "extra" => answers.push(Ok(Vec::new())),
+            "short" => {
+                answers.pop();
             }
-            host_batch::answer(Ok(&[publish(topic, &rest[..h.payload_len as usize])]));
+            "over" => {
+                answers.push(Ok(Vec::new()));
+                host_batch::answer(&answers);
+                return Vec::new();
+            }
+            "halves" => {
+                let second = answers.split_off(answers.len() / 2);
+                host_batch::answer(&answers);
+                return second;
+            }
+            _ => {}
         }
-        if mode == "extra" {
-            host_batch::answer(Ok(&[]));
-        }
+        answers
     }
 }
 
