@@ -137,6 +137,9 @@ pub(crate) struct BatchCall {
     /// A host call that changes something (log, key-value writes, metrics) ran since the
     /// last answer (or the call's start). Set by those host calls whatever the call.
     pub effects: bool,
+    /// The plugin answered several messages at once after one of them changed something:
+    /// it does not follow the batch protocol (see `wit/world.wit`).
+    pub broken: bool,
 }
 
 /// The answers one `batch.answer` call (or the return of `on-batch`) gave: the results, when

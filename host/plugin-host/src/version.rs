@@ -128,6 +128,8 @@ pub(crate) struct LoadedVersion {
     retired: AtomicBool,
     failures_in_row: AtomicU32,
     suspended: AtomicBool,
+    /// Set once the version broke the batch protocol ([`LoadedVersion::stop_batches`]).
+    no_batches: AtomicBool,
     suspension: Mutex<Option<String>>,
     last_fault: Mutex<Option<String>>,
     deadline_ticks: u64,
@@ -186,6 +188,7 @@ impl LoadedVersion {
             retired: AtomicBool::new(false),
             failures_in_row: AtomicU32::new(0),
             suspended: AtomicBool::new(false),
+            no_batches: AtomicBool::new(false),
             suspension: Mutex::new(None),
             last_fault: Mutex::new(None),
         })
@@ -258,6 +261,7 @@ impl LoadedVersion {
             if rest.len() < MIN_BATCH
                 || !matches!(self.pre, Pre::V0_3(_))
                 || self.suspended.load(Ordering::Acquire)
+                || self.no_batches.load(Ordering::Relaxed)
             {
                 report(self.call(&rest[0]));
                 done += 1;
@@ -285,6 +289,12 @@ impl LoadedVersion {
             let fuel_left = self.env.config.fuel.and_then(|_| instance.store.get_fuel().ok());
             let mut call = std::mem::take(&mut instance.store.data_mut().batch);
             let effects = call.effects;
+            // Answers returned after a change that no `answer` call followed break the
+            // protocol too.
+            let returned_after_change = matches!(&ended_with, Ok(r) if effects && !r.is_empty());
+            if call.broken || returned_after_change {
+                self.stop_batches();
+            }
             let fault = match ended_with {
                 Ok(returned) => {
                     call.answers.push(Answers {
@@ -326,6 +336,7 @@ impl LoadedVersion {
             call.expected = 0;
             call.answered = 0;
             call.effects = false;
+            call.broken = false;
             instance.store.data_mut().batch = call;
             self.metrics
                 .memory(instance.store.data().limiter.high_water as u64);
@@ -370,6 +381,18 @@ impl LoadedVersion {
                     done += answered + 1;
                 }
             }
+        }
+    }
+
+    /// The version broke the batch protocol (a message that changed something was not
+    /// answered by itself): from now on it gets one call per message, since after a fault
+    /// the host could not tell which of its messages may run again.
+    fn stop_batches(&self) {
+        if !self.no_batches.swap(true, Ordering::Relaxed) {
+            let why = "the plugin answered a message that changed something (log, key-value \
+                       write, metric) together with others; it gets one call per message from now on";
+            tracing::warn!(plugin = %self.env.plugin.name, version = self.number(), why, "plugin breaks the batch protocol");
+            *self.last_fault.lock() = Some(format!("batch protocol: {why}"));
         }
     }
 
@@ -900,6 +923,7 @@ pub(crate) fn answer(
         None => None,
     };
     let call = &mut store.data_mut().batch;
+    call.broken |= call.effects && answers.len() > 1;
     call.answered += answers.len();
     call.effects = false;
     call.answers.push(Answers {

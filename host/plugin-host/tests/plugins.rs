@@ -1386,6 +1386,28 @@ fn misused_batch_answers_are_contained() {
             ),
         }
     }
+    // Breaking the rule that a message that changes something is answered by itself ends
+    // batches for the version: the host could no longer tell what it may run again.
+    deploy(
+        &t.host,
+        "careless",
+        "batch",
+        lenient().setting("mode", "careless"),
+    );
+    for _ in 0..2 {
+        let out = t.host.invoke_batch("careless", &msgs);
+        assert_eq!(kinds(&out), ["ok", "ok", "ok"], "{out:?}");
+    }
+    let health = t.host.health("careless").unwrap();
+    assert_eq!((health.calls.batches, health.calls.invocations), (1, 6));
+    assert!(
+        health
+            .last_fault
+            .as_deref()
+            .unwrap_or("")
+            .contains("batch protocol"),
+        "{health:?}"
+    );
     deploy(&t.host, "outside", "batch", lenient().setting("mode", "outside"));
     let Outcome::Failed(PluginFault::Trap { message }) = t.host.invoke("outside", &msgs[0]) else {
         panic!("answering outside on-batch must trap")

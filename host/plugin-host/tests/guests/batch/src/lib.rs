@@ -2,8 +2,10 @@
 //! message's answer is a publish of its payload to its topic. Config `mode`: `extra` returns
 //! one answer more than the batch has messages, `over` hands `batch.answer` one more, `short`
 //! returns without the last message's answer, `outside` calls `batch.answer` from
-//! `on-message`, `halves` answers the first half through `batch.answer` and returns the rest;
-//! anything else (or none) returns every answer.
+//! `on-message`, `halves` answers the first half through `batch.answer` and returns the rest,
+//! `careless` logs for every message yet returns every answer (breaking the rule that a
+//! message that changes something is answered by itself); anything else (or none) returns
+//! every answer.
 
 wit_bindgen::generate!({
     world: "shoal:plugin/rule-plugin@0.3.0",
@@ -66,6 +68,9 @@ impl Guest for Batch {
             let bytes = &data[at..at + len];
             at += len;
             let (topic, rest) = bytes.split_at(h.topic_len as usize);
+            if mode == "careless" {
+                shoal::plugin0_1_0::host::log(shoal::plugin0_1_0::types::LogLevel::Info, "handled one");
+            }
             answers.push(Ok(vec![publish(topic, &rest[..h.payload_len as usize])]));
         }
         match mode.as_str() {
