@@ -606,7 +606,15 @@ mod tests {
 
     #[test]
     fn a_batch_unpacks_into_its_messages_in_order() {
-        let parts: [(&str, &[u8], Option<&str>, Option<&str>, &[(&str, &str)]); 3] = [
+        /// Topic, payload, client id, thing name, user properties.
+        type Parts<'a> = (
+            &'a str,
+            &'a [u8],
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+        );
+        let parts: [Parts<'_>; 3] = [
             (
                 "a/1",
                 b"{\"t\":1}",
@@ -624,7 +632,7 @@ mod tests {
             headers.push(header(t, p, *c, *th, props, i as u8));
         }
         let mut got = Vec::new();
-        for_each_in_batch(&data, headers, |m| got.push(m.map(Message::clone)));
+        for_each_in_batch(&data, headers, |m| got.push(m.cloned()));
         assert_eq!(got.len(), 3);
         for (i, ((t, p, c, th, props), m)) in parts.iter().zip(got).enumerate() {
             let m = m.unwrap();

@@ -1227,39 +1227,41 @@ fn a_batch_answers_each_message_as_single_calls_do() {
 #[test]
 fn a_trap_in_a_batch_fails_only_the_message_that_trapped() {
     let t = test_host();
-    deploy_dist(&t.host, "panicky", "panic", lenient().setting("trigger", "boom"));
-    let msgs: Vec<_> = ["a", "b", "boom", "c", "d"]
-        .iter()
-        .map(|p| msg("t", *p))
-        .collect();
-    let out = t.host.invoke_batch("panicky", &msgs);
-    assert_eq!(kinds(&out), ["ok", "ok", "trap", "ok", "ok"]);
-    for (i, p) in [(0, "a"), (1, "b"), (3, "c"), (4, "d")] {
-        assert_eq!(published(&out[i]), ("fixture/ok".into(), p.into()));
+    let pure = lenient().setting("trigger", "boom");
+    let counting = pure.clone().setting("count", "true");
+    for (name, config, answers) in [
+        ("panicky", pure, ["a", "b", "c", "d"]),
+        ("counting", counting, ["a:1", "b:2", "c:4", "d:5"]),
+    ] {
+        deploy_dist(&t.host, name, "panic", config);
+        let msgs: Vec<_> = ["a", "b", "boom", "c", "d"]
+            .iter()
+            .map(|p| msg("t", *p))
+            .collect();
+        let out = t.host.invoke_batch(name, &msgs);
+        assert_eq!(kinds(&out), ["ok", "ok", "trap", "ok", "ok"], "{name}");
+        for (i, p) in [0, 1, 3, 4].into_iter().zip(answers) {
+            assert_eq!(
+                published(&out[i]),
+                ("fixture/ok".into(), p.into()),
+                "{name}: message {i}"
+            );
+        }
+        let Outcome::Failed(PluginFault::Trap { message }) = &out[2] else {
+            unreachable!()
+        };
+        assert!(message.contains("panicking on t as designed"), "{message}");
+        // One batch; after the trap all five again one by one (`panicky`), or the two after
+        // it, too few for another batch (`counting`).
+        let health = t.host.health(name).unwrap();
+        assert_eq!(
+            (health.calls.batches, health.calls.batched_messages),
+            (1, 5),
+            "{name}"
+        );
+        assert_eq!((health.calls.invocations, health.calls.ok), (5, 4), "{name}");
+        assert_eq!(health.calls.failures.get("trap"), Some(&1), "{name}");
     }
-    let Outcome::Failed(PluginFault::Trap { message }) = &out[2] else {
-        unreachable!()
-    };
-    assert!(message.contains("panicking on t as designed"), "{message}");
-    let health = t.host.health("panicky").unwrap();
-    assert_eq!((health.calls.batches, health.calls.batched_messages), (1, 5));
-    assert_eq!((health.calls.invocations, health.calls.ok), (5, 4));
-    assert_eq!(health.calls.failures.get("trap"), Some(&1));
-
-    let counting = lenient().setting("trigger", "boom").setting("count", "true");
-    deploy_dist(&t.host, "counting", "panic", counting);
-    let msgs: Vec<_> = ["a", "b", "boom", "c", "d"]
-        .iter()
-        .map(|p| msg("t", *p))
-        .collect();
-    let out = t.host.invoke_batch("counting", &msgs);
-    assert_eq!(kinds(&out), ["ok", "ok", "trap", "ok", "ok"]);
-    for (i, p) in [(0, "a:1"), (1, "b:2"), (3, "c:4"), (4, "d:5")] {
-        assert_eq!(published(&out[i]), ("fixture/ok".into(), p.into()), "message {i}");
-    }
-    // One batch; the two messages after the trap are too few for another (single calls).
-    let health = t.host.health("counting").unwrap();
-    assert_eq!((health.calls.batches, health.calls.batched_messages), (1, 5));
 
     deploy(&t.host, "old", "echo", PluginConfig::default());
     let out = t
