@@ -418,6 +418,15 @@ mod tests {
         temp: f64,
     }
 
+    /// A message's parts: topic, payload, client id, thing name, user properties.
+    type Parts<'a> = (
+        &'a str,
+        &'a [u8],
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+    );
+
     /// `parts` packed as WIT `shoal:plugin/packed@0.2.0` says, written out independently of
     /// [`Message::assemble`]: topic, payload, client id, thing name, then each property as
     /// key length (u32 LE), key, value length (u32 LE), value.
@@ -445,15 +454,7 @@ mod tests {
     #[test]
     fn a_packed_message_unpacks_to_its_parts() {
         let props = [("unit", "°C"), ("", ""), ("unit", "K")];
-        /// Topic, payload, client id, thing name, user properties.
-        type Case<'a> = (
-            &'a str,
-            &'a [u8],
-            Option<&'a str>,
-            Option<&'a str>,
-            &'a [(&'a str, &'a str)],
-        );
-        let cases: [Case<'_>; 4] = [
+        let cases: [Parts<'_>; 4] = [
             (
                 "fleet/truck-7/telemetry",
                 br#"{"temp":3.5}"#,
@@ -606,14 +607,6 @@ mod tests {
 
     #[test]
     fn a_batch_unpacks_into_its_messages_in_order() {
-        /// Topic, payload, client id, thing name, user properties.
-        type Parts<'a> = (
-            &'a str,
-            &'a [u8],
-            Option<&'a str>,
-            Option<&'a str>,
-            &'a [(&'a str, &'a str)],
-        );
         let parts: [Parts<'_>; 3] = [
             (
                 "a/1",
