@@ -4,7 +4,8 @@
 # tests/bench/plugin.sh (mode none, plugin or rules10), drives it with `shoal-loadgen --json`
 # for 12 s, and over a 6 s window in the middle prints, per thread group (shoal-mqtt:work =
 # the MQTT I/O threads, shoal-rules = the rules workers), microseconds of CPU per published
-# message (utime + stime deltas from /proc over the shoal_messages_in_total delta).
+# message (utime + stime deltas from /proc over the shoal_messages_in_total delta), and the
+# load generator's whole process as (loadgen).
 #
 #   tests/bench/thread-cpu.sh plugin p2p          # or: none|rules10, fan-in
 #   tests/bench/thread-cpu.sh plugin p2p --perf   # also `perf record` the window to /tmp/thread-cpu.perf
@@ -44,14 +45,14 @@ esac
 LOADGEN=$!
 messages_in() { curl -s "http://$http/metrics" | awk '/^shoal_messages_in_total/ { print $2 }'; }
 sleep 4
-thread_ticks "$BROKER_PID" >"$WORK/t0"
+{ thread_ticks "$BROKER_PID"; thread_ticks "$LOADGEN" | awk '{ s += $2 } END { print "(loadgen)", s }'; } | sort >"$WORK/t0"
 m0=$(messages_in)
 if [ "$PERF" = --perf ]; then
     perf record -F 999 ${PERF_ARGS:--g} -p "$BROKER_PID" -o /tmp/thread-cpu.perf -- sleep 6 >/dev/null 2>&1
 else
     sleep 6
 fi
-thread_ticks "$BROKER_PID" >"$WORK/t1"
+{ thread_ticks "$BROKER_PID"; thread_ticks "$LOADGEN" | awk '{ s += $2 } END { print "(loadgen)", s }'; } | sort >"$WORK/t1"
 m1=$(messages_in)
 wait "$LOADGEN"
 echo "$MODE $SCENARIO: $((m1 - m0)) messages in the window"
@@ -60,5 +61,7 @@ join "$WORK/t0" "$WORK/t1" | awk -v m=$((m1 - m0)) -v hz="$CLK_TCK" \
 grep '^{' "$WORK/out" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
-print("  loadgen: {:,.0f} deliveries/s, sent {:,}".format(d["msgs_per_sec"], d["sent"]))'
+lat = d.get("latency_us") or {}
+print("  loadgen: {:,.0f} deliveries/s, sent {:,}, latency p50 {:,.0f} / p99 {:,.0f} us".format(
+    d["msgs_per_sec"], d["sent"], lat.get("p50", 0), lat.get("p99", 0)))'
 curl -s "http://$http/metrics" | grep -E "^shoal_rules_dropped_total|^shoal_plugin_batche|^shoal_rules_(held_back|hold_timeouts)_total|^shoal_messages_dropped_total.*queue_full" | sed "s/^/  /" || true
