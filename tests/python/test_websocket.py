@@ -12,6 +12,8 @@ import os
 import queue
 import socket
 import ssl
+import struct
+import threading
 import time
 import uuid
 
@@ -94,7 +96,34 @@ def test_paho_over_websocket_with_a_presigned_url(shoal: Shoal):
     wait_until(lambda: metric(shoal, "shoal_ws_bridged_connections") == 0, timeout=5, what="the bridge to end")
 
 
-def raw_ws_mqtt(s: Shoal, client_id: str) -> socket.socket:
+def read_ws_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, f"end of stream inside a frame after {out!r}"
+            out += chunk
+        return out
+    first, second = exactly(2)
+    assert first & 0x80 and not second & 0x80, (first, second)  # FIN, unmasked
+    n = second & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exactly(8))[0]
+    return first & 0x0F, exactly(n)
+
+
+def send_ws_frame(sock: socket.socket, opcode: int, payload: bytes) -> None:
+    """One masked frame from the client (payload under 126 bytes)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def raw_ws_mqtt(s: Shoal, client_id: str, version: int = 4) -> socket.socket:
     """A hand-made WebSocket client: upgrade, one masked binary frame with CONNECT, CONNACK
     read. Returns the socket, which then neither reads nor writes nor closes (a vanished client)."""
     sock = socket.create_connection(("127.0.0.1", s.http_port), timeout=TIMEOUT)
@@ -108,16 +137,10 @@ def raw_ws_mqtt(s: Shoal, client_id: str) -> socket.socket:
         assert chunk, head
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
-    payload = raw_mqtt.connect(client_id=client_id, keepalive=0)
-    mask = os.urandom(4)
-    assert len(payload) < 126
-    sock.sendall(bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-    frame = b""
-    while len(frame) < 6:
-        chunk = sock.recv(6 - len(frame))
-        assert chunk, frame
-        frame += chunk
-    assert frame == bytes([0x82, 4, 0x20, 2, 0, 0]), frame  # CONNACK, accepted
+    send_ws_frame(sock, 0x2, raw_mqtt.connect(client_id=client_id, version=version, keepalive=0))
+    opcode, frame = read_ws_frame(sock)
+    assert opcode == 0x2 and frame[0] == 0x20, frame  # a binary frame with the CONNACK
+    assert frame[3] == 0, frame  # accepted (return code / reason code 0)
     return sock
 
 
@@ -361,25 +384,46 @@ def test_shoal_subscribe_over_websocket(shoal: Shoal):
 
 
 def test_a_shutdown_says_goodbye_over_websocket(shoal: Shoal):
-    """SIGTERM: an MQTT 5 client bridged over WebSocket is disconnected at once, and the server
-    exits cleanly with the HTTP threads that carry the bridges stopping last.
+    """SIGTERM: an MQTT 5 client bridged over WebSocket gets the DISCONNECT 0x8B (Server
+    shutting down) a client on plain TCP gets, and the server exits cleanly with the HTTP threads
+    that carry the bridges stopping last. (Until 2026-11-29 the HTTP threads stopped when
+    shutdown began, before the goodbyes, and this arrived about half the time.)"""
+    for attempt in range(3):
+        if attempt:
+            shoal.start()
+        reasons: queue.Queue = queue.Queue()
+        path = presigned_path("127.0.0.1", shoal.http_port, shoal.credentials)
+        c = WsClient(shoal.http_port, path, protocol="mqtt", version=paho.MQTTv5)
+        c.c.on_disconnect = lambda cl, u, flags, rc, p=None: reasons.put(getattr(rc, "value", rc))
+        assert c.connect() == 0
+        assert shoal.stop() == 0
+        try:
+            assert reasons.get(timeout=TIMEOUT) == 0x8B
+        finally:
+            c.c.loop_stop()
 
-    Known gap: the DISCONNECT 0x8B (Server shutting down) that a client on plain TCP gets
-    reaches a WebSocket client only about half the time (0x80, a dropped connection, otherwise;
-    reproduced 2026-11-29 by running this test alone in a loop). On the wire the client gets
-    either the DISCONNECT frame then end-of-stream, or only end-of-stream, never a WebSocket
-    Close frame: the connection is torn down, cause not found yet (docs/ARCHITECTURE.md). Until
-    it is fixed this test asserts the disconnect and accepts either reason; it records which
-    one it saw."""
-    reasons: queue.Queue = queue.Queue()
-    path = presigned_path("127.0.0.1", shoal.http_port, shoal.credentials)
-    c = WsClient(shoal.http_port, path, protocol="mqtt", version=paho.MQTTv5)
-    c.c.on_disconnect = lambda cl, u, flags, rc, p=None: reasons.put(getattr(rc, "value", rc))
-    assert c.connect() == 0
-    assert shoal.stop() == 0
+
+def test_a_shutdown_sends_the_disconnect_then_closes_the_websocket(shoal: Shoal):
+    """On the wire, at SIGTERM, a hand-made MQTT 5 WebSocket client gets a binary frame with the
+    DISCONNECT 0x8B, then a Close frame (1000, normal closure); it answers with its own Close
+    and the connection ends."""
+    sock = raw_ws_mqtt(shoal, "bye-1", version=5)
+    stopped: queue.Queue = queue.Queue()
+    stopper = threading.Thread(target=lambda: stopped.put(shoal.stop()))
+    stopper.start()
     try:
-        reason = reasons.get(timeout=TIMEOUT)
-        print(f"disconnect reason over WebSocket at shutdown: {reason:#x}")
-        assert reason in (0x8B, 0x80), reason
+        opcode, frame = read_ws_frame(sock)
+        assert opcode == 0x2, (opcode, frame)
+        disconnect = raw_mqtt.Packet(frame[0] >> 4, frame[0] & 0x0F, frame[2:])
+        assert disconnect.name == "DISCONNECT", frame
+        reason, props = raw_mqtt.disconnect_reason(disconnect)
+        assert reason == 0x8B, frame
+        opcode, frame = read_ws_frame(sock)
+        assert opcode == 0x8, (opcode, frame)  # Close
+        assert frame[:2] == struct.pack("!H", 1000), frame
+        send_ws_frame(sock, 0x8, frame[:2])
+        assert sock.recv(16) == b"", "the connection ends after the close handshake"
     finally:
-        c.c.loop_stop()
+        stopper.join(timeout=TIMEOUT)
+        sock.close()
+    assert stopped.get(timeout=1) == 0

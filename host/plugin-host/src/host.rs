@@ -227,27 +227,11 @@ impl PluginHost {
     /// [`PluginHost::invoke`] for each of `msgs`, in order: one outcome per message, made in
     /// as few calls into the plugin as it allows (see [`PluginHost::invoke_batch_ref`]).
     pub fn invoke_batch(&self, name: &str, msgs: &[Message]) -> Vec<Outcome> {
-        let properties: Vec<Vec<(&str, &str)>> = msgs
-            .iter()
-            .map(|m| {
-                m.user_properties
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
-            })
-            .collect();
+        let properties: Vec<Vec<(&str, &str)>> = msgs.iter().map(Message::properties).collect();
         let refs: Vec<MessageRef<'_>> = msgs
             .iter()
             .zip(&properties)
-            .map(|(m, properties)| MessageRef {
-                topic: &m.topic,
-                payload: &m.payload,
-                qos: m.qos,
-                timestamp_ms: m.timestamp_ms,
-                client_id: m.client_id.as_deref(),
-                thing_name: m.thing_name.as_deref(),
-                user_properties: properties,
-            })
+            .map(|(m, properties)| m.borrowed(properties))
             .collect();
         let mut out = Vec::with_capacity(msgs.len());
         self.invoke_batch_ref(name, &refs, &mut out);

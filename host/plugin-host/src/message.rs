@@ -61,20 +61,26 @@ pub struct MessageRef<'a> {
 impl Message {
     /// Calls `f` with this message borrowed as a [`MessageRef`].
     pub fn with_ref<R>(&self, f: impl FnOnce(&MessageRef<'_>) -> R) -> R {
-        let properties: Vec<(&str, &str)> = self
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        f(&MessageRef {
+        f(&self.borrowed(&self.properties()))
+    }
+
+    /// The user properties borrowed, as a [`MessageRef`] holds them.
+    pub(crate) fn properties(&self) -> Vec<(&str, &str)> {
+        let props = &self.user_properties;
+        props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    /// This message borrowed, with its `properties` (from [`Message::properties`]).
+    pub(crate) fn borrowed<'a>(&'a self, properties: &'a [(&'a str, &'a str)]) -> MessageRef<'a> {
+        MessageRef {
             topic: &self.topic,
             payload: &self.payload,
             qos: self.qos,
             timestamp_ms: self.timestamp_ms,
             client_id: self.client_id.as_deref(),
             thing_name: self.thing_name.as_deref(),
-            user_properties: &properties,
-        })
+            user_properties: properties,
+        }
     }
 }
 

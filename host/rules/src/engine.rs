@@ -529,6 +529,12 @@ impl Job {
             .with_services(services)
     }
 
+    /// The message's user properties as a plugin receives them (borrowed).
+    fn properties(&self) -> Vec<(&str, &str)> {
+        let props = &self.msg.props.user_properties;
+        props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     /// The same message without its rules, for work finished later (a webhook's error action).
     fn detached(&self) -> Job {
         let none = JobRules::Listed(Matched::Many(Vec::new()));
@@ -1550,17 +1556,7 @@ fn run_jobs(inner: &Arc<Inner>, jobs: &[Job]) {
         }
     }
     // 2. The plugin calls of the selected rules' actions, in the order step 3 takes them.
-    let properties: Vec<Vec<(&str, &str)>> = jobs
-        .iter()
-        .map(|job| {
-            job.msg
-                .props
-                .user_properties
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect()
-        })
-        .collect();
+    let properties: Vec<Vec<(&str, &str)>> = jobs.iter().map(Job::properties).collect();
     let mut calls: Vec<(&str, PluginMessage<'_>)> = Vec::new();
     for (i, live, evaluation) in &evaluated {
         let Some(Ok(selected)) = evaluation else {
@@ -2067,13 +2063,7 @@ fn run_plugin(
     called: Option<Outcome>,
 ) -> Result<(), String> {
     let outcome = called.unwrap_or_else(|| {
-        let properties: Vec<(&str, &str)> = job
-            .msg
-            .props
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let properties = job.properties();
         let payload = selected.bytes(&live.rule.sql, ctx);
         inner
             .deps

@@ -121,6 +121,10 @@ impl HttpThreads {
                                 _ = stopped(&mut stop) => None,
                             };
                             let Some(Handed { tcp, peer, site }) = handed else {
+                                // The accept loops stop first (their handles close the
+                                // channel): the connections this thread serves, WebSocket
+                                // bridges among them, carry on until the stop itself.
+                                stopped(&mut stop).await;
                                 return;
                             };
                             match tokio::net::TcpStream::from_std(tcp) {

@@ -288,6 +288,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     broker.kick_all(KickReason::ServerShuttingDown);
+    // Each kicked connection says goodbye and closes itself (over WebSocket the close
+    // handshake waits up to a second for the client's answer); the MQTT server's stop drops
+    // whatever is still open, so it waits for that first (bounded).
+    if !connections_closed(&broker, Duration::from_millis(2000)).await {
+        tracing::warn!(
+            open = broker
+                .metrics
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "MQTT connections still open after their goodbye; closing them"
+        );
+    }
     if let Some(mqtt) = mqtt.as_mut()
         && tokio::time::timeout(Duration::from_secs(3), mqtt.stop(true))
             .await
@@ -314,6 +326,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = http_stop_tx.send(true);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits (at most `within`) until no MQTT connection is open; whether none is.
+async fn connections_closed(broker: &Broker, within: Duration) -> bool {
+    let open = || {
+        broker
+            .metrics
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while open() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 /// Starts the plugin host (restoring the catalog and compiling or mapping active versions,

@@ -292,6 +292,10 @@ impl Writer {
             // `notified`, stays small: the send state machine is large and only needed while
             // sending. Idle connections dominate a fleet's memory.
             if !Box::pin(self.send_all(&mut batch)).await {
+                // A kick interrupts a send that waits: the goodbye is still owed.
+                if let Some(reason) = self.ctl.kicked() {
+                    self.sink.close(reason);
+                }
                 return;
             }
             if batch.capacity() > BATCH {
