@@ -31,7 +31,8 @@
 # --lossless measures throughput as RFC 2544 defines it for network devices: the highest
 # offered rate at which nothing is lost. For each scenario and mode it bisects a fixed offered
 # rate (`shoal-loadgen --rate`, publishers on a fixed schedule) between --lo and --hi until the
-# bracket is within 3 %; a probe passes when the load generator held the rate (achieved >= 98 %
+# bracket is within 3 %, the two modes' searches in lockstep (a probe of one, then of the
+# other); a probe passes when the load generator held the rate (achieved >= 98 %
 # of offered), the subscribers received at that rate inside the window (>= 98 %: a backlog
 # that only drains after the window is not sustained), every message reached its subscriber (lost 0), the broker dropped nothing
 # (`shoal_messages_dropped_total` 0), the rules engine dropped nothing and, with rules, every
@@ -40,10 +41,10 @@
 # time slice on two busy cores; Mosquitto does not bound QoS 0 to a connected client at all),
 # so a probe fails for want of capacity, not for one descheduled subscriber thread. With
 # --trials N (odd) a probed rate passes when most of N trials at it pass (trials stop once the
-# majority is known): single trials are not monotone on this VM (a rate fails, a higher one
-# then passes, one stall of a few hundred ms fails a 5 s trial), so one unlucky trial decides
-# a search; a majority estimates the rate sustained more often than not, the same way for both
-# modes (the idea of repeated trials per load as in RFC 2544 and FD.io's MLRsearch). The ratio is the two modes' highest passing
+# majority is known): near the edge one trial at a rate passes or fails by luck on this VM (one
+# stall of a few hundred ms fails a 5 s trial) and a bisection never probes above a failure, so
+# one unlucky trial caps a search; a majority estimates the rate sustained more often than
+# not, the same way for both modes (the idea of repeated trials per load as in RFC 2544 and FD.io's MLRsearch). The ratio is the two modes' highest passing
 # rates; as-fast-as-possible runs (the default) overload fan-in's one QoS 0 subscriber, whose
 # queue the broker then trims, so their deliveries/s measure the subscriber's share of the CPU.
 set -euo pipefail
@@ -179,33 +180,46 @@ probe() {
     if [ "$passed" -ge "$need" ]; then echo pass; else echo fail; fi >"$WORK/verdict"
 }
 
-# search SCENARIO MODE REP: bisects the highest lossless offered rate in [LO, HI] (3 % bracket,
-# geometric midpoints); records a `search` row with the result.
+# search SCENARIO REP MODE...: bisects each mode's highest lossless offered rate in [LO, HI]
+# (3 % bracket, geometric midpoints), the modes' bisections in lockstep (one probe of each in
+# turn), so that a slow drift of the machine's speed over the minutes a search takes weighs on
+# every mode alike; records a `search` row per mode.
 search() {
-    local key=$1 mode=$2 rep=$3 lo=$LO hi=$HI mid verdict
-    probe "$key" "$mode" "$rep" "$lo"
-    verdict=$(cat "$WORK/verdict")
-    if [ "$verdict" != pass ]; then
-        lo=0
-    else
-        while python3 -c "import sys; sys.exit(0 if $hi > $lo * 1.03 else 1)"; do
-            mid=$(python3 -c "print(int(($lo * $hi) ** 0.5))")
+    local key=$1 rep=$2 mode mid more
+    shift 2
+    local -A lo hi
+    for mode in "$@"; do
+        lo[$mode]=$LO
+        hi[$mode]=$HI
+        probe "$key" "$mode" "$rep" "$LO"
+        [ "$(cat "$WORK/verdict")" = pass ] || { lo[$mode]=0; hi[$mode]=0; }
+    done
+    more=1
+    while [ "$more" = 1 ]; do
+        more=0
+        for mode in "$@"; do
+            python3 -c "import sys; sys.exit(0 if ${hi[$mode]} > ${lo[$mode]} * 1.03 else 1)" || continue
+            more=1
+            mid=$(python3 -c "print(int((${lo[$mode]} * ${hi[$mode]}) ** 0.5))")
             probe "$key" "$mode" "$rep" "$mid"
-            verdict=$(cat "$WORK/verdict")
-            if [ "$verdict" = pass ]; then lo=$mid; else hi=$mid; fi
+            if [ "$(cat "$WORK/verdict")" = pass ]; then lo[$mode]=$mid; else hi[$mode]=$mid; fi
         done
-    fi
-    echo "   => $key, $mode: highest lossless rate $lo msg/s" >&2
-    echo "{\"search\": true, \"key\": \"$key\", \"mode\": \"$mode\", \"rep\": $rep, \"lossless_rate\": $lo}" >>"$RESULTS"
+    done
+    for mode in "$@"; do
+        echo "   => $key, $mode: highest lossless rate ${lo[$mode]} msg/s" >&2
+        echo "{\"search\": true, \"key\": \"$key\", \"mode\": \"$mode\", \"rep\": $rep, \"lossless_rate\": ${lo[$mode]}}" >>"$RESULTS"
+    done
 }
 
 IFS=, read -r -a selected <<<"$SCENARIOS"
 for rep in $(seq 1 "$REPEAT"); do
     for key in "${selected[@]}"; do
         if [ $((rep % 2)) = 1 ]; then modes=(none "$WITH"); else modes=("$WITH" none); fi
-        for mode in "${modes[@]}"; do
-            if [ "$LOSSLESS" = 1 ]; then search "$key" "$mode" "$rep"; else run_one "$key" "$mode" "$rep"; fi
-        done
+        if [ "$LOSSLESS" = 1 ]; then
+            search "$key" "$rep" "${modes[@]}"
+        else
+            for mode in "${modes[@]}"; do run_one "$key" "$mode" "$rep"; done
+        fi
     done
 done
 
