@@ -291,12 +291,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Each kicked connection says goodbye and closes itself (over WebSocket the close
     // handshake waits up to a second for the client's answer); the MQTT server's stop drops
     // whatever is still open, so it waits for that first (bounded).
-    if !connections_closed(&broker, Duration::from_millis(2000)).await {
+    let open = open_after(&broker, Duration::from_millis(2000)).await;
+    if open > 0 {
         tracing::warn!(
-            open = broker
-                .metrics
-                .connections
-                .load(std::sync::atomic::Ordering::Relaxed),
+            open,
             "MQTT connections still open after their goodbye; closing them"
         );
     }
@@ -328,23 +326,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (at most `within`) until no MQTT connection is open; whether none is.
-async fn connections_closed(broker: &Broker, within: Duration) -> bool {
-    let open = || {
-        broker
+/// Waits (at most `within`) until no MQTT connection is open; how many still are.
+async fn open_after(broker: &Broker, within: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let open = broker
             .metrics
             .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    };
-    let deadline = tokio::time::Instant::now() + within;
-    while open() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if open <= 0 || tokio::time::Instant::now() >= deadline {
+            return open.max(0);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    true
 }
 
 /// Starts the plugin host (restoring the catalog and compiling or mapping active versions,
