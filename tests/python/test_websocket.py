@@ -414,7 +414,9 @@ def test_a_shutdown_sends_the_disconnect_then_closes_the_websocket(shoal: Shoal)
     try:
         opcode, frame = read_ws_frame(sock)
         assert opcode == 0x2, (opcode, frame)
-        disconnect = raw_mqtt.Packet(frame[0] >> 4, frame[0] & 0x0F, frame[2:])
+        length, at = raw_mqtt.read_varint(frame, 1)
+        assert len(frame) == at + length, frame  # one whole packet in the frame
+        disconnect = raw_mqtt.Packet(frame[0] >> 4, frame[0] & 0x0F, frame[at:])
         assert disconnect.name == "DISCONNECT", frame
         reason, props = raw_mqtt.disconnect_reason(disconnect)
         assert reason == 0x8B, frame

@@ -1419,9 +1419,10 @@ fn misused_batch_answers_are_contained() {
 
 /// A batch never asks a plugin for more memory than its messages fit in comfortably: thirty
 /// 200 KiB messages (6 MB) for a plugin limited to 4 MiB go over in calls of a bounded size,
-/// and every one is answered. (A long deadline: with the default 10 ms, a busy machine where
-/// echoing 200 KiB takes over ~0.8 ms makes the host size batches by time below three
-/// messages, i.e. single calls, and the byte bound is never reached.)
+/// and every one is answered. (A long deadline: with the default 10 ms, a machine busy with
+/// the other tests once ran the first call past it, after which the host runs that slice's
+/// messages one by one, and slow calls also make it size batches by time below three
+/// messages: either way the byte bound is never reached.)
 #[test]
 fn big_messages_are_batched_within_the_plugins_memory() {
     let t = test_host();
